@@ -1,0 +1,134 @@
+//! Runs the chaos scenario over many seeds, in parallel, and reports every failing seed with
+//! the command that replays it.
+//!
+//! ```text
+//! cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 10000
+//! cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 500..1000
+//! cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
+//! RUST_LOG=trace cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
+//! ```
+#![allow(clippy::print_stdout)]
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use raft_core::sim::chaos::{options_for_seed, run_seed, ChaosOptions};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: sim-sweep [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut range = 0..100u64;
+    let mut single = false;
+    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut opts = ChaosOptions::default();
+    while let Some(arg) = args.next() {
+        let Some(value) = args.next() else { return usage() };
+        match arg.as_str() {
+            "--seed" => {
+                let Ok(seed) = value.parse::<u64>() else { return usage() };
+                range = seed..seed + 1;
+                single = true;
+            }
+            "--seeds" => {
+                let parsed = match value.split_once("..") {
+                    Some((a, b)) => a.parse().and_then(|a| b.parse().map(|b| a..b)),
+                    None => value.parse().map(|n| 0..n),
+                };
+                let Ok(r) = parsed else { return usage() };
+                range = r;
+            }
+            "--threads" => match value.parse() {
+                Ok(t) if t > 0 => threads = t,
+                _ => return usage(),
+            },
+            "--fault-ms" => match value.parse::<u64>() {
+                Ok(ms) => opts.fault_us = ms * 1000,
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    if single {
+        // RUST_LOG=trace prints every event of the run.
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .without_time()
+                .with_writer(std::io::stderr)
+                .init();
+        }
+        let seed = range.start;
+        println!("seed {seed}: {:#?}", options_for_seed(seed));
+        return match run_seed(seed, &opts) {
+            Ok(report) => {
+                println!("passed: {report:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(failure) => {
+                println!("{failure}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    // Panics are reported per seed; keep the default hook from printing each one.
+    std::panic::set_hook(Box::new(|_| {}));
+    let total = range.end.saturating_sub(range.start);
+    let next = AtomicU64::new(range.start);
+    let done = AtomicU64::new(0);
+    let ops = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= range.end {
+                    break;
+                }
+                match run_seed(seed, &opts) {
+                    Ok(report) => {
+                        ops.fetch_add(report.history_ops as u64, Ordering::Relaxed);
+                    }
+                    Err(failure) => {
+                        eprintln!("\n{failure}");
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+                    }
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 10 == 0 || n == total {
+                    let failed = failures.lock().map_or(0, |f| f.len());
+                    eprint!(
+                        "\r{n}/{total} seeds, {failed} failed, {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "\n{} seeds in {:.1} s ({} threads), {} client operations checked for linearizability, {} failed",
+        total,
+        started.elapsed().as_secs_f64(),
+        threads,
+        ops.load(Ordering::Relaxed),
+        failures.len()
+    );
+    for f in &failures {
+        println!("  {f}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

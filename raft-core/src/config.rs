@@ -1,0 +1,109 @@
+//! Per-node settings of one Raft group, validated before a node starts.
+
+use crate::error::ConfigError;
+use crate::types::{GroupId, NodeId};
+
+/// Settings of one node in one group. Every limit is named with its unit last.
+///
+/// ```
+/// use raft_core::Config;
+/// let config = Config { id: 1, ..Config::default() };
+/// config.validate().expect("defaults are valid");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// The group this node instance belongs to.
+    pub group: GroupId,
+    /// Ticks a follower waits without hearing from a leader before it campaigns. The actual
+    /// timeout is drawn uniformly from `[election_ticks, 2 * election_ticks)` after every
+    /// reset, so that nodes rarely time out together (Raft §5.2).
+    pub election_ticks: u32,
+    /// Ticks between a leader's heartbeats. Must be smaller than `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Run a pre-vote round before incrementing the term (Raft thesis §9.6), so a node that
+    /// was partitioned away cannot disrupt a healthy leader when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout steps down
+    /// (Raft thesis §6.2), and voters ignore vote requests while they hear from a leader.
+    pub check_quorum: bool,
+    /// Most entries in one append message.
+    pub append_entries_max: usize,
+    /// Most entry bytes in one append message (at least one entry is always sent).
+    pub append_bytes_max: u64,
+    /// Most append messages in flight to one follower while replicating optimistically.
+    pub inflight_msgs_max: usize,
+    /// Most entry bytes in flight to one follower.
+    pub inflight_bytes_max: u64,
+    /// Most entry bytes handed to the state machine in one [`Ready`](crate::Ready).
+    pub apply_bytes_max: u64,
+    /// Most bytes of proposed entries not yet committed; proposals beyond it are refused with
+    /// [`ProposeError::Backpressure`](crate::ProposeError::Backpressure).
+    pub uncommitted_bytes_max: u64,
+    /// Bytes of recent entries kept in memory, so replication and apply do not read the log
+    /// store. Entries not yet durable or not yet applied are always kept, whatever this says;
+    /// zero keeps only those.
+    pub log_cache_bytes_max: u64,
+    /// Seed of the node's private random generator (election timeouts). Deterministic
+    /// simulation depends on it; a real deployment should draw it from the OS.
+    pub seed: u64,
+    /// Simulator-only fault: count replicas for entries of any term when committing, which
+    /// Raft §5.4.2 (Figure 8) forbids. It exists so a test can prove the simulator catches a
+    /// broken commit rule.
+    #[cfg(feature = "sim")]
+    #[doc(hidden)]
+    pub fault_commit_any_term: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            id: 1,
+            group: 0,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            append_entries_max: 1024,
+            append_bytes_max: 1 << 20,
+            inflight_msgs_max: 64,
+            inflight_bytes_max: 32 << 20,
+            apply_bytes_max: 16 << 20,
+            uncommitted_bytes_max: 256 << 20,
+            log_cache_bytes_max: 64 << 20,
+            seed: 0,
+            #[cfg(feature = "sim")]
+            fault_commit_any_term: false,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ticks == 0 {
+            return Err(ConfigError::ZeroHeartbeat);
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::ElectionNotAboveHeartbeat {
+                election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
+        }
+        let limits: [(&'static str, u64); 6] = [
+            ("append_entries_max", self.append_entries_max as u64),
+            ("append_bytes_max", self.append_bytes_max),
+            ("inflight_msgs_max", self.inflight_msgs_max as u64),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("apply_bytes_max", self.apply_bytes_max),
+            ("uncommitted_bytes_max", self.uncommitted_bytes_max),
+        ];
+        for (name, value) in limits {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit { name });
+            }
+        }
+        Ok(())
+    }
+}

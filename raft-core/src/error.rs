@@ -1,0 +1,189 @@
+//! Typed errors of the core: bad configuration, refused proposals, rejected messages, storage.
+
+use crate::types::{GroupId, Index, NodeId, Term};
+
+/// A configuration or initial state that a node cannot start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `heartbeat_ticks` is zero.
+    #[error("heartbeat_ticks must be at least 1")]
+    ZeroHeartbeat,
+    /// The election timeout must be longer than the heartbeat interval, or followers would
+    /// campaign between two heartbeats of a healthy leader.
+    #[error(
+        "election_ticks ({election_ticks}) must be greater than heartbeat_ticks ({heartbeat_ticks})"
+    )]
+    ElectionNotAboveHeartbeat {
+        /// The configured election timeout.
+        election_ticks: u32,
+        /// The configured heartbeat interval.
+        heartbeat_ticks: u32,
+    },
+    /// A limit that must be positive is zero.
+    #[error("{name} must be greater than zero")]
+    ZeroLimit {
+        /// The setting's name.
+        name: &'static str,
+    },
+    /// The voter set is empty.
+    #[error("the group has no voters")]
+    NoVoters,
+    /// A voter appears twice.
+    #[error("node {0} is listed twice among the voters")]
+    DuplicateVoter(NodeId),
+    /// This node is not among the voters.
+    #[error("node {id} is not among the voters {voters:?}")]
+    NotAVoter {
+        /// This node's id.
+        id: NodeId,
+        /// The configured voters.
+        voters: Vec<NodeId>,
+    },
+    /// The restored state contradicts itself (for example a commit index beyond the log).
+    #[error("inconsistent restored state: {0}")]
+    InconsistentState(String),
+}
+
+/// Why a proposal was refused. Nothing was appended when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node is not the leader. `leader` is the node it believes leads, if any; retrying
+    /// there is safe because nothing was done here.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many proposed bytes are waiting to commit; retry after some commit.
+    #[error("{uncommitted_bytes} bytes are uncommitted, limit {limit_bytes}")]
+    Backpressure {
+        /// Bytes proposed but not committed.
+        uncommitted_bytes: u64,
+        /// The configured limit.
+        limit_bytes: u64,
+    },
+}
+
+/// Why a message handed to [`Raft::step`](crate::Raft::step) was dropped. The node's state is
+/// unchanged; a transport should count these and may log them, but the node carries on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The message belongs to another group.
+    #[error("message for group {got} delivered to group {expected}")]
+    WrongGroup {
+        /// This node's group.
+        expected: GroupId,
+        /// The message's group.
+        got: GroupId,
+    },
+    /// The message is addressed to another node.
+    #[error("message for node {got} delivered to node {expected}")]
+    WrongNode {
+        /// This node's id.
+        expected: NodeId,
+        /// The message's receiver.
+        got: NodeId,
+    },
+    /// The sender is not a member of the group.
+    #[error("message from node {0}, which is not a member of the group")]
+    UnknownPeer(NodeId),
+    /// The message breaks the protocol's rules (for example entries that are not consecutive).
+    #[error("malformed {kind} message from node {from}: {reason}")]
+    Malformed {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The message would overwrite an entry this node knows is committed. A correct leader
+    /// never sends this; the message is dropped and the node keeps its log.
+    #[error(
+        "leader {from} (term {term}) tried to replace committed entry {index} (commit index {commit})"
+    )]
+    CommittedConflict {
+        /// The sender.
+        from: NodeId,
+        /// The sender's term.
+        term: Term,
+        /// The first conflicting index.
+        index: Index,
+        /// This node's commit index.
+        commit: Index,
+    },
+}
+
+/// An error from a log store. Storage errors are never retried into a pretend success: a
+/// store that failed to make data durable stays failed (see [`StorageError::Poisoned`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The requested entries were compacted away; the first index still held is `first`.
+    #[error("group {group}: index {index} is compacted (first index is {first})")]
+    Compacted {
+        /// The group.
+        group: GroupId,
+        /// The requested index.
+        index: Index,
+        /// The first index the store still holds.
+        first: Index,
+    },
+    /// The requested entries are past the end of the log.
+    #[error("group {group}: index {index} is past the last index {last}")]
+    Unavailable {
+        /// The group.
+        group: GroupId,
+        /// The requested index.
+        index: Index,
+        /// The last index the store holds.
+        last: Index,
+    },
+    /// An append would leave a hole in the log: the log has no holes, only suffix truncation
+    /// and prefix compaction.
+    #[error(
+        "group {group}: append at index {first} would leave a gap after the last index {last}"
+    )]
+    Gap {
+        /// The group.
+        group: GroupId,
+        /// The first index of the rejected append.
+        first: Index,
+        /// The store's last index.
+        last: Index,
+    },
+    /// An append or truncation reaches into the compacted prefix.
+    #[error("group {group}: write at index {index} reaches into the compacted prefix (first index {first})")]
+    BelowFirst {
+        /// The group.
+        group: GroupId,
+        /// The offending index.
+        index: Index,
+        /// The first index the store holds.
+        first: Index,
+    },
+    /// Entries handed to the store are not consecutive, or their terms decrease.
+    #[error("group {group}: invalid entries: {reason}")]
+    InvalidEntries {
+        /// The group.
+        group: GroupId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store found data it cannot trust.
+    #[error("corrupt log store: {0}")]
+    Corrupt(String),
+    /// An earlier failure (a failed sync, say) left the store unable to promise durability;
+    /// it refuses all further work until reopened.
+    #[error("log store is poisoned by an earlier failure: {0}")]
+    Poisoned(String),
+    /// An I/O error from the operating system.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Any other backend-specific error.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}

@@ -1,0 +1,266 @@
+//! An in-memory [`LogStore`] for tests, benchmarks and the simulator. It can also model a
+//! disk that loses unsynced writes on power loss.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use parking_lot::Mutex;
+
+use crate::error::StorageError;
+use crate::storage::{validate_append, LogState, LogStore, LogWrite, Lsn};
+use crate::types::{Entry, GroupId, HardState, Index, Term};
+
+/// One group's log and hard state.
+#[derive(Clone, Debug, Default)]
+struct MemGroup {
+    hard_state: HardState,
+    /// The index before the first entry held.
+    base_index: Index,
+    base_term: Term,
+    /// Entries `base_index + 1 ..`.
+    entries: Vec<Entry>,
+}
+
+impl MemGroup {
+    fn last_index(&self) -> Index {
+        self.base_index + self.entries.len() as Index
+    }
+
+    fn term(&self, index: Index) -> Option<Term> {
+        if index == self.base_index {
+            Some(self.base_term)
+        } else if index < self.base_index || index > self.last_index() {
+            None
+        } else {
+            Some(self.entries[(index - self.base_index - 1) as usize].term)
+        }
+    }
+
+    fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), StorageError> {
+        validate_append(group, entries, self.base_index, self.last_index(), |i| self.term(i))?;
+        if let Some(first) = entries.first() {
+            self.entries.truncate((first.index - self.base_index - 1) as usize);
+            self.entries.extend_from_slice(entries);
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, through: Index, term: Term) {
+        if through <= self.base_index {
+            return;
+        }
+        if self.term(through) == Some(term) {
+            self.entries.drain(..(through - self.base_index) as usize);
+        } else {
+            self.entries.clear();
+        }
+        self.base_index = through;
+        self.base_term = term;
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { group: GroupId, hard_state: Option<HardState>, entries: Vec<Entry> },
+    Compact { group: GroupId, through: Index, term: Term },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// What readers see: every accepted write.
+    groups: BTreeMap<GroupId, MemGroup>,
+    last_lsn: u64,
+    /// Explicit durability only: the state a power loss returns to, and the writes since.
+    durable: BTreeMap<GroupId, MemGroup>,
+    unsynced: VecDeque<(u64, Op)>,
+    durable_lsn: u64,
+}
+
+impl Inner {
+    fn apply(groups: &mut BTreeMap<GroupId, MemGroup>, op: &Op) -> Result<(), StorageError> {
+        match op {
+            Op::Write { group, hard_state, entries } => {
+                let g = groups.entry(*group).or_default();
+                g.append(*group, entries)?;
+                if let Some(hs) = hard_state {
+                    g.hard_state = *hs;
+                }
+            }
+            Op::Compact { group, through, term } => {
+                groups.entry(*group).or_default().compact(*through, *term);
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&self, group: GroupId) -> &MemGroup {
+        static EMPTY: MemGroup = MemGroup {
+            hard_state: HardState { term: 0, vote: None, commit: 0 },
+            base_index: 0,
+            base_term: 0,
+            entries: Vec::new(),
+        };
+        self.groups.get(&group).unwrap_or(&EMPTY)
+    }
+}
+
+/// A log store in memory.
+///
+/// By default every write is durable as soon as it is accepted. Built with
+/// [`MemLogStore::with_explicit_sync`], writes become durable only through
+/// [`sync`](LogStore::sync), and [`crash`](MemLogStore::crash) drops whatever was not synced,
+/// as a power loss would: the simulator uses this to check that nothing acknowledged is lost.
+#[derive(Debug, Default)]
+pub struct MemLogStore {
+    inner: Mutex<Inner>,
+    explicit_sync: bool,
+}
+
+impl MemLogStore {
+    /// A store whose writes are durable when accepted.
+    pub fn new() -> MemLogStore {
+        MemLogStore::default()
+    }
+
+    /// A store whose writes are durable only once synced.
+    pub fn with_explicit_sync() -> MemLogStore {
+        MemLogStore { inner: Mutex::default(), explicit_sync: true }
+    }
+
+    /// Drops every write not yet synced, as a power loss would. Positions keep growing.
+    pub fn crash(&self) {
+        let mut inner = self.inner.lock();
+        if self.explicit_sync {
+            inner.groups = inner.durable.clone();
+            inner.unsynced.clear();
+        }
+    }
+
+    fn accept(&self, op: Op) -> Result<Lsn, StorageError> {
+        let mut inner = self.inner.lock();
+        Inner::apply(&mut inner.groups, &op)?;
+        inner.last_lsn += 1;
+        let lsn = inner.last_lsn;
+        if self.explicit_sync {
+            inner.unsynced.push_back((lsn, op));
+        } else {
+            inner.durable_lsn = lsn;
+        }
+        Ok(Lsn(lsn))
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        let mut inner = self.inner.lock();
+        // Validate every part first so a failed batch changes nothing. A group written twice in
+        // one batch is validated against a scratch copy that has its earlier part applied.
+        let mut staged: BTreeMap<GroupId, MemGroup> = BTreeMap::new();
+        for (i, w) in batch.iter().enumerate() {
+            let repeated = staged.contains_key(&w.group)
+                || batch[i + 1..].iter().any(|later| later.group == w.group);
+            if repeated {
+                let g = staged.entry(w.group).or_insert_with(|| inner.group(w.group).clone());
+                g.append(w.group, w.entries)?;
+            } else {
+                let g = inner.group(w.group);
+                validate_append(w.group, w.entries, g.base_index, g.last_index(), |i| g.term(i))?;
+            }
+        }
+        inner.last_lsn += 1;
+        let lsn = inner.last_lsn;
+        for w in batch {
+            let op =
+                Op::Write { group: w.group, hard_state: w.hard_state, entries: w.entries.to_vec() };
+            Inner::apply(&mut inner.groups, &op)?;
+            if self.explicit_sync {
+                inner.unsynced.push_back((lsn, op));
+            }
+        }
+        if !self.explicit_sync {
+            inner.durable_lsn = lsn;
+        }
+        Ok(Lsn(lsn))
+    }
+
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock();
+        let upto = lsn.0.min(inner.last_lsn);
+        let Inner { durable, unsynced, .. } = &mut *inner;
+        while let Some((op_lsn, _)) = unsynced.front() {
+            if *op_lsn > upto {
+                break;
+            }
+            if let Some((_, op)) = unsynced.pop_front() {
+                // These ops were validated when accepted against the same prefix.
+                Inner::apply(durable, &op)?;
+            }
+        }
+        inner.durable_lsn = inner.durable_lsn.max(upto);
+        Ok(())
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(self.inner.lock().durable_lsn)
+    }
+
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
+        self.accept(Op::Compact { group, through, term })
+    }
+
+    fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.lock();
+        let g = inner.group(group);
+        if lo <= g.base_index {
+            return Err(StorageError::Compacted { group, index: lo, first: g.base_index + 1 });
+        }
+        if hi > g.last_index() || lo > hi {
+            return Err(StorageError::Unavailable {
+                group,
+                index: hi.max(lo),
+                last: g.last_index(),
+            });
+        }
+        let start = (lo - g.base_index - 1) as usize;
+        let end = (hi - g.base_index) as usize;
+        let mut bytes = 0;
+        let mut out = Vec::with_capacity(end - start);
+        for entry in &g.entries[start..end] {
+            bytes += entry.size_bytes();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
+        let inner = self.inner.lock();
+        let g = inner.group(group);
+        if index < g.base_index {
+            return Err(StorageError::Compacted { group, index, first: g.base_index + 1 });
+        }
+        g.term(index).ok_or(StorageError::Unavailable { group, index, last: g.last_index() })
+    }
+
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
+        let inner = self.inner.lock();
+        let g = inner.group(group);
+        Ok(LogState {
+            hard_state: g.hard_state,
+            first_index: g.base_index + 1,
+            last_index: g.last_index(),
+            base_term: g.base_term,
+        })
+    }
+
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        Ok(self.inner.lock().groups.keys().copied().collect())
+    }
+}

@@ -1,0 +1,301 @@
+//! Terms, roles and elections: the term rules every message passes through, pre-vote,
+//! voting, and the role transitions (`become_*`).
+
+use super::{LeaderState, Raft, Role, Votes};
+use crate::error::StepError;
+use crate::message::{Message, MessageBody, VoteRequest, VoteResponse};
+use crate::tracker::Progress;
+use crate::types::{EntryKind, NodeId, Term};
+
+/// What a (pre-)vote tally says.
+enum Tally {
+    Won,
+    Lost,
+    Pending,
+}
+
+impl Raft {
+    /// Applies the term rules (Raft §5.1: a higher term wins; a lower term is stale), then hands
+    /// the message to its handler.
+    pub(super) fn step_validated(&mut self, msg: Message) -> Result<(), StepError> {
+        if msg.term > self.term {
+            match &msg.body {
+                MessageBody::Vote(req) => {
+                    // Raft thesis §4.2.3 and §9.6: a node that hears from a live leader ignores
+                    // requests to replace it, so a node returning from a partition (or a removed
+                    // one) cannot disrupt the group.
+                    let lease_applies = if req.pre_vote { true } else { self.cfg.check_quorum };
+                    if lease_applies && self.in_lease() {
+                        tracing::debug!(
+                            group = self.group,
+                            id = self.id,
+                            from = msg.from,
+                            term = msg.term,
+                            kind = msg.body.name(),
+                            "ignoring vote request while a leader is active"
+                        );
+                        return Ok(());
+                    }
+                    if !req.pre_vote {
+                        self.become_follower(msg.term, None);
+                    }
+                }
+                // A granted pre-vote carries the term the candidate would campaign in; it does
+                // not mean anybody has moved to that term.
+                MessageBody::VoteResponse(resp) if resp.pre_vote && resp.granted => {}
+                MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
+                    self.become_follower(msg.term, Some(msg.from));
+                }
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            match &msg.body {
+                MessageBody::Append(_) | MessageBody::Heartbeat(_)
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // A leader of an older term is talking to us. With check-quorum and pre-vote,
+                    // a node that raised its term while partitioned would otherwise never be
+                    // heard again (its own requests are ignored while others hear the leader),
+                    // and the group would stall around it. Answering with our term makes the
+                    // stale leader step down and a fresh election include us.
+                    self.send(msg.from, MessageBody::HeartbeatResponse);
+                }
+                MessageBody::Vote(req) if req.pre_vote => {
+                    // Tell a pre-candidate of an older term that it is behind, so it catches up
+                    // instead of campaigning forever.
+                    self.send(
+                        msg.from,
+                        MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: false }),
+                    );
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        let from = msg.from;
+        let term = msg.term;
+        match msg.body {
+            MessageBody::Vote(req) => self.handle_vote_request(from, term, req),
+            MessageBody::VoteResponse(resp) => self.handle_vote_response(from, term, resp),
+            MessageBody::Append(req) => return self.handle_append(from, term, req),
+            MessageBody::AppendResponse(resp) => self.handle_append_response(from, resp),
+            MessageBody::Heartbeat(hb) => self.handle_heartbeat(from, hb),
+            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+        }
+        Ok(())
+    }
+
+    /// Whether this node heard from a live leader within the minimum election timeout.
+    pub(super) fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader(_) => true,
+            Role::Follower { leader: Some(_) } => self.election_elapsed < self.cfg.election_ticks,
+            _ => false,
+        }
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, msg_term: Term, req: VoteRequest) {
+        // One vote per term: a repeated request from the candidate we voted for is granted
+        // again (the first answer may have been lost); nobody else gets it. A node that knows
+        // the term's leader does not vote. A pre-vote for a future term promises nothing.
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader().is_none())
+            || (req.pre_vote && msg_term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(req.last_index, req.last_term);
+        tracing::debug!(
+            group = self.group,
+            id = self.id,
+            candidate = from,
+            term = msg_term,
+            pre_vote = req.pre_vote,
+            granted,
+            "vote request"
+        );
+        let body = MessageBody::VoteResponse(VoteResponse { pre_vote: req.pre_vote, granted });
+        if req.pre_vote {
+            // A granted pre-vote answers in the candidate's future term so it can tell a grant
+            // from a stale answer; nothing is persisted for a pre-vote.
+            let term = if granted { msg_term } else { self.term };
+            let msg = Message { group: self.group, from: self.id, to: from, term, body };
+            self.out.messages.push(msg);
+        } else {
+            if granted {
+                self.vote = Some(from);
+                self.reset_election_timer();
+            }
+            // The vote is persisted before the answer leaves (DESIGN: persist before acknowledge).
+            self.send_after_persist(from, body);
+        }
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, resp: VoteResponse) {
+        let term = self.term;
+        let quorum = self.quorum();
+        let voters = self.voters.len();
+        let tally = match &mut self.role {
+            Role::PreCandidate(votes) if resp.pre_vote => {
+                // Grants come in our future term, rejections in the voter's (not higher) term.
+                if resp.granted && msg_term != term + 1 {
+                    return;
+                }
+                votes.record(from, resp.granted);
+                tally(votes, quorum, voters)
+            }
+            Role::Candidate(votes) if !resp.pre_vote && msg_term == term => {
+                votes.record(from, resp.granted);
+                tally(votes, quorum, voters)
+            }
+            _ => return, // A late answer to an election that is over.
+        };
+        match (tally, &self.role) {
+            (Tally::Won, Role::PreCandidate(_)) => self.become_candidate(),
+            (Tally::Won, Role::Candidate(_)) => self.become_leader(),
+            (Tally::Lost, _) => self.become_follower(self.term, None),
+            _ => {}
+        }
+    }
+
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_ticks {
+            self.campaign();
+        }
+    }
+
+    /// Starts an election: a pre-vote round first when enabled.
+    pub(super) fn campaign(&mut self) {
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    /// Becomes a follower in `term` (which must not be lower than the current term), of
+    /// `leader` if known.
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "terms only grow: {} -> {}", self.term, term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        let was = self.role();
+        self.role = Role::Follower { leader };
+        self.reset_election_timer();
+        tracing::debug!(group = self.group, id = self.id, term, ?leader, %was, "became follower");
+    }
+
+    fn become_pre_candidate(&mut self) {
+        assert!(!self.is_leader(), "a leader does not campaign");
+        let mut votes = Votes::default();
+        votes.record(self.id, true);
+        self.role = Role::PreCandidate(votes);
+        self.reset_election_timer();
+        tracing::debug!(group = self.group, id = self.id, term = self.term, "became pre-candidate");
+        if self.quorum() == 1 {
+            self.become_candidate();
+            return;
+        }
+        let req = VoteRequest {
+            pre_vote: true,
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+        };
+        let future_term = self.term + 1;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            let msg = Message {
+                group: self.group,
+                from: self.id,
+                to,
+                term: future_term,
+                body: MessageBody::Vote(req),
+            };
+            self.out.messages.push(msg);
+        }
+    }
+
+    fn become_candidate(&mut self) {
+        assert!(!self.is_leader(), "a leader does not campaign");
+        self.term += 1;
+        self.vote = Some(self.id);
+        let mut votes = Votes::default();
+        votes.record(self.id, true);
+        self.role = Role::Candidate(votes);
+        self.reset_election_timer();
+        tracing::debug!(group = self.group, id = self.id, term = self.term, "became candidate");
+        if self.quorum() == 1 {
+            self.become_leader();
+            return;
+        }
+        let req = VoteRequest {
+            pre_vote: false,
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+        };
+        // The requests leave only once our new term and self-vote are durable: a candidate
+        // that crashed before that and restarted in the old term could otherwise vote for
+        // another candidate in the term it is campaigning in and help elect two leaders.
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            self.send_after_persist(to, MessageBody::Vote(req));
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert!(
+            matches!(self.role, Role::Candidate(_)),
+            "only a candidate becomes leader (was {})",
+            self.role()
+        );
+        let next = self.log.last_index() + 1;
+        let progress: Vec<Progress> = self.peers().map(|id| Progress::new(id, next)).collect();
+        self.role = Role::Leader(LeaderState {
+            progress,
+            heartbeat_elapsed: 0,
+            replicate_pending: true,
+            uncommitted_bytes: 0,
+            scratch: Vec::with_capacity(self.voters.len()),
+        });
+        self.election_elapsed = 0;
+        // Raft §8: commit an entry of our own term at once, which commits everything before it
+        // and lets the leader learn the commit index.
+        self.log.append_new(self.term, EntryKind::Noop, bytes::Bytes::new());
+        tracing::info!(
+            group = self.group,
+            id = self.id,
+            term = self.term,
+            last_index = self.log.last_index(),
+            "became leader"
+        );
+        if self.quorum() == 1 {
+            self.maybe_commit();
+        }
+    }
+
+    /// Check-quorum (Raft thesis §6.2): whether a quorum, this node included, was heard from
+    /// during the round that just ended. Resets the round.
+    pub(super) fn quorum_active(&mut self) -> bool {
+        let quorum = self.quorum();
+        let Role::Leader(leader) = &mut self.role else { return false };
+        let mut active = 1;
+        for p in &mut leader.progress {
+            if p.recent_active {
+                active += 1;
+            }
+            p.recent_active = false;
+        }
+        active >= quorum
+    }
+}
+
+fn tally(votes: &Votes, quorum: usize, voters: usize) -> Tally {
+    if votes.granted.len() >= quorum {
+        Tally::Won
+    } else if votes.rejected.len() > voters - quorum {
+        Tally::Lost
+    } else {
+        Tally::Pending
+    }
+}

@@ -1,0 +1,676 @@
+//! The consensus state machine of one node in one group.
+//!
+//! [`Raft`] takes inputs ([`tick`](Raft::tick), [`step`](Raft::step),
+//! [`propose`](Raft::propose), [`on_persisted`](Raft::on_persisted),
+//! [`on_fetched`](Raft::on_fetched)) and gathers what they require into a [`Ready`]. It does no
+//! I/O, reads no clock and starts no thread: the same inputs always give the same outputs.
+
+mod election;
+mod replication;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::{ConfigError, ProposeError, StepError};
+use crate::log::{RaftLog, Slice};
+use crate::message::{Message, MessageBody};
+use crate::ready::{FetchPurpose, FetchRequest, Ready};
+use crate::rng::Rng;
+use crate::tracker::{PeerProgress, Progress};
+use crate::types::{Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, Term};
+use crate::StorageError;
+
+/// Where a node starts from: what its log store holds, or an empty log for a new group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialState {
+    /// The persisted term, vote and commit index.
+    pub hard_state: HardState,
+    /// The voting members of the group (this node among them).
+    pub voters: Vec<NodeId>,
+    /// The index before the first entry the store holds (0 unless compacted).
+    pub base_index: Index,
+    /// The term at `base_index` (0 for index 0).
+    pub base_term: Term,
+    /// The last index the store holds.
+    pub last_index: Index,
+    /// The term of every index in `(base_index, last_index]`, as `(first index, term)` runs with
+    /// growing terms. [`load_initial_state`](crate::load_initial_state) builds them from a store.
+    pub term_runs: Vec<(Index, Term)>,
+    /// The index the state machine has already applied (0 for an in-memory state machine that
+    /// starts empty).
+    pub applied: Index,
+}
+
+impl InitialState {
+    /// The state of a node joining a brand-new group with an empty log.
+    pub fn new_group(voters: Vec<NodeId>) -> InitialState {
+        InitialState {
+            hard_state: HardState::default(),
+            voters,
+            base_index: 0,
+            base_term: 0,
+            last_index: 0,
+            term_runs: Vec::new(),
+            applied: 0,
+        }
+    }
+}
+
+/// The identity of a log entry: Log Matching makes `(index, term)` name one entry cluster-wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    /// The entry's index.
+    pub index: Index,
+    /// The entry's term.
+    pub term: Term,
+}
+
+/// A snapshot of a node's state, for metrics, tests and operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its group.
+    pub group: GroupId,
+    /// Its role.
+    pub role: RoleKind,
+    /// Its term.
+    pub term: Term,
+    /// Its vote in `term`.
+    pub vote: Option<NodeId>,
+    /// The leader it knows of (itself when leader).
+    pub leader: Option<NodeId>,
+    /// The first index its log holds.
+    pub first_index: Index,
+    /// The last index its log holds.
+    pub last_index: Index,
+    /// The term of the last entry.
+    pub last_term: Term,
+    /// Entries up to here are durable locally.
+    pub persisted_index: Index,
+    /// Entries up to here are committed.
+    pub commit_index: Index,
+    /// Entries up to here were handed to the state machine.
+    pub applied_index: Index,
+    /// Entries and bytes held in the in-memory log cache.
+    pub cached_entries: usize,
+    /// Bytes held in the in-memory log cache.
+    pub cached_bytes: u64,
+    /// Per-follower replication progress (leader only).
+    pub progress: Vec<PeerProgress>,
+}
+
+/// Votes gathered by a (pre-)candidate.
+#[derive(Debug, Default)]
+struct Votes {
+    granted: Vec<NodeId>,
+    rejected: Vec<NodeId>,
+}
+
+impl Votes {
+    fn record(&mut self, from: NodeId, granted: bool) {
+        if self.granted.contains(&from) || self.rejected.contains(&from) {
+            return; // A duplicated response counts once.
+        }
+        if granted {
+            self.granted.push(from);
+        } else {
+            self.rejected.push(from);
+        }
+    }
+}
+
+/// State only a leader has: the followers' progress.
+#[derive(Debug)]
+struct LeaderState {
+    /// One entry per follower (every voter but this node).
+    progress: Vec<Progress>,
+    heartbeat_elapsed: u32,
+    /// New entries or freed windows: try to send appends when the next Ready is built.
+    replicate_pending: bool,
+    /// Bytes of entries proposed in this term and not yet committed.
+    uncommitted_bytes: u64,
+    /// Reused by commit counting so it does not allocate.
+    scratch: Vec<Index>,
+}
+
+/// A node's role, each owning the data only it has (STYLE: roles own their data).
+#[derive(Debug)]
+enum Role {
+    Follower { leader: Option<NodeId> },
+    PreCandidate(Votes),
+    Candidate(Votes),
+    Leader(LeaderState),
+}
+
+/// Messages and reads gathered for the next [`Ready`].
+#[derive(Debug, Default)]
+struct Outbox {
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    fetches: Vec<FetchRequest>,
+    /// Committed entries read from the store, waiting to be handed to the state machine.
+    fetched_apply: Vec<Entry>,
+}
+
+/// One node of one Raft group, as a deterministic state machine.
+///
+/// ```
+/// use raft_core::{Config, InitialState, Raft};
+/// let config = Config { id: 1, ..Config::default() };
+/// let mut node = Raft::new(config, InitialState::new_group(vec![1])).unwrap();
+/// // A single-node group elects itself after an election timeout.
+/// while !node.is_leader() {
+///     node.tick();
+///     let ready = node.ready();
+///     node.on_persisted(ready.number);
+/// }
+/// let id = node.propose("hello".into()).unwrap();
+/// let ready = node.ready();
+/// assert_eq!(ready.entries.last().map(|e| e.index), Some(id.index));
+/// node.on_persisted(ready.number);
+/// assert_eq!(node.ready().committed_entries.last().map(|e| e.index), Some(id.index));
+/// ```
+#[derive(Debug)]
+pub struct Raft {
+    id: NodeId,
+    group: GroupId,
+    cfg: Config,
+    /// Sorted voting members, this node included.
+    voters: Vec<NodeId>,
+    /// **Invariant:** never decreases.
+    term: Term,
+    /// **Invariant:** at most one vote per term; reset only when the term grows.
+    vote: Option<NodeId>,
+    log: RaftLog,
+    role: Role,
+    /// Ticks since the last reset of the election timer (or, on a leader, of the check-quorum
+    /// round).
+    election_elapsed: u32,
+    /// The current randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
+    randomized_election_ticks: u32,
+    rng: Rng,
+    out: Outbox,
+    /// The hard state last handed out in a Ready.
+    emitted_hard_state: HardState,
+    next_ready_number: u64,
+    /// A fetch of entries to apply is outstanding (or failed and waits for the next tick).
+    apply_fetching: bool,
+}
+
+impl Raft {
+    /// A node starting from `state`, after validating `config` against it.
+    pub fn new(config: Config, state: InitialState) -> Result<Raft, ConfigError> {
+        config.validate()?;
+        let mut voters = state.voters.clone();
+        if voters.is_empty() {
+            return Err(ConfigError::NoVoters);
+        }
+        voters.sort_unstable();
+        if let Some(pair) = voters.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateVoter(pair[0]));
+        }
+        if !voters.contains(&config.id) {
+            return Err(ConfigError::NotAVoter { id: config.id, voters });
+        }
+        let hs = state.hard_state;
+        let mut commit = hs.commit;
+        if commit > state.last_index {
+            // The hard state may be written before the entries it covers; a crash between the
+            // two loses the entries' tail. A smaller commit index is always safe.
+            tracing::warn!(
+                group = config.group,
+                id = config.id,
+                commit,
+                last_index = state.last_index,
+                "persisted commit index is past the log's end; using the last index"
+            );
+            commit = state.last_index;
+        }
+        let log = RaftLog::restore(
+            state.base_index,
+            state.base_term,
+            state.last_index,
+            state.term_runs,
+            commit,
+            state.applied,
+        )
+        .map_err(ConfigError::InconsistentState)?;
+        if log.last_term() > hs.term {
+            return Err(ConfigError::InconsistentState(format!(
+                "the log holds term {} but the hard state's term is {}",
+                log.last_term(),
+                hs.term
+            )));
+        }
+        let mut rng = Rng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let randomized_election_ticks =
+            config.election_ticks + rng.below(config.election_ticks as u64) as u32;
+        let emitted_hard_state =
+            HardState { term: hs.term, vote: hs.vote, commit: log.committed() };
+        let raft = Raft {
+            id: config.id,
+            group: config.group,
+            cfg: config,
+            voters,
+            term: hs.term,
+            vote: hs.vote,
+            log,
+            role: Role::Follower { leader: None },
+            election_elapsed: 0,
+            randomized_election_ticks,
+            rng,
+            out: Outbox::default(),
+            emitted_hard_state,
+            next_ready_number: 1,
+            apply_fetching: false,
+        };
+        raft.debug_check();
+        Ok(raft)
+    }
+
+    // ----- inputs -----
+
+    /// Advances logical time by one tick: drives election timeouts, heartbeats and check-quorum.
+    pub fn tick(&mut self) {
+        // A failed apply fetch is retried once per tick rather than in a tight loop.
+        if self.apply_fetching && !self.out.fetches.iter().any(|f| f.purpose == FetchPurpose::Apply)
+        {
+            self.apply_fetching = false;
+        }
+        if matches!(self.role, Role::Leader(_)) {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+        self.debug_check();
+    }
+
+    /// Handles a message from a peer. Errors mean the message was dropped and changed nothing;
+    /// they come from bad input, never from this node's state.
+    pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        self.validate(&msg)?;
+        let result = self.step_validated(msg);
+        self.debug_check();
+        result
+    }
+
+    /// Proposes a command. On the leader, appends it and returns its position: the command is
+    /// applied at that index if an entry with this term commits there; any other entry at that
+    /// index means it was lost (a new leader overwrote it) and may be retried.
+    pub fn propose(&mut self, data: Bytes) -> Result<EntryId, ProposeError> {
+        let term = self.term;
+        let leader_hint = self.leader();
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(ProposeError::NotLeader { leader: leader_hint });
+        };
+        let size = data.len() as u64 + Entry::OVERHEAD_BYTES;
+        if leader.uncommitted_bytes > 0
+            && leader.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max
+        {
+            return Err(ProposeError::Backpressure {
+                uncommitted_bytes: leader.uncommitted_bytes,
+                limit_bytes: self.cfg.uncommitted_bytes_max,
+            });
+        }
+        leader.uncommitted_bytes += size;
+        leader.replicate_pending = true;
+        let index = self.log.append_new(term, EntryKind::Normal, data);
+        Ok(EntryId { index, term })
+    }
+
+    /// The caller made the writes of every Ready up to `ready_number` durable. Stale or repeated
+    /// acknowledgements are harmless.
+    pub fn on_persisted(&mut self, ready_number: u64) {
+        if self.log.on_persisted(ready_number) && matches!(self.role, Role::Leader(_)) {
+            self.maybe_commit();
+        }
+        self.debug_check();
+    }
+
+    /// The answer to a [`FetchRequest`] from an earlier Ready. Entries that no longer match the
+    /// log (it was truncated meanwhile) or arrive after the purpose lapsed are ignored; the core
+    /// asks again when it still needs them.
+    pub fn on_fetched(&mut self, request: FetchRequest, result: Result<Vec<Entry>, StorageError>) {
+        let entries = match result {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::warn!(group = self.group, id = self.id, ?request, %err, "log fetch failed");
+                if let FetchPurpose::Replicate { to, term } = request.purpose {
+                    if let Some(p) = self.progress_mut_in_term(to, term) {
+                        p.fetching = false;
+                    }
+                }
+                // An apply fetch stays marked until the next tick, which retries it.
+                return;
+            }
+        };
+        match request.purpose {
+            FetchPurpose::Apply => {
+                self.apply_fetching = false;
+                let expected = self.log.applying() + 1;
+                let fits = entries.first().is_some_and(|e| e.index == expected)
+                    && entries.windows(2).all(|w| w[1].index == w[0].index + 1)
+                    && entries.last().is_some_and(|e| e.index <= self.log.committed())
+                    && self.log.matches(&entries)
+                    && self.out.fetched_apply.is_empty();
+                if fits {
+                    self.out.fetched_apply = entries;
+                }
+            }
+            FetchPurpose::Replicate { to, term } => self.send_fetched(to, term, entries),
+        }
+        self.debug_check();
+    }
+
+    // ----- output -----
+
+    /// Whether [`ready`](Raft::ready) has anything for the caller.
+    pub fn has_ready(&self) -> bool {
+        let out = &self.out;
+        !out.messages.is_empty()
+            || !out.persisted_messages.is_empty()
+            || !out.fetches.is_empty()
+            || !out.fetched_apply.is_empty()
+            || self.hard_state() != self.emitted_hard_state
+            || self.log.has_unhanded()
+            || (self.log.has_applicable() && !self.apply_fetching)
+            || matches!(&self.role, Role::Leader(l) if l.replicate_pending)
+    }
+
+    /// Gathers everything the caller must do now. See [`ready`](crate::ready) for the contract.
+    pub fn ready(&mut self) -> Ready {
+        if matches!(&self.role, Role::Leader(l) if l.replicate_pending) {
+            self.flush_appends();
+        }
+        let number = self.next_ready_number;
+        self.next_ready_number += 1;
+        let hard_state = self.hard_state();
+        let hard_state = (hard_state != self.emitted_hard_state).then(|| {
+            self.emitted_hard_state = hard_state;
+            hard_state
+        });
+        let entries = self.log.take_unpersisted(number);
+        let committed_entries = self.take_committed();
+        self.log.evict(self.cfg.log_cache_bytes_max);
+        let out = &mut self.out;
+        let ready = Ready {
+            number,
+            group: self.group,
+            hard_state,
+            entries,
+            messages: std::mem::take(&mut out.messages),
+            persisted_messages: std::mem::take(&mut out.persisted_messages),
+            committed_entries,
+            fetches: std::mem::take(&mut out.fetches),
+        };
+        self.debug_check();
+        ready
+    }
+
+    fn take_committed(&mut self) -> Vec<Entry> {
+        if !self.out.fetched_apply.is_empty() {
+            let entries = std::mem::take(&mut self.out.fetched_apply);
+            if let Some(last) = entries.last() {
+                self.log.advance_applying(last.index);
+            }
+            return entries;
+        }
+        if self.apply_fetching {
+            return Vec::new();
+        }
+        match self.log.next_applicable(self.cfg.apply_bytes_max) {
+            Slice::Cached(entries) => {
+                if let Some(last) = entries.last() {
+                    self.log.advance_applying(last.index);
+                }
+                entries
+            }
+            Slice::Empty => Vec::new(),
+            Slice::Fetch { lo, hi } => {
+                self.apply_fetching = true;
+                self.out.fetches.push(FetchRequest {
+                    group: self.group,
+                    purpose: FetchPurpose::Apply,
+                    lo,
+                    hi,
+                    max_bytes: self.cfg.apply_bytes_max,
+                });
+                Vec::new()
+            }
+        }
+    }
+
+    // ----- queries -----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's group.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower { .. } => RoleKind::Follower,
+            Role::PreCandidate(_) => RoleKind::PreCandidate,
+            Role::Candidate(_) => RoleKind::Candidate,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+
+    /// Whether this node leads its group.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    /// The leader this node knows of in its term (itself when leader).
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.role {
+            Role::Follower { leader } => leader,
+            Role::Leader(_) => Some(self.id),
+            Role::PreCandidate(_) | Role::Candidate(_) => None,
+        }
+    }
+
+    /// The highest committed index this node knows.
+    pub fn commit_index(&self) -> Index {
+        self.log.committed()
+    }
+
+    /// The last index of this node's log.
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+
+    /// The highest index handed to the state machine.
+    pub fn applied_index(&self) -> Index {
+        self.log.applying()
+    }
+
+    /// The term of the entry at `index`, if this node's log holds it.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The voting members.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    /// The term runs of this node's log: `(first index, term)` pairs covering every entry.
+    pub fn term_runs(&self) -> &[(Index, Term)] {
+        self.log.term_runs()
+    }
+
+    /// Term, vote and commit index as they would be persisted now.
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed() }
+    }
+
+    /// A full status report.
+    pub fn status(&self) -> Status {
+        let progress = match &self.role {
+            Role::Leader(l) => l.progress.iter().map(PeerProgress::from).collect(),
+            _ => Vec::new(),
+        };
+        Status {
+            id: self.id,
+            group: self.group,
+            role: self.role(),
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader(),
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+            persisted_index: self.log.persisted(),
+            commit_index: self.log.committed(),
+            applied_index: self.log.applying(),
+            cached_entries: self.log.cached_entries(),
+            cached_bytes: self.log.cache_bytes(),
+            progress,
+        }
+    }
+
+    // ----- internals shared by the role modules -----
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let id = self.id;
+        self.voters.iter().copied().filter(move |&v| v != id)
+    }
+
+    fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let msg = Message { group: self.group, from: self.id, to, term: self.term, body };
+        self.out.messages.push(msg);
+    }
+
+    /// Sends `body` once this node's pending writes are durable (votes, acknowledgements).
+    fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        let msg = Message { group: self.group, from: self.id, to, term: self.term, body };
+        self.out.persisted_messages.push(msg);
+    }
+
+    fn progress_mut_in_term(&mut self, to: NodeId, term: Term) -> Option<&mut Progress> {
+        if term != self.term {
+            return None;
+        }
+        match &mut self.role {
+            Role::Leader(l) => l.progress.iter_mut().find(|p| p.id == to),
+            _ => None,
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_election_ticks =
+            self.cfg.election_ticks + self.rng.below(self.cfg.election_ticks as u64) as u32;
+    }
+
+    /// Rejects messages that do not belong here or break the protocol's shape, before any
+    /// state changes.
+    fn validate(&self, msg: &Message) -> Result<(), StepError> {
+        if msg.group != self.group {
+            return Err(StepError::WrongGroup { expected: self.group, got: msg.group });
+        }
+        if msg.to != self.id {
+            return Err(StepError::WrongNode { expected: self.id, got: msg.to });
+        }
+        if msg.from == self.id || !self.voters.contains(&msg.from) {
+            return Err(StepError::UnknownPeer(msg.from));
+        }
+        let malformed =
+            |reason: String| StepError::Malformed { kind: msg.body.name(), from: msg.from, reason };
+        if let MessageBody::Append(req) = &msg.body {
+            // Reject index overflow up front, so the checks below cannot wrap.
+            let count = req.entries.len() as u64;
+            if req.prev_index.checked_add(count).is_none_or(|last| last == u64::MAX) {
+                return Err(malformed(format!(
+                    "{count} entries after prev_index {} overflow the index space",
+                    req.prev_index
+                )));
+            }
+            let mut prev_term = req.prev_term;
+            for (entry, expected) in req.entries.iter().zip(req.prev_index + 1..) {
+                if entry.index != expected {
+                    return Err(malformed(format!(
+                        "entry index {} where {} was expected",
+                        entry.index, expected
+                    )));
+                }
+                if entry.term < prev_term || entry.term > msg.term {
+                    return Err(malformed(format!(
+                        "entry {} has term {} outside [{}, {}]",
+                        entry.index, entry.term, prev_term, msg.term
+                    )));
+                }
+                prev_term = entry.term;
+            }
+            if req.prev_term > msg.term {
+                return Err(malformed(format!(
+                    "prev_term {} is above the message term {}",
+                    req.prev_term, msg.term
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the node's invariants in debug builds; panics naming the one that broke.
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    /// Checks every invariant of this node's state; panics naming the one that broke. Runs
+    /// after every input in debug builds; the simulator also calls it.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        assert!(
+            self.log.last_term() <= self.term,
+            "log term {} is above the node's term {}",
+            self.log.last_term(),
+            self.term
+        );
+        match &self.role {
+            Role::Leader(l) => {
+                assert_eq!(self.vote, Some(self.id), "a leader must have voted for itself");
+                for p in &l.progress {
+                    assert!(
+                        p.match_index < p.next_index,
+                        "peer {}: match {} >= next {}",
+                        p.id,
+                        p.match_index,
+                        p.next_index
+                    );
+                    assert!(
+                        p.match_index <= self.log.last_index(),
+                        "peer {}: match {} is past the leader's last index {}",
+                        p.id,
+                        p.match_index,
+                        self.log.last_index()
+                    );
+                }
+            }
+            Role::Candidate(v) => {
+                assert_eq!(self.vote, Some(self.id), "a candidate must have voted for itself");
+                assert!(v.granted.contains(&self.id), "a candidate counts its own vote");
+            }
+            Role::PreCandidate(_) | Role::Follower { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Log replication: the leader's appends and heartbeats, the follower's handling of them, and
+//! the commit rule.
+
+use super::{Raft, Role};
+use crate::error::StepError;
+use crate::log::{AppendRejection, Slice};
+use crate::message::{AppendRequest, AppendResponse, Heartbeat, MessageBody};
+use crate::ready::{FetchPurpose, FetchRequest};
+use crate::tracker::ProgressState;
+use crate::types::{Entry, Index, NodeId, Term};
+
+impl Raft {
+    pub(super) fn tick_leader(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum && !self.quorum_active() {
+                tracing::info!(
+                    group = self.group,
+                    id = self.id,
+                    term = self.term,
+                    "stepping down: no quorum heard within an election timeout"
+                );
+                self.become_follower(self.term, None);
+                return;
+            }
+        }
+        let Role::Leader(leader) = &mut self.role else { return };
+        leader.heartbeat_elapsed += 1;
+        if leader.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            leader.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let committed = self.log.committed();
+        let Role::Leader(leader) = &self.role else { return };
+        // Cap the commit index at what each follower is known to hold, so a follower never
+        // commits an entry it has not matched with this leader.
+        let beats: Vec<(NodeId, Index)> =
+            leader.progress.iter().map(|p| (p.id, p.match_index.min(committed))).collect();
+        for (to, commit) in beats {
+            self.send(to, MessageBody::Heartbeat(Heartbeat { commit }));
+        }
+    }
+
+    /// Sends what each follower can take now (called when a Ready is built, so proposals that
+    /// arrived since the last Ready share messages).
+    pub(super) fn flush_appends(&mut self) {
+        let Role::Leader(leader) = &mut self.role else { return };
+        leader.replicate_pending = false;
+        for i in 0..leader.progress.len() {
+            self.maybe_send_append(i, false);
+        }
+    }
+
+    /// Sends appends to the follower at position `i` while its window allows and there is
+    /// something to send (or one empty append, as a probe, when `allow_empty`). Returns whether
+    /// anything was sent.
+    fn maybe_send_append(&mut self, i: usize, allow_empty: bool) -> bool {
+        let mut sent_any = false;
+        let mut allow_empty = allow_empty;
+        loop {
+            let Role::Leader(leader) = &mut self.role else { return sent_any };
+            let p = &mut leader.progress[i];
+            if p.fetching || p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max) {
+                return sent_any;
+            }
+            let (to, next) = (p.id, p.next_index);
+            let prev_index = next - 1;
+            let Some(prev_term) = self.log.term(prev_index) else {
+                // The entry before `next` was compacted away; only a snapshot can catch this
+                // follower up.
+                tracing::warn!(
+                    group = self.group,
+                    id = self.id,
+                    to,
+                    prev_index,
+                    first_index = self.log.first_index(),
+                    "follower needs compacted entries"
+                );
+                return sent_any;
+            };
+            let entries = match self.log.slice(
+                next,
+                self.log.last_index(),
+                self.cfg.append_entries_max,
+                self.cfg.append_bytes_max,
+            ) {
+                Slice::Cached(entries) => entries,
+                Slice::Empty => Vec::new(),
+                Slice::Fetch { lo, hi } => {
+                    let hi = hi.min(lo + self.cfg.append_entries_max as Index - 1);
+                    let term = self.term;
+                    let Role::Leader(leader) = &mut self.role else { return sent_any };
+                    leader.progress[i].fetching = true;
+                    self.out.fetches.push(FetchRequest {
+                        group: self.group,
+                        purpose: FetchPurpose::Replicate { to, term },
+                        lo,
+                        hi,
+                        max_bytes: self.cfg.append_bytes_max,
+                    });
+                    return sent_any;
+                }
+            };
+            if entries.is_empty() && !allow_empty {
+                return sent_any;
+            }
+            allow_empty = false;
+            let carried = !entries.is_empty();
+            self.send_append(i, prev_index, prev_term, entries);
+            sent_any = true;
+            if !carried {
+                return sent_any;
+            }
+        }
+    }
+
+    /// Sends one append to the follower at position `i` and records it in its progress.
+    fn send_append(&mut self, i: usize, prev_index: Index, prev_term: Term, entries: Vec<Entry>) {
+        let commit = self.log.committed();
+        let Role::Leader(leader) = &mut self.role else { return };
+        let p = &mut leader.progress[i];
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let last = prev_index + entries.len() as Index;
+        p.sent(last, bytes, !entries.is_empty());
+        let to = p.id;
+        let req = AppendRequest { prev_index, prev_term, entries, commit };
+        self.send(to, MessageBody::Append(req));
+    }
+
+    /// Entries read from the store for a follower that lags behind the cache.
+    pub(super) fn send_fetched(&mut self, to: NodeId, term: Term, entries: Vec<Entry>) {
+        let matches = self.log.matches(&entries);
+        let Some(p) = self.progress_mut_in_term(to, term) else { return };
+        p.fetching = false;
+        let usable = matches
+            && entries.first().is_some_and(|e| e.index == p.next_index)
+            && entries.windows(2).all(|w| w[1].index == w[0].index + 1);
+        let Role::Leader(leader) = &mut self.role else { return };
+        leader.replicate_pending = true;
+        if !usable {
+            return; // The follower's needs changed while reading; the next Ready asks again.
+        }
+        let Some(i) = leader.progress.iter().position(|p| p.id == to) else { return };
+        let p = &leader.progress[i];
+        if p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max) {
+            return;
+        }
+        let prev_index = p.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else { return };
+        self.send_append(i, prev_index, prev_term, entries);
+    }
+
+    /// Follower side of AppendEntries (Raft §5.3).
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        req: AppendRequest,
+    ) -> Result<(), StepError> {
+        match &self.role {
+            Role::Leader(_) => {
+                // Two leaders in one term cannot happen in a correct group (Election Safety).
+                tracing::error!(
+                    group = self.group,
+                    id = self.id,
+                    from,
+                    term,
+                    "append from another leader of my own term; dropped"
+                );
+                return Ok(());
+            }
+            Role::Follower { leader: Some(l) } if *l == from => {}
+            _ => self.become_follower(term, Some(from)),
+        }
+        self.election_elapsed = 0;
+        let AppendRequest { mut prev_index, mut prev_term, mut entries, commit } = req;
+        let committed = self.log.committed();
+        if prev_index < committed {
+            // Entries up to our commit index are committed, so every leader holds them
+            // (Leader Completeness) and they match; skip to the first one that may not.
+            let skip = ((committed - prev_index) as usize).min(entries.len());
+            entries.drain(..skip);
+            prev_index = committed;
+            prev_term = self.log.term(committed).unwrap_or_default();
+        }
+        match self.log.maybe_append(prev_index, prev_term, entries, from, term) {
+            Ok(last_new) => {
+                // Raft §5.3: commit up to the leader's commit index, but not past what this
+                // message showed to match (older entries past it may still be replaced).
+                self.log.commit_to(commit.min(last_new));
+                self.send_after_persist(
+                    from,
+                    MessageBody::AppendResponse(AppendResponse::Success { match_index: last_new }),
+                );
+                Ok(())
+            }
+            Err(AppendRejection::Mismatch { hint_index, hint_term }) => {
+                self.send_after_persist(
+                    from,
+                    MessageBody::AppendResponse(AppendResponse::Conflict {
+                        rejected: prev_index,
+                        hint_index,
+                        hint_term,
+                    }),
+                );
+                Ok(())
+            }
+            Err(AppendRejection::Committed(err)) => {
+                tracing::error!(group = self.group, id = self.id, %err, "append dropped");
+                Err(err)
+            }
+        }
+    }
+
+    pub(super) fn handle_append_response(&mut self, from: NodeId, resp: AppendResponse) {
+        let last_index = self.log.last_index();
+        let probe_from = match resp {
+            AppendResponse::Conflict { hint_index, hint_term, .. } => {
+                // Turn the follower's hint into the largest index where our term is at most
+                // the follower's: a whole divergent term is skipped per round trip.
+                self.log.find_conflict_by_term(hint_index, hint_term)
+            }
+            AppendResponse::Success { .. } => 0,
+        };
+        let Role::Leader(leader) = &mut self.role else { return };
+        let Some(i) = leader.progress.iter().position(|p| p.id == from) else { return };
+        let p = &mut leader.progress[i];
+        p.recent_active = true;
+        match resp {
+            AppendResponse::Success { match_index } => {
+                if match_index > last_index {
+                    tracing::warn!(
+                        group = self.group,
+                        id = self.id,
+                        from,
+                        match_index,
+                        last_index,
+                        "append response acknowledges entries this leader never sent; dropped"
+                    );
+                    return;
+                }
+                let was_paused =
+                    p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+                let moved = p.maybe_update(match_index);
+                if p.state == ProgressState::Probe && (moved || match_index == p.match_index) {
+                    p.become_replicate();
+                }
+                let now_paused =
+                    p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+                if moved {
+                    // Followers learn a new commit index with the next append or heartbeat.
+                    self.maybe_commit();
+                }
+                if was_paused && !now_paused || moved {
+                    self.maybe_send_append(i, false);
+                }
+            }
+            AppendResponse::Conflict { rejected, .. } => {
+                if p.maybe_decrease(rejected, probe_from) {
+                    tracing::debug!(
+                        group = self.group,
+                        id = self.id,
+                        from,
+                        rejected,
+                        next = p.next_index,
+                        "follower rejected append; probing"
+                    );
+                    self.maybe_send_append(i, true);
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {
+        match &self.role {
+            Role::Leader(_) => {
+                tracing::error!(
+                    group = self.group,
+                    id = self.id,
+                    from,
+                    "heartbeat from another leader of my own term; dropped"
+                );
+                return;
+            }
+            Role::Follower { leader: Some(l) } if *l == from => {}
+            _ => self.become_follower(self.term, Some(from)),
+        }
+        self.election_elapsed = 0;
+        // The leader caps `commit` at our match index, which we hold durably.
+        self.log.commit_to(hb.commit.min(self.log.last_index()));
+        self.send(from, MessageBody::HeartbeatResponse);
+    }
+
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId) {
+        let last_index = self.log.last_index();
+        let Role::Leader(leader) = &mut self.role else { return };
+        let Some(i) = leader.progress.iter().position(|p| p.id == from) else { return };
+        let p = &mut leader.progress[i];
+        p.recent_active = true;
+        p.on_heartbeat_response(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+        if p.match_index < last_index {
+            // The follower is behind: resend (an empty append at `next - 1` finds out whether
+            // earlier appends were lost).
+            self.maybe_send_append(i, true);
+        }
+    }
+
+    /// Advances the commit index to the highest index a quorum holds durably, if that entry is
+    /// of the current term (Raft §5.4.2, Figure 8). Returns whether it moved.
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let own = self.log.persisted();
+        let term = self.term;
+        let id = self.id;
+        let Role::Leader(leader) = &mut self.role else { return false };
+        leader.scratch.clear();
+        leader.scratch.push(own);
+        leader.scratch.extend(leader.progress.iter().map(|p| p.match_index));
+        debug_assert_eq!(leader.scratch.len(), self.voters.len(), "leader {id} tracks every voter");
+        let quorum_index = crate::tracker::quorum_index(&mut leader.scratch);
+        let old = self.log.committed();
+        if quorum_index <= old {
+            return false;
+        }
+        let of_this_term = self.log.term(quorum_index) == Some(term);
+        #[cfg(feature = "sim")]
+        let of_this_term = of_this_term || self.cfg.fault_commit_any_term;
+        if !of_this_term {
+            // Counting replicas of an older term's entry is not enough: a later leader may
+            // still overwrite it (Figure 8). It commits with the first entry of this term.
+            return false;
+        }
+        self.log.commit_to(quorum_index);
+        let released = self.log.cached_bytes_of_term(old + 1, quorum_index, term);
+        if let Role::Leader(leader) = &mut self.role {
+            leader.uncommitted_bytes = leader.uncommitted_bytes.saturating_sub(released);
+        }
+        true
+    }
+}

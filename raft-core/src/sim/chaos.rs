@@ -1,0 +1,274 @@
+//! The chaos scenario: one seed picks a cluster size, fault rates and Raft settings, then runs a
+//! client workload through random partitions, crashes and restarts, heals everything, and
+//! checks safety after every step, liveness and convergence after healing, and the
+//! linearizability of the whole client history at the end.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::cluster::{Cluster, DiskModel, NetFaults, SimOptions, WorkloadOptions};
+use super::linearizability::{
+    check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel,
+};
+use crate::types::NodeId;
+use crate::{Config, Rng};
+
+/// How long each phase of the scenario runs.
+#[derive(Clone, Debug)]
+pub struct ChaosOptions {
+    /// Virtual time under faults.
+    pub fault_us: u64,
+    /// Virtual time after healing in which the group must make progress again.
+    pub settle_us: u64,
+    /// Search steps the linearizability checker may spend per key.
+    pub checker_budget: u64,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> ChaosOptions {
+        ChaosOptions { fault_us: 20_000_000, settle_us: 3_000_000, checker_budget: 20_000_000 }
+    }
+}
+
+/// What a passing run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChaosReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Operations in the checked history.
+    pub history_ops: usize,
+    /// Operations that completed.
+    pub ops_completed: u64,
+    /// Operations abandoned with unknown outcome.
+    pub ops_timed_out: u64,
+    /// The highest term reached.
+    pub max_term: u64,
+    /// The highest committed index.
+    pub committed: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Faults injected (partitions, crashes, restarts, link cuts, heals).
+    pub faults: u64,
+}
+
+/// A failing run: the seed, what broke, and how to replay it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChaosFailure {
+    /// The seed.
+    pub seed: u64,
+    /// What broke.
+    pub reason: String,
+}
+
+impl ChaosFailure {
+    /// The one command that replays this seed.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release -p raft-core --features sim --example sim-sweep -- --seed {}",
+            self.seed
+        )
+    }
+}
+
+impl std::fmt::Display for ChaosFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed {} failed: {}\n  replay: {}", self.seed, self.reason, self.replay_command())
+    }
+}
+
+impl std::error::Error for ChaosFailure {}
+
+/// The settings a seed picks.
+pub fn options_for_seed(seed: u64) -> SimOptions {
+    let mut rng = Rng::new(seed ^ 0x5EED_CA05);
+    let pick = |rng: &mut Rng, choices: &[u64]| choices[rng.below(choices.len() as u64) as usize];
+    let nodes = if rng.chance(0.5) { 3 } else { 5 };
+    let net = NetFaults {
+        loss: [0.0, 0.01, 0.05, 0.1, 0.2][rng.below(5) as usize],
+        duplicate: [0.0, 0.02, 0.05][rng.below(3) as usize],
+        delay_min_us: 50,
+        delay_max_us: pick(&mut rng, &[500, 2_000, 10_000, 30_000]),
+        long_delay: [0.0, 0.01, 0.03][rng.below(3) as usize],
+        long_delay_max_us: pick(&mut rng, &[100_000, 500_000]),
+    };
+    let disk = DiskModel {
+        latency_min_us: 20,
+        latency_max_us: pick(&mut rng, &[200, 1_000, 5_000]),
+        slow: [0.0, 0.01, 0.05][rng.below(3) as usize],
+        slow_max_us: pick(&mut rng, &[20_000, 100_000]),
+    };
+    let raft = Config {
+        election_ticks: 10,
+        heartbeat_ticks: pick(&mut rng, &[1, 2, 3]) as u32,
+        pre_vote: rng.chance(0.75),
+        check_quorum: rng.chance(0.75),
+        append_entries_max: pick(&mut rng, &[1, 4, 64]) as usize,
+        append_bytes_max: pick(&mut rng, &[64, 4_096, 1 << 20]),
+        inflight_msgs_max: pick(&mut rng, &[1, 2, 8, 64]) as usize,
+        inflight_bytes_max: pick(&mut rng, &[256, 1 << 20]),
+        apply_bytes_max: pick(&mut rng, &[64, 1 << 20]),
+        // Small caches make replication and apply read the store (the fetch paths).
+        log_cache_bytes_max: pick(&mut rng, &[0, 2_048, 64 << 20]),
+        ..Config::default()
+    };
+    SimOptions {
+        nodes,
+        seed,
+        raft,
+        tick_us: 10_000,
+        clock_drift_pct: pick(&mut rng, &[0, 5, 20]),
+        net,
+        disk,
+        fetch_delay_max_us: pick(&mut rng, &[100, 5_000]),
+        check_node_invariants: true,
+    }
+}
+
+/// Runs the chaos scenario for `seed`, turning panics (broken internal invariants) into
+/// failures too.
+pub fn run_seed(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
+    match catch_unwind(AssertUnwindSafe(|| run_seed_inner(seed, opts))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ChaosFailure { seed, reason: format!("panic: {message}") })
+        }
+    }
+}
+
+fn run_seed_inner(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
+    let fail = |reason: String| ChaosFailure { seed, reason };
+    let sim_opts = options_for_seed(seed);
+    let n = sim_opts.nodes as NodeId;
+    let mut rng = Rng::new(seed ^ 0xFA17_5EED);
+    let mut cluster = Cluster::new(sim_opts);
+    let workload = WorkloadOptions {
+        clients: rng.range(2, 6) as usize,
+        keys: rng.range(2, 8) as usize,
+        timeout_us: rng.range(500_000, 1_500_000),
+        think_max_us: rng.range(1_000, 50_000),
+        read_pct: rng.range(20, 60),
+    };
+    cluster.start_workload(workload);
+    let mut faults = 0;
+    let run = |cluster: &mut Cluster, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
+
+    while cluster.now_us() < opts.fault_us {
+        run(&mut cluster, rng.range(20_000, 400_000))?;
+        faults += 1;
+        match rng.below(100) {
+            0..=19 => {
+                // A random split; either side may hold the majority.
+                let mut ids: Vec<NodeId> = (1..=n).collect();
+                for i in (1..ids.len()).rev() {
+                    ids.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let cut = rng.range(1, n - 1) as usize;
+                let (a, b) = ids.split_at(cut);
+                cluster.partition(&[a, b]);
+            }
+            20..=29 => {
+                // One-way link failures.
+                for _ in 0..rng.range(1, 3) {
+                    let from = rng.range(1, n);
+                    let to = rng.range(1, n);
+                    if from != to {
+                        cluster.block_link(from, to);
+                    }
+                }
+            }
+            30..=49 => cluster.heal(),
+            50..=69 => {
+                let id = rng.range(1, n);
+                cluster.crash(id);
+            }
+            70..=89 => {
+                let down: Vec<NodeId> = (1..=n).filter(|&id| !cluster.is_up(id)).collect();
+                if let Some(&id) = down.get(rng.below(down.len().max(1) as u64) as usize) {
+                    cluster.restart(id);
+                }
+            }
+            _ => {
+                // Crash and restart at once: the node comes back with only its durable state.
+                let id = rng.range(1, n);
+                cluster.crash(id);
+                cluster.restart(id);
+            }
+        }
+    }
+
+    // Heal everything: the group must recover and serve clients again.
+    cluster.heal();
+    for id in 1..=n {
+        cluster.restart(id);
+    }
+    let healed_at = cluster.now_us();
+    let mut calmer = cluster.options().net.clone();
+    calmer.loss = calmer.loss.min(0.01);
+    calmer.long_delay = 0.0;
+    cluster.set_net_faults(calmer);
+    run(&mut cluster, opts.settle_us)?;
+    if cluster.last_completion_us() <= healed_at {
+        return Err(fail(format!(
+            "no client operation completed within {} us after healing (leaders: {:?})",
+            opts.settle_us,
+            cluster.leaders()
+        )));
+    }
+
+    // Let clients finish, then let the followers learn the final commit index.
+    cluster.stop_workload();
+    let idle = cluster
+        .run_until(5_000_000, 50_000, Cluster::clients_idle)
+        .map_err(|e| fail(e.to_string()))?;
+    if !idle {
+        return Err(fail("clients still busy 5 s after the workload stopped".into()));
+    }
+    // Every node must catch up (at whatever pace the seed's limits allow).
+    let converged = |c: &Cluster| {
+        let top = c.max_committed();
+        (1..=n).all(|id| {
+            c.raft(id).is_some_and(|r| r.commit_index() == top && c.applied_len(id) as u64 == top)
+        })
+    };
+    let done =
+        cluster.run_until(30_000_000, 100_000, converged).map_err(|e| fail(e.to_string()))?;
+    let top = cluster.max_committed();
+    if !done {
+        let commits: Vec<(NodeId, u64, usize)> = (1..=n)
+            .filter_map(|id| {
+                cluster.raft(id).map(|r| (id, r.commit_index(), cluster.applied_len(id)))
+            })
+            .collect();
+        return Err(fail(format!(
+            "nodes did not converge on commit index {top}: (node, commit, applied) = {commits:?}"
+        )));
+    }
+
+    let mut history = cluster.history();
+    prune_unobserved_unknown_writes(&mut history);
+    match check_history(&KvModel, &history, opts.checker_budget) {
+        CheckOutcome::Linearizable => {}
+        other => return Err(fail(format!("client history of {} ops: {other:?}", history.len()))),
+    }
+    let stats = cluster.stats();
+    Ok(ChaosReport {
+        seed,
+        nodes: n as usize,
+        history_ops: history.len(),
+        ops_completed: stats.ops_completed,
+        ops_timed_out: stats.ops_timed_out,
+        max_term: (1..=n).filter_map(|id| cluster.raft(id).map(|r| r.term())).max().unwrap_or(0),
+        committed: top,
+        messages: stats.messages_sent(),
+        crashes: stats.crashes,
+        faults,
+    })
+}

@@ -1,0 +1,1075 @@
+//! A simulated cluster: N nodes, a network and disks under fault injection, virtual time, and
+//! clients, all driven by one seed.
+//!
+//! Everything happens as events on one queue ordered by virtual time (microseconds). Each node
+//! ticks on its own clock (which may drift), messages cross a network that can lose, duplicate,
+//! delay, reorder and partition them, and each node's writes become durable only when its
+//! simulated disk finishes them; a crash loses whatever was not durable yet. The safety checker
+//! runs after every event.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use bytes::Bytes;
+
+use super::checks::{SafetyChecker, Violation};
+use super::kv::{Command, KvOp, KvStore};
+use super::linearizability::Operation;
+use super::CrashableStore;
+use crate::error::ProposeError;
+use crate::message::{AppendResponse, Message, MessageBody};
+use crate::ready::FetchRequest;
+use crate::storage::{load_initial_state, serve_fetch, LogWrite, Lsn, StateMachine};
+use crate::types::{Entry, Index, NodeId, RoleKind, Term};
+use crate::{Config, MemLogStore, Raft, Rng};
+
+/// How the network misbehaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetFaults {
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Shortest one-way delay.
+    pub delay_min_us: u64,
+    /// Longest usual one-way delay; random delays reorder messages.
+    pub delay_max_us: u64,
+    /// Probability that a message is held back much longer.
+    pub long_delay: f64,
+    /// Longest such delay.
+    pub long_delay_max_us: u64,
+}
+
+impl NetFaults {
+    /// A network that delivers everything once, quickly and in order per link.
+    pub fn reliable() -> NetFaults {
+        NetFaults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min_us: 100,
+            delay_max_us: 100,
+            long_delay: 0.0,
+            long_delay_max_us: 0,
+        }
+    }
+
+    /// A network that loses, duplicates and reorders (the 6.824 "unreliable" network).
+    pub fn unreliable() -> NetFaults {
+        NetFaults {
+            loss: 0.1,
+            duplicate: 0.05,
+            delay_min_us: 100,
+            delay_max_us: 5_000,
+            long_delay: 0.02,
+            long_delay_max_us: 300_000,
+        }
+    }
+}
+
+impl Default for NetFaults {
+    fn default() -> NetFaults {
+        NetFaults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min_us: 100,
+            delay_max_us: 2_000,
+            long_delay: 0.0,
+            long_delay_max_us: 0,
+        }
+    }
+}
+
+/// How long each node's disk takes to make a write durable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskModel {
+    /// Shortest write-to-durable latency.
+    pub latency_min_us: u64,
+    /// Longest usual latency.
+    pub latency_max_us: u64,
+    /// Probability that a write is slow (a stalled disk).
+    pub slow: f64,
+    /// Longest slow latency.
+    pub slow_max_us: u64,
+}
+
+impl Default for DiskModel {
+    fn default() -> DiskModel {
+        DiskModel { latency_min_us: 50, latency_max_us: 1_000, slow: 0.0, slow_max_us: 0 }
+    }
+}
+
+/// Settings of a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Number of nodes (ids `1..=nodes`).
+    pub nodes: usize,
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// The Raft settings of every node (`id` and `seed` are set per node).
+    pub raft: Config,
+    /// Virtual microseconds per tick.
+    pub tick_us: u64,
+    /// Each node's clock runs up to this many percent fast or slow.
+    pub clock_drift_pct: u64,
+    /// Network faults.
+    pub net: NetFaults,
+    /// Disk latencies.
+    pub disk: DiskModel,
+    /// Longest time a log fetch takes.
+    pub fetch_delay_max_us: u64,
+    /// Run every node's own invariant check after each event it handles.
+    pub check_node_invariants: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            nodes: 3,
+            seed: 0,
+            raft: Config { election_ticks: 10, heartbeat_ticks: 2, ..Config::default() },
+            tick_us: 10_000,
+            clock_drift_pct: 0,
+            net: NetFaults::default(),
+            disk: DiskModel::default(),
+            fetch_delay_max_us: 500,
+            check_node_invariants: true,
+        }
+    }
+}
+
+/// A safety violation (or a protocol error) found during a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimError {
+    /// Virtual time of the failing event.
+    pub time_us: u64,
+    /// What broke.
+    pub violation: Violation,
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at {} us: {}", self.time_us, self.violation)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Counters of what happened during a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Messages the nodes sent, by kind.
+    pub sent: BTreeMap<&'static str, u64>,
+    /// Messages delivered to a live node.
+    pub delivered: u64,
+    /// Messages lost (fault, partition, or a down receiver).
+    pub dropped: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Disk writes.
+    pub disk_writes: u64,
+    /// Log fetches served.
+    pub fetches: u64,
+    /// Client operations that completed with an answer.
+    pub ops_completed: u64,
+    /// Client operations abandoned after a timeout (outcome unknown).
+    pub ops_timed_out: u64,
+}
+
+impl SimStats {
+    /// All messages sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.values().sum()
+    }
+}
+
+/// What a client's request got back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    /// Applied; the result.
+    Done(String),
+    /// Not the leader; nothing was done.
+    NotLeader(Option<NodeId>),
+    /// Definitely not applied (refused, or overwritten by another leader's entry).
+    Failed,
+}
+
+enum Event {
+    Tick(NodeId),
+    Deliver(Message),
+    /// The node's disk finished everything queued before this event: sync up to the write
+    /// (if any), acknowledge the Ready, and send the messages that waited for durability.
+    DiskDone {
+        node: NodeId,
+        epoch: u64,
+        write: Option<(Lsn, u64)>,
+        messages: Vec<Message>,
+    },
+    FetchDone {
+        node: NodeId,
+        epoch: u64,
+        request: FetchRequest,
+    },
+    Request {
+        node: NodeId,
+        client: u64,
+        op_id: u64,
+        data: Bytes,
+    },
+    Reply {
+        client: u64,
+        op_id: u64,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: u64,
+        op_id: u64,
+    },
+    ClientNext {
+        client: u64,
+    },
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest event must compare greatest.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A proposal a node made for a client, answered when its index is applied.
+struct Pending {
+    term: Term,
+    client: u64,
+    op_id: u64,
+}
+
+struct SimNode {
+    id: NodeId,
+    raft: Option<Raft>,
+    store: Box<dyn CrashableStore>,
+    /// Grows at every crash, so completions from before it are ignored.
+    epoch: u64,
+    kv: KvStore,
+    /// Every entry applied since the last start.
+    applied: Vec<Entry>,
+    pending: HashMap<Index, Pending>,
+    disk_free_at: u64,
+    /// Writes accepted by the store whose durability event has not happened yet.
+    writes_in_flight: u64,
+    tick_us: u64,
+    starts: u64,
+}
+
+/// Settings of the client workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadOptions {
+    /// Concurrent clients, each issuing one operation at a time.
+    pub clients: usize,
+    /// Keys the operations spread over.
+    pub keys: usize,
+    /// A client gives up on an operation (outcome unknown) after this long.
+    pub timeout_us: u64,
+    /// Pause between a client's operations.
+    pub think_max_us: u64,
+    /// Percentage of reads; the rest are half puts, half appends.
+    pub read_pct: u64,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> WorkloadOptions {
+        WorkloadOptions {
+            clients: 4,
+            keys: 5,
+            timeout_us: 800_000,
+            think_max_us: 20_000,
+            read_pct: 40,
+        }
+    }
+}
+
+struct InFlight {
+    op_id: u64,
+    op: KvOp,
+    call: u64,
+}
+
+struct Client {
+    id: u64,
+    target: NodeId,
+    current: Option<InFlight>,
+    next_op_id: u64,
+}
+
+struct Workload {
+    opts: WorkloadOptions,
+    clients: Vec<Client>,
+    history: Vec<Operation<KvOp, String>>,
+    running: bool,
+    last_completion_us: u64,
+}
+
+/// A simulated cluster. See the [module docs](self).
+pub struct Cluster {
+    opts: SimOptions,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    nodes: Vec<SimNode>,
+    /// Directed links that drop everything.
+    blocked: HashSet<(NodeId, NodeId)>,
+    checker: SafetyChecker,
+    workload: Option<Workload>,
+    stats: SimStats,
+    /// A violation found outside `run_for` (during a direct proposal), reported by the next run.
+    deferred: Option<SimError>,
+}
+
+impl Cluster {
+    /// A cluster of in-memory nodes whose stores lose unsynced writes on a crash.
+    pub fn new(opts: SimOptions) -> Cluster {
+        Cluster::with_stores(opts, |_| Box::new(MemLogStore::with_explicit_sync()))
+    }
+
+    /// A cluster whose nodes use the stores `make_store` builds (one per node id).
+    pub fn with_stores(
+        opts: SimOptions,
+        mut make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
+    ) -> Cluster {
+        assert!(opts.nodes > 0, "a cluster needs nodes");
+        let mut rng = Rng::new(opts.seed);
+        let mut nodes = Vec::with_capacity(opts.nodes);
+        for id in 1..=opts.nodes as NodeId {
+            let drift = opts.clock_drift_pct.min(50);
+            let tick_us = if drift == 0 {
+                opts.tick_us
+            } else {
+                let pct = rng.range(100 - drift, 100 + drift);
+                (opts.tick_us * pct / 100).max(1)
+            };
+            nodes.push(SimNode {
+                id,
+                raft: None,
+                store: make_store(id),
+                epoch: 0,
+                kv: KvStore::default(),
+                applied: Vec::new(),
+                pending: HashMap::new(),
+                disk_free_at: 0,
+                writes_in_flight: 0,
+                tick_us,
+                starts: 0,
+            });
+        }
+        let mut cluster = Cluster {
+            opts,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            blocked: HashSet::new(),
+            checker: SafetyChecker::new(),
+            workload: None,
+            stats: SimStats::default(),
+            deferred: None,
+        };
+        for id in 1..=cluster.opts.nodes as NodeId {
+            cluster.start_node(id);
+            let first_tick = cluster.rng.range(1, cluster.opts.tick_us);
+            cluster.schedule(first_tick, Event::Tick(id));
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let voters: Vec<NodeId> = (1..=self.opts.nodes as NodeId).collect();
+        let seed = self.rng.next_u64();
+        let idx = (id - 1) as usize;
+        let node = &mut self.nodes[idx];
+        let config = Config { id, seed, ..self.opts.raft.clone() };
+        let state = load_initial_state(&*node.store, config.group, voters, 0)
+            .unwrap_or_else(|e| panic!("node {id}: cannot load its store: {e}"));
+        let raft = Raft::new(config, state).unwrap_or_else(|e| panic!("node {id}: {e}"));
+        node.raft = Some(raft);
+        node.kv = KvStore::default();
+        node.applied.clear();
+        node.pending.clear();
+        node.starts += 1;
+    }
+
+    // ----- driving time -----
+
+    /// The current virtual time.
+    pub fn now_us(&self) -> u64 {
+        self.now
+    }
+
+    /// Runs every event due in the next `us` microseconds.
+    pub fn run_for(&mut self, us: u64) -> Result<(), SimError> {
+        if let Some(err) = self.deferred.take() {
+            return Err(err);
+        }
+        let end = self.now + us;
+        while self.queue.peek().is_some_and(|e| e.at <= end) {
+            let Some(next) = self.queue.pop() else { break };
+            self.now = next.at;
+            self.handle(next.event)
+                .map_err(|violation| SimError { time_us: self.now, violation })?;
+        }
+        self.now = end;
+        Ok(())
+    }
+
+    /// Runs until `done` holds (checked every `step_us`) or `max_us` pass. Returns whether it held.
+    pub fn run_until(
+        &mut self,
+        max_us: u64,
+        step_us: u64,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) -> Result<bool, SimError> {
+        let end = self.now + max_us;
+        while self.now < end {
+            if done(self) {
+                return Ok(true);
+            }
+            self.run_for(step_us.min(end - self.now))?;
+        }
+        Ok(done(self))
+    }
+
+    fn schedule(&mut self, after_us: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at: self.now + after_us, seq: self.seq, event });
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        let touched = match event {
+            Event::Tick(id) => {
+                let tick_us = self.nodes[(id - 1) as usize].tick_us;
+                self.schedule(tick_us, Event::Tick(id));
+                match self.raft_mut(id) {
+                    Some(raft) => {
+                        raft.tick();
+                        Some(id)
+                    }
+                    None => None,
+                }
+            }
+            Event::Deliver(msg) => {
+                let to = msg.to;
+                tracing::trace!(now = self.now, ?msg, "deliver");
+                match self.raft_mut(to) {
+                    Some(raft) => {
+                        let kind = msg.body.name();
+                        let from = msg.from;
+                        if let Err(err) = raft.step(msg) {
+                            return Err(Violation {
+                                property: "protocol",
+                                detail: format!("node {to} rejected a {kind} from {from}: {err}"),
+                            });
+                        }
+                        self.stats.delivered += 1;
+                        Some(to)
+                    }
+                    None => {
+                        self.stats.dropped += 1;
+                        None
+                    }
+                }
+            }
+            Event::DiskDone { node, epoch, write, messages } => {
+                let n = &mut self.nodes[(node - 1) as usize];
+                if n.epoch != epoch || n.raft.is_none() {
+                    None
+                } else {
+                    tracing::trace!(now = self.now, node, ?write, "disk done");
+                    if let Some((lsn, number)) = write {
+                        n.writes_in_flight -= 1;
+                        if let Err(err) = n.store.sync(lsn) {
+                            return Err(storage_violation(node, err));
+                        }
+                        if let Some(raft) = n.raft.as_mut() {
+                            raft.on_persisted(number);
+                        }
+                    }
+                    for m in messages {
+                        self.check_acknowledgement(&m)?;
+                        self.send(m);
+                    }
+                    Some(node)
+                }
+            }
+            Event::FetchDone { node, epoch, request } => {
+                let n = &mut self.nodes[(node - 1) as usize];
+                if n.epoch != epoch {
+                    None
+                } else if let Some(raft) = n.raft.as_mut() {
+                    let result = serve_fetch(&*n.store, &request);
+                    raft.on_fetched(request, result);
+                    self.stats.fetches += 1;
+                    Some(node)
+                } else {
+                    None
+                }
+            }
+            Event::Request { node, client, op_id, data } => {
+                self.handle_request(node, client, op_id, data)
+            }
+            Event::Reply { client, op_id, reply } => {
+                self.client_reply(client, op_id, reply);
+                None
+            }
+            Event::ClientTimeout { client, op_id } => {
+                self.client_timeout(client, op_id);
+                None
+            }
+            Event::ClientNext { client } => {
+                self.client_next(client);
+                None
+            }
+        };
+        if let Some(id) = touched {
+            self.drain(id)?;
+            if self.opts.check_node_invariants {
+                if let Some(raft) = self.raft(id) {
+                    raft.check_invariants();
+                }
+            }
+        }
+        self.checker.check_nodes(self.nodes.iter().filter_map(|n| n.raft.as_ref()))
+    }
+
+    /// Carries out every Ready the node has, following the contract in [`crate::ready`].
+    fn drain(&mut self, id: NodeId) -> Result<(), Violation> {
+        let idx = (id - 1) as usize;
+        loop {
+            let Some(raft) = self.nodes[idx].raft.as_mut() else { return Ok(()) };
+            if !raft.has_ready() {
+                return Ok(());
+            }
+            let ready = raft.ready();
+            tracing::trace!(now = self.now, node = id, ?ready, "ready");
+            for m in ready.messages {
+                self.send(m);
+            }
+            let mut write = None;
+            if ready.hard_state.is_some() || !ready.entries.is_empty() {
+                let node = &self.nodes[idx];
+                let group = ready.group;
+                let raft = node.raft.as_ref().expect("node is up");
+                let last =
+                    node.store.log_state(group).map_err(|e| storage_violation(id, e))?.last_index;
+                self.checker
+                    .check_write(raft, &ready.entries, last, |i| node.store.term(group, i).ok())?;
+                let batch =
+                    LogWrite { group, hard_state: ready.hard_state, entries: &ready.entries };
+                let lsn = node.store.write(&[batch]).map_err(|e| storage_violation(id, e))?;
+                self.stats.disk_writes += 1;
+                write = Some((lsn, ready.number));
+            }
+            let disk_busy = self.nodes[idx].writes_in_flight > 0;
+            if write.is_some() || (disk_busy && !ready.persisted_messages.is_empty()) {
+                // Persisted messages wait behind every write not yet durable, this one included.
+                let d = &self.opts.disk;
+                let mut latency = if write.is_some() {
+                    self.rng.range(d.latency_min_us, d.latency_max_us.max(d.latency_min_us))
+                } else {
+                    0
+                };
+                if write.is_some() && self.rng.chance(d.slow) {
+                    latency += self.rng.range(0, d.slow_max_us);
+                }
+                let node = &mut self.nodes[idx];
+                node.writes_in_flight += u64::from(write.is_some());
+                // The disk completes writes in order.
+                let done_at = (self.now + latency).max(node.disk_free_at);
+                node.disk_free_at = done_at;
+                let event = Event::DiskDone {
+                    node: id,
+                    epoch: node.epoch,
+                    write,
+                    messages: ready.persisted_messages,
+                };
+                self.schedule(done_at - self.now, event);
+            } else {
+                for m in ready.persisted_messages {
+                    self.check_acknowledgement(&m)?;
+                    self.send(m);
+                }
+            }
+            for entry in ready.committed_entries {
+                self.apply(idx, entry)?;
+            }
+            for request in ready.fetches {
+                let delay = self.rng.range(0, self.opts.fetch_delay_max_us);
+                let epoch = self.nodes[idx].epoch;
+                self.schedule(delay, Event::FetchDone { node: id, epoch, request });
+            }
+        }
+    }
+
+    fn apply(&mut self, idx: usize, entry: Entry) -> Result<(), Violation> {
+        let node = &mut self.nodes[idx];
+        let id = node.id;
+        self.checker.check_apply(id, &entry, node.applied.len() as Index + 1)?;
+        let output = node.kv.apply(&entry);
+        let index = entry.index;
+        let term = entry.term;
+        node.applied.push(entry);
+        if let Some(p) = node.pending.remove(&index) {
+            let reply = match output {
+                Some((cmd, result))
+                    if p.term == term && cmd.client == p.client && cmd.op_id == p.op_id =>
+                {
+                    Reply::Done(result)
+                }
+                // Another entry took the index: this proposal was overwritten and will never
+                // apply, so the client may safely resend it.
+                _ => Reply::Failed,
+            };
+            self.reply(p.client, p.op_id, reply);
+        }
+        Ok(())
+    }
+
+    /// Persist before acknowledge: a node never tells a leader that entries are durable before
+    /// its own log says so.
+    fn check_acknowledgement(&self, msg: &Message) -> Result<(), Violation> {
+        if let MessageBody::AppendResponse(AppendResponse::Success { match_index }) = msg.body {
+            let persisted = self.raft(msg.from).map_or(0, |r| r.status().persisted_index);
+            if match_index > persisted {
+                return Err(Violation {
+                    property: "persist before acknowledge",
+                    detail: format!(
+                        "node {} acknowledges index {match_index} but has persisted only {persisted}",
+                        msg.from
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a message across the faulty network.
+    fn send(&mut self, msg: Message) {
+        *self.stats.sent.entry(msg.body.name()).or_insert(0) += 1;
+        if self.blocked.contains(&(msg.from, msg.to)) || self.rng.chance(self.opts.net.loss) {
+            self.stats.dropped += 1;
+            return;
+        }
+        if self.rng.chance(self.opts.net.duplicate) {
+            let delay = self.net_delay();
+            self.schedule(delay, Event::Deliver(msg.clone()));
+        }
+        let delay = self.net_delay();
+        self.schedule(delay, Event::Deliver(msg));
+    }
+
+    fn net_delay(&mut self) -> u64 {
+        let n = &self.opts.net;
+        let mut delay = self.rng.range(n.delay_min_us, n.delay_max_us.max(n.delay_min_us));
+        if self.rng.chance(n.long_delay) {
+            delay += self.rng.range(0, n.long_delay_max_us);
+        }
+        delay
+    }
+
+    // ----- faults -----
+
+    /// Cuts every link to and from `id`.
+    pub fn disconnect(&mut self, id: NodeId) {
+        for other in 1..=self.opts.nodes as NodeId {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// Restores every link to and from `id` (links cut by other calls stay cut if they do not
+    /// involve `id`).
+    pub fn connect(&mut self, id: NodeId) {
+        self.blocked.retain(|&(a, b)| a != id && b != id);
+    }
+
+    /// Whether `id` can currently reach every other node and be reached by it.
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        !self.blocked.iter().any(|&(a, b)| a == id || b == id)
+    }
+
+    /// Splits the nodes into groups that cannot reach each other (nodes listed nowhere keep
+    /// their links).
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.blocked.clear();
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i + 1) {
+                for &x in a.iter() {
+                    for &y in b.iter() {
+                        self.blocked.insert((x, y));
+                        self.blocked.insert((y, x));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops messages from `from` to `to` only (an asymmetric partition).
+    pub fn block_link(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Replaces the network's fault settings.
+    pub fn set_net_faults(&mut self, net: NetFaults) {
+        self.opts.net = net;
+    }
+
+    /// Replaces the disk model.
+    pub fn set_disk_model(&mut self, disk: DiskModel) {
+        self.opts.disk = disk;
+    }
+
+    /// Crashes `id`: its process state is gone and its disk loses every write not yet durable.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if node.raft.is_none() {
+            return;
+        }
+        node.raft = None;
+        node.epoch += 1;
+        node.disk_free_at = self.now;
+        node.writes_in_flight = 0;
+        node.pending.clear();
+        if let Err(err) = node.store.power_loss() {
+            panic!("node {id}: store failed to recover from power loss: {err}");
+        }
+        self.stats.crashes += 1;
+    }
+
+    /// Restarts a crashed node from what its disk holds.
+    pub fn restart(&mut self, id: NodeId) {
+        if self.nodes[(id - 1) as usize].raft.is_none() {
+            self.start_node(id);
+        }
+    }
+
+    /// Whether `id` is running.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[(id - 1) as usize].raft.is_some()
+    }
+
+    // ----- observing -----
+
+    /// The node `id`, if it is running.
+    pub fn raft(&self, id: NodeId) -> Option<&Raft> {
+        self.nodes.get((id - 1) as usize).and_then(|n| n.raft.as_ref())
+    }
+
+    fn raft_mut(&mut self, id: NodeId) -> Option<&mut Raft> {
+        self.nodes.get_mut((id - 1) as usize).and_then(|n| n.raft.as_mut())
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> {
+        1..=self.opts.nodes as NodeId
+    }
+
+    /// Running nodes that believe they lead, with their terms.
+    pub fn leaders(&self) -> Vec<(NodeId, Term)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.role() == RoleKind::Leader)
+            .map(|r| (r.id(), r.term()))
+            .collect()
+    }
+
+    /// The leader of the highest term among running nodes, if any. A deposed leader that has
+    /// not noticed yet always has a lower term than its successor.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leaders().into_iter().max_by_key(|&(_, term)| term).map(|(id, _)| id)
+    }
+
+    /// What each running node applied at `index` (entries in order of node id).
+    pub fn applied_at(&self, index: Index) -> Vec<(NodeId, Entry)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.raft.is_some())
+            .filter_map(|n| n.applied.get(index as usize - 1).map(|e| (n.id, e.clone())))
+            .collect()
+    }
+
+    /// How many running nodes applied `index`, and the command there.
+    pub fn n_applied(&self, index: Index) -> (usize, Option<Bytes>) {
+        let applied = self.applied_at(index);
+        (applied.len(), applied.first().map(|(_, e)| e.data.clone()))
+    }
+
+    /// The number of entries node `id` applied since it last started.
+    pub fn applied_len(&self, id: NodeId) -> usize {
+        self.nodes[(id - 1) as usize].applied.len()
+    }
+
+    /// Proposes `data` directly on node `id` (like a client co-located with the node).
+    pub fn propose(&mut self, id: NodeId, data: Bytes) -> Result<crate::EntryId, ProposeError> {
+        let Some(raft) = self.raft_mut(id) else {
+            return Err(ProposeError::NotLeader { leader: None });
+        };
+        let result = raft.propose(data);
+        if result.is_ok() {
+            if let Err(violation) = self.drain(id) {
+                self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+            }
+        }
+        result
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// The options the cluster runs with.
+    pub fn options(&self) -> &SimOptions {
+        &self.opts
+    }
+
+    /// The highest index any node reported committed.
+    pub fn max_committed(&self) -> Index {
+        self.checker.committed_index()
+    }
+
+    // ----- the client workload -----
+
+    /// Starts `opts.clients` clients issuing key-value operations through Raft.
+    pub fn start_workload(&mut self, opts: WorkloadOptions) {
+        let n = self.opts.nodes as u64;
+        let clients = (0..opts.clients as u64)
+            .map(|id| Client { id, target: 1 + id % n, current: None, next_op_id: 1 })
+            .collect();
+        self.workload = Some(Workload {
+            opts,
+            clients,
+            history: Vec::new(),
+            running: true,
+            last_completion_us: 0,
+        });
+        for client in 0..self.workload.as_ref().map_or(0, |w| w.clients.len() as u64) {
+            let delay = self.rng.range(0, 10_000);
+            self.schedule(delay, Event::ClientNext { client });
+        }
+    }
+
+    /// Clients finish their current operation (or time out) and start no new one.
+    pub fn stop_workload(&mut self) {
+        if let Some(w) = &mut self.workload {
+            w.running = false;
+        }
+    }
+
+    /// Virtual time of the last completed client operation.
+    pub fn last_completion_us(&self) -> u64 {
+        self.workload.as_ref().map_or(0, |w| w.last_completion_us)
+    }
+
+    /// Whether every client is idle.
+    pub fn clients_idle(&self) -> bool {
+        self.workload.as_ref().is_none_or(|w| w.clients.iter().all(|c| c.current.is_none()))
+    }
+
+    /// The recorded history: completed operations, plus writes whose outcome is unknown (with
+    /// return time `u64::MAX`). Reads without an answer tell nothing and are left out.
+    pub fn history(&self) -> Vec<Operation<KvOp, String>> {
+        let Some(w) = &self.workload else { return Vec::new() };
+        let mut history = w.history.clone();
+        for c in &w.clients {
+            if let Some(op) = &c.current {
+                if op.op.is_write() {
+                    history.push(Operation {
+                        client: c.id,
+                        input: op.op.clone(),
+                        output: String::new(),
+                        call: op.call,
+                        ret: u64::MAX,
+                    });
+                }
+            }
+        }
+        history
+    }
+
+    fn handle_request(
+        &mut self,
+        node: NodeId,
+        client: u64,
+        op_id: u64,
+        data: Bytes,
+    ) -> Option<NodeId> {
+        let raft = self.raft_mut(node)?;
+        match raft.propose(data) {
+            Ok(id) => {
+                let pending = Pending { term: id.term, client, op_id };
+                self.nodes[(node - 1) as usize].pending.insert(id.index, pending);
+                Some(node)
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                self.reply(client, op_id, Reply::NotLeader(leader));
+                None
+            }
+            Err(_) => {
+                self.reply(client, op_id, Reply::Failed);
+                None
+            }
+        }
+    }
+
+    /// Sends a reply to a client: delayed and maybe lost, never duplicated.
+    fn reply(&mut self, client: u64, op_id: u64, reply: Reply) {
+        if self.rng.chance(self.opts.net.loss) {
+            return;
+        }
+        let delay = self.net_delay();
+        self.schedule(delay, Event::Reply { client, op_id, reply });
+    }
+
+    fn send_request(&mut self, client: u64) {
+        let Some(w) = &self.workload else { return };
+        let c = &w.clients[client as usize];
+        let Some(op) = &c.current else { return };
+        let cmd = Command { client, op_id: op.op_id, op: op.op.clone() };
+        let (node, op_id) = (c.target, op.op_id);
+        if self.rng.chance(self.opts.net.loss) {
+            return; // The timeout will notice.
+        }
+        let delay = self.net_delay();
+        self.schedule(delay, Event::Request { node, client, op_id, data: cmd.encode() });
+    }
+
+    fn client_next(&mut self, client: u64) {
+        let Some(w) = &mut self.workload else { return };
+        if !w.running || w.clients[client as usize].current.is_some() {
+            return;
+        }
+        let key = format!("k{}", self.rng.below(w.opts.keys.max(1) as u64));
+        let c = &mut w.clients[client as usize];
+        let op_id = c.next_op_id;
+        c.next_op_id += 1;
+        let roll = self.rng.below(100);
+        let value = format!("[{client}.{op_id}]");
+        let op = if roll < w.opts.read_pct {
+            KvOp::Get { key }
+        } else if roll % 2 == 0 {
+            KvOp::Put { key, value }
+        } else {
+            KvOp::Append { key, value }
+        };
+        c.current = Some(InFlight { op_id, op, call: self.now });
+        let timeout = w.opts.timeout_us;
+        self.schedule(timeout, Event::ClientTimeout { client, op_id });
+        self.send_request(client);
+    }
+
+    fn client_reply(&mut self, client: u64, op_id: u64, reply: Reply) {
+        let n = self.opts.nodes as u64;
+        let Some(w) = &mut self.workload else { return };
+        let think_max = w.opts.think_max_us;
+        let c = &mut w.clients[client as usize];
+        if c.current.as_ref().is_none_or(|op| op.op_id != op_id) {
+            return; // An answer to an operation already given up on.
+        }
+        match reply {
+            Reply::Done(output) => {
+                let Some(op) = c.current.take() else { return };
+                w.history.push(Operation {
+                    client,
+                    input: op.op,
+                    output,
+                    call: op.call,
+                    ret: self.now,
+                });
+                w.last_completion_us = self.now;
+                self.stats.ops_completed += 1;
+                let think = self.rng.range(0, think_max);
+                self.schedule(think, Event::ClientNext { client });
+            }
+            Reply::NotLeader(hint) => {
+                // Nothing was done: resending the same operation is safe.
+                let (target, backoff) = match hint {
+                    Some(leader) if leader != c.target => (leader, 0),
+                    _ => (1 + self.rng.below(n), 20_000),
+                };
+                c.target = target;
+                self.resend_later(client, backoff);
+            }
+            Reply::Failed => {
+                c.target = 1 + self.rng.below(n);
+                self.resend_later(client, 10_000);
+            }
+        }
+    }
+
+    fn resend_later(&mut self, client: u64, backoff_us: u64) {
+        if backoff_us == 0 {
+            self.send_request(client);
+        } else {
+            // Resends ride on the request path after a pause; modelled as a delayed request.
+            let Some(w) = &self.workload else { return };
+            let c = &w.clients[client as usize];
+            let Some(op) = &c.current else { return };
+            let cmd = Command { client, op_id: op.op_id, op: op.op.clone() };
+            let (node, op_id) = (c.target, op.op_id);
+            let delay = backoff_us + self.net_delay();
+            self.schedule(delay, Event::Request { node, client, op_id, data: cmd.encode() });
+        }
+    }
+
+    fn client_timeout(&mut self, client: u64, op_id: u64) {
+        let n = self.opts.nodes as u64;
+        let Some(w) = &mut self.workload else { return };
+        let c = &mut w.clients[client as usize];
+        if c.current.as_ref().is_none_or(|op| op.op_id != op_id) {
+            return;
+        }
+        let Some(op) = c.current.take() else { return };
+        if op.op.is_write() {
+            // The write may still take effect at any later time.
+            w.history.push(Operation {
+                client,
+                input: op.op,
+                output: String::new(),
+                call: op.call,
+                ret: u64::MAX,
+            });
+        }
+        self.stats.ops_timed_out += 1;
+        c.target = 1 + self.rng.below(n);
+        let think = self.rng.range(0, w.opts.think_max_us);
+        self.schedule(think, Event::ClientNext { client });
+    }
+}
+
+fn storage_violation(id: NodeId, err: crate::StorageError) -> Violation {
+    Violation { property: "storage", detail: format!("node {id}: {err}") }
+}

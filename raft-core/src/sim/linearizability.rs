@@ -1,0 +1,412 @@
+//! A linearizability checker for histories of client operations (Wing & Gong's search with
+//! Lowe's memoization, as in Porcupine).
+//!
+//! A history is linearizable if every operation can be given a single instant between its call
+//! and its return such that, taken in that order, the operations are a legal sequential run of
+//! the model. The search walks the history's call and return events in time order, tries to
+//! linearize each call at the current point, and backtracks when a return is reached whose call
+//! could not be placed. A cache of (set of linearized operations, model state) pairs already
+//! explored prunes the search; operations on independent keys are checked separately, which is
+//! what keeps histories of thousands of operations to well under a second.
+//!
+//! An operation whose outcome is unknown (its client timed out) has return time `u64::MAX`: it
+//! may take effect at any point after its call, or never be observed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use super::kv::KvOp;
+
+/// A sequential specification of the system under test.
+pub trait Model {
+    /// The state the operations act on.
+    type State: Clone + Eq + Hash;
+    /// What a client asked for.
+    type Input: Debug;
+    /// What the client got back.
+    type Output: Debug;
+    /// Operations in different partitions never interact and are checked separately.
+    type Partition: Ord + Clone + Debug;
+
+    /// The initial state.
+    fn init(&self) -> Self::State;
+    /// The state after `input` if it can return `output` in `state`, or `None` if it cannot.
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: &Self::Output,
+    ) -> Option<Self::State>;
+    /// The partition an operation belongs to.
+    fn partition(&self, input: &Self::Input) -> Self::Partition;
+}
+
+/// One completed (or timed-out) client operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation<I, O> {
+    /// The client that issued it (a client's operations never overlap).
+    pub client: u64,
+    /// What was asked.
+    pub input: I,
+    /// What was returned (ignored by the model for operations with unknown outcome where the
+    /// output carries no information, such as writes).
+    pub output: O,
+    /// When the call was made.
+    pub call: u64,
+    /// When the answer arrived; `u64::MAX` if it never did.
+    pub ret: u64,
+}
+
+/// The verdict on a history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Some order of the operations explains every result.
+    Linearizable,
+    /// No order does; `partition` names the offending partition.
+    NotLinearizable {
+        /// The partition (e.g. the key) whose operations cannot be ordered.
+        partition: String,
+        /// How many operations it has.
+        ops: usize,
+        /// The most operations that could be linearized before the search got stuck.
+        deepest: usize,
+    },
+    /// The search exceeded its step budget without a verdict.
+    GaveUp {
+        /// The partition that was being checked.
+        partition: String,
+    },
+}
+
+/// The model of the simulator's key-value store, partitioned by key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvModel;
+
+impl Model for KvModel {
+    type State = String;
+    type Input = KvOp;
+    type Output = String;
+    type Partition = String;
+
+    fn init(&self) -> String {
+        String::new()
+    }
+
+    fn step(&self, state: &String, input: &KvOp, output: &String) -> Option<String> {
+        match input {
+            KvOp::Get { .. } => (output == state).then(|| state.clone()),
+            KvOp::Put { value, .. } => Some(value.clone()),
+            KvOp::Append { value, .. } => Some(format!("{state}{value}")),
+        }
+    }
+
+    fn partition(&self, input: &KvOp) -> String {
+        input.key().to_owned()
+    }
+}
+
+/// Drops writes with unknown outcome whose value no read ever returned, from a key-value
+/// history in which every written value is unique and no value contains another.
+///
+/// Sound: if the remaining history is linearizable, placing the dropped write after every
+/// other operation (its return time is unbounded) keeps it so, since nothing reads after it;
+/// conversely, in any linearization that includes such a write, no read falls between it and
+/// the next put of its key (that read would have returned its value), so removing it changes
+/// no read's result. Timed-out writes are what make the search explode (each may take effect
+/// at any later point), and most of them are never observed.
+pub fn prune_unobserved_unknown_writes(history: &mut Vec<Operation<KvOp, String>>) {
+    let reads: Vec<&str> = history
+        .iter()
+        .filter(|op| matches!(op.input, KvOp::Get { .. }))
+        .map(|op| op.output.as_str())
+        .collect();
+    let observed = |value: &str| reads.iter().any(|r| r.contains(value));
+    let keep: Vec<bool> = history
+        .iter()
+        .map(|op| match &op.input {
+            KvOp::Put { value, .. } | KvOp::Append { value, .. } if op.ret == u64::MAX => {
+                observed(value)
+            }
+            _ => true,
+        })
+        .collect();
+    let mut i = 0;
+    history.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+/// Checks a whole history, partition by partition, spending at most `step_budget` search
+/// steps on each partition.
+pub fn check_history<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    step_budget: u64,
+) -> CheckOutcome {
+    let mut partitions: BTreeMap<M::Partition, Vec<usize>> = BTreeMap::new();
+    for (i, op) in history.iter().enumerate() {
+        partitions.entry(model.partition(&op.input)).or_default().push(i);
+    }
+    for (key, ops) in partitions {
+        let ops: Vec<&Operation<M::Input, M::Output>> = ops.iter().map(|&i| &history[i]).collect();
+        match check_partition(model, &ops, step_budget) {
+            Search::Ok => {}
+            Search::Illegal { deepest } => {
+                return CheckOutcome::NotLinearizable {
+                    partition: format!("{key:?}"),
+                    ops: ops.len(),
+                    deepest,
+                }
+            }
+            Search::GaveUp => return CheckOutcome::GaveUp { partition: format!("{key:?}") },
+        }
+    }
+    CheckOutcome::Linearizable
+}
+
+enum Search {
+    Ok,
+    Illegal { deepest: usize },
+    GaveUp,
+}
+
+/// A call or return event in a doubly linked list (indexes into the event arena; 0 is the head
+/// sentinel).
+#[derive(Clone, Copy, Debug)]
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// For a call, the arena index of its return.
+    matching: usize,
+    prev: usize,
+    next: usize,
+}
+
+const NIL: usize = usize::MAX;
+
+fn check_partition<M: Model>(
+    model: &M,
+    ops: &[&Operation<M::Input, M::Output>],
+    step_budget: u64,
+) -> Search {
+    // Events in time order; at equal times calls come first, so operations that touch are
+    // treated as concurrent (the permissive reading).
+    let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        order.push((op.call, false, i));
+        order.push((op.ret, true, i));
+    }
+    order.sort_unstable_by_key(|&(t, is_return, i)| (t, is_return, i));
+    let mut events: Vec<Event> = Vec::with_capacity(order.len() + 1);
+    events.push(Event { op: NIL, is_call: false, matching: NIL, prev: NIL, next: NIL });
+    let mut call_slot = vec![NIL; ops.len()];
+    for &(_, is_return, op) in &order {
+        let idx = events.len();
+        let prev = idx - 1;
+        events[prev].next = idx;
+        events.push(Event { op, is_call: !is_return, matching: NIL, prev, next: NIL });
+        if is_return {
+            events[call_slot[op]].matching = idx;
+        } else {
+            call_slot[op] = idx;
+        }
+    }
+
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut cache: HashSet<(Vec<u64>, M::State)> = HashSet::new();
+    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    let mut state = model.init();
+    let mut deepest = 0;
+    let mut steps = 0u64;
+    let mut cursor = events[0].next;
+
+    while events[0].next != NIL {
+        steps += 1;
+        if steps > step_budget {
+            return Search::GaveUp;
+        }
+        if cursor == NIL {
+            // Only reachable if the list ends in calls, which it cannot: every call has a
+            // return after it.
+            return Search::Illegal { deepest };
+        }
+        let ev = events[cursor];
+        if ev.is_call {
+            let op = ops[ev.op];
+            if let Some(next_state) = model.step(&state, &op.input, &op.output) {
+                let (w, b) = (ev.op / 64, ev.op % 64);
+                linearized[w] |= 1 << b;
+                if cache.insert((linearized.clone(), next_state.clone())) {
+                    stack.push((cursor, std::mem::replace(&mut state, next_state)));
+                    deepest = deepest.max(stack.len());
+                    lift(&mut events, cursor);
+                    cursor = events[0].next;
+                    continue;
+                }
+                linearized[w] &= !(1 << b);
+            }
+            cursor = ev.next;
+        } else {
+            // A return whose call is still in the list: that operation must have happened by
+            // now but could not be placed. Undo the last choice.
+            let Some((call, previous)) = stack.pop() else {
+                return Search::Illegal { deepest };
+            };
+            state = previous;
+            let op = events[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            unlift(&mut events, call);
+            cursor = events[call].next;
+        }
+    }
+    Search::Ok
+}
+
+/// Removes a call and its return from the list (they stay in the arena to be put back).
+fn lift(events: &mut [Event], call: usize) {
+    let ret = events[call].matching;
+    for idx in [call, ret] {
+        let Event { prev, next, .. } = events[idx];
+        events[prev].next = next;
+        if next != NIL {
+            events[next].prev = prev;
+        }
+    }
+}
+
+/// Puts back a call and its return removed by [`lift`], in reverse order.
+fn unlift(events: &mut [Event], call: usize) {
+    let ret = events[call].matching;
+    for idx in [ret, call] {
+        let Event { prev, next, .. } = events[idx];
+        events[prev].next = idx;
+        if next != NIL {
+            events[next].prev = idx;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: u64, input: KvOp, output: &str, call: u64, ret: u64) -> Operation<KvOp, String> {
+        Operation { client, input, output: output.into(), call, ret }
+    }
+    fn put(v: &str) -> KvOp {
+        KvOp::Put { key: "k".into(), value: v.into() }
+    }
+    fn append(v: &str) -> KvOp {
+        KvOp::Append { key: "k".into(), value: v.into() }
+    }
+    fn get() -> KvOp {
+        KvOp::Get { key: "k".into() }
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = vec![op(1, put("a"), "", 0, 10), op(1, get(), "a", 20, 30)];
+        assert_eq!(check_history(&KvModel, &h, 1 << 20), CheckOutcome::Linearizable);
+    }
+
+    #[test]
+    fn stale_read_after_completed_write_is_caught() {
+        let h = vec![
+            op(1, put("a"), "", 0, 10),
+            op(1, put("b"), "", 20, 30),
+            op(2, get(), "a", 40, 50),
+        ];
+        assert!(matches!(
+            check_history(&KvModel, &h, 1 << 20),
+            CheckOutcome::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_either_order() {
+        let h = vec![
+            op(1, put("a"), "", 0, 100),
+            op(2, put("b"), "", 10, 90),
+            op(3, get(), "a", 95, 120),
+            op(4, get(), "a", 130, 140),
+        ];
+        assert_eq!(check_history(&KvModel, &h, 1 << 20), CheckOutcome::Linearizable);
+    }
+
+    #[test]
+    fn unknown_outcome_write_may_or_may_not_happen() {
+        let h = vec![
+            op(1, append("x"), "", 0, u64::MAX),
+            op(2, get(), "", 10, 20),
+            op(2, get(), "x", 30, 40),
+        ];
+        assert_eq!(check_history(&KvModel, &h, 1 << 20), CheckOutcome::Linearizable);
+        // But once observed it cannot be unobserved.
+        let h = vec![
+            op(1, append("x"), "", 0, u64::MAX),
+            op(2, get(), "x", 10, 20),
+            op(2, get(), "", 30, 40),
+        ];
+        assert!(matches!(
+            check_history(&KvModel, &h, 1 << 20),
+            CheckOutcome::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn lost_append_is_caught() {
+        let h = vec![
+            op(1, append("x"), "", 0, 10),
+            op(2, append("y"), "", 20, 30),
+            op(3, get(), "y", 40, 50),
+        ];
+        assert!(matches!(
+            check_history(&KvModel, &h, 1 << 20),
+            CheckOutcome::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let h = vec![
+            op(1, KvOp::Put { key: "a".into(), value: "1".into() }, "", 0, 10),
+            op(2, KvOp::Get { key: "b".into() }, "", 20, 30),
+            op(2, KvOp::Get { key: "a".into() }, "1", 40, 50),
+        ];
+        assert_eq!(check_history(&KvModel, &h, 1 << 20), CheckOutcome::Linearizable);
+    }
+
+    #[test]
+    fn thousands_of_concurrent_operations_check_quickly() {
+        // Five clients, overlapping windows, appends and reads that observe them in order.
+        let mut h = Vec::new();
+        let mut value = String::new();
+        let mut t = 0;
+        for i in 0..4000u64 {
+            let client = i % 5;
+            let key = format!("k{}", i % 4);
+            if i % 3 == 0 {
+                let v = format!("<{i}>");
+                h.push(op(
+                    client,
+                    KvOp::Append { key: key.clone(), value: v.clone() },
+                    "",
+                    t,
+                    t + 25,
+                ));
+                if i % 4 == 0 {
+                    value.push_str(&v);
+                }
+            } else {
+                h.push(op(client, KvOp::Get { key: "other".into() }, "", t, t + 25));
+            }
+            t += 10;
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(check_history(&KvModel, &h, 1 << 26), CheckOutcome::Linearizable);
+        assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+    }
+}

@@ -1,0 +1,207 @@
+//! The seams users plug into: log storage and the state machine, plus the helpers that connect
+//! a store to the core (restoring a node, serving its reads).
+//!
+//! # Log storage
+//!
+//! A [`LogStore`] holds the log and hard state of any number of groups. Writes are ordered and
+//! split in two events, because "accepted" and "durable" are different things (DESIGN):
+//!
+//! 1. [`write`](LogStore::write) accepts a batch: once it returns, the batch is readable and
+//!    has a position ([`Lsn`]) in the store's single write order. Hard state and entries of
+//!    all groups travel down this one path, so a vote can never be reordered after a later
+//!    append.
+//! 2. [`sync`](LogStore::sync) returns once everything up to a position is durable. Concurrent
+//!    callers may share one flush: that is where group commit lives.
+//!    [`durable_lsn`](LogStore::durable_lsn) tells, without blocking, how far durability got.
+//!
+//! The log has no holes: an append may replace a suffix, and [`compact`](LogStore::compact)
+//! removes a prefix; nothing else removes entries.
+
+use crate::error::StorageError;
+use crate::log::discover_term_runs;
+use crate::raft::InitialState;
+use crate::ready::FetchRequest;
+use crate::types::{Entry, GroupId, HardState, Index, NodeId, Term};
+
+/// A position in a store's write order. Every accepted write gets a larger one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+/// One group's part of a write: its hard state (if changed), then its entries.
+#[derive(Clone, Copy, Debug)]
+pub struct LogWrite<'a> {
+    /// The group written to.
+    pub group: GroupId,
+    /// New term, vote and commit index, if they changed.
+    pub hard_state: Option<HardState>,
+    /// Consecutive entries to append. If the first index is at or below the group's last index,
+    /// the log from that index on is replaced.
+    pub entries: &'a [Entry],
+}
+
+/// What a store holds for one group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The persisted hard state (all zero for a group never written).
+    pub hard_state: HardState,
+    /// The first index held; `last_index + 1` when the log is empty.
+    pub first_index: Index,
+    /// The last index held; `first_index - 1` when the log is empty.
+    pub last_index: Index,
+    /// The term of the entry at `first_index - 1` (the compaction boundary; 0 for index 0).
+    pub base_term: Term,
+}
+
+/// Durable storage for the logs and hard states of many groups.
+///
+/// Every method is keyed by group. Implementations must be safe to call from several threads;
+/// [`testkit::log_store`](crate::testkit) (feature `testkit`) is the conformance suite every
+/// implementation should pass.
+pub trait LogStore: Send + Sync {
+    /// Accepts an ordered batch of writes and returns its position. On return the writes are
+    /// readable; they are durable once [`durable_lsn`](LogStore::durable_lsn) reaches the
+    /// returned position.
+    ///
+    /// # Errors
+    /// [`StorageError::Gap`] if entries would leave a hole, [`StorageError::BelowFirst`] if they
+    /// reach into the compacted prefix, [`StorageError::InvalidEntries`] if they are not
+    /// consecutive or their terms decrease; I/O errors. A failed write changes nothing readable.
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError>;
+
+    /// Blocks until every write up to and including `lsn` is durable.
+    ///
+    /// # Errors
+    /// A failed flush poisons the store ([`StorageError::Poisoned`] from then on): it never
+    /// reports durable what it could not make durable.
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError>;
+
+    /// The highest position known to be durable.
+    fn durable_lsn(&self) -> Lsn;
+
+    /// Removes every entry up to and including `through`, whose term is `term` (Raft §7).
+    ///
+    /// If the log holds `(through, term)`, the entries after it are kept. Otherwise (the index is
+    /// past the log's end, or holds another term) the whole log is discarded, as a snapshot
+    /// that supersedes it was installed; the log then continues at `through + 1`. Compacting
+    /// at or below the current base does nothing.
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError>;
+
+    /// Entries `lo..=hi`, stopping early once `max_bytes` is reached (but returning at least
+    /// one entry).
+    ///
+    /// # Errors
+    /// [`StorageError::Compacted`] if `lo` was compacted, [`StorageError::Unavailable`] if `hi`
+    /// is past the last index.
+    fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError>;
+
+    /// The term of the entry at `index`; at `first_index - 1` the compaction boundary's term.
+    ///
+    /// # Errors
+    /// [`StorageError::Compacted`] below that, [`StorageError::Unavailable`] past the end.
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError>;
+
+    /// What the store holds for `group` (an empty log and zero hard state if never written).
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError>;
+
+    /// Every group the store holds anything for.
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError>;
+}
+
+/// The application's replicated state machine.
+pub trait StateMachine {
+    /// What applying a command produces (handed back to the client that proposed it).
+    type Output;
+
+    /// Applies one committed entry. Called for every committed entry in index order, exactly
+    /// once per entry for the life of the state machine, no-ops included (for which the output
+    /// is ignored, and the machine may do nothing but note the index).
+    fn apply(&mut self, entry: &Entry) -> Self::Output;
+}
+
+/// Builds a node's [`InitialState`] from what `store` holds for `group`.
+///
+/// The core learns the term of every stored index without reading every entry: terms never
+/// decrease along a log, so each change of term is found by binary search.
+pub fn load_initial_state(
+    store: &dyn LogStore,
+    group: GroupId,
+    voters: Vec<NodeId>,
+    applied: Index,
+) -> Result<InitialState, StorageError> {
+    let state = store.log_state(group)?;
+    let base_index = state.first_index.saturating_sub(1);
+    let term_runs =
+        discover_term_runs(base_index, state.last_index, |index| store.term(group, index))?;
+    Ok(InitialState {
+        hard_state: state.hard_state,
+        voters,
+        base_index,
+        base_term: state.base_term,
+        last_index: state.last_index,
+        term_runs,
+        applied,
+    })
+}
+
+/// Reads what a [`FetchRequest`] asks for; pass the result to
+/// [`Raft::on_fetched`](crate::Raft::on_fetched).
+pub fn serve_fetch(
+    store: &dyn LogStore,
+    request: &FetchRequest,
+) -> Result<Vec<Entry>, StorageError> {
+    store.entries(request.group, request.lo, request.hi, request.max_bytes)
+}
+
+/// Checks a batch of entries for a group whose log ends at `last_index` with `last_term` and
+/// starts after `base_index`: consecutive, terms not decreasing, no gap, nothing below the base.
+/// Stores share it so they reject the same inputs with the same errors.
+pub fn validate_append(
+    group: GroupId,
+    entries: &[Entry],
+    base_index: Index,
+    last_index: Index,
+    term_before: impl Fn(Index) -> Option<Term>,
+) -> Result<(), StorageError> {
+    let Some(first) = entries.first() else { return Ok(()) };
+    if first.index <= base_index {
+        return Err(StorageError::BelowFirst { group, index: first.index, first: base_index + 1 });
+    }
+    if first.index > last_index + 1 {
+        return Err(StorageError::Gap { group, first: first.index, last: last_index });
+    }
+    if let Some(prev_term) = term_before(first.index - 1) {
+        if first.term < prev_term {
+            return Err(StorageError::InvalidEntries {
+                group,
+                reason: format!(
+                    "entry {} has term {} below the preceding entry's term {}",
+                    first.index, first.term, prev_term
+                ),
+            });
+        }
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(StorageError::InvalidEntries {
+                group,
+                reason: format!("index {} follows index {}", pair[1].index, pair[0].index),
+            });
+        }
+        if pair[1].term < pair[0].term {
+            return Err(StorageError::InvalidEntries {
+                group,
+                reason: format!(
+                    "term {} at index {} follows term {}",
+                    pair[1].term, pair[1].index, pair[0].term
+                ),
+            });
+        }
+    }
+    Ok(())
+}

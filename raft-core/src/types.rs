@@ -1,0 +1,107 @@
+//! The vocabulary every crate shares: ids, terms, indexes, log entries and hard state.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Identifies a node (a process taking part in one or more Raft groups).
+pub type NodeId = u64;
+
+/// Identifies one Raft group among the many a process may host (Multi-Raft).
+pub type GroupId = u64;
+
+/// A Raft term: a logical clock that only grows.
+pub type Term = u64;
+
+/// A position in the replicated log. The first entry ever appended has index 1; index 0 is the
+/// empty log's sentinel, whose term is 0.
+pub type Index = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A command proposed by a client, handed to the state machine when committed.
+    Normal,
+    /// The empty entry a new leader appends in its term (Raft §5.4.2, §8): committing it
+    /// commits every earlier entry. State machines skip it.
+    Noop,
+}
+
+/// One entry of the replicated log.
+///
+/// Entries are cheap to clone: the payload is reference counted, so handing the same entry to
+/// the log store, two followers and the state machine copies no payload bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: Index,
+    /// Whether the entry is a client command or a leader's no-op.
+    pub kind: EntryKind,
+    /// The command bytes; empty for [`EntryKind::Noop`].
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Bytes an entry costs beyond its payload in memory and on the wire, used by every byte
+    /// limit (message batching, in-flight window, log cache, apply batches) so that a stream of
+    /// empty entries is still bounded.
+    pub const OVERHEAD_BYTES: u64 = 24;
+
+    /// A client command entry.
+    pub fn normal(term: Term, index: Index, data: Bytes) -> Entry {
+        Entry { term, index, kind: EntryKind::Normal, data }
+    }
+
+    /// A leader's no-op entry.
+    pub fn noop(term: Term, index: Index) -> Entry {
+        Entry { term, index, kind: EntryKind::Noop, data: Bytes::new() }
+    }
+
+    /// The size this entry counts for against byte limits.
+    pub fn size_bytes(&self) -> u64 {
+        self.data.len() as u64 + Self::OVERHEAD_BYTES
+    }
+}
+
+/// The state a node must persist before it acts on it: its term, its vote in that term, and
+/// the highest index it knows to be committed.
+///
+/// Term and vote are what election safety rests on (one vote per term, persisted before the
+/// vote is sent). The commit index is persisted only so a restarted node knows how far it may
+/// apply without waiting for a leader; losing it is safe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// The highest log index known to be committed.
+    pub commit: Index,
+}
+
+/// The role a node plays in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RoleKind {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for pre-votes before starting a real election (Raft thesis §9.6); its term has not
+    /// been incremented yet.
+    PreCandidate,
+    /// Asks for votes in a new term.
+    Candidate,
+    /// Leads the group in its term.
+    Leader,
+}
+
+impl std::fmt::Display for RoleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            RoleKind::Follower => "follower",
+            RoleKind::PreCandidate => "pre-candidate",
+            RoleKind::Candidate => "candidate",
+            RoleKind::Leader => "leader",
+        };
+        f.write_str(name)
+    }
+}
