@@ -9,6 +9,7 @@
 //! ```
 #![allow(clippy::print_stdout)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,7 +19,7 @@ use raft_core::sim::chaos::{options_for_seed, run_seed, ChaosOptions};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim-sweep [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS]"
+        "usage: sim-sweep [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS] [--break-commit-rule]"
     );
     ExitCode::from(2)
 }
@@ -30,6 +31,11 @@ fn main() -> ExitCode {
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut opts = ChaosOptions::default();
     while let Some(arg) = args.next() {
+        if arg == "--break-commit-rule" {
+            // The checker's self-test: every run should fail.
+            opts.break_commit_rule = true;
+            continue;
+        }
         let Some(value) = args.next() else { return usage() };
         match arg.as_str() {
             "--seed" => {
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
     let ops = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -104,7 +111,7 @@ fn main() -> ExitCode {
                     }
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 10 == 0 || n == total {
+                if progress && (n % 10 == 0 || n == total) {
                     let failed = failures.lock().map_or(0, |f| f.len());
                     eprint!(
                         "\r{n}/{total} seeds, {failed} failed, {:.0} s",

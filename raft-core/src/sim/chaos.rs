@@ -21,11 +21,19 @@ pub struct ChaosOptions {
     pub settle_us: u64,
     /// Search steps the linearizability checker may spend per key.
     pub checker_budget: u64,
+    /// Break the commit rule on every node (count replicas of entries of any term), to prove
+    /// that the simulator catches it. Never set outside that self-test.
+    pub break_commit_rule: bool,
 }
 
 impl Default for ChaosOptions {
     fn default() -> ChaosOptions {
-        ChaosOptions { fault_us: 20_000_000, settle_us: 3_000_000, checker_budget: 20_000_000 }
+        ChaosOptions {
+            fault_us: 20_000_000,
+            settle_us: 3_000_000,
+            checker_budget: 20_000_000,
+            break_commit_rule: false,
+        }
     }
 }
 
@@ -145,7 +153,8 @@ pub fn run_seed(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFail
 
 fn run_seed_inner(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
     let fail = |reason: String| ChaosFailure { seed, reason };
-    let sim_opts = options_for_seed(seed);
+    let mut sim_opts = options_for_seed(seed);
+    sim_opts.raft.fault_commit_any_term = opts.break_commit_rule;
     let n = sim_opts.nodes as NodeId;
     let mut rng = Rng::new(seed ^ 0xFA17_5EED);
     let mut cluster = Cluster::new(sim_opts);
@@ -184,8 +193,9 @@ fn run_seed_inner(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFa
                     }
                 }
             }
-            30..=49 => cluster.heal(),
-            50..=69 => {
+            30..=39 => cluster.heal(),
+            40..=54 => cluster.set_crash_on_commit(true),
+            55..=69 => {
                 let id = rng.range(1, n);
                 cluster.crash(id);
             }
@@ -206,6 +216,7 @@ fn run_seed_inner(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFa
 
     // Heal everything: the group must recover and serve clients again.
     cluster.heal();
+    cluster.set_crash_on_commit(false);
     for id in 1..=n {
         cluster.restart(id);
     }

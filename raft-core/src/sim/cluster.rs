@@ -20,7 +20,7 @@ use crate::error::ProposeError;
 use crate::message::{AppendResponse, Message, MessageBody};
 use crate::ready::FetchRequest;
 use crate::storage::{load_initial_state, serve_fetch, LogWrite, Lsn, StateMachine};
-use crate::types::{Entry, Index, NodeId, RoleKind, Term};
+use crate::types::{Entry, GroupId, Index, NodeId, RoleKind, Term};
 use crate::{Config, MemLogStore, Raft, Rng};
 
 /// How the network misbehaves.
@@ -195,14 +195,18 @@ enum Reply {
 
 enum Event {
     Tick(NodeId),
-    Deliver(Message),
+    /// A message arrives; `sender_epoch` is the sender's epoch when it was sent.
+    Deliver {
+        msg: Message,
+        sender_epoch: u64,
+    },
     /// The node's disk finished everything queued before this event: sync up to the write
     /// (if any), acknowledge the Ready, and send the messages that waited for durability.
     DiskDone {
         node: NodeId,
         epoch: u64,
-        write: Option<(Lsn, u64)>,
-        messages: Vec<Message>,
+        write: Option<DiskWrite>,
+        messages: Vec<Ack>,
     },
     FetchDone {
         node: NodeId,
@@ -253,6 +257,51 @@ impl Ord for Scheduled {
     }
 }
 
+/// A write handed to a node's store, waiting for its simulated disk.
+#[derive(Debug)]
+struct DiskWrite {
+    lsn: Lsn,
+    ready_number: u64,
+    hard_state: Option<crate::HardState>,
+    /// `(first index, terms)` of the entries written.
+    entries: Option<(Index, Vec<Term>)>,
+}
+
+/// A message that waits for durability, with the `(index, term)` it claims durable, if any.
+struct Ack {
+    msg: Message,
+    claims: Option<(Index, Term)>,
+}
+
+/// What the simulator knows a node's disk holds durably: every synced write, applied in order.
+/// A crash must leave the store exactly like this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct DurableModel {
+    hard_state: crate::HardState,
+    /// `terms[i - 1]` is the term of entry `i`.
+    terms: Vec<Term>,
+}
+
+impl DurableModel {
+    fn apply(&mut self, write: &DiskWrite) {
+        if let Some(hs) = write.hard_state {
+            self.hard_state = hs;
+        }
+        if let Some((first, terms)) = &write.entries {
+            self.terms.truncate(*first as usize - 1);
+            self.terms.extend_from_slice(terms);
+        }
+    }
+
+    fn term(&self, index: Index) -> Option<Term> {
+        if index == 0 {
+            Some(0)
+        } else {
+            self.terms.get(index as usize - 1).copied()
+        }
+    }
+}
+
 /// A proposal a node made for a client, answered when its index is applied.
 struct Pending {
     term: Term,
@@ -273,6 +322,7 @@ struct SimNode {
     disk_free_at: u64,
     /// Writes accepted by the store whose durability event has not happened yet.
     writes_in_flight: u64,
+    durable: DurableModel,
     tick_us: u64,
     starts: u64,
 }
@@ -333,13 +383,17 @@ pub struct Cluster {
     seq: u64,
     queue: BinaryHeap<Scheduled>,
     nodes: Vec<SimNode>,
-    /// Directed links that drop everything.
+    /// Directed links that drop everything (partitions and one-way failures).
     blocked: HashSet<(NodeId, NodeId)>,
+    /// Nodes cut off from everyone.
+    isolated: HashSet<NodeId>,
     checker: SafetyChecker,
     workload: Option<Workload>,
     stats: SimStats,
     /// A violation found outside `run_for` (during a direct proposal), reported by the next run.
     deferred: Option<SimError>,
+    /// Crash the next leader whose commit index advances, the moment it does.
+    crash_on_commit: bool,
 }
 
 impl Cluster {
@@ -364,16 +418,21 @@ impl Cluster {
                 let pct = rng.range(100 - drift, 100 + drift);
                 (opts.tick_us * pct / 100).max(1)
             };
+            let store = make_store(id);
+            // A store may start with a log (a test staging a history): that is its durable state.
+            let durable = recovered_model(&*store, opts.raft.group)
+                .unwrap_or_else(|e| panic!("node {id}: cannot read its store: {e}"));
             nodes.push(SimNode {
                 id,
                 raft: None,
-                store: make_store(id),
+                store,
                 epoch: 0,
                 kv: KvStore::default(),
                 applied: Vec::new(),
                 pending: HashMap::new(),
                 disk_free_at: 0,
                 writes_in_flight: 0,
+                durable,
                 tick_us,
                 starts: 0,
             });
@@ -386,10 +445,12 @@ impl Cluster {
             queue: BinaryHeap::new(),
             nodes,
             blocked: HashSet::new(),
+            isolated: HashSet::new(),
             checker: SafetyChecker::new(),
             workload: None,
             stats: SimStats::default(),
             deferred: None,
+            crash_on_commit: false,
         };
         for id in 1..=cluster.opts.nodes as NodeId {
             cluster.start_node(id);
@@ -461,6 +522,8 @@ impl Cluster {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        let commits_before: Vec<Index> =
+            if self.crash_on_commit { self.leader_commits() } else { Vec::new() };
         let touched = match event {
             Event::Tick(id) => {
                 let tick_us = self.nodes[(id - 1) as usize].tick_us;
@@ -473,9 +536,17 @@ impl Cluster {
                     None => None,
                 }
             }
-            Event::Deliver(msg) => {
+            Event::Deliver { msg, sender_epoch } => {
                 let to = msg.to;
                 tracing::trace!(now = self.now, ?msg, "deliver");
+                // A sender that crashed since sending lost part of what sat in its buffers.
+                let sender_crashed = self.nodes[(msg.from - 1) as usize].epoch != sender_epoch;
+                if sender_crashed && self.rng.chance(0.5) {
+                    self.stats.dropped += 1;
+                    return self
+                        .checker
+                        .check_nodes(self.nodes.iter().filter_map(|n| n.raft.as_ref()));
+                }
                 match self.raft_mut(to) {
                     Some(raft) => {
                         let kind = msg.body.name();
@@ -501,18 +572,19 @@ impl Cluster {
                     None
                 } else {
                     tracing::trace!(now = self.now, node, ?write, "disk done");
-                    if let Some((lsn, number)) = write {
+                    if let Some(write) = write {
                         n.writes_in_flight -= 1;
-                        if let Err(err) = n.store.sync(lsn) {
+                        if let Err(err) = n.store.sync(write.lsn) {
                             return Err(storage_violation(node, err));
                         }
+                        n.durable.apply(&write);
                         if let Some(raft) = n.raft.as_mut() {
-                            raft.on_persisted(number);
+                            raft.on_persisted(write.ready_number);
                         }
                     }
-                    for m in messages {
-                        self.check_acknowledgement(&m)?;
-                        self.send(m);
+                    for ack in messages {
+                        self.check_acknowledgement(&ack)?;
+                        self.send(ack.msg);
                     }
                     Some(node)
                 }
@@ -554,7 +626,24 @@ impl Cluster {
                 }
             }
         }
-        self.checker.check_nodes(self.nodes.iter().filter_map(|n| n.raft.as_ref()))
+        self.checker.check_nodes(self.nodes.iter().filter_map(|n| n.raft.as_ref()))?;
+        if self.crash_on_commit {
+            let after = self.leader_commits();
+            if let Some(i) = (0..after.len()).find(|&i| after[i] > commits_before[i]) {
+                self.crash_on_commit = false;
+                self.crash(i as NodeId + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each node's commit index if it leads and has not yet committed anything in its term
+    /// (a leader still catching its followers up), else zero.
+    fn leader_commits(&self) -> Vec<Index> {
+        let fresh_leader =
+            |r: &&Raft| r.is_leader() && r.term_at(r.commit_index()).is_some_and(|t| t < r.term());
+        let leading = |n: &SimNode| n.raft.as_ref().filter(fresh_leader).map(Raft::commit_index);
+        self.nodes.iter().map(|n| leading(n).unwrap_or(0)).collect()
     }
 
     /// Carries out every Ready the node has, following the contract in [`crate::ready`].
@@ -571,10 +660,23 @@ impl Cluster {
                 self.send(m);
             }
             let mut write = None;
+            let raft = self.nodes[idx].raft.as_ref().expect("node is up");
+            let acks: Vec<Ack> = ready
+                .persisted_messages
+                .into_iter()
+                .map(|msg| {
+                    let claims = match msg.body {
+                        MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                            Some((match_index, raft.term_at(match_index).unwrap_or(0)))
+                        }
+                        _ => None,
+                    };
+                    Ack { msg, claims }
+                })
+                .collect();
             if ready.hard_state.is_some() || !ready.entries.is_empty() {
                 let node = &self.nodes[idx];
                 let group = ready.group;
-                let raft = node.raft.as_ref().expect("node is up");
                 let last =
                     node.store.log_state(group).map_err(|e| storage_violation(id, e))?.last_index;
                 self.checker
@@ -583,10 +685,18 @@ impl Cluster {
                     LogWrite { group, hard_state: ready.hard_state, entries: &ready.entries };
                 let lsn = node.store.write(&[batch]).map_err(|e| storage_violation(id, e))?;
                 self.stats.disk_writes += 1;
-                write = Some((lsn, ready.number));
+                write = Some(DiskWrite {
+                    lsn,
+                    ready_number: ready.number,
+                    hard_state: ready.hard_state,
+                    entries: ready
+                        .entries
+                        .first()
+                        .map(|e| (e.index, ready.entries.iter().map(|e| e.term).collect())),
+                });
             }
             let disk_busy = self.nodes[idx].writes_in_flight > 0;
-            if write.is_some() || (disk_busy && !ready.persisted_messages.is_empty()) {
+            if write.is_some() || (disk_busy && !acks.is_empty()) {
                 // Persisted messages wait behind every write not yet durable, this one included.
                 let d = &self.opts.disk;
                 let mut latency = if write.is_some() {
@@ -602,17 +712,12 @@ impl Cluster {
                 // The disk completes writes in order.
                 let done_at = (self.now + latency).max(node.disk_free_at);
                 node.disk_free_at = done_at;
-                let event = Event::DiskDone {
-                    node: id,
-                    epoch: node.epoch,
-                    write,
-                    messages: ready.persisted_messages,
-                };
+                let event = Event::DiskDone { node: id, epoch: node.epoch, write, messages: acks };
                 self.schedule(done_at - self.now, event);
             } else {
-                for m in ready.persisted_messages {
-                    self.check_acknowledgement(&m)?;
-                    self.send(m);
+                for ack in acks {
+                    self.check_acknowledgement(&ack)?;
+                    self.send(ack.msg);
                 }
             }
             for entry in ready.committed_entries {
@@ -650,20 +755,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Persist before acknowledge: a node never tells a leader that entries are durable before
-    /// its own log says so.
-    fn check_acknowledgement(&self, msg: &Message) -> Result<(), Violation> {
-        if let MessageBody::AppendResponse(AppendResponse::Success { match_index }) = msg.body {
-            let persisted = self.raft(msg.from).map_or(0, |r| r.status().persisted_index);
-            if match_index > persisted {
-                return Err(Violation {
-                    property: "persist before acknowledge",
-                    detail: format!(
-                        "node {} acknowledges index {match_index} but has persisted only {persisted}",
-                        msg.from
-                    ),
-                });
-            }
+    /// Persist before acknowledge: when a node tells a leader that its log matches up to an
+    /// index, the entry it held there must be durable at that moment.
+    fn check_acknowledgement(&self, ack: &Ack) -> Result<(), Violation> {
+        let Some((index, term)) = ack.claims else { return Ok(()) };
+        let node = &self.nodes[(ack.msg.from - 1) as usize];
+        let durable = node.durable.term(index);
+        if durable != Some(term) {
+            return Err(Violation {
+                property: "persist before acknowledge",
+                detail: format!(
+                    "node {} acknowledges ({index}, term {term}) but its disk durably holds {:?} there",
+                    ack.msg.from, durable
+                ),
+            });
         }
         Ok(())
     }
@@ -671,16 +776,20 @@ impl Cluster {
     /// Sends a message across the faulty network.
     fn send(&mut self, msg: Message) {
         *self.stats.sent.entry(msg.body.name()).or_insert(0) += 1;
-        if self.blocked.contains(&(msg.from, msg.to)) || self.rng.chance(self.opts.net.loss) {
+        let cut = self.blocked.contains(&(msg.from, msg.to))
+            || self.isolated.contains(&msg.from)
+            || self.isolated.contains(&msg.to);
+        if cut || self.rng.chance(self.opts.net.loss) {
             self.stats.dropped += 1;
             return;
         }
+        let sender_epoch = self.nodes[(msg.from - 1) as usize].epoch;
         if self.rng.chance(self.opts.net.duplicate) {
             let delay = self.net_delay();
-            self.schedule(delay, Event::Deliver(msg.clone()));
+            self.schedule(delay, Event::Deliver { msg: msg.clone(), sender_epoch });
         }
         let delay = self.net_delay();
-        self.schedule(delay, Event::Deliver(msg));
+        self.schedule(delay, Event::Deliver { msg, sender_epoch });
     }
 
     fn net_delay(&mut self) -> u64 {
@@ -696,23 +805,17 @@ impl Cluster {
 
     /// Cuts every link to and from `id`.
     pub fn disconnect(&mut self, id: NodeId) {
-        for other in 1..=self.opts.nodes as NodeId {
-            if other != id {
-                self.blocked.insert((id, other));
-                self.blocked.insert((other, id));
-            }
-        }
+        self.isolated.insert(id);
     }
 
-    /// Restores every link to and from `id` (links cut by other calls stay cut if they do not
-    /// involve `id`).
+    /// Undoes [`disconnect`](Cluster::disconnect) (partitions set up by other calls stay).
     pub fn connect(&mut self, id: NodeId) {
-        self.blocked.retain(|&(a, b)| a != id && b != id);
+        self.isolated.remove(&id);
     }
 
-    /// Whether `id` can currently reach every other node and be reached by it.
+    /// Whether `id` is not disconnected (it may still be on one side of a partition).
     pub fn is_connected(&self, id: NodeId) -> bool {
-        !self.blocked.iter().any(|&(a, b)| a == id || b == id)
+        !self.isolated.contains(&id)
     }
 
     /// Splits the nodes into groups that cannot reach each other (nodes listed nowhere keep
@@ -736,9 +839,10 @@ impl Cluster {
         self.blocked.insert((from, to));
     }
 
-    /// Restores every link.
+    /// Restores every link and reconnects every node.
     pub fn heal(&mut self) {
         self.blocked.clear();
+        self.isolated.clear();
     }
 
     /// Replaces the network's fault settings.
@@ -751,7 +855,9 @@ impl Cluster {
         self.opts.disk = disk;
     }
 
-    /// Crashes `id`: its process state is gone and its disk loses every write not yet durable.
+    /// Crashes `id`: its process state is gone, its disk loses every write not yet durable, and
+    /// each message it sent that has not arrived yet is lost with probability 1/2 (a machine
+    /// that loses power loses what sat in its buffers).
     pub fn crash(&mut self, id: NodeId) {
         let node = &mut self.nodes[(id - 1) as usize];
         if node.raft.is_none() {
@@ -766,6 +872,26 @@ impl Cluster {
             panic!("node {id}: store failed to recover from power loss: {err}");
         }
         self.stats.crashes += 1;
+        // The store must hold exactly what was synced: nothing acknowledged lost, and nothing
+        // reported as not durable resurrected.
+        let recovered = recovered_model(&*node.store, self.opts.raft.group);
+        if recovered.as_ref() != Ok(&node.durable) {
+            let violation = Violation {
+                property: "durability",
+                detail: format!(
+                    "node {id} recovered {recovered:?} from its store after a crash, but had synced {:?}",
+                    node.durable
+                ),
+            };
+            self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+        }
+    }
+
+    /// Arms (or disarms) a crash of the next new leader whose commit index advances for the
+    /// first time in its term, at that very moment: after it counted a quorum, before its
+    /// followers learn of the commit (the worst time for a new leader to die).
+    pub fn set_crash_on_commit(&mut self, armed: bool) {
+        self.crash_on_commit = armed;
     }
 
     /// Restarts a crashed node from what its disk holds.
@@ -844,6 +970,29 @@ impl Cluster {
             }
         }
         result
+    }
+
+    /// Proposes several commands on node `id` at once, so they share one Ready (and the same
+    /// append messages). Returns the last one's position.
+    pub fn propose_batch(
+        &mut self,
+        id: NodeId,
+        commands: Vec<Bytes>,
+    ) -> Result<crate::EntryId, ProposeError> {
+        let Some(raft) = self.raft_mut(id) else {
+            return Err(ProposeError::NotLeader { leader: None });
+        };
+        let mut last = Err(ProposeError::NotLeader { leader: raft.leader() });
+        for command in commands {
+            last = raft.propose(command);
+            if last.is_err() {
+                break;
+            }
+        }
+        if let Err(violation) = self.drain(id) {
+            self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+        }
+        last
     }
 
     /// Counters so far.
@@ -1068,6 +1217,25 @@ impl Cluster {
         let think = self.rng.range(0, w.opts.think_max_us);
         self.schedule(think, Event::ClientNext { client });
     }
+}
+
+/// What a store holds for `group`, in the durable model's terms.
+fn recovered_model(store: &dyn CrashableStore, group: GroupId) -> Result<DurableModel, String> {
+    let state = store.log_state(group).map_err(|e| e.to_string())?;
+    if state.first_index != 1 {
+        return Err(format!("log starts at {} after a crash", state.first_index));
+    }
+    let terms = if state.last_index == 0 {
+        Vec::new()
+    } else {
+        store
+            .entries(group, 1, state.last_index, u64::MAX)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|e| e.term)
+            .collect()
+    };
+    Ok(DurableModel { hard_state: state.hard_state, terms })
 }
 
 fn storage_violation(id: NodeId, err: crate::StorageError) -> Violation {
