@@ -1,6 +1,6 @@
 //! Helpers shared by the scenario tests: a cluster with lab-like timing, and the checks the
 //! MIT 6.824 Raft lab builds its tests from, in our own words.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
 use raft_core::sim::{Cluster, SimOptions};
