@@ -23,6 +23,8 @@ mod rng;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod tracker;
 mod types;
 

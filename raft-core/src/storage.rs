@@ -113,6 +113,40 @@ pub trait LogStore: Send + Sync {
     fn groups(&self) -> Result<Vec<GroupId>, StorageError>;
 }
 
+/// A shared store is a store: many groups' drivers can hold one `Arc` to the same backend.
+impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        (**self).write(batch)
+    }
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        (**self).sync(lsn)
+    }
+    fn durable_lsn(&self) -> Lsn {
+        (**self).durable_lsn()
+    }
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
+        (**self).compact(group, through, term)
+    }
+    fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        (**self).entries(group, lo, hi, max_bytes)
+    }
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
+        (**self).term(group, index)
+    }
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
+        (**self).log_state(group)
+    }
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        (**self).groups()
+    }
+}
+
 /// The application's replicated state machine.
 pub trait StateMachine {
     /// What applying a command produces (handed back to the client that proposed it).

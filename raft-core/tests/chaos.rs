@@ -3,6 +3,8 @@
 //! with `cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 10000`;
 //! `RAFTKIT_CHAOS_SEEDS` sets how many seeds this test runs (default 300).
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use raft_core::sim::chaos::{run_seed, ChaosOptions};
 
 fn seed_count() -> u64 {

@@ -2,6 +2,8 @@
 //! of an earlier term by counting replicas lets a later leader overwrite a committed entry. The
 //! simulator must pass this schedule with the real commit rule and catch the broken one.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use bytes::Bytes;
 use raft_core::sim::{Cluster, CrashableStore, SimOptions};
 use raft_core::{Config, Entry, HardState, LogStore, LogWrite, MemLogStore};

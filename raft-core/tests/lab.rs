@@ -2,6 +2,8 @@
 //! simulator. Each runs over several seeds; every run also passes the simulator's safety checks
 //! after every event.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 mod common;
 
 use common::*;

@@ -1,0 +1,466 @@
+//! Direct tests of the core: inputs in, exact actions out. No simulator, no threads.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod common;
+
+use bytes::Bytes;
+use raft_core::{
+    AppendRequest, AppendResponse, Config, ConfigError, Entry, FetchPurpose, HardState, Heartbeat,
+    InitialState, Message, MessageBody, ProposeError, Raft, Ready, RoleKind, StepError,
+    VoteRequest, VoteResponse,
+};
+
+fn config(id: u64) -> Config {
+    Config { id, election_ticks: 10, heartbeat_ticks: 2, ..Config::default() }
+}
+
+fn node(id: u64, voters: &[u64]) -> Raft {
+    Raft::new(config(id), InitialState::new_group(voters.to_vec())).expect("valid")
+}
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message { group: 0, from, to, term, body }
+}
+
+/// Ticks until the node starts campaigning and returns the Ready that holds its requests.
+fn tick_until_campaign(raft: &mut Raft) -> Ready {
+    for _ in 0..100 {
+        raft.tick();
+        if raft.role() != RoleKind::Follower {
+            return raft.ready();
+        }
+    }
+    panic!("node never campaigned");
+}
+
+/// Makes node 1 of {1, 2, 3} leader in term 1 (pre-vote on), acknowledging its writes.
+fn leader_of_three() -> Raft {
+    let mut r = node(1, &[1, 2, 3]);
+    let rd = tick_until_campaign(&mut r);
+    r.on_persisted(rd.number);
+    let grant = |from| {
+        msg(from, 1, 1, MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: true }))
+    };
+    r.step(grant(2)).expect("pre-vote grant");
+    assert_eq!(r.role(), RoleKind::Candidate);
+    let rd = r.ready();
+    r.on_persisted(rd.number);
+    let vote = |from| {
+        msg(from, 1, 1, MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }))
+    };
+    r.step(vote(2)).expect("vote");
+    assert!(r.is_leader());
+    let rd = r.ready();
+    r.on_persisted(rd.number);
+    // Both followers take the leader's no-op (index 1): they move from probing to replicating.
+    for from in [2, 3] {
+        let ack = AppendResponse::Success { match_index: 1 };
+        r.step(msg(from, 1, 1, MessageBody::AppendResponse(ack))).expect("ack");
+    }
+    assert_eq!(r.commit_index(), 1);
+    let _ = r.ready();
+    r
+}
+
+#[test]
+fn configuration_errors_are_typed() {
+    let bad = |c: Config| c.validate().expect_err("invalid");
+    assert_eq!(bad(Config { heartbeat_ticks: 0, ..config(1) }), ConfigError::ZeroHeartbeat);
+    assert_eq!(
+        bad(Config { election_ticks: 2, heartbeat_ticks: 2, ..config(1) }),
+        ConfigError::ElectionNotAboveHeartbeat { election_ticks: 2, heartbeat_ticks: 2 }
+    );
+    assert_eq!(
+        bad(Config { inflight_msgs_max: 0, ..config(1) }),
+        ConfigError::ZeroLimit { name: "inflight_msgs_max" }
+    );
+    let new = |voters: Vec<u64>| {
+        Raft::new(config(1), InitialState::new_group(voters)).expect_err("invalid")
+    };
+    assert_eq!(new(vec![]), ConfigError::NoVoters);
+    assert_eq!(new(vec![1, 2, 2]), ConfigError::DuplicateVoter(2));
+    assert!(matches!(new(vec![2, 3]), ConfigError::NotAVoter { id: 1, .. }));
+    // A log whose terms run past the hard state's term is inconsistent.
+    let state = InitialState {
+        hard_state: HardState { term: 1, vote: None, commit: 0 },
+        last_index: 2,
+        term_runs: vec![(1, 1), (2, 3)],
+        ..InitialState::new_group(vec![1])
+    };
+    assert!(matches!(Raft::new(config(1), state), Err(ConfigError::InconsistentState(_))));
+    let state = InitialState {
+        hard_state: HardState { term: 3, vote: None, commit: 1 },
+        last_index: 2,
+        term_runs: vec![(1, 1)],
+        applied: 2,
+        ..InitialState::new_group(vec![1])
+    };
+    assert!(matches!(Raft::new(config(1), state), Err(ConfigError::InconsistentState(_))));
+}
+
+#[test]
+fn proposals_off_the_leader_fail_fast_with_a_hint() {
+    let mut f = node(2, &[1, 2, 3]);
+    assert_eq!(f.propose("x".into()), Err(ProposeError::NotLeader { leader: None }));
+    f.step(msg(1, 2, 1, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("heartbeat");
+    assert_eq!(f.propose("x".into()), Err(ProposeError::NotLeader { leader: Some(1) }));
+    assert_eq!(f.last_index(), 0, "nothing was appended");
+}
+
+#[test]
+fn a_vote_leaves_only_after_it_is_persisted() {
+    let mut f = node(2, &[1, 2, 3]);
+    let req = VoteRequest { pre_vote: false, last_index: 0, last_term: 0 };
+    f.step(msg(1, 2, 5, MessageBody::Vote(req))).expect("vote request");
+    let rd = f.ready();
+    assert_eq!(rd.hard_state, Some(HardState { term: 5, vote: Some(1), commit: 0 }));
+    assert!(rd.messages.is_empty(), "the vote must not leave before it is durable");
+    assert_eq!(
+        rd.persisted_messages,
+        vec![msg(
+            2,
+            1,
+            5,
+            MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true })
+        )]
+    );
+    // One vote per term: another candidate is refused, the same one is answered again.
+    f.step(msg(3, 2, 5, MessageBody::Vote(req))).expect("second candidate");
+    f.step(msg(1, 2, 5, MessageBody::Vote(req))).expect("repeated request");
+    let rd = f.ready();
+    let granted: Vec<(u64, bool)> = rd
+        .persisted_messages
+        .iter()
+        .map(|m| match m.body {
+            MessageBody::VoteResponse(v) => (m.to, v.granted),
+            _ => panic!("unexpected {m:?}"),
+        })
+        .collect();
+    assert_eq!(granted, vec![(3, false), (1, true)]);
+}
+
+#[test]
+fn a_candidate_asks_for_votes_only_after_persisting_its_term() {
+    let mut c =
+        Raft::new(Config { pre_vote: false, ..config(1) }, InitialState::new_group(vec![1, 2, 3]))
+            .expect("valid");
+    let rd = tick_until_campaign(&mut c);
+    assert_eq!(c.role(), RoleKind::Candidate);
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: Some(1), commit: 0 }));
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.persisted_messages.len(), 2);
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::Vote(v) if !v.pre_vote)));
+}
+
+#[test]
+fn pre_vote_changes_no_state() {
+    let mut c = node(1, &[1, 2, 3]);
+    let rd = tick_until_campaign(&mut c);
+    assert_eq!(c.role(), RoleKind::PreCandidate);
+    assert_eq!(c.term(), 0, "a pre-candidate keeps its term");
+    assert_eq!(rd.hard_state, None);
+    assert_eq!(rd.messages.len(), 2, "pre-votes leave at once: they promise nothing");
+    for m in &rd.messages {
+        assert_eq!(m.term, 1, "a pre-vote names the term it would campaign in");
+        assert!(matches!(m.body, MessageBody::Vote(v) if v.pre_vote));
+    }
+}
+
+#[test]
+fn a_node_that_hears_its_leader_ignores_vote_requests() {
+    let mut f = node(2, &[1, 2, 3]);
+    f.step(msg(1, 2, 3, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("heartbeat");
+    let _ = f.ready();
+    for pre_vote in [true, false] {
+        let req = VoteRequest { pre_vote, last_index: 10, last_term: 9 };
+        f.step(msg(3, 2, 4, MessageBody::Vote(req))).expect("vote request");
+        assert_eq!(f.term(), 3, "the term must not move while the leader is alive");
+        let rd = f.ready();
+        assert!(
+            rd.messages.is_empty() && rd.persisted_messages.is_empty(),
+            "ignored, not answered"
+        );
+    }
+    // Once the lease ran out (no leader heard for an election timeout), it answers.
+    for _ in 0..10 {
+        f.tick();
+    }
+    let req = VoteRequest { pre_vote: true, last_index: 10, last_term: 9 };
+    f.step(msg(3, 2, 4, MessageBody::Vote(req))).expect("pre-vote");
+    let rd = f.ready();
+    assert_eq!(
+        rd.messages,
+        vec![msg(
+            2,
+            3,
+            4,
+            MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: true })
+        )]
+    );
+    assert_eq!(f.term(), 3, "granting a pre-vote changes no term");
+}
+
+#[test]
+fn a_stale_leader_is_told_the_newer_term() {
+    let mut f = node(2, &[1, 2, 3]);
+    f.step(msg(3, 2, 7, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("new leader");
+    f.step(msg(1, 2, 4, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("old leader");
+    let rd = f.ready();
+    assert!(rd.messages.contains(&msg(2, 1, 7, MessageBody::HeartbeatResponse)));
+}
+
+#[test]
+fn the_leader_counts_itself_only_once_its_write_is_durable() {
+    let mut l = leader_of_three();
+    let committed_before = l.commit_index();
+    let id = l.propose("x".into()).expect("leader");
+    let rd = l.ready();
+    assert_eq!(rd.entries.last().map(|e| e.index), Some(id.index));
+    assert!(!rd.messages.is_empty(), "the leader replicates while it writes");
+    // A follower acknowledges before the leader's own write is durable: one of three is not
+    // a quorum.
+    l.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::AppendResponse(AppendResponse::Success { match_index: id.index }),
+    ))
+    .expect("ack");
+    assert_eq!(l.commit_index(), committed_before);
+    l.on_persisted(rd.number);
+    assert_eq!(l.commit_index(), id.index, "committed once the leader's own copy is durable");
+}
+
+#[test]
+fn entries_of_an_earlier_term_do_not_commit_by_counting() {
+    // Node 1 restarts in term 2 holding entries 1-2 of term 1 (never committed) and wins term 3.
+    let state = InitialState {
+        hard_state: HardState { term: 2, vote: None, commit: 0 },
+        last_index: 2,
+        term_runs: vec![(1, 1)],
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut l = Raft::new(Config { pre_vote: false, ..config(1) }, state).expect("valid");
+    let rd = tick_until_campaign(&mut l);
+    l.on_persisted(rd.number);
+    let vote = MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true });
+    l.step(msg(2, 1, 3, vote)).expect("vote");
+    assert!(l.is_leader());
+    let rd = l.ready();
+    l.on_persisted(rd.number);
+    // A follower acknowledges the old entries only: a quorum holds index 2, of term 1.
+    l.step(msg(2, 1, 3, MessageBody::AppendResponse(AppendResponse::Success { match_index: 2 })))
+        .expect("ack");
+    assert_eq!(
+        l.commit_index(),
+        0,
+        "Figure 8: an entry of an older term is not committed by counting"
+    );
+    // Once the no-op of term 3 (index 3) is on a quorum, everything before it commits too.
+    l.step(msg(2, 1, 3, MessageBody::AppendResponse(AppendResponse::Success { match_index: 3 })))
+        .expect("ack");
+    assert_eq!(l.commit_index(), 3);
+}
+
+#[test]
+fn check_quorum_steps_down_within_an_election_timeout() {
+    let mut l = leader_of_three();
+    let mut ticks = 0;
+    while l.is_leader() {
+        l.tick();
+        let _ = l.ready();
+        ticks += 1;
+        assert!(ticks <= 2 * 10, "still leading after {ticks} ticks without hearing a quorum");
+    }
+    assert_eq!(l.role(), RoleKind::Follower);
+    // With one follower answering, it stays.
+    let mut l = leader_of_three();
+    for _ in 0..50 {
+        l.tick();
+        let _ = l.ready();
+        l.step(msg(2, 1, 1, MessageBody::HeartbeatResponse)).expect("answer");
+    }
+    assert!(l.is_leader());
+}
+
+#[test]
+fn bad_messages_are_refused_without_changing_state() {
+    let mut f = node(2, &[1, 2, 3]);
+    let hb = MessageBody::Heartbeat(Heartbeat { commit: 0 });
+    let wrong_group = Message { group: 9, ..msg(1, 2, 1, hb.clone()) };
+    assert_eq!(f.step(wrong_group), Err(StepError::WrongGroup { expected: 0, got: 9 }));
+    assert_eq!(f.step(msg(1, 3, 1, hb.clone())), Err(StepError::WrongNode { expected: 2, got: 3 }));
+    assert_eq!(f.step(msg(8, 2, 1, hb.clone())), Err(StepError::UnknownPeer(8)));
+    assert_eq!(f.step(msg(2, 2, 1, hb)), Err(StepError::UnknownPeer(2)));
+    let append = |entries: Vec<Entry>, prev_index, term| {
+        msg(
+            1,
+            2,
+            term,
+            MessageBody::Append(AppendRequest { prev_index, prev_term: 0, entries, commit: 0 }),
+        )
+    };
+    let skipping = vec![Entry::normal(1, 1, Bytes::new()), Entry::normal(1, 3, Bytes::new())];
+    assert!(matches!(f.step(append(skipping, 0, 1)), Err(StepError::Malformed { .. })));
+    let future_term = vec![Entry::normal(5, 1, Bytes::new())];
+    assert!(matches!(f.step(append(future_term, 0, 1)), Err(StepError::Malformed { .. })));
+    let overflow = vec![Entry::normal(1, u64::MAX, Bytes::new())];
+    assert!(matches!(f.step(append(overflow, u64::MAX - 1, 1)), Err(StepError::Malformed { .. })));
+    assert_eq!(f.term(), 0);
+    assert_eq!(f.last_index(), 0);
+    assert!(!f.has_ready());
+}
+
+#[test]
+fn committed_entries_are_never_replaced() {
+    let mut f = node(2, &[1, 2, 3]);
+    let es: Vec<Entry> = (1..=5).map(|i| Entry::normal(1, i, Bytes::from(vec![i as u8]))).collect();
+    let req = AppendRequest { prev_index: 0, prev_term: 0, entries: es, commit: 5 };
+    f.step(msg(1, 2, 1, MessageBody::Append(req))).expect("append");
+    assert_eq!(f.commit_index(), 5);
+    // A (faulty) leader of term 2 sends entries that conflict at a committed index, with a
+    // prev_index past our commit index so they are not skipped as committed.
+    let conflicting = vec![Entry::normal(2, 6, Bytes::new())];
+    let _ = f.ready();
+    let req = AppendRequest { prev_index: 5, prev_term: 1, entries: conflicting, commit: 5 };
+    f.step(msg(3, 2, 2, MessageBody::Append(req))).expect("a consistent append is fine");
+    assert_eq!(f.term_at(5), Some(1));
+}
+
+#[test]
+fn a_diverged_follower_answers_with_a_hint_that_skips_its_term() {
+    // The follower holds 1 of term 1 and then 2..=100 of term 2 from a failed leader.
+    let state = InitialState {
+        hard_state: HardState { term: 2, vote: None, commit: 1 },
+        last_index: 100,
+        term_runs: vec![(1, 1), (2, 2)],
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut f = Raft::new(config(2), state).expect("valid");
+    // The new leader of term 3 probes at its own last entry, (60, 3).
+    let req = AppendRequest { prev_index: 60, prev_term: 3, entries: vec![], commit: 1 };
+    f.step(msg(1, 2, 3, MessageBody::Append(req))).expect("probe");
+    let rd = f.ready();
+    let reply = &rd.persisted_messages[0];
+    // Every index up to 60 with a term <= 3 matches at most up to 60: the hint is 60 itself,
+    // with term 2; the leader then jumps to the last index of term <= 2 in its own log.
+    assert_eq!(
+        reply.body,
+        MessageBody::AppendResponse(AppendResponse::Conflict {
+            rejected: 60,
+            hint_index: 60,
+            hint_term: 2
+        })
+    );
+}
+
+#[test]
+fn an_acknowledgement_of_a_duplicate_append_waits_for_durability() {
+    let mut f = node(2, &[1, 2, 3]);
+    let es = vec![Entry::normal(1, 1, Bytes::from_static(b"a"))];
+    let req = AppendRequest { prev_index: 0, prev_term: 0, entries: es, commit: 0 };
+    f.step(msg(1, 2, 1, MessageBody::Append(req.clone()))).expect("append");
+    let first = f.ready();
+    assert_eq!(first.entries.len(), 1);
+    // The same append again (a network duplicate) before the first write is durable: the Ready
+    // has nothing to write, yet its acknowledgement promises the earlier write's durability.
+    f.step(msg(1, 2, 1, MessageBody::Append(req))).expect("duplicate");
+    let second = f.ready();
+    assert!(!second.must_persist());
+    assert_eq!(
+        second.persisted_messages,
+        vec![msg(2, 1, 1, MessageBody::AppendResponse(AppendResponse::Success { match_index: 1 }))],
+        "the caller must hold this behind the first Ready's write (see the ready module's contract)"
+    );
+}
+
+#[test]
+fn proposals_beyond_the_uncommitted_limit_are_refused() {
+    let mut l = leader_of_three();
+    let mut cfg_limit = 0;
+    loop {
+        match l.propose(Bytes::from(vec![0u8; 1 << 20])) {
+            Ok(_) => cfg_limit += 1,
+            Err(ProposeError::Backpressure { uncommitted_bytes, limit_bytes }) => {
+                assert!(uncommitted_bytes <= limit_bytes);
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(cfg_limit < 1_000, "no backpressure");
+    }
+    assert!(cfg_limit >= 200, "the default limit (256 MiB) admits about 255 one-MiB proposals");
+}
+
+#[test]
+fn a_restarted_node_fetches_committed_entries_to_apply() {
+    let state = InitialState {
+        hard_state: HardState { term: 2, vote: None, commit: 5 },
+        last_index: 8,
+        term_runs: vec![(1, 1), (4, 2)],
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut r = Raft::new(Config { apply_bytes_max: 1 << 20, ..config(1) }, state).expect("valid");
+    let rd = r.ready();
+    assert!(rd.committed_entries.is_empty());
+    assert_eq!(rd.fetches.len(), 1);
+    let fetch = rd.fetches[0];
+    assert_eq!((fetch.purpose, fetch.lo, fetch.hi), (FetchPurpose::Apply, 1, 5));
+    // A stale or wrong answer is ignored and asked again after a tick.
+    r.on_fetched(fetch, Ok(vec![Entry::normal(9, 1, Bytes::new())]));
+    assert!(r.ready().committed_entries.is_empty());
+    r.tick();
+    let rd = r.ready();
+    assert_eq!(rd.fetches.len(), 1, "asked again");
+    let entries: Vec<Entry> =
+        (1..=5).map(|i| Entry::normal(if i < 4 { 1 } else { 2 }, i, Bytes::new())).collect();
+    r.on_fetched(rd.fetches[0], Ok(entries.clone()));
+    assert_eq!(r.ready().committed_entries, entries);
+    assert_eq!(r.applied_index(), 5);
+}
+
+#[test]
+fn a_lagging_follower_is_served_from_the_store() {
+    // A leader whose cache keeps nothing beyond what is unapplied.
+    let mut l = Raft::new(
+        Config { log_cache_bytes_max: 0, ..config(1) },
+        InitialState::new_group(vec![1, 2, 3]),
+    )
+    .expect("valid");
+    let rd = tick_until_campaign(&mut l);
+    l.on_persisted(rd.number);
+    l.step(msg(2, 1, 1, MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: true })))
+        .unwrap();
+    let rd = l.ready();
+    l.on_persisted(rd.number);
+    l.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }),
+    ))
+    .unwrap();
+    for i in 0..5u8 {
+        l.propose(Bytes::from(vec![i])).expect("leader");
+    }
+    let rd = l.ready();
+    l.on_persisted(rd.number);
+    // Follower 2 acknowledges everything; commit and apply move, and the cache empties.
+    l.step(msg(2, 1, 1, MessageBody::AppendResponse(AppendResponse::Success { match_index: 6 })))
+        .unwrap();
+    let rd = l.ready();
+    assert_eq!(rd.committed_entries.len(), 6);
+    let _ = l.ready();
+    assert_eq!(l.status().cached_entries, 0);
+    // Follower 3 rejects everything from index 1: the leader must read the entries.
+    let reject = AppendResponse::Conflict { rejected: 0, hint_index: 0, hint_term: 0 };
+    l.step(msg(3, 1, 1, MessageBody::AppendResponse(reject))).unwrap();
+    let rd = l.ready();
+    let fetch =
+        rd.fetches.iter().find(|f| matches!(f.purpose, FetchPurpose::Replicate { to: 3, .. }));
+    assert!(fetch.is_some(), "leader asks for entries it no longer caches: {:?}", rd.fetches);
+}
