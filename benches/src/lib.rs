@@ -1,1 +1,4 @@
-//! Shared helpers for the raftkit benchmarks.
+//! Shared harnesses for the raftkit benchmarks.
+
+pub mod alloc;
+pub mod core_cluster;

@@ -41,9 +41,10 @@ pub struct Config {
     /// Most bytes of proposed entries not yet committed; proposals beyond it are refused with
     /// [`ProposeError::Backpressure`](crate::ProposeError::Backpressure).
     pub uncommitted_bytes_max: u64,
-    /// Bytes of recent entries kept in memory, so replication and apply do not read the log
-    /// store. Entries not yet durable or not yet applied are always kept, whatever this says;
-    /// zero keeps only those.
+    /// Most bytes of entries a leader keeps in memory for followers that lag, so catching them
+    /// up does not read the log store. Entries every follower holds are dropped at once, and
+    /// entries not yet durable or not yet applied are kept whatever this says; zero serves every
+    /// lagging follower from the store.
     pub log_cache_bytes_max: u64,
     /// Seed of the node's private random generator (election timeouts). Deterministic
     /// simulation depends on it; a real deployment should draw it from the OS.

@@ -76,8 +76,8 @@ impl TermRuns {
 /// Where the entries for a range can be found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Slice {
-    /// The entries, from the cache.
-    Cached(Vec<Entry>),
+    /// The entries, from the cache, and their size in bytes.
+    Cached(Vec<Entry>, u64),
     /// Nothing in the range.
     Empty,
     /// Not cached: the caller must fetch `[lo, hi]` from the store.
@@ -420,14 +420,47 @@ impl RaftLog {
         self.applying < self.committed.min(self.persisted)
     }
 
-    /// The next committed entries to apply, at most `max_bytes` (at least one entry). Only
-    /// locally durable entries are applied, so `applied <= persisted` always holds.
-    pub(crate) fn next_applicable(&self, max_bytes: u64) -> Slice {
+    /// Takes the next committed entries to apply, at most `max_bytes` (at least one entry), and
+    /// advances the applying index past them. Only locally durable entries are applied, so
+    /// `applied <= persisted` always holds. Entries below `keep_from` that start the cache are
+    /// moved out rather than copied: nobody needs them in memory after this.
+    pub(crate) fn take_applicable(&mut self, max_bytes: u64, keep_from: Index) -> Slice {
         let hi = self.committed.min(self.persisted);
-        if self.applying >= hi {
+        let lo = self.applying + 1;
+        if lo > hi {
             return Slice::Empty;
         }
-        self.slice(self.applying + 1, hi, usize::MAX, max_bytes)
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut next = lo;
+        // Move out what leaves the cache anyway.
+        while next <= hi && next < keep_from && self.cache_first() == next {
+            let Some(front) = self.cache.front() else { break };
+            let size = front.size_bytes();
+            if bytes + size > max_bytes && !out.is_empty() {
+                break;
+            }
+            bytes += size;
+            self.cache_bytes -= size;
+            if let Some(entry) = self.cache.pop_front() {
+                out.push(entry);
+            }
+            next += 1;
+        }
+        if out.is_empty() {
+            match self.slice(next, hi, usize::MAX, max_bytes) {
+                Slice::Cached(entries, _) => out = entries,
+                other => return other,
+            }
+        } else if next <= hi && bytes < max_bytes {
+            if let Slice::Cached(more, _) = self.slice(next, hi, usize::MAX, max_bytes - bytes) {
+                out.extend(more);
+            }
+        }
+        if let Some(last) = out.last() {
+            self.applying = last.index;
+        }
+        Slice::Cached(out, bytes)
     }
 
     pub(crate) fn advance_applying(&mut self, index: Index) {
@@ -435,7 +468,8 @@ impl RaftLog {
         self.applying = self.applying.max(index);
     }
 
-    /// Entries `[lo, hi]` from the cache, at most `max_count` and `max_bytes` (at least one).
+    /// Entries `[lo, hi]` from the cache, at most `max_count` and `max_bytes` (at least one),
+    /// with their size in bytes.
     pub(crate) fn slice(&self, lo: Index, hi: Index, max_count: usize, max_bytes: u64) -> Slice {
         let hi = hi.min(self.last_index);
         if lo > hi {
@@ -450,27 +484,30 @@ impl RaftLog {
         let mut bytes = 0u64;
         let mut out = Vec::with_capacity(wanted);
         for entry in self.cache.range(start..start + wanted) {
-            bytes += entry.size_bytes();
-            if bytes > max_bytes && !out.is_empty() {
+            let size = entry.size_bytes();
+            if bytes + size > max_bytes && !out.is_empty() {
                 break;
             }
+            bytes += size;
             out.push(entry.clone());
         }
-        Slice::Cached(out)
+        Slice::Cached(out, bytes)
     }
 
-    /// Drops the oldest cached entries while the cache is over `max_bytes`, but never an entry
-    /// that is not yet durable or not yet handed to the state machine.
-    pub(crate) fn evict(&mut self, max_bytes: u64) {
+    /// Drops cached entries from the front that nobody needs from memory any more: never an
+    /// entry that is not yet durable or not yet handed to the state machine; below `keep_from`
+    /// (what lagging followers may still need) freely; from `keep_from` on only while the cache
+    /// is over `max_bytes`, after which those followers are served from the store.
+    pub(crate) fn evict(&mut self, keep_from: Index, max_bytes: u64) {
         let floor = self.persisted.min(self.applying);
-        while self.cache_bytes > max_bytes {
-            match self.cache.front() {
-                Some(front) if front.index <= floor => {
-                    self.cache_bytes -= front.size_bytes();
-                    self.cache.pop_front();
-                }
-                _ => break,
+        while let Some(front) = self.cache.front() {
+            let evictable =
+                front.index <= floor && (front.index < keep_from || self.cache_bytes > max_bytes);
+            if !evictable {
+                break;
             }
+            self.cache_bytes -= front.size_bytes();
+            self.cache.pop_front();
         }
     }
 
@@ -697,15 +734,23 @@ mod tests {
     #[test]
     fn eviction_keeps_undurable_and_unapplied_entries() {
         let mut log = log_with_terms(&[1; 10]);
-        log.evict(0);
+        log.evict(Index::MAX, 0);
         assert_eq!(log.cached_entries(), 10, "nothing is durable yet");
         log.take_unpersisted(1);
         log.on_persisted(1);
         log.commit_to(6);
         log.advance_applying(4);
-        log.evict(0);
-        assert_eq!(log.cached_entries(), 6, "entries past the applying index stay");
+        log.evict(3, 1 << 20);
+        assert_eq!(log.cached_entries(), 8, "a lagging follower keeps entries 3 and up");
+        log.evict(3, 0);
+        assert_eq!(log.cached_entries(), 6, "over budget: entries past the applying index stay");
         assert_eq!(log.slice(1, 3, 10, 1000), Slice::Fetch { lo: 1, hi: 3 });
+        log.commit_to(8);
+        // Applying moves entries that nobody keeps out of the cache instead of copying them.
+        let Slice::Cached(applied, _) = log.take_applicable(1 << 20, Index::MAX) else { panic!() };
+        assert_eq!(applied.iter().map(|e| e.index).collect::<Vec<_>>(), [5, 6, 7, 8]);
+        assert_eq!(log.cached_entries(), 2);
+        assert_eq!(log.applying(), 8);
         log.check_invariants();
     }
 }

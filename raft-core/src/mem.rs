@@ -9,6 +9,77 @@ use crate::error::StorageError;
 use crate::storage::{validate_append, LogState, LogStore, LogWrite, Lsn};
 use crate::types::{Entry, GroupId, HardState, Index, Term};
 
+/// Entries per chunk of [`Chunks`].
+const CHUNK_ENTRIES: usize = 4096;
+
+/// A sequence of entries in fixed-size chunks: growing never copies what is already stored,
+/// and dropping a prefix frees whole chunks.
+#[derive(Clone, Debug, Default)]
+struct Chunks {
+    chunks: VecDeque<Vec<Entry>>,
+    /// Entries at the front of the first chunk that were dropped logically.
+    skipped: usize,
+    len: usize,
+}
+
+impl Chunks {
+    const EMPTY: Chunks = Chunks { chunks: VecDeque::new(), skipped: 0, len: 0 };
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, i: usize) -> &Entry {
+        let at = self.skipped + i;
+        &self.chunks[at / CHUNK_ENTRIES][at % CHUNK_ENTRIES]
+    }
+
+    fn push(&mut self, entry: Entry) {
+        match self.chunks.back_mut() {
+            Some(last) if last.len() < CHUNK_ENTRIES => last.push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
+                chunk.push(entry);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let keep = self.skipped + len;
+        let chunks = keep.div_ceil(CHUNK_ENTRIES);
+        self.chunks.truncate(chunks);
+        if let Some(last) = self.chunks.back_mut() {
+            last.truncate(keep - (chunks - 1) * CHUNK_ENTRIES);
+        }
+        self.len = len;
+        if len == 0 {
+            self.clear();
+        }
+    }
+
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.skipped += n;
+        self.len -= n;
+        while self.skipped >= CHUNK_ENTRIES {
+            self.chunks.pop_front();
+            self.skipped -= CHUNK_ENTRIES;
+        }
+        if self.len == 0 {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Chunks::default();
+    }
+}
+
 /// One group's log and hard state.
 #[derive(Clone, Debug, Default)]
 struct MemGroup {
@@ -17,7 +88,7 @@ struct MemGroup {
     base_index: Index,
     base_term: Term,
     /// Entries `base_index + 1 ..`.
-    entries: Vec<Entry>,
+    entries: Chunks,
 }
 
 impl MemGroup {
@@ -31,7 +102,7 @@ impl MemGroup {
         } else if index < self.base_index || index > self.last_index() {
             None
         } else {
-            Some(self.entries[(index - self.base_index - 1) as usize].term)
+            Some(self.entries.get((index - self.base_index - 1) as usize).term)
         }
     }
 
@@ -39,7 +110,9 @@ impl MemGroup {
         validate_append(group, entries, self.base_index, self.last_index(), |i| self.term(i))?;
         if let Some(first) = entries.first() {
             self.entries.truncate((first.index - self.base_index - 1) as usize);
-            self.entries.extend_from_slice(entries);
+            for entry in entries {
+                self.entries.push(entry.clone());
+            }
         }
         Ok(())
     }
@@ -49,7 +122,7 @@ impl MemGroup {
             return;
         }
         if self.term(through) == Some(term) {
-            self.entries.drain(..(through - self.base_index) as usize);
+            self.entries.drop_front((through - self.base_index) as usize);
         } else {
             self.entries.clear();
         }
@@ -97,7 +170,7 @@ impl Inner {
             hard_state: HardState { term: 0, vote: None, commit: 0 },
             base_index: 0,
             base_term: 0,
-            entries: Vec::new(),
+            entries: Chunks::EMPTY,
         };
         self.groups.get(&group).unwrap_or(&EMPTY)
     }
@@ -169,11 +242,21 @@ impl LogStore for MemLogStore {
         inner.last_lsn += 1;
         let lsn = inner.last_lsn;
         for w in batch {
-            let op =
-                Op::Write { group: w.group, hard_state: w.hard_state, entries: w.entries.to_vec() };
-            Inner::apply(&mut inner.groups, &op)?;
             if self.explicit_sync {
+                let op = Op::Write {
+                    group: w.group,
+                    hard_state: w.hard_state,
+                    entries: w.entries.to_vec(),
+                };
+                Inner::apply(&mut inner.groups, &op)?;
                 inner.unsynced.push_back((lsn, op));
+            } else {
+                // Durable on acceptance: no journal, and one copy of each entry handle.
+                let g = inner.groups.entry(w.group).or_default();
+                g.append(w.group, w.entries)?;
+                if let Some(hs) = w.hard_state {
+                    g.hard_state = hs;
+                }
             }
         }
         if !self.explicit_sync {
@@ -230,7 +313,7 @@ impl LogStore for MemLogStore {
         let end = (hi - g.base_index) as usize;
         let mut bytes = 0;
         let mut out = Vec::with_capacity(end - start);
-        for entry in &g.entries[start..end] {
+        for entry in (start..end).map(|i| g.entries.get(i)) {
             bytes += entry.size_bytes();
             if bytes > max_bytes && !out.is_empty() {
                 break;

@@ -229,12 +229,13 @@ impl From<&Progress> for PeerProgress {
     }
 }
 
-/// The highest index that a majority of `indexes` has reached (sorts `indexes` in place, so a
-/// caller can reuse one buffer and commit counting does not allocate).
+/// The highest index that a majority of `indexes` has reached (reorders `indexes` in place, so
+/// a caller can reuse one buffer and commit counting does not allocate).
 pub(crate) fn quorum_index(indexes: &mut [Index]) -> Index {
     debug_assert!(!indexes.is_empty());
-    indexes.sort_unstable_by(|a, b| b.cmp(a));
-    indexes[indexes.len() / 2]
+    // The (n/2)-th largest: a majority (n/2 + 1 voters) holds at least this much.
+    let k = indexes.len() / 2;
+    *indexes.select_nth_unstable_by(k, |a, b| b.cmp(a)).1
 }
 
 #[cfg(test)]

@@ -391,8 +391,16 @@ impl Raft {
             hard_state
         });
         let entries = self.log.take_unpersisted(number);
-        let committed_entries = self.take_committed();
-        self.log.evict(self.cfg.log_cache_bytes_max);
+        // A leader keeps what its followers have not acknowledged yet (within the budget);
+        // other roles keep nothing they no longer need.
+        let keep_from = match &self.role {
+            Role::Leader(l) => {
+                l.progress.iter().map(|p| p.match_index + 1).min().unwrap_or(Index::MAX)
+            }
+            _ => Index::MAX,
+        };
+        let committed_entries = self.take_committed(keep_from);
+        self.log.evict(keep_from, self.cfg.log_cache_bytes_max);
         let out = &mut self.out;
         let ready = Ready {
             number,
@@ -408,7 +416,7 @@ impl Raft {
         ready
     }
 
-    fn take_committed(&mut self) -> Vec<Entry> {
+    fn take_committed(&mut self, keep_from: Index) -> Vec<Entry> {
         if !self.out.fetched_apply.is_empty() {
             let entries = std::mem::take(&mut self.out.fetched_apply);
             if let Some(last) = entries.last() {
@@ -419,13 +427,8 @@ impl Raft {
         if self.apply_fetching {
             return Vec::new();
         }
-        match self.log.next_applicable(self.cfg.apply_bytes_max) {
-            Slice::Cached(entries) => {
-                if let Some(last) = entries.last() {
-                    self.log.advance_applying(last.index);
-                }
-                entries
-            }
+        match self.log.take_applicable(self.cfg.apply_bytes_max, keep_from) {
+            Slice::Cached(entries, _) => entries,
             Slice::Empty => Vec::new(),
             Slice::Fetch { lo, hi } => {
                 self.apply_fetching = true;

@@ -82,14 +82,14 @@ impl Raft {
                 );
                 return sent_any;
             };
-            let entries = match self.log.slice(
+            let (entries, bytes) = match self.log.slice(
                 next,
                 self.log.last_index(),
                 self.cfg.append_entries_max,
                 self.cfg.append_bytes_max,
             ) {
-                Slice::Cached(entries) => entries,
-                Slice::Empty => Vec::new(),
+                Slice::Cached(entries, bytes) => (entries, bytes),
+                Slice::Empty => (Vec::new(), 0),
                 Slice::Fetch { lo, hi } => {
                     let hi = hi.min(lo + self.cfg.append_entries_max as Index - 1);
                     let term = self.term;
@@ -110,7 +110,7 @@ impl Raft {
             }
             allow_empty = false;
             let carried = !entries.is_empty();
-            self.send_append(i, prev_index, prev_term, entries);
+            self.send_append(i, prev_index, prev_term, entries, bytes);
             sent_any = true;
             if !carried {
                 return sent_any;
@@ -119,11 +119,17 @@ impl Raft {
     }
 
     /// Sends one append to the follower at position `i` and records it in its progress.
-    fn send_append(&mut self, i: usize, prev_index: Index, prev_term: Term, entries: Vec<Entry>) {
+    fn send_append(
+        &mut self,
+        i: usize,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        bytes: u64,
+    ) {
         let commit = self.log.committed();
         let Role::Leader(leader) = &mut self.role else { return };
         let p = &mut leader.progress[i];
-        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let last = prev_index + entries.len() as Index;
         p.sent(last, bytes, !entries.is_empty());
         let to = p.id;
@@ -151,7 +157,8 @@ impl Raft {
         }
         let prev_index = p.next_index - 1;
         let Some(prev_term) = self.log.term(prev_index) else { return };
-        self.send_append(i, prev_index, prev_term, entries);
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
+        self.send_append(i, prev_index, prev_term, entries, bytes);
     }
 
     /// Follower side of AppendEntries (Raft §5.3).
