@@ -4,13 +4,24 @@
 //! [`StoreHarness`] (how to open the store, and reopen it to check what survives), then expand
 //! [`log_store_conformance!`](crate::log_store_conformance) in a test file:
 //!
-//! ```ignore
-//! struct MyHarness { dir: tempfile::TempDir }
-//! impl raft_core::testkit::StoreHarness for MyHarness {
-//!     type Store = MyStore;
-//!     fn open(&mut self) -> MyStore { MyStore::open(self.dir.path()).unwrap() }
+//! ```
+//! use std::sync::Arc;
+//! use raft_core::{testkit::StoreHarness, MemLogStore};
+//!
+//! /// Reopening returns the same in-memory store; a file-backed harness would reopen its
+//! /// directory.
+//! struct MyHarness(Arc<MemLogStore>);
+//!
+//! impl StoreHarness for MyHarness {
+//!     type Store = Arc<MemLogStore>;
+//!     fn open(&mut self) -> Arc<MemLogStore> {
+//!         Arc::clone(&self.0)
+//!     }
 //! }
-//! raft_core::log_store_conformance!(my_store, MyHarness { dir: tempfile::tempdir().unwrap() });
+//!
+//! // In a test file: one #[test] per conformance case, in module `my_store`.
+//! raft_core::log_store_conformance!(my_store, crate::MyHarness(Default::default()));
+//! # fn main() {}
 //! ```
 //!
 //! Each case is also a public function here, for harnesses that need their own test layout.

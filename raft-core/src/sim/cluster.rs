@@ -375,7 +375,7 @@ struct Workload {
     last_completion_us: u64,
 }
 
-/// A simulated cluster. See the [module docs](self).
+/// A simulated cluster. See the [`sim`](crate::sim) module docs.
 pub struct Cluster {
     opts: SimOptions,
     rng: Rng,
