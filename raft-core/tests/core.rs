@@ -410,17 +410,44 @@ fn a_restarted_node_fetches_committed_entries_to_apply() {
     assert_eq!(rd.fetches.len(), 1);
     let fetch = rd.fetches[0];
     assert_eq!((fetch.purpose, fetch.lo, fetch.hi), (FetchPurpose::Apply, 1, 5));
-    // A stale or wrong answer is ignored and asked again after a tick.
+    // An answer that does not match the log (a read that raced a truncation) is ignored and
+    // asked again.
     r.on_fetched(fetch, Ok(vec![Entry::normal(9, 1, Bytes::new())]));
-    assert!(r.ready().committed_entries.is_empty());
-    r.tick();
     let rd = r.ready();
-    assert_eq!(rd.fetches.len(), 1, "asked again");
+    assert!(rd.committed_entries.is_empty());
+    assert_eq!(rd.fetches, vec![fetch], "asked again");
     let entries: Vec<Entry> =
         (1..=5).map(|i| Entry::normal(if i < 4 { 1 } else { 2 }, i, Bytes::new())).collect();
     r.on_fetched(rd.fetches[0], Ok(entries.clone()));
     assert_eq!(r.ready().committed_entries, entries);
     assert_eq!(r.applied_index(), 5);
+}
+
+#[test]
+fn lost_and_failed_fetches_are_asked_again() {
+    let state = InitialState {
+        hard_state: HardState { term: 2, vote: None, commit: 5 },
+        last_index: 5,
+        term_runs: vec![(1, 2)],
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut r = Raft::new(config(1), state).expect("valid");
+    let first = r.ready().fetches[0];
+    // The answer is lost: nothing is asked again for a while (the read may just be slow) ...
+    for _ in 0..9 {
+        r.tick();
+        assert!(r.ready().fetches.is_empty(), "a slow read is not duplicated");
+    }
+    // ... but after an election timeout it is.
+    r.tick();
+    let second = r.ready().fetches;
+    assert_eq!(second, vec![first]);
+    // A failed read is retried at the next tick.
+    let err = raft_core::StorageError::Corrupt("bad sector".into());
+    r.on_fetched(second[0], Err(err));
+    assert!(r.ready().fetches.is_empty());
+    r.tick();
+    assert_eq!(r.ready().fetches, vec![first]);
 }
 
 #[test]

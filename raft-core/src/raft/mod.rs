@@ -143,6 +143,18 @@ enum Role {
     Leader(LeaderState),
 }
 
+/// The state of the read of committed entries to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ApplyFetch {
+    Idle,
+    /// Asked for, `ticks` ago.
+    InFlight {
+        ticks: u32,
+    },
+    /// The read failed; retry at the next tick.
+    Failed,
+}
+
 /// Messages and reads gathered for the next [`Ready`].
 #[derive(Debug, Default)]
 struct Outbox {
@@ -194,8 +206,8 @@ pub struct Raft {
     /// The hard state last handed out in a Ready.
     emitted_hard_state: HardState,
     next_ready_number: u64,
-    /// A fetch of entries to apply is outstanding (or failed and waits for the next tick).
-    apply_fetching: bool,
+    /// Where the fetch of entries to apply stands.
+    apply_fetch: ApplyFetch,
 }
 
 impl Raft {
@@ -263,7 +275,7 @@ impl Raft {
             out: Outbox::default(),
             emitted_hard_state,
             next_ready_number: 1,
-            apply_fetching: false,
+            apply_fetch: ApplyFetch::Idle,
         };
         raft.debug_check();
         Ok(raft)
@@ -273,11 +285,17 @@ impl Raft {
 
     /// Advances logical time by one tick: drives election timeouts, heartbeats and check-quorum.
     pub fn tick(&mut self) {
-        // A failed apply fetch is retried once per tick rather than in a tight loop.
-        if self.apply_fetching && !self.out.fetches.iter().any(|f| f.purpose == FetchPurpose::Apply)
-        {
-            self.apply_fetching = false;
-        }
+        self.apply_fetch = match self.apply_fetch {
+            // A failed read is retried at the next tick rather than in a tight loop; one whose
+            // answer never came is asked again after an election timeout (a late answer to the
+            // first is recognised as stale).
+            ApplyFetch::Failed => ApplyFetch::Idle,
+            ApplyFetch::InFlight { ticks } if ticks + 1 >= self.cfg.election_ticks => {
+                ApplyFetch::Idle
+            }
+            ApplyFetch::InFlight { ticks } => ApplyFetch::InFlight { ticks: ticks + 1 },
+            ApplyFetch::Idle => ApplyFetch::Idle,
+        };
         if matches!(self.role, Role::Leader(_)) {
             self.tick_leader();
         } else {
@@ -341,13 +359,15 @@ impl Raft {
                         p.fetching = false;
                     }
                 }
-                // An apply fetch stays marked until the next tick, which retries it.
+                if request.purpose == FetchPurpose::Apply {
+                    self.apply_fetch = ApplyFetch::Failed;
+                }
                 return;
             }
         };
         match request.purpose {
             FetchPurpose::Apply => {
-                self.apply_fetching = false;
+                self.apply_fetch = ApplyFetch::Idle;
                 let expected = self.log.applying() + 1;
                 let fits = entries.first().is_some_and(|e| e.index == expected)
                     && entries.windows(2).all(|w| w[1].index == w[0].index + 1)
@@ -374,7 +394,7 @@ impl Raft {
             || !out.fetched_apply.is_empty()
             || self.hard_state() != self.emitted_hard_state
             || self.log.has_unhanded()
-            || (self.log.has_applicable() && !self.apply_fetching)
+            || (self.log.has_applicable() && self.apply_fetch == ApplyFetch::Idle)
             || matches!(&self.role, Role::Leader(l) if l.replicate_pending)
     }
 
@@ -424,14 +444,14 @@ impl Raft {
             }
             return entries;
         }
-        if self.apply_fetching {
+        if self.apply_fetch != ApplyFetch::Idle {
             return Vec::new();
         }
         match self.log.take_applicable(self.cfg.apply_bytes_max, keep_from) {
             Slice::Cached(entries, _) => entries,
             Slice::Empty => Vec::new(),
             Slice::Fetch { lo, hi } => {
-                self.apply_fetching = true;
+                self.apply_fetch = ApplyFetch::InFlight { ticks: 0 };
                 self.out.fetches.push(FetchRequest {
                     group: self.group,
                     purpose: FetchPurpose::Apply,

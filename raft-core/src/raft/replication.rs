@@ -14,6 +14,14 @@ impl Raft {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
+            // A read for a lagging follower whose answer never came is asked again (a late
+            // answer is recognised as stale).
+            if let Role::Leader(leader) = &mut self.role {
+                for p in &mut leader.progress {
+                    p.fetching = false;
+                }
+                leader.replicate_pending = true;
+            }
             if self.cfg.check_quorum && !self.quorum_active() {
                 tracing::info!(
                     group = self.group,
