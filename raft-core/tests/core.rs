@@ -491,3 +491,34 @@ fn a_lagging_follower_is_served_from_the_store() {
         rd.fetches.iter().find(|f| matches!(f.purpose, FetchPurpose::Replicate { to: 3, .. }));
     assert!(fetch.is_some(), "leader asks for entries it no longer caches: {:?}", rd.fetches);
 }
+
+#[test]
+fn a_restart_replays_the_log_in_large_reads_and_small_apply_batches() {
+    let state = InitialState {
+        hard_state: HardState { term: 1, vote: None, commit: 100 },
+        last_index: 100,
+        term_runs: vec![(1, 1)],
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let cfg = Config { apply_bytes_max: 100, ..config(1) };
+    let mut r = Raft::new(cfg, state).expect("valid");
+    let rd = r.ready();
+    let fetch = rd.fetches[0];
+    assert_eq!((fetch.lo, fetch.hi), (1, 100));
+    assert!(fetch.max_bytes >= 1 << 20, "one read covers many apply batches");
+    let entries: Vec<Entry> =
+        (1..=100).map(|i| Entry::normal(1, i, Bytes::from(vec![0u8; 20]))).collect();
+    r.on_fetched(fetch, Ok(entries.clone()));
+    let mut applied = Vec::new();
+    let mut readies = 0;
+    while r.has_ready() {
+        let rd = r.ready();
+        assert!(rd.fetches.is_empty(), "no second read");
+        let bytes: u64 = rd.committed_entries.iter().map(Entry::size_bytes).sum();
+        assert!(bytes <= 100 || rd.committed_entries.len() == 1, "batch of {bytes} bytes");
+        applied.extend(rd.committed_entries);
+        readies += 1;
+    }
+    assert_eq!(applied, entries);
+    assert!(readies >= 40, "{readies} batches for 100 entries of 44 bytes each");
+}

@@ -197,23 +197,7 @@ impl Raft {
             self.become_candidate();
             return;
         }
-        let req = VoteRequest {
-            pre_vote: true,
-            last_index: self.log.last_index(),
-            last_term: self.log.last_term(),
-        };
-        let future_term = self.term + 1;
-        let peers: Vec<NodeId> = self.peers().collect();
-        for to in peers {
-            let msg = Message {
-                group: self.group,
-                from: self.id,
-                to,
-                term: future_term,
-                body: MessageBody::Vote(req),
-            };
-            self.out.messages.push(msg);
-        }
+        self.request_votes(true);
     }
 
     fn become_candidate(&mut self) {
@@ -229,17 +213,35 @@ impl Raft {
             self.become_leader();
             return;
         }
+        self.request_votes(false);
+    }
+
+    /// Asks every peer for its vote. A pre-vote names the term this node would campaign in and
+    /// leaves at once (it promises nothing). A real request leaves only once the new term and
+    /// self-vote are durable: a candidate that crashed before that and restarted in the old
+    /// term could otherwise vote for another candidate in the term it campaigns in, and help
+    /// elect two leaders.
+    fn request_votes(&mut self, pre_vote: bool) {
         let req = VoteRequest {
-            pre_vote: false,
+            pre_vote,
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
         };
-        // The requests leave only once our new term and self-vote are durable: a candidate
-        // that crashed before that and restarted in the old term could otherwise vote for
-        // another candidate in the term it is campaigning in and help elect two leaders.
+        let term = if pre_vote { self.term + 1 } else { self.term };
         let peers: Vec<NodeId> = self.peers().collect();
         for to in peers {
-            self.send_after_persist(to, MessageBody::Vote(req));
+            let msg = Message {
+                group: self.group,
+                from: self.id,
+                to,
+                term,
+                body: MessageBody::Vote(req),
+            };
+            if pre_vote {
+                self.out.messages.push(msg);
+            } else {
+                self.out.persisted_messages.push(msg);
+            }
         }
     }
 

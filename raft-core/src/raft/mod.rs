@@ -8,6 +8,8 @@
 mod election;
 mod replication;
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use crate::config::Config;
@@ -143,6 +145,9 @@ enum Role {
     Leader(LeaderState),
 }
 
+/// Reads of committed entries to apply ask for at least this many bytes.
+const APPLY_FETCH_BYTES_MIN: u64 = 1 << 20;
+
 /// The state of the read of committed entries to apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ApplyFetch {
@@ -161,8 +166,9 @@ struct Outbox {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
     fetches: Vec<FetchRequest>,
-    /// Committed entries read from the store, waiting to be handed to the state machine.
-    fetched_apply: Vec<Entry>,
+    /// Committed entries read from the store, handed to the state machine `apply_bytes_max`
+    /// at a time.
+    fetched_apply: VecDeque<Entry>,
 }
 
 /// One node of one Raft group, as a deterministic state machine.
@@ -375,7 +381,7 @@ impl Raft {
                     && self.log.matches(&entries)
                     && self.out.fetched_apply.is_empty();
                 if fits {
-                    self.out.fetched_apply = entries;
+                    self.out.fetched_apply = entries.into();
                 }
             }
             FetchPurpose::Replicate { to, term } => self.send_fetched(to, term, entries),
@@ -438,7 +444,15 @@ impl Raft {
 
     fn take_committed(&mut self, keep_from: Index) -> Vec<Entry> {
         if !self.out.fetched_apply.is_empty() {
-            let entries = std::mem::take(&mut self.out.fetched_apply);
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            while let Some(entry) = self.out.fetched_apply.front() {
+                bytes += entry.size_bytes();
+                if bytes > self.cfg.apply_bytes_max && !entries.is_empty() {
+                    break;
+                }
+                entries.extend(self.out.fetched_apply.pop_front());
+            }
             if let Some(last) = entries.last() {
                 self.log.advance_applying(last.index);
             }
@@ -452,12 +466,14 @@ impl Raft {
             Slice::Empty => Vec::new(),
             Slice::Fetch { lo, hi } => {
                 self.apply_fetch = ApplyFetch::InFlight { ticks: 0 };
+                // Read in large chunks even when apply batches are small: replaying a log after
+                // a restart should not pay a store round trip per entry.
                 self.out.fetches.push(FetchRequest {
                     group: self.group,
                     purpose: FetchPurpose::Apply,
                     lo,
                     hi,
-                    max_bytes: self.cfg.apply_bytes_max,
+                    max_bytes: self.cfg.apply_bytes_max.max(APPLY_FETCH_BYTES_MIN),
                 });
                 Vec::new()
             }

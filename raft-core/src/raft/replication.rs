@@ -176,22 +176,9 @@ impl Raft {
         term: Term,
         req: AppendRequest,
     ) -> Result<(), StepError> {
-        match &self.role {
-            Role::Leader(_) => {
-                // Two leaders in one term cannot happen in a correct group (Election Safety).
-                tracing::error!(
-                    group = self.group,
-                    id = self.id,
-                    from,
-                    term,
-                    "append from another leader of my own term; dropped"
-                );
-                return Ok(());
-            }
-            Role::Follower { leader: Some(l) } if *l == from => {}
-            _ => self.become_follower(term, Some(from)),
+        if !self.follow(from, "append") {
+            return Ok(());
         }
-        self.election_elapsed = 0;
         let AppendRequest { mut prev_index, mut prev_term, mut entries, commit } = req;
         let committed = self.log.committed();
         if prev_index < committed {
@@ -290,21 +277,33 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {
+    /// A message from the leader of our term arrived: follow it (a candidate of the same term
+    /// concedes) and restart the election timer. Returns false if this node itself leads the
+    /// term, which a correct group never allows (Election Safety): the message is dropped.
+    fn follow(&mut self, from: NodeId, kind: &'static str) -> bool {
         match &self.role {
             Role::Leader(_) => {
                 tracing::error!(
                     group = self.group,
                     id = self.id,
                     from,
-                    "heartbeat from another leader of my own term; dropped"
+                    term = self.term,
+                    kind,
+                    "message from another leader of my own term; dropped"
                 );
-                return;
+                return false;
             }
             Role::Follower { leader: Some(l) } if *l == from => {}
             _ => self.become_follower(self.term, Some(from)),
         }
         self.election_elapsed = 0;
+        true
+    }
+
+    pub(super) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {
+        if !self.follow(from, "heartbeat") {
+            return;
+        }
         // The leader caps `commit` at our match index, which we hold durably.
         self.log.commit_to(hb.commit.min(self.log.last_index()));
         self.send(from, MessageBody::HeartbeatResponse);
