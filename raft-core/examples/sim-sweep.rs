@@ -111,7 +111,7 @@ fn main() -> ExitCode {
                     }
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if progress && (n % 10 == 0 || n == total) {
+                if progress && (n.is_multiple_of(10) || n == total) {
                     let failed = failures.lock().map_or(0, |f| f.len());
                     eprint!(
                         "\r{n}/{total} seeds, {failed} failed, {:.0} s",

@@ -1129,7 +1129,7 @@ impl Cluster {
         let value = format!("[{client}.{op_id}]");
         let op = if roll < w.opts.read_pct {
             KvOp::Get { key }
-        } else if roll % 2 == 0 {
+        } else if roll.is_multiple_of(2) {
             KvOp::Put { key, value }
         } else {
             KvOp::Append { key, value }

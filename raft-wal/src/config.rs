@@ -1,0 +1,124 @@
+//! WAL settings: segment size, durability mode, recovery mode.
+
+use std::time::Duration;
+
+use crate::error::WalError;
+use crate::format::{checkpoint_len, RECORD_HEADER_LEN, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
+
+/// When appended records become durable. Chosen per WAL at open.
+///
+/// Whatever the mode, [`durable_lsn`](raft_core::LogStore::durable_lsn) never reports a
+/// position durable before an fdatasync covering it has returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write is durable before it returns. Concurrent writers share one sync.
+    Always,
+    /// Writes return once readable; [`sync`](raft_core::LogStore::sync) waits for a sync that
+    /// covers the position, and concurrent callers share it (group commit). A sync starts at
+    /// once, or, with a `max_delay`, waits up to that long for more writes until `max_bytes`
+    /// are pending.
+    GroupCommit {
+        /// Longest time the first waiter holds the sync back to gather more writes.
+        max_delay: Duration,
+        /// Pending bytes that start the sync without waiting out `max_delay`.
+        max_bytes: u64,
+    },
+    /// A background thread syncs every interval; `sync` waits for the next one that covers the
+    /// position (it does not start one).
+    Interval(Duration),
+    /// Nothing is synced except when a segment is retired: `sync` returns at once without making
+    /// anything durable, and `durable_lsn` tells the truth. For benchmarks and tests: a crash
+    /// may lose writes a caller treated as durable.
+    Never,
+}
+
+impl Durability {
+    /// Group commit without waiting for more writers: writers that arrive during a sync share
+    /// the next one.
+    pub const fn group_commit() -> Durability {
+        Durability::GroupCommit { max_delay: Duration::ZERO, max_bytes: 1 << 20 }
+    }
+}
+
+/// What to do with corruption found before the tail of the log at open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open with [`WalError::Corrupt`]: never drop data silently.
+    #[default]
+    Strict,
+    /// Cut the log at the first corrupt record, dropping it and everything after it, and say
+    /// so in the [`RecoveryReport`](crate::RecoveryReport).
+    TruncateAtCorruption,
+}
+
+/// WAL settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Bytes per segment file. Every file is this long from creation on (pre-written, not
+    /// sparse). At least 64 KiB, below 4 GiB.
+    pub segment_size_bytes: u64,
+    /// When writes become durable.
+    pub durability: Durability,
+    /// What to do with corruption before the tail.
+    pub recovery: RecoveryMode,
+    /// Segment files kept written and ready ahead of the writer, so rolling to a new segment
+    /// never waits for a file to be created.
+    pub prepared_segments: usize,
+    /// Reuse the files of deleted segments as new segments (their blocks are already written).
+    pub recycle_segments: bool,
+}
+
+impl Default for WalConfig {
+    fn default() -> WalConfig {
+        WalConfig {
+            segment_size_bytes: 64 << 20,
+            durability: Durability::group_commit(),
+            recovery: RecoveryMode::Strict,
+            prepared_segments: 2,
+            recycle_segments: true,
+        }
+    }
+}
+
+/// The smallest segment size accepted.
+pub const SEGMENT_SIZE_MIN: u64 = 64 << 10;
+
+impl WalConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), WalError> {
+        if self.segment_size_bytes < SEGMENT_SIZE_MIN || self.segment_size_bytes >= u32::MAX as u64
+        {
+            return Err(WalError::InvalidConfig(format!(
+                "segment_size_bytes must be in [{SEGMENT_SIZE_MIN}, {}), got {}",
+                u32::MAX,
+                self.segment_size_bytes
+            )));
+        }
+        if !self.segment_size_bytes.is_multiple_of(8) {
+            return Err(WalError::InvalidConfig(
+                "segment_size_bytes must be a multiple of 8".into(),
+            ));
+        }
+        match self.durability {
+            Durability::Interval(d) if d.is_zero() => {
+                return Err(WalError::InvalidConfig("the sync interval must be positive".into()))
+            }
+            Durability::GroupCommit { max_bytes: 0, .. } => {
+                return Err(WalError::InvalidConfig(
+                    "group commit max_bytes must be positive".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Bytes a segment offers to records after its header, checkpoint (for `groups` groups)
+    /// and the room kept for its seal.
+    pub(crate) fn usable_bytes(&self, groups: usize) -> usize {
+        (self.segment_size_bytes as usize)
+            .saturating_sub(SEGMENT_HEADER_LEN)
+            .saturating_sub(RECORD_HEADER_LEN + checkpoint_len(groups) + 8)
+            .saturating_sub(SEAL_RECORD_LEN)
+    }
+}

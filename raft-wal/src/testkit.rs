@@ -1,0 +1,55 @@
+//! Helpers for tests of systems built on the WAL (feature `testkit`).
+
+use std::path::Path;
+
+use crate::format::SEGMENT_HEADER_LEN;
+use crate::segment::parse_segment_name;
+use crate::DurablePosition;
+
+/// What a power loss leaves past the durable position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftover {
+    /// Zeros (the written pages never reached the disk).
+    Zeros,
+    /// Random bytes from `seed` (garbage).
+    Garbage(u64),
+    /// The first `n` bytes that were written survive, the rest is zeros (a partial write).
+    Partial(usize),
+}
+
+/// Emulates a power loss on a closed WAL directory: every byte past `durable` (in its segment
+/// and in every later segment file) is replaced as `leftover` says. Segment files created
+/// after the durable position keep existing (their creation may have been durable).
+pub fn power_loss(dir: &Path, durable: DurablePosition, leftover: Leftover) -> std::io::Result<()> {
+    let mut rng = raft_core::Rng::new(match leftover {
+        Leftover::Garbage(seed) => seed,
+        _ => 0,
+    });
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(seq) = name.to_str().and_then(parse_segment_name) else { continue };
+        if seq < durable.segment {
+            continue;
+        }
+        let mut bytes = std::fs::read(entry.path())?;
+        let from = if seq == durable.segment {
+            durable.offset as usize
+        } else {
+            SEGMENT_HEADER_LEN.min(bytes.len())
+        };
+        let from = from.min(bytes.len());
+        let keep = match leftover {
+            Leftover::Partial(n) => n.min(bytes.len() - from),
+            _ => 0,
+        };
+        for b in &mut bytes[from + keep..] {
+            *b = match leftover {
+                Leftover::Garbage(_) => rng.next_u64() as u8,
+                _ => 0,
+            };
+        }
+        std::fs::write(entry.path(), &bytes)?;
+    }
+    Ok(())
+}
