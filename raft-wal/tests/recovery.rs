@@ -1,0 +1,271 @@
+//! Recovery from damaged files: torn tails cut at every byte, bit flips in the tail and in the
+//! middle, damaged payloads found on read, and the typed errors for unusable directories.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{Entry, HardState, LogStore, LogWrite, Rng, StorageError};
+use raft_wal::{Durability, RecoveryMode, Wal, WalConfig, WalError};
+
+fn config() -> WalConfig {
+    WalConfig {
+        segment_size_bytes: 64 << 10,
+        durability: Durability::Always,
+        prepared_segments: 1,
+        ..WalConfig::default()
+    }
+}
+
+fn entry(group: u64, index: u64, term: u64) -> Entry {
+    let len = ((group * 31 + index * 17) % 200) as usize;
+    let mut data = format!("g{group}i{index}t{term}:").into_bytes();
+    data.resize(data.len() + len, b'a' + (index % 26) as u8);
+    Entry::normal(term, index, Bytes::from(data))
+}
+
+fn append(wal: &Wal, group: u64, lo: u64, hi: u64) {
+    let es: Vec<Entry> = (lo..=hi).map(|i| entry(group, i, 1)).collect();
+    wal.write(&[LogWrite { group, hard_state: None, entries: &es }]).unwrap();
+}
+
+fn all(wal: &Wal, group: u64) -> Vec<Entry> {
+    let s = wal.log_state(group).unwrap();
+    if s.last_index < s.first_index {
+        return Vec::new();
+    }
+    wal.entries(group, s.first_index, s.last_index, u64::MAX).unwrap()
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Writes 20 batches, then one more; returns where that last batch's record starts and ends.
+fn log_with_a_last_record(dir: &Path) -> (u64, u64, u64) {
+    let (wal, _) = Wal::open(dir, config()).unwrap();
+    for b in 0..20 {
+        append(&wal, 1, b * 3 + 1, b * 3 + 3);
+    }
+    let before = wal.durable_position();
+    append(&wal, 1, 61, 63);
+    let after = wal.durable_position();
+    assert_eq!(before.segment, after.segment, "the test wants the last record in one segment");
+    drop(wal);
+    (after.segment, before.offset, after.offset)
+}
+
+#[test]
+fn the_tail_record_cut_at_every_byte_is_a_torn_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let (segment, start, end) = log_with_a_last_record(base.path());
+    for cut in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), dir.path());
+        let path = segment_path(dir.path(), segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Cutting only the record's zero padding leaves it whole.
+        let whole = bytes[cut as usize..end as usize].iter().all(|&b| b == 0);
+        bytes[cut as usize..end as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (wal, report) =
+            Wal::open(dir.path(), config()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let got = all(&wal, 1);
+        let kept = if whole { 63 } else { 60 };
+        assert_eq!(got.len() as u64, kept, "cut at {cut}: only the last batch may go");
+        assert_eq!(got, (1..=kept).map(|i| entry(1, i, 1)).collect::<Vec<_>>());
+        if whole {
+            continue;
+        }
+        // Once the header's sequence number is on disk, the partial record is reported as
+        // torn; before that the bytes are indistinguishable from an unwritten tail.
+        if cut >= start + 24 {
+            assert!(report.torn_tail.is_some(), "cut at {cut}: a partial record is reported");
+        }
+        // The log is usable, and the cut stays cut after another reopen.
+        append(&wal, 1, 61, 61);
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+        assert_eq!(all(&wal, 1).len(), 61);
+    }
+}
+
+#[test]
+fn bit_flips_in_the_tail_record_cut_it() {
+    let base = tempfile::tempdir().unwrap();
+    let (segment, start, end) = log_with_a_last_record(base.path());
+    let mut rng = Rng::new(5);
+    for _ in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), dir.path());
+        let path = segment_path(dir.path(), segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = rng.range(start, end - 1) as usize;
+        let bit = rng.below(8);
+        bytes[at] ^= 1 << bit;
+        std::fs::write(&path, &bytes).unwrap();
+        let (wal, report) =
+            Wal::open(dir.path(), config()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
+        let got = all(&wal, 1);
+        // A flip in the padding changes nothing; anywhere else the record is cut.
+        if got.len() == 63 {
+            assert_eq!(got, (1..=63).map(|i| entry(1, i, 1)).collect::<Vec<_>>(), "flip at {at}");
+        } else {
+            assert_eq!(got.len(), 60, "flip at {at}");
+            assert!(report.corruption_cut.is_none());
+        }
+    }
+}
+
+#[test]
+fn a_bit_flip_in_the_middle_is_corruption() {
+    let base = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(base.path(), config()).unwrap();
+    let first = wal.durable_position();
+    append(&wal, 1, 1, 3);
+    let second = wal.durable_position();
+    for b in 1..30 {
+        append(&wal, 1, b * 3 + 1, b * 3 + 3);
+    }
+    drop(wal);
+    // Flip a bit in the header of the second record: later records say it was durable.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), dir.path());
+    let path = segment_path(dir.path(), first.segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[second.offset as usize + 20] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    match Wal::open(dir.path(), config()) {
+        Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, second.offset),
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+    }
+    // The opt-in recovery mode cuts the log there and says what it dropped.
+    let lenient = WalConfig { recovery: RecoveryMode::TruncateAtCorruption, ..config() };
+    let (wal, report) = Wal::open(dir.path(), lenient).unwrap();
+    let cut = report.corruption_cut.expect("reported");
+    assert_eq!(cut.offset, second.offset);
+    assert_eq!(cut.records_dropped, 28, "the 28 batches after the damaged one: {cut:?}");
+    assert_eq!(all(&wal, 1), (1..=3).map(|i| entry(1, i, 1)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_damaged_payload_is_found_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let start = wal.durable_position();
+    append(&wal, 1, 1, 1);
+    for b in 1..10 {
+        append(&wal, 1, b + 1, b + 1);
+    }
+    drop(wal);
+    // Entry 1's payload starts after the record header, the entries metadata and one row.
+    let path = segment_path(dir.path(), start.segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[start.offset as usize + 32 + 24 + 16 + 2] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    // Opening reads headers and tables only: it succeeds ...
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert!(report.torn_tail.is_none());
+    // ... and the damage is reported when the entry is read, never returned as data.
+    match wal.entries(1, 1, 1, u64::MAX) {
+        Err(StorageError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert_eq!(wal.entries(1, 2, 10, u64::MAX).unwrap().len(), 9, "other entries still read");
+}
+
+#[test]
+fn unusable_directories_get_typed_errors() {
+    let missing = std::env::temp_dir().join("raft-wal-surely-missing-dir-4c1e");
+    assert!(matches!(Wal::open(&missing, config()), Err(WalError::MissingDirectory { .. })));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    assert!(matches!(Wal::open(file.path(), config()), Err(WalError::MissingDirectory { .. })));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    assert!(matches!(Wal::open(dir.path(), config()), Err(WalError::Locked { .. })), "second open");
+    drop(wal);
+    Wal::open(dir.path(), config()).expect("the lock is released on drop");
+
+    let bad = WalConfig { segment_size_bytes: 1000, ..config() };
+    assert!(matches!(Wal::open(dir.path(), bad), Err(WalError::InvalidConfig(_))));
+}
+
+#[test]
+fn a_segment_from_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    append(&wal, 1, 1, 5);
+    drop(wal);
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    match Wal::open(dir.path(), config()) {
+        Err(WalError::NewerVersion { version, .. }) => assert_eq!(version, 99),
+        other => panic!("expected a version error, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+#[test]
+fn a_missing_segment_with_live_entries_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut next = 1;
+    while wal.durable_position().segment < 4 {
+        append(&wal, 1, next, next + 9);
+        next += 10;
+    }
+    drop(wal);
+    std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+    // Segment 1 is now before a hole: the log is 3.. and group 1's early entries are missing.
+    match Wal::open(dir.path(), config()) {
+        Err(WalError::Corrupt { detail, .. }) => assert!(detail.contains("missing"), "{detail}"),
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+#[test]
+fn compaction_retires_segments_and_recovery_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let hs = HardState { term: 3, vote: Some(2), commit: 100 };
+    wal.write(&[LogWrite { group: 9, hard_state: Some(hs), entries: &[] }]).unwrap();
+    let mut next = 1;
+    while wal.durable_position().segment < 6 {
+        append(&wal, 1, next, next + 9);
+        append(&wal, 2, next, next + 9);
+        next += 10;
+    }
+    let before = wal.stats().segments;
+    wal.compact(1, next - 20, 1).unwrap();
+    assert_eq!(wal.stats().segments, before, "group 2 still pins the old segments");
+    wal.compact(2, next - 20, 1).unwrap();
+    let after = wal.stats().segments;
+    assert!(after < before, "{after} segments after compacting both groups (was {before})");
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert_eq!(report.segments, after);
+    for g in [1, 2] {
+        let s = wal.log_state(g).unwrap();
+        assert_eq!((s.first_index, s.last_index), (next - 19, next - 1));
+        assert_eq!(all(&wal, g), (next - 19..next).map(|i| entry(g, i, 1)).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        wal.log_state(9).unwrap().hard_state,
+        hs,
+        "a hard state from a retired segment survives"
+    );
+}
