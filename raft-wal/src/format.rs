@@ -31,6 +31,9 @@
 //!   payload, seeded with the segment's sequence number: a record left in a recycled segment
 //!   file never validates in the segment's new life.
 //! - `seq` numbers records consecutively across the whole log.
+//! - `flags` bit 0 (`BATCH_END`) marks the last record of a write batch. Recovery keeps records
+//!   only up to the last `BATCH_END`: a batch is all or nothing after a crash, so a torn batch
+//!   can never apply its truncation without the entries that replace what it removed.
 //! - `durable` is the highest record `seq` the writer knew to be durable when it wrote this
 //!   record. Recovery uses it to tell a torn tail (nothing after it claims it durable) from
 //!   corruption of data that was acknowledged (a later record says it was durable).
@@ -75,6 +78,9 @@ const NOOP_BIT: u32 = 1 << 31;
 pub(crate) const ENTRY_DATA_MAX: u64 = (NOOP_BIT - 1) as u64;
 /// Bytes a SEAL record takes, header included; every segment keeps this much free for it.
 pub(crate) const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + 8;
+
+/// Flag: the last record of a write batch.
+pub(crate) const FLAG_BATCH_END: u8 = 1;
 
 /// Record kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +193,7 @@ impl SegmentHeader {
 pub(crate) struct RecordHeader {
     pub(crate) payload_len: u32,
     pub(crate) kind: Kind,
+    pub(crate) flags: u8,
     pub(crate) meta_len: u32,
     pub(crate) seq: u64,
     pub(crate) durable: u64,
@@ -225,10 +232,20 @@ pub(crate) fn finish_record(
     put_u32(out, 12, meta_len as u32);
     put_u64(out, 16, seq);
     put_u64(out, 24, durable);
-    let mut crc = crc32c::crc32c_append(seed(segment_seq), &out[8..RECORD_HEADER_LEN]);
-    crc = crc32c::crc32c_append(crc, &out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + meta_len]);
-    put_u32(out, 4, crc);
+    put_u32(out, 4, record_crc(out, segment_seq, meta_len));
     total
+}
+
+fn record_crc(record: &[u8], segment_seq: u64, meta_len: usize) -> u32 {
+    let crc = crc32c::crc32c_append(seed(segment_seq), &record[8..RECORD_HEADER_LEN]);
+    crc32c::crc32c_append(crc, &record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + meta_len])
+}
+
+/// Marks a finished record as the end of its write batch (and updates its checksum).
+pub(crate) fn mark_batch_end(record: &mut [u8], segment_seq: u64) {
+    record[9] |= FLAG_BATCH_END;
+    let meta_len = u32_at(record, 12) as usize;
+    put_u32(record, 4, record_crc(record, segment_seq, meta_len));
 }
 
 /// Why bytes at a position are not a valid record.
@@ -262,12 +279,20 @@ pub(crate) fn decode_record(b: &[u8], segment_seq: u64) -> Result<RecordHeader, 
     if total > b.len() || meta_len > payload_len {
         return Err(RecordError::BadHeader);
     }
-    let mut crc = crc32c::crc32c_append(seed(segment_seq), &b[8..RECORD_HEADER_LEN]);
-    crc = crc32c::crc32c_append(crc, &b[RECORD_HEADER_LEN..RECORD_HEADER_LEN + meta_len as usize]);
-    if crc != u32_at(b, 4) {
+    if record_crc(b, segment_seq, meta_len as usize) != u32_at(b, 4) {
         return Err(RecordError::BadChecksum);
     }
-    Ok(RecordHeader { payload_len, kind, meta_len, seq: u64_at(b, 16), durable: u64_at(b, 24) })
+    if b[9] & !FLAG_BATCH_END != 0 {
+        return Err(RecordError::BadHeader);
+    }
+    Ok(RecordHeader {
+        payload_len,
+        kind,
+        flags: b[9],
+        meta_len,
+        seq: u64_at(b, 16),
+        durable: u64_at(b, 24),
+    })
 }
 
 // ----- payloads -----

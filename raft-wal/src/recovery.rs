@@ -180,6 +180,7 @@ pub(crate) fn recover(
         prepared: prepared.into_iter().map(|(_, p)| p).collect::<VecDeque<_>>(),
         next_prepared_id,
         unsynced_sealed: Vec::new(),
+        last_record: (0, SEGMENT_HEADER_LEN),
     };
     let mut report = RecoveryReport::default();
 
@@ -348,6 +349,49 @@ pub(crate) fn recover(
         }
     }
     found.truncate(keep);
+
+    // Keep whole batches only: drop the records after the last batch end.
+    let complete = found
+        .iter()
+        .rposition(|f| f.header.flags & format::FLAG_BATCH_END != 0)
+        .map_or(0, |i| i + 1);
+    if complete < found.len() {
+        let first = found[complete];
+        let zero_until = found[complete..]
+            .iter()
+            .filter(|f| f.segment == first.segment)
+            .map(|f| f.offset + f.header.total_len())
+            .chain(stop.as_ref().filter(|s| s.segment == first.segment).map(|s| s.zero_until))
+            .max()
+            .unwrap_or(first.offset);
+        let dropped = (found.len() - complete) as u64;
+        let reason = "the last write batch did not reach the disk whole".to_string();
+        match report.torn_tail.as_mut() {
+            Some(cut) => {
+                cut.segment = files.get(&first.segment).map(|f| f.path.clone()).unwrap_or_default();
+                cut.offset = first.offset as u64;
+                cut.records_dropped += dropped;
+            }
+            None => {
+                report.torn_tail = Some(TailCut {
+                    segment: files.get(&first.segment).map(|f| f.path.clone()).unwrap_or_default(),
+                    offset: first.offset as u64,
+                    records_dropped: dropped,
+                    segments_dropped: 0,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        stop = Some(Stop {
+            segment: first.segment,
+            offset: first.offset,
+            expected_seq: first.header.seq,
+            reason,
+            torn: true,
+            zero_until,
+        });
+        found.truncate(complete);
+    }
 
     // Cut the tail: zero the rest of the segment holding the cut, retire later segments.
     let mut retire: Vec<u64> = Vec::new();
@@ -747,4 +791,5 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
 fn write_checkpoint_at_open(state: &mut State) {
     let durable = state.next_seq.saturating_sub(1);
     crate::wal::put_checkpoint(state, durable);
+    crate::wal::end_batch(state);
 }

@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub(crate) next_prepared_id: u64,
     /// Sealed segments written since the last sync started.
     pub(crate) unsynced_sealed: Vec<Arc<File>>,
+    /// Where the last record written starts: `(segment, offset)`.
+    pub(crate) last_record: (u64, usize),
 }
 
 /// Group commit bookkeeping.
@@ -322,7 +324,11 @@ impl Shared {
             let segments = 1 + need.saturating_sub(room) / per_segment + 1;
             self.reserve_prepared(&mut st, segments)?;
         }
+        let before = st.next_seq;
         let written = self.write_records(&mut st, batch);
+        if written.is_ok() && st.next_seq > before {
+            end_batch(&mut st);
+        }
         let lsn = st.next_seq - 1;
         drop(st);
         if let Err(e) = written {
@@ -764,6 +770,7 @@ impl Shared {
                 format::COMPACT_LEN,
                 |p, _| format::encode_compact(p, group, through, term),
             )?;
+            end_batch(&mut st);
             let State { groups, segments, .. } = &mut *st;
             // A group may start with a compaction: a snapshot installed on a fresh node.
             groups.entry(group).or_default().compact(through, term, |loc| drop_live(segments, loc));
@@ -906,9 +913,20 @@ pub(crate) fn put_record(
         (at + RECORD_HEADER_LEN) as u32,
     );
     format::finish_record(buf, segment_seq, kind, seq, durable, payload_len, meta_len);
+    st.last_record = (st.active, at);
     st.offset += total;
     st.next_seq += 1;
     total
+}
+
+/// Marks the last record written as the end of its batch: recovery replays a batch only if its
+/// end is on disk.
+pub(crate) fn end_batch(st: &mut State) {
+    let (segment, at) = st.last_record;
+    if let Some(seg) = st.segments.get_mut(&segment) {
+        let seq = seg.file.seq;
+        format::mark_batch_end(&mut seg.file.bytes_mut()[at..], seq);
+    }
 }
 
 /// Writes a CHECKPOINT of every group's metadata at the write position; returns its length.
