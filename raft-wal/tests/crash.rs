@@ -34,7 +34,7 @@ fn config(durability: Durability) -> WalConfig {
 }
 
 fn durability_for(seed: u64) -> Durability {
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         Durability::group_commit()
     } else {
         Durability::Always
