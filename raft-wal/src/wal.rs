@@ -329,6 +329,25 @@ impl Shared {
         if written.is_ok() && st.next_seq > before {
             end_batch(&mut st);
         }
+        fail::fail_point!("wal::write::short", |_| {
+            // The last record's second half never reached the file.
+            let (segment, at) = st.last_record;
+            if let Some(seg) = st.segments.get_mut(&segment) {
+                let bytes = seg.file.bytes_mut();
+                let len =
+                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                let total = format::align(RECORD_HEADER_LEN + len as usize);
+                bytes[at + total / 2..at + total].fill(0);
+            }
+            self.poison("short write (injected)".into());
+            Err(WalError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "short write (injected)",
+                ),
+            })
+        });
         let lsn = st.next_seq - 1;
         drop(st);
         if let Err(e) = written {
