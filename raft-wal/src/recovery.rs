@@ -214,6 +214,15 @@ pub(crate) fn recover(
         let is_last = i + 1 == run.len();
         let file = SegmentFile::open(path, *seq, false)?;
         match SegmentHeader::decode(file.bytes()) {
+            Ok(h) if h.seq != *seq && is_last && stop.is_none() => {
+                // A recycled file renamed into place whose header was not rewritten yet: its old
+                // header is still valid, but names the file's previous life. Nothing of the new
+                // segment was written, as with an unreadable header.
+                tracing::info!(path = %path.display(), old_seq = h.seq, "segment roll was interrupted");
+                empty_last = Some(*seq);
+            }
+            // After reading stopped, later segments only serve as evidence for the claims check.
+            Ok(_) if stop.is_some() => {}
             Ok(h) => {
                 if h.seq != *seq || h.size != file.len() as u64 {
                     return Err(corrupt(

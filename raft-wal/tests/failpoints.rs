@@ -159,6 +159,42 @@ fn a_roll_stopped_after_the_rename_reopens_clean() {
 }
 
 #[test]
+fn a_roll_into_a_recycled_file_stopped_after_the_rename_reopens_clean() {
+    // Found by the crash test: a recycled file keeps its old, valid header until the roll
+    // rewrites it; stopping right after the rename leaves a file named for the new segment
+    // whose header names an old one.
+    let (_g, _s) = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = reopen(dir.path(), Durability::Always);
+    let mut next = 1;
+    while wal.durable_position().segment < 4 {
+        write(&wal, &entries(next, next + 9, 1, 1000)).unwrap();
+        next += 10;
+    }
+    // Compaction retires the old segments into recycled prepared files.
+    wal.compact(1, next - 11, 1).unwrap();
+    assert!(wal.stats().prepared > 0, "a segment was recycled");
+    fail::cfg("wal::roll::after-rename", "return").unwrap();
+    let mut failed = false;
+    for _ in 0..100 {
+        if write(&wal, &entries(next, next + 9, 1, 1000)).is_err() {
+            failed = true;
+            break;
+        }
+        next += 10;
+    }
+    fail::remove("wal::roll::after-rename");
+    assert!(failed, "a roll happened");
+    drop(wal);
+    let wal = reopen(dir.path(), Durability::Always);
+    let kept = read_all(&wal);
+    assert_eq!(kept.last().map(|e| e.index), Some(next - 1), "everything before the roll is there");
+    write(&wal, &entries(next, next + 9, 1, 1000)).unwrap();
+    drop(wal);
+    assert_eq!(reopen(dir.path(), Durability::Always).log_state(1).unwrap().last_index, next + 9);
+}
+
+#[test]
 fn a_truncation_stopped_half_way_reopens_to_the_old_log() {
     let (_g, _s) = scenario();
     let dir = tempfile::tempdir().unwrap();
