@@ -53,3 +53,21 @@ pub fn power_loss(dir: &Path, durable: DurablePosition, leftover: Leftover) -> s
     }
     Ok(())
 }
+
+/// The bytes of segment file `seq` of `size` bytes: a valid header (records expected from
+/// `first_seq`) followed by `body` where the records go. For feeding recovery arbitrary record
+/// bytes behind a header that passes its checksum.
+pub fn segment_with_body(seq: u64, first_seq: u64, size: usize, body: &[u8]) -> Vec<u8> {
+    let mut file = vec![0u8; size.max(SEGMENT_HEADER_LEN)];
+    let header = crate::format::SegmentHeader { seq, first_seq, size: file.len() as u64 };
+    header.encode(&mut file[..SEGMENT_HEADER_LEN]);
+    let room = file.len() - SEGMENT_HEADER_LEN;
+    let n = body.len().min(room);
+    file[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + n].copy_from_slice(&body[..n]);
+    file
+}
+
+/// The name of segment file `seq` in a WAL directory.
+pub fn segment_file_name(seq: u64) -> String {
+    crate::segment::segment_name(seq)
+}
