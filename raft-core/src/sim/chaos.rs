@@ -9,8 +9,9 @@ use super::cluster::{Cluster, DiskModel, NetFaults, SimOptions, WorkloadOptions}
 use super::linearizability::{
     check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel,
 };
+use super::CrashableStore;
 use crate::types::NodeId;
-use crate::{Config, Rng};
+use crate::{Config, MemLogStore, Rng};
 
 /// How long each phase of the scenario runs.
 #[derive(Clone, Debug)]
@@ -138,7 +139,18 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
 /// Runs the chaos scenario for `seed`, turning panics (broken internal invariants) into
 /// failures too.
 pub fn run_seed(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
-    match catch_unwind(AssertUnwindSafe(|| run_seed_inner(seed, opts))) {
+    run_seed_with_stores(seed, opts, |_| Box::new(MemLogStore::with_explicit_sync()))
+}
+
+/// Runs the chaos scenario for `seed` with the log stores `make_store` builds (one per node):
+/// the simulator then also checks that every crash leaves each store holding exactly what it
+/// reported durable.
+pub fn run_seed_with_stores(
+    seed: u64,
+    opts: &ChaosOptions,
+    make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
+) -> Result<ChaosReport, ChaosFailure> {
+    match catch_unwind(AssertUnwindSafe(|| run_seed_inner(seed, opts, make_store))) {
         Ok(result) => result,
         Err(panic) => {
             let message = panic
@@ -151,13 +163,17 @@ pub fn run_seed(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFail
     }
 }
 
-fn run_seed_inner(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
+fn run_seed_inner(
+    seed: u64,
+    opts: &ChaosOptions,
+    make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
+) -> Result<ChaosReport, ChaosFailure> {
     let fail = |reason: String| ChaosFailure { seed, reason };
     let mut sim_opts = options_for_seed(seed);
     sim_opts.raft.fault_commit_any_term = opts.break_commit_rule;
     let n = sim_opts.nodes as NodeId;
     let mut rng = Rng::new(seed ^ 0xFA17_5EED);
-    let mut cluster = Cluster::new(sim_opts);
+    let mut cluster = Cluster::with_stores(sim_opts, make_store);
     let workload = WorkloadOptions {
         clients: rng.range(2, 6) as usize,
         keys: rng.range(2, 8) as usize,

@@ -8,7 +8,7 @@
 //! runs after every event.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -262,6 +262,12 @@ impl Ord for Scheduled {
 struct DiskWrite {
     lsn: Lsn,
     ready_number: u64,
+}
+
+/// What a write changes in the durable model once the store reports it durable.
+#[derive(Debug)]
+struct ModelWrite {
+    lsn: Lsn,
     hard_state: Option<crate::HardState>,
     /// `(first index, terms)` of the entries written.
     entries: Option<(Index, Vec<Term>)>,
@@ -283,7 +289,7 @@ struct DurableModel {
 }
 
 impl DurableModel {
-    fn apply(&mut self, write: &DiskWrite) {
+    fn apply(&mut self, write: &ModelWrite) {
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
@@ -323,6 +329,10 @@ struct SimNode {
     /// Writes accepted by the store whose durability event has not happened yet.
     writes_in_flight: u64,
     durable: DurableModel,
+    /// Writes accepted by the store and not yet reported durable by it, oldest first. A store
+    /// may make more durable than a sync asked for (one fdatasync covers every write so far):
+    /// the model follows what the store reports.
+    unsynced: VecDeque<ModelWrite>,
     tick_us: u64,
     starts: u64,
 }
@@ -433,6 +443,7 @@ impl Cluster {
                 disk_free_at: 0,
                 writes_in_flight: 0,
                 durable,
+                unsynced: VecDeque::new(),
                 tick_us,
                 starts: 0,
             });
@@ -577,7 +588,21 @@ impl Cluster {
                         if let Err(err) = n.store.sync(write.lsn) {
                             return Err(storage_violation(node, err));
                         }
-                        n.durable.apply(&write);
+                        let durable = n.store.durable_lsn();
+                        if durable < write.lsn {
+                            return Err(Violation {
+                                property: "storage",
+                                detail: format!(
+                                    "node {node}: sync({:?}) returned but the store reports {durable:?} durable",
+                                    write.lsn
+                                ),
+                            });
+                        }
+                        while n.unsynced.front().is_some_and(|w| w.lsn <= durable) {
+                            if let Some(w) = n.unsynced.pop_front() {
+                                n.durable.apply(&w);
+                            }
+                        }
                         if let Some(raft) = n.raft.as_mut() {
                             raft.on_persisted(write.ready_number);
                         }
@@ -685,15 +710,16 @@ impl Cluster {
                     LogWrite { group, hard_state: ready.hard_state, entries: &ready.entries };
                 let lsn = node.store.write(&[batch]).map_err(|e| storage_violation(id, e))?;
                 self.stats.disk_writes += 1;
-                write = Some(DiskWrite {
+                let model = ModelWrite {
                     lsn,
-                    ready_number: ready.number,
                     hard_state: ready.hard_state,
                     entries: ready
                         .entries
                         .first()
                         .map(|e| (e.index, ready.entries.iter().map(|e| e.term).collect())),
-                });
+                };
+                self.nodes[idx].unsynced.push_back(model);
+                write = Some(DiskWrite { lsn, ready_number: ready.number });
             }
             let disk_busy = self.nodes[idx].writes_in_flight > 0;
             if write.is_some() || (disk_busy && !acks.is_empty()) {
@@ -867,6 +893,7 @@ impl Cluster {
         node.epoch += 1;
         node.disk_free_at = self.now;
         node.writes_in_flight = 0;
+        node.unsynced.clear();
         node.pending.clear();
         if let Err(err) = node.store.power_loss() {
             panic!("node {id}: store failed to recover from power loss: {err}");
