@@ -2,3 +2,4 @@
 
 pub mod alloc;
 pub mod core_cluster;
+pub mod wal_matrix;

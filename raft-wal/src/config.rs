@@ -40,6 +40,23 @@ impl Durability {
     }
 }
 
+/// How appended records reach the active segment file.
+///
+/// Either way the active segment stays memory-mapped and every read is a lookup and a copy
+/// from the mapping (which is coherent with the page cache on Linux).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppendVia {
+    /// Records of a batch are encoded into a buffer and written with one positional write.
+    /// On ext4 this keeps each fdatasync as cheap as a plain file's.
+    #[default]
+    Write,
+    /// Records are encoded straight into the mapping. Saves a copy, but on ext4 pages dirtied
+    /// through a mapping make every fdatasync about three times as slow (measured: 1.5k-2k vs
+    /// 4.2k-5.8k syncs/s for 1 KiB writes on the same file); kept for filesystems where that
+    /// does not hold, and for comparison.
+    Mmap,
+}
+
 /// What to do with corruption found before the tail of the log at open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
@@ -66,6 +83,8 @@ pub struct WalConfig {
     pub prepared_segments: usize,
     /// Reuse the files of deleted segments as new segments (their blocks are already written).
     pub recycle_segments: bool,
+    /// How records reach the active segment.
+    pub append_via: AppendVia,
 }
 
 impl Default for WalConfig {
@@ -76,6 +95,7 @@ impl Default for WalConfig {
             recovery: RecoveryMode::Strict,
             prepared_segments: 2,
             recycle_segments: true,
+            append_via: AppendVia::Write,
         }
     }
 }

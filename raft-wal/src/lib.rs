@@ -45,7 +45,7 @@ mod segment;
 pub mod testkit;
 mod wal;
 
-pub use config::{Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN};
+pub use config::{AppendVia, Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN};
 pub use error::WalError;
 pub use recovery::{RecoveryReport, TailCut};
 pub use wal::{DurablePosition, Wal, WalStats};

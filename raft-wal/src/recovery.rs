@@ -181,6 +181,9 @@ pub(crate) fn recover(
         next_prepared_id,
         unsynced_sealed: Vec::new(),
         last_record: (0, SEGMENT_HEADER_LEN),
+        append_via: config.append_via,
+        staged: Vec::new(),
+        staged_at: SEGMENT_HEADER_LEN,
     };
     let mut report = RecoveryReport::default();
 
@@ -474,12 +477,12 @@ pub(crate) fn recover(
             seg.verified = true;
         }
         state.offset = SEGMENT_HEADER_LEN;
-        write_checkpoint_at_open(&mut state);
+        write_checkpoint_at_open(&mut state)?;
     } else if state.segments.get(&state.active).is_some_and(|s| {
         SegmentHeader::decode(s.file.bytes()).is_ok() && state.offset == SEGMENT_HEADER_LEN
     }) {
         // A segment whose checkpoint was lost with the torn tail: it starts again.
-        write_checkpoint_at_open(&mut state);
+        write_checkpoint_at_open(&mut state)?;
     }
 
     // Everything kept is made durable now, so the durable position is the end of the log.
@@ -789,7 +792,7 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
     state.active = 1;
     state.offset = SEGMENT_HEADER_LEN;
     state.next_seq = 1;
-    write_checkpoint_at_open(state);
+    write_checkpoint_at_open(state)?;
     if let Some(seg) = state.segments.get(&1) {
         seg.file.file.sync_data().map_err(|e| WalError::io(&seg.file.path, e))?;
     }
@@ -797,8 +800,10 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
 }
 
 /// Writes a checkpoint at the write position (the start of the active segment).
-fn write_checkpoint_at_open(state: &mut State) {
+fn write_checkpoint_at_open(state: &mut State) -> Result<(), WalError> {
     let durable = state.next_seq.saturating_sub(1);
+    state.staged_at = state.offset;
     crate::wal::put_checkpoint(state, durable);
     crate::wal::end_batch(state);
+    crate::wal::flush_staged(state)
 }

@@ -33,7 +33,7 @@ use raft_core::{
     Lsn, StorageError, Term,
 };
 
-use crate::config::{Durability, WalConfig};
+use crate::config::{AppendVia, Durability, WalConfig};
 use crate::error::WalError;
 use crate::format::{
     self, CheckpointRow, Kind, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
@@ -71,6 +71,13 @@ pub(crate) struct State {
     pub(crate) unsynced_sealed: Vec<Arc<File>>,
     /// Where the last record written starts: `(segment, offset)`.
     pub(crate) last_record: (u64, usize),
+    /// How records reach the active segment.
+    pub(crate) append_via: AppendVia,
+    /// With `AppendVia::Write`: records encoded but not yet written to the active segment, which
+    /// start at offset `staged_at` there. Flushed with one write before the write lock is
+    /// released, so readers never see an index entry whose bytes are not in the file.
+    pub(crate) staged: Vec<u8>,
+    pub(crate) staged_at: usize,
 }
 
 /// Group commit bookkeeping.
@@ -332,13 +339,12 @@ impl Shared {
         fail::fail_point!("wal::write::short", |_| {
             // The last record's second half never reached the file.
             let (segment, at) = st.last_record;
-            if let Some(seg) = st.segments.get_mut(&segment) {
-                let bytes = seg.file.bytes_mut();
-                let len =
-                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            if let Some((_, bytes)) = record_mut(&mut st, segment, at) {
+                let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                 let total = format::align(RECORD_HEADER_LEN + len as usize);
-                bytes[at + total / 2..at + total].fill(0);
+                bytes[total / 2..total].fill(0);
             }
+            let _ = flush_staged(&mut st);
             self.poison("short write (injected)".into());
             Err(WalError::Io {
                 path: self.dir.clone(),
@@ -348,6 +354,7 @@ impl Shared {
                 ),
             })
         });
+        let written = written.and_then(|()| flush_staged(&mut st));
         let lsn = st.next_seq - 1;
         drop(st);
         if let Err(e) = written {
@@ -554,6 +561,7 @@ impl Shared {
                 st.unsynced_sealed.push(Arc::clone(&seg.file.file));
             }
         }
+        flush_staged(st)?;
         fail::fail_point!("wal::roll::after-seal", |_| Err(WalError::Io {
             path: path.clone(),
             source: std::io::Error::other("injected failure after sealing"),
@@ -578,10 +586,11 @@ impl Shared {
             });
         }
         let header = SegmentHeader { seq: new, first_seq: st.next_seq, size: file.len() as u64 };
-        header.encode(&mut file.bytes_mut()[..SEGMENT_HEADER_LEN]);
+        write_header(&mut file, &header, st.append_via)?;
         st.segments.insert(new, Segment { file, live: 0, verified: true });
         st.active = new;
         st.offset = SEGMENT_HEADER_LEN;
+        st.staged_at = SEGMENT_HEADER_LEN;
         st.active_sealed = false;
         self.write_checkpoint(st);
         // Ask for the next prepared file.
@@ -790,6 +799,11 @@ impl Shared {
                 |p, _| format::encode_compact(p, group, through, term),
             )?;
             end_batch(&mut st);
+            if let Err(e) = flush_staged(&mut st) {
+                drop(st);
+                self.poison(format!("writing a compaction record failed: {e}"));
+                return Err(e);
+            }
             let State { groups, segments, .. } = &mut *st;
             // A group may start with a compaction: a snapshot installed on a fresh node.
             groups.entry(group).or_default().compact(through, term, |loc| drop_live(segments, loc));
@@ -926,7 +940,18 @@ pub(crate) fn put_record(
         unreachable!("the active segment {} is always mapped", st.active)
     };
     let segment_seq = seg.file.seq;
-    let buf = &mut seg.file.bytes_mut()[at..at + total];
+    let buf = match st.append_via {
+        AppendVia::Mmap => &mut seg.file.bytes_mut()[at..at + total],
+        AppendVia::Write => {
+            if st.staged.is_empty() {
+                st.staged_at = at;
+            }
+            debug_assert_eq!(st.staged_at + st.staged.len(), at, "staged records are contiguous");
+            let start = st.staged.len();
+            st.staged.resize(start + total, 0);
+            &mut st.staged[start..]
+        }
+    };
     fill(
         &mut buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len],
         (at + RECORD_HEADER_LEN) as u32,
@@ -938,13 +963,64 @@ pub(crate) fn put_record(
     total
 }
 
+/// The bytes of the record starting at `at` in `segment`, wherever they are now (staged, or in
+/// the segment's mapping).
+fn record_mut(st: &mut State, segment: u64, at: usize) -> Option<(u64, &mut [u8])> {
+    let staged_here = segment == st.active && !st.staged.is_empty() && at >= st.staged_at;
+    let seg = st.segments.get_mut(&segment)?;
+    let seq = seg.file.seq;
+    if staged_here {
+        let from = at - st.staged_at;
+        Some((seq, &mut st.staged[from..]))
+    } else {
+        Some((seq, &mut seg.file.bytes_mut()[at..]))
+    }
+}
+
+/// Writes the staged records to the active segment file.
+pub(crate) fn flush_staged(st: &mut State) -> Result<(), WalError> {
+    if st.staged.is_empty() {
+        return Ok(());
+    }
+    let Some(seg) = st.segments.get(&st.active) else {
+        unreachable!("the active segment {} is always mapped", st.active)
+    };
+    use std::os::unix::fs::FileExt;
+    seg.file
+        .file
+        .write_all_at(&st.staged, st.staged_at as u64)
+        .map_err(|e| WalError::io(&seg.file.path, e))?;
+    st.staged.clear();
+    st.staged_at = st.offset;
+    Ok(())
+}
+
+/// Writes a segment header the way records are appended (a write call, or the mapping).
+pub(crate) fn write_header(
+    file: &mut SegmentFile,
+    header: &SegmentHeader,
+    via: AppendVia,
+) -> Result<(), WalError> {
+    let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+    header.encode(&mut bytes);
+    match via {
+        AppendVia::Mmap => {
+            file.bytes_mut()[..SEGMENT_HEADER_LEN].copy_from_slice(&bytes);
+            Ok(())
+        }
+        AppendVia::Write => {
+            use std::os::unix::fs::FileExt;
+            file.file.write_all_at(&bytes, 0).map_err(|e| WalError::io(&file.path, e))
+        }
+    }
+}
+
 /// Marks the last record written as the end of its batch: recovery replays a batch only if its
 /// end is on disk.
 pub(crate) fn end_batch(st: &mut State) {
     let (segment, at) = st.last_record;
-    if let Some(seg) = st.segments.get_mut(&segment) {
-        let seq = seg.file.seq;
-        format::mark_batch_end(&mut seg.file.bytes_mut()[at..], seq);
+    if let Some((seq, record)) = record_mut(st, segment, at) {
+        format::mark_batch_end(record, seq);
     }
 }
 

@@ -6,16 +6,21 @@
 use std::time::Duration;
 
 use raft_core::testkit::StoreHarness;
-use raft_wal::{Durability, Wal, WalConfig};
+use raft_wal::{AppendVia, Durability, Wal, WalConfig};
 
 struct WalHarness {
     dir: tempfile::TempDir,
     durability: Durability,
+    append_via: AppendVia,
 }
 
 impl WalHarness {
     fn new(durability: Durability) -> WalHarness {
-        WalHarness { dir: tempfile::tempdir().unwrap(), durability }
+        WalHarness { dir: tempfile::tempdir().unwrap(), durability, append_via: AppendVia::Write }
+    }
+
+    fn through_the_mapping(durability: Durability) -> WalHarness {
+        WalHarness { append_via: AppendVia::Mmap, ..WalHarness::new(durability) }
     }
 }
 
@@ -27,6 +32,7 @@ impl StoreHarness for WalHarness {
             segment_size_bytes: 64 << 10,
             durability: self.durability,
             prepared_segments: 1,
+            append_via: self.append_via,
             ..WalConfig::default()
         };
         Wal::open(self.dir.path(), config).unwrap().0
@@ -54,3 +60,7 @@ raft_core::log_store_conformance!(
     crate::WalHarness::new(raft_wal::Durability::Interval(Duration::from_millis(2)))
 );
 raft_core::log_store_conformance!(never, crate::WalHarness::new(raft_wal::Durability::Never));
+raft_core::log_store_conformance!(
+    group_commit_through_the_mapping,
+    crate::WalHarness::through_the_mapping(raft_wal::Durability::group_commit())
+);

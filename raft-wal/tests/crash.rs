@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::{Entry, HardState, LogStore, LogWrite, Rng};
 use raft_wal::testkit::{power_loss, Leftover};
-use raft_wal::{Durability, DurablePosition, Wal, WalConfig};
+use raft_wal::{AppendVia, Durability, DurablePosition, Wal, WalConfig};
 
 const CHILD_DIR: &str = "RAFT_WAL_CRASH_CHILD_DIR";
 const CHILD_SEED: &str = "RAFT_WAL_CRASH_CHILD_SEED";
@@ -31,6 +31,12 @@ fn config(durability: Durability) -> WalConfig {
         prepared_segments: 1,
         ..WalConfig::default()
     }
+}
+
+/// Children alternate between appending with write calls and through the mapping.
+fn child_config(seed: u64) -> WalConfig {
+    let append_via = if (seed / 2).is_multiple_of(2) { AppendVia::Write } else { AppendVia::Mmap };
+    WalConfig { append_via, ..config(durability_for(seed)) }
 }
 
 fn durability_for(seed: u64) -> Durability {
@@ -55,7 +61,7 @@ fn payload(group: u64, index: u64, term: u64) -> Bytes {
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else { return };
     let seed: u64 = std::env::var(CHILD_SEED).unwrap().parse().unwrap();
-    let (wal, _) = Wal::open(&dir, config(durability_for(seed))).unwrap();
+    let (wal, _) = Wal::open(&dir, child_config(seed)).unwrap();
     let wal = Arc::new(wal);
     let out = Arc::new(Mutex::new(()));
     let threads: Vec<_> = (1..=GROUPS)

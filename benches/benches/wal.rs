@@ -1,0 +1,432 @@
+//! raft-wal benchmarks, printed as tables, with the disk's own limit (fio) measured in the same
+//! run:
+//! - the durability matrix: every mode x entry size {64 B, 1 KiB, 16 KiB} x batch {1, 16, 256} x
+//!   appenders {1, 16}: entries/s, MB/s, p50/p99 append-to-durable latency, and the ratio of
+//!   appends/s to fio's writes/s (one write + fdatasync) for the same size on a pre-written file;
+//! - the same matrix on a plain file (write + fdatasync per batch), the baseline;
+//! - a multi-group run: 16 appenders over 1,000 groups;
+//! - recovery of a 1 GiB WAL (warm page cache) and the index's bytes per entry;
+//! - read throughput of sealed segments.
+//!
+//! `cargo bench -p raftkit-benches --bench wal` (about 10 minutes).
+//! `RAFTKIT_BENCH_DIR` picks the disk (default: the system temp dir), `RAFTKIT_BENCH_SECS` the
+//! seconds per run (default 1), `RAFTKIT_BENCH_PARTS` a comma-separated subset of
+//! `fio,matrix,plain,multigroup,recovery,read`.
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft_core::{Entry, LogStore, LogWrite};
+use raft_wal::{Durability, Wal, WalConfig};
+use raftkit_benches::wal_matrix::{
+    fio_limit, median, run_cell, Backend, Cell, CellStats, FioLimit, PlainFileBackend, WalBackend,
+};
+
+const ENTRY_SIZES: [usize; 3] = [64, 1024, 16 * 1024];
+const BATCHES: [usize; 3] = [1, 16, 256];
+const APPENDERS: [usize; 2] = [1, 16];
+const RUNS: usize = 3;
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("RAFTKIT_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}
+
+fn parts() -> Vec<String> {
+    std::env::var("RAFTKIT_BENCH_PARTS")
+        .unwrap_or_else(|_| "fio,matrix,plain,multigroup,recovery,read".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn secs() -> Duration {
+    let s: f64 =
+        std::env::var("RAFTKIT_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    Duration::from_secs_f64(s)
+}
+
+fn mode_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Always => "always",
+        Durability::GroupCommit { .. } => "group",
+        Durability::Interval(_) => "interval-2ms",
+        Durability::Never => "never",
+    }
+}
+
+fn synced(d: Durability) -> bool {
+    matches!(d, Durability::Always | Durability::GroupCommit { .. })
+}
+
+fn fio_size_name(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{}m", b >> 20),
+        b if b >= 1 << 10 => format!("{}k", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+fn measure(make: &dyn Fn(&Path) -> Arc<dyn Backend>, cell: Cell) -> CellStats {
+    let runs: Vec<CellStats> = (0..RUNS)
+        .map(|_| {
+            let dir = tempfile::tempdir_in(bench_dir()).expect("bench dir");
+            let backend = make(dir.path());
+            run_cell(backend, cell, secs())
+        })
+        .collect();
+    median(&runs)
+}
+
+fn main() {
+    let parts = parts();
+    let has = |p: &str| parts.iter().any(|x| x == p);
+    let dir = bench_dir();
+    println!(
+        "raft-wal benchmarks in {} ({} s per run, median of {RUNS} runs)\n",
+        dir.display(),
+        secs().as_secs_f64()
+    );
+
+    // ---- the disk's limit ----
+    let mut fio: BTreeMap<usize, (Option<FioLimit>, Option<FioLimit>)> = BTreeMap::new();
+    if has("fio") {
+        println!("## fio: one write + fdatasync per write, sequential, one job\n");
+        println!(
+            "| write size | written: writes/s | p50 fdatasync us | p99 us | fallocated: writes/s |"
+        );
+        println!("|---|---|---|---|---|");
+        let mut sizes: Vec<usize> =
+            ENTRY_SIZES.iter().flat_map(|e| BATCHES.iter().map(move |b| e * b)).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for bs in sizes {
+            let fio_dir = tempfile::tempdir_in(&dir).expect("fio dir");
+            let written = fio_limit(fio_dir.path(), bs, true);
+            let fallocated = fio_limit(fio_dir.path(), bs, false);
+            match written {
+                Some(w) => println!(
+                    "| {} | {:.0} | {:.0} | {:.0} | {} |",
+                    fio_size_name(bs),
+                    w.writes_per_sec,
+                    w.sync_p50_us,
+                    w.sync_p99_us,
+                    fallocated.map_or("-".into(), |f| format!("{:.0}", f.writes_per_sec))
+                ),
+                None => println!("| {} | fio not available | | | |", fio_size_name(bs)),
+            }
+            fio.insert(bs, (written, fallocated));
+        }
+        println!();
+    }
+
+    // ---- the durability matrix ----
+    let mut ratios: Vec<(String, f64)> = Vec::new();
+    let mut always_1: BTreeMap<(usize, usize), CellStats> = BTreeMap::new();
+    let mut group_16: BTreeMap<(usize, usize), CellStats> = BTreeMap::new();
+    if has("matrix") {
+        println!("## raft-wal durability matrix (64 MiB segments)\n");
+        println!("| mode | entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | fio writes/s | appends/s / fio |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let modes = [
+            Durability::Always,
+            Durability::group_commit(),
+            Durability::Interval(Duration::from_millis(2)),
+            Durability::Never,
+        ];
+        for mode in modes {
+            for entry_bytes in ENTRY_SIZES {
+                for batch in BATCHES {
+                    for appenders in APPENDERS {
+                        let cell = Cell { entry_bytes, batch, appenders };
+                        let make = move |d: &Path| -> Arc<dyn Backend> {
+                            Arc::new(WalBackend::open(d, mode, 64 << 20))
+                        };
+                        let s = measure(&make, cell);
+                        let limit = fio.get(&(entry_bytes * batch)).and_then(|f| f.0);
+                        let ratio = limit.map(|l| s.appends_per_sec / l.writes_per_sec);
+                        if synced(mode) {
+                            if let Some(r) = ratio {
+                                ratios.push((
+                                    format!(
+                                        "{} {}B x{} /{}",
+                                        mode_name(mode),
+                                        entry_bytes,
+                                        batch,
+                                        appenders
+                                    ),
+                                    r,
+                                ));
+                            }
+                        }
+                        if mode == Durability::Always && appenders == 1 {
+                            always_1.insert((entry_bytes, batch), s.clone());
+                        }
+                        if matches!(mode, Durability::GroupCommit { .. }) && appenders == 16 {
+                            group_16.insert((entry_bytes, batch), s.clone());
+                        }
+                        println!(
+                            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                            mode_name(mode),
+                            entry_bytes,
+                            batch,
+                            appenders,
+                            s.entries_per_sec,
+                            s.mb_per_sec,
+                            s.appends_per_sec,
+                            s.p50_us,
+                            s.p99_us,
+                            limit.map_or("-".into(), |l| format!("{:.0}", l.writes_per_sec)),
+                            ratio.map_or("-".into(), |r| format!("{r:.2}"))
+                        );
+                    }
+                }
+            }
+        }
+        println!();
+        if !ratios.is_empty() {
+            let mut r: Vec<f64> = ratios.iter().map(|x| x.1).collect();
+            r.sort_by(f64::total_cmp);
+            let (worst, _) =
+                ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1)).cloned().unwrap_or_default();
+            println!(
+                "synced cells vs fio (appends/s / fio writes/s, same write size, pre-written file): min {:.2} ({worst}), median {:.2}, over {} cells",
+                r[0],
+                r[r.len() / 2],
+                r.len()
+            );
+        }
+        for entry_bytes in ENTRY_SIZES {
+            for batch in BATCHES {
+                if let (Some(a), Some(g)) =
+                    (always_1.get(&(entry_bytes, batch)), group_16.get(&(entry_bytes, batch)))
+                {
+                    if entry_bytes == 1024 {
+                        println!(
+                            "group commit x16 vs always x1, 1 KiB entries, batch {batch}: {:.1}x entries/s",
+                            g.entries_per_sec / a.entries_per_sec
+                        );
+                    }
+                }
+                if let (Some(a), Some((Some(l), _))) =
+                    (always_1.get(&(entry_bytes, batch)), fio.get(&(entry_bytes * batch)))
+                {
+                    if l.sync_p50_us > 0.0 {
+                        println!(
+                            "always x1, {entry_bytes} B x {batch}: p50 append-to-durable {:.0} us vs fio fdatasync p50 {:.0} us: {:.2}x",
+                            a.p50_us,
+                            l.sync_p50_us,
+                            a.p50_us / l.sync_p50_us
+                        );
+                    }
+                }
+            }
+        }
+        println!();
+    }
+
+    // ---- plain-file baseline ----
+    if has("plain") {
+        println!("## plain file baseline: write + fdatasync per batch, no group commit\n");
+        println!("| entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | appends/s / fio |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for entry_bytes in ENTRY_SIZES {
+            for batch in BATCHES {
+                for appenders in APPENDERS {
+                    let cell = Cell { entry_bytes, batch, appenders };
+                    let make =
+                        |d: &Path| -> Arc<dyn Backend> { Arc::new(PlainFileBackend::open(d)) };
+                    let s = measure(&make, cell);
+                    let ratio = fio
+                        .get(&(entry_bytes * batch))
+                        .and_then(|f| f.0)
+                        .map(|l| s.appends_per_sec / l.writes_per_sec);
+                    println!(
+                        "| {entry_bytes} | {batch} | {appenders} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
+                        s.entries_per_sec,
+                        s.mb_per_sec,
+                        s.appends_per_sec,
+                        s.p50_us,
+                        s.p99_us,
+                        ratio.map_or("-".into(), |r| format!("{r:.2}"))
+                    );
+                }
+            }
+        }
+        println!();
+    }
+
+    if has("multigroup") {
+        multigroup(&dir);
+    }
+    if has("recovery") || has("read") {
+        recovery_and_reads(&dir, has("recovery"), has("read"));
+    }
+}
+
+/// 16 appenders, each owning 1,000 / 16 groups and writing 16 x 1 KiB to one of them at a time,
+/// round robin: 1,000 groups interleaved in one WAL with group commit.
+fn multigroup(dir: &Path) {
+    println!(
+        "## multi-group: 16 appenders over 1,000 groups, 16 x 1 KiB per append, group commit\n"
+    );
+    let runs: Vec<CellStats> = (0..RUNS)
+        .map(|_| {
+            let d = tempfile::tempdir_in(dir).expect("dir");
+            let backend =
+                Arc::new(WalBackend::open(d.path(), Durability::group_commit(), 64 << 20));
+            let payload = Bytes::from(vec![7u8; 1024]);
+            let start = Instant::now();
+            let deadline = start + secs();
+            let threads: Vec<_> = (0..16u64)
+                .map(|t| {
+                    let backend = Arc::clone(&backend);
+                    let payload = payload.clone();
+                    std::thread::spawn(move || {
+                        let groups: Vec<u64> = (0..1000u64).filter(|g| g % 16 == t).collect();
+                        let mut next = vec![1u64; groups.len()];
+                        let (mut lat, mut n, mut k) = (Vec::new(), 0u64, 0usize);
+                        while Instant::now() < deadline {
+                            let g = k % groups.len();
+                            let es: Vec<Entry> = (next[g]..next[g] + 16)
+                                .map(|i| Entry::normal(1, i, payload.clone()))
+                                .collect();
+                            let t0 = Instant::now();
+                            backend.append(groups[g] + 1, &es).expect("append");
+                            lat.push(t0.elapsed().as_nanos() as u64);
+                            next[g] += 16;
+                            n += 16;
+                            k += 1;
+                        }
+                        (n, lat)
+                    })
+                })
+                .collect();
+            let (mut n, mut lat) = (0u64, Vec::new());
+            for t in threads {
+                let (a, b) = t.join().expect("appender");
+                n += a;
+                lat.extend(b);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            lat.sort_unstable();
+            let pct = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+            CellStats {
+                entries_per_sec: n as f64 / secs,
+                mb_per_sec: n as f64 * 1024.0 / secs / 1e6,
+                appends_per_sec: lat.len() as f64 / secs,
+                p50_us: pct(0.5),
+                p99_us: pct(0.99),
+            }
+        })
+        .collect();
+    let s = median(&runs);
+    println!(
+        "| groups | entries/s | MB/s | appends/s | p50 us | p99 us |\n|---|---|---|---|---|---|"
+    );
+    println!(
+        "| 1000 | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
+        s.entries_per_sec, s.mb_per_sec, s.appends_per_sec, s.p50_us, s.p99_us
+    );
+}
+
+/// Builds a 1 GiB WAL (16 groups, 1 KiB entries, batches of 256), then times reopening it with
+/// a warm page cache and reading each group's last entry, and reading its sealed segments.
+fn recovery_and_reads(dir: &Path, recovery: bool, read: bool) {
+    let d = tempfile::tempdir_in(dir).expect("dir");
+    let config =
+        WalConfig { durability: Durability::Never, prepared_segments: 2, ..WalConfig::default() };
+    let payload = Bytes::from(vec![3u8; 1024]);
+    let groups = 16u64;
+    let per_group = (1u64 << 30) / 1024 / groups;
+    {
+        let (wal, _) = Wal::open(d.path(), config.clone()).expect("open");
+        let mut next = vec![1u64; groups as usize];
+        while next[0] <= per_group {
+            for (group, first) in next.iter_mut().enumerate() {
+                let es: Vec<Entry> =
+                    (*first..*first + 256).map(|i| Entry::normal(1, i, payload.clone())).collect();
+                wal.write(&[LogWrite { group: group as u64, hard_state: None, entries: &es }])
+                    .expect("write");
+                *first += 256;
+            }
+        }
+        wal.close().expect("close");
+    }
+    let total_entries = groups * per_group.div_ceil(256) * 256;
+    if recovery {
+        println!("## recovery: reopen a 1 GiB WAL ({total_entries} entries of 1 KiB, {groups} groups), warm page cache\n");
+        let mut times = Vec::new();
+        let mut index_bytes = 0;
+        let mut verified = 0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            let (wal, report) = Wal::open(d.path(), config.clone()).expect("reopen");
+            for g in 0..groups {
+                let s = wal.log_state(g).expect("state");
+                let last =
+                    wal.entries(g, s.last_index, s.last_index, u64::MAX).expect("last entry");
+                assert_eq!(last.len(), 1);
+            }
+            times.push(start.elapsed().as_secs_f64());
+            let stats = wal.stats();
+            index_bytes = stats.index_bytes;
+            verified = report.payloads_verified;
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "open + read each group's last entry: median {:.3} s (min {:.3}, max {:.3}); payload checksums verified at open: {verified} records (the tail not proven durable)",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+        println!(
+            "index: {index_bytes} bytes for {total_entries} entries = {:.1} bytes per entry\n",
+            index_bytes as f64 / total_entries as f64
+        );
+    }
+    if read {
+        let (wal, _) = Wal::open(d.path(), config).expect("reopen");
+        println!("## reads of sealed segments (1 KiB entries)\n");
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        let mut entries = 0u64;
+        for g in 0..groups {
+            let s = wal.log_state(g).expect("state");
+            let mut lo = s.first_index;
+            while lo <= s.last_index {
+                let es = wal.entries(g, lo, s.last_index, 4 << 20).expect("read");
+                for e in &es {
+                    bytes += e.data.len() as u64;
+                }
+                entries += es.len() as u64;
+                lo += es.len() as u64;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "sequential: {:.0} entries/s, {:.0} MB/s ({entries} entries, payload checksums verified on read)",
+            entries as f64 / secs,
+            bytes as f64 / secs / 1e6
+        );
+        let mut rng = raft_core::Rng::new(9);
+        let n = 200_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            let g = rng.below(groups);
+            let s = wal.log_state(g).expect("state");
+            let i = rng.range(s.first_index, s.last_index);
+            let e = wal.entries(g, i, i, u64::MAX).expect("read");
+            std::hint::black_box(e);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "random single-entry reads: {:.0} reads/s, {:.2} us each\n",
+            n as f64 / secs,
+            secs * 1e6 / n as f64
+        );
+    }
+}

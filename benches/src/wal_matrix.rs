@@ -1,0 +1,247 @@
+//! The WAL durability matrix: appenders writing batches to a log backend and waiting for them to
+//! be durable, measured for throughput and append-to-durable latency; plus the disk's own limit
+//! measured with fio in the same run, to compare against.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft_core::{Entry, LogStore, LogWrite};
+use raft_wal::{Durability, Wal, WalConfig};
+
+/// A log backend the matrix can drive.
+pub trait Backend: Send + Sync {
+    /// Appends `entries` to `group` and returns once the backend's durability mode says they are
+    /// durable (for a mode that never syncs: once accepted).
+    fn append(&self, group: u64, entries: &[Entry]) -> Result<(), String>;
+    /// Drops entries of `group` up to `through` (the snapshot-driven compaction of a real system),
+    /// so log space is reused.
+    fn compact(&self, group: u64, through: u64, term: u64) -> Result<(), String>;
+}
+
+/// raft-wal.
+pub struct WalBackend {
+    /// The WAL.
+    pub wal: Wal,
+}
+
+impl WalBackend {
+    /// Opens a WAL in `dir` and waits for its prepared segments, so the run starts as a running
+    /// system would: with segment files written ahead of the writer.
+    pub fn open(dir: &Path, durability: Durability, segment_size_bytes: u64) -> WalBackend {
+        let config = WalConfig {
+            segment_size_bytes,
+            durability,
+            prepared_segments: 3,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(dir, config).expect("open WAL");
+        wal.wait_prepared(3, Duration::from_secs(60));
+        WalBackend { wal }
+    }
+}
+
+impl Backend for WalBackend {
+    fn append(&self, group: u64, entries: &[Entry]) -> Result<(), String> {
+        let lsn = self
+            .wal
+            .write(&[LogWrite { group, hard_state: None, entries }])
+            .map_err(|e| e.to_string())?;
+        self.wal.sync(lsn).map_err(|e| e.to_string())
+    }
+
+    fn compact(&self, group: u64, through: u64, term: u64) -> Result<(), String> {
+        self.wal.compact(group, through, term).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The simplest durable log: one file, each batch written with `write` and made durable with
+/// `fdatasync` before the next (no group commit). A baseline, not a log store: it cannot read.
+pub struct PlainFileBackend {
+    file: parking_lot::Mutex<std::fs::File>,
+}
+
+impl PlainFileBackend {
+    /// Creates the file in `dir`.
+    pub fn open(dir: &Path) -> PlainFileBackend {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("plain.log"))
+            .expect("open plain file");
+        PlainFileBackend { file: parking_lot::Mutex::new(file) }
+    }
+}
+
+impl Backend for PlainFileBackend {
+    fn append(&self, group: u64, entries: &[Entry]) -> Result<(), String> {
+        use std::io::Write;
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.data.len() + 24).sum());
+        for e in entries {
+            buf.extend_from_slice(&group.to_le_bytes());
+            buf.extend_from_slice(&e.index.to_le_bytes());
+            buf.extend_from_slice(&(e.data.len() as u64).to_le_bytes());
+            buf.extend_from_slice(&e.data);
+        }
+        let mut f = self.file.lock();
+        f.write_all(&buf).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())
+    }
+
+    fn compact(&self, _group: u64, _through: u64, _term: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Cell {
+    /// Payload bytes per entry.
+    pub entry_bytes: usize,
+    /// Entries per append.
+    pub batch: usize,
+    /// Concurrent appenders (each writes its own group).
+    pub appenders: usize,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct CellStats {
+    /// Entries made durable per second.
+    pub entries_per_sec: f64,
+    /// Payload megabytes (10^6) made durable per second.
+    pub mb_per_sec: f64,
+    /// Appends (batches) per second, all appenders together.
+    pub appends_per_sec: f64,
+    /// Median append-to-durable latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+}
+
+/// Runs `cell` against `backend` for `duration`; appenders own groups `1..=appenders` and
+/// compact their group every so often, keeping the last 50,000 entries.
+pub fn run_cell(backend: Arc<dyn Backend>, cell: Cell, duration: Duration) -> CellStats {
+    let payload = Bytes::from(vec![0x5Au8; cell.entry_bytes]);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let threads: Vec<_> = (0..cell.appenders)
+        .map(|t| {
+            let backend = Arc::clone(&backend);
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                let group = t as u64 + 1;
+                let mut next = 1u64;
+                let mut lat = Vec::new();
+                let mut batches = 0u64;
+                while Instant::now() < deadline {
+                    let entries: Vec<Entry> = (next..next + cell.batch as u64)
+                        .map(|i| Entry::normal(1, i, payload.clone()))
+                        .collect();
+                    let t0 = Instant::now();
+                    backend.append(group, &entries).expect("append");
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                    next += cell.batch as u64;
+                    batches += 1;
+                    if batches.is_multiple_of(512) && next > 50_000 {
+                        backend.compact(group, next - 50_000, 1).expect("compact");
+                    }
+                }
+                (batches, lat)
+            })
+        })
+        .collect();
+    let mut batches = 0u64;
+    let mut lat: Vec<u64> = Vec::new();
+    for t in threads {
+        let (b, l) = t.join().expect("appender");
+        batches += b;
+        lat.extend(l);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0) as f64 / 1e3
+    };
+    let entries = batches as f64 * cell.batch as f64;
+    CellStats {
+        entries_per_sec: entries / secs,
+        mb_per_sec: entries * cell.entry_bytes as f64 / secs / 1e6,
+        appends_per_sec: batches as f64 / secs,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
+}
+
+/// The median of each field over several runs.
+pub fn median(runs: &[CellStats]) -> CellStats {
+    let m = |f: fn(&CellStats) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    CellStats {
+        entries_per_sec: m(|s| s.entries_per_sec),
+        mb_per_sec: m(|s| s.mb_per_sec),
+        appends_per_sec: m(|s| s.appends_per_sec),
+        p50_us: m(|s| s.p50_us),
+        p99_us: m(|s| s.p99_us),
+    }
+}
+
+/// fio's figure for one write size: one write plus fdatasync per write, sequential, one job.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FioLimit {
+    /// Writes (each followed by fdatasync) per second.
+    pub writes_per_sec: f64,
+    /// fdatasync latency p50, microseconds.
+    pub sync_p50_us: f64,
+    /// fdatasync latency p99, microseconds.
+    pub sync_p99_us: f64,
+}
+
+/// Runs fio as `shared/tools/disk-limit.sh` does, for `bs` bytes per write, on a file whose
+/// blocks are already written (`prewritten`) or merely fallocated. None if fio is missing.
+pub fn fio_limit(dir: &Path, bs: usize, prewritten: bool) -> Option<FioLimit> {
+    let size = if bs <= 4096 {
+        "64m"
+    } else if bs <= 65536 {
+        "256m"
+    } else {
+        "1g"
+    };
+    let out = dir.join("fio.json");
+    let status = std::process::Command::new("fio")
+        .args([
+            "--name=limit",
+            &format!("--directory={}", dir.display()),
+            "--ioengine=sync",
+            "--rw=write",
+            &format!("--bs={bs}"),
+            &format!("--size={size}"),
+            &format!("--overwrite={}", u8::from(prewritten)),
+            "--fdatasync=1",
+            "--runtime=5",
+            "--time_based=0",
+            "--numjobs=1",
+            "--unlink=1",
+            "--output-format=json",
+            &format!("--output={}", out.display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).ok()?).ok()?;
+    let job = &json["jobs"][0];
+    let pct = |p: &str| job["sync"]["lat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1e3;
+    Some(FioLimit {
+        writes_per_sec: job["write"]["iops"].as_f64()?,
+        sync_p50_us: pct("50.000000"),
+        sync_p99_us: pct("99.000000"),
+    })
+}
