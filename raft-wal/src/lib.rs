@@ -13,7 +13,7 @@
 //!   failed fdatasync poisons the WAL for good.
 //! - An in-memory index per group (16 bytes per entry) makes a read one lookup and one copy.
 //!
-//! The format is drawn in the [`format`] module docs; the write path, numbered with every
+//! The format is drawn in the [`mod@format`] module docs; the write path, numbered with every
 //! fsync, in the crate README.
 //!
 //! ```
