@@ -11,7 +11,8 @@
 //! `cargo bench -p raftkit-benches --bench wal` (about 10 minutes).
 //! `RAFTKIT_BENCH_DIR` picks the disk (default: the system temp dir), `RAFTKIT_BENCH_SECS` the
 //! seconds per run (default 1), `RAFTKIT_BENCH_PARTS` a comma-separated subset of
-//! `fio,matrix,plain,multigroup,recovery,read`.
+//! `fio,matrix,plain,multigroup,recovery,read`, `RAFTKIT_BENCH_FILTER` matrix cells as
+//! `mode/entry/batch/appenders` patterns (`*` for any), comma-separated.
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -70,12 +71,27 @@ fn fio_size_name(bytes: usize) -> String {
     }
 }
 
-fn measure(make: &dyn Fn(&Path) -> Arc<dyn Backend>, cell: Cell) -> CellStats {
+/// Whether `RAFTKIT_BENCH_FILTER` (`mode/entry/batch/appenders`, `*` for any) selects a cell.
+fn wanted(mode: &str, cell: Cell) -> bool {
+    let Ok(filter) = std::env::var("RAFTKIT_BENCH_FILTER") else { return true };
+    let have = [
+        mode.to_string(),
+        cell.entry_bytes.to_string(),
+        cell.batch.to_string(),
+        cell.appenders.to_string(),
+    ];
+    filter
+        .split(',')
+        .any(|f| f.split('/').zip(have.iter()).all(|(want, got)| want == "*" || want == got))
+}
+
+/// Three runs of `cell` on `backend`, each on fresh groups (numbered from `*groups`).
+fn measure(backend: &Arc<dyn Backend>, cell: Cell, groups: &mut u64) -> CellStats {
     let runs: Vec<CellStats> = (0..RUNS)
         .map(|_| {
-            let dir = tempfile::tempdir_in(bench_dir()).expect("bench dir");
-            let backend = make(dir.path());
-            run_cell(backend, cell, secs())
+            let base = *groups;
+            *groups += cell.appenders as u64;
+            run_cell(Arc::clone(backend), cell, secs(), base)
         })
         .collect();
     median(&runs)
@@ -121,6 +137,8 @@ fn main() {
             fio.insert(bs, (written, fallocated));
         }
         println!();
+        // fio deleted its files: let the filesystem's discards drain before timing anything.
+        std::thread::sleep(Duration::from_secs(10));
     }
 
     // ---- the durability matrix ----
@@ -138,14 +156,21 @@ fn main() {
             Durability::Never,
         ];
         for mode in modes {
+            // One WAL per mode for the whole matrix, as in a running system: each run writes
+            // fresh groups and compacts them afterwards, so segments are recycled rather than
+            // created (zero-filled) during a run or deleted after it.
+            let wal_dir = tempfile::tempdir_in(&dir).expect("bench dir");
+            let backend: Arc<dyn Backend> =
+                Arc::new(WalBackend::open(wal_dir.path(), mode, 64 << 20));
+            let mut groups = 0u64;
             for entry_bytes in ENTRY_SIZES {
                 for batch in BATCHES {
                     for appenders in APPENDERS {
                         let cell = Cell { entry_bytes, batch, appenders };
-                        let make = move |d: &Path| -> Arc<dyn Backend> {
-                            Arc::new(WalBackend::open(d, mode, 64 << 20))
-                        };
-                        let s = measure(&make, cell);
+                        if !wanted(mode_name(mode), cell) {
+                            continue;
+                        }
+                        let s = measure(&backend, cell, &mut groups);
                         let limit = fio.get(&(entry_bytes * batch)).and_then(|f| f.0);
                         let ratio = limit.map(|l| s.appends_per_sec / l.writes_per_sec);
                         if synced(mode) {
@@ -233,13 +258,14 @@ fn main() {
         println!("## plain file baseline: write + fdatasync per batch, no group commit\n");
         println!("| entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | appends/s / fio |");
         println!("|---|---|---|---|---|---|---|---|---|");
+        let plain_dir = tempfile::tempdir_in(&dir).expect("bench dir");
+        let backend: Arc<dyn Backend> = Arc::new(PlainFileBackend::open(plain_dir.path()));
+        let mut groups = 0u64;
         for entry_bytes in ENTRY_SIZES {
             for batch in BATCHES {
                 for appenders in APPENDERS {
                     let cell = Cell { entry_bytes, batch, appenders };
-                    let make =
-                        |d: &Path| -> Arc<dyn Backend> { Arc::new(PlainFileBackend::open(d)) };
-                    let s = measure(&make, cell);
+                    let s = measure(&backend, cell, &mut groups);
                     let ratio = fio
                         .get(&(entry_bytes * batch))
                         .and_then(|f| f.0)

@@ -33,11 +33,11 @@ impl WalBackend {
         let config = WalConfig {
             segment_size_bytes,
             durability,
-            prepared_segments: 3,
+            prepared_segments: 6,
             ..WalConfig::default()
         };
         let (wal, _) = Wal::open(dir, config).expect("open WAL");
-        wal.wait_prepared(3, Duration::from_secs(60));
+        wal.wait_prepared(6, Duration::from_secs(120));
         WalBackend { wal }
     }
 }
@@ -120,9 +120,16 @@ pub struct CellStats {
     pub p99_us: f64,
 }
 
-/// Runs `cell` against `backend` for `duration`; appenders own groups `1..=appenders` and
-/// compact their group every so often, keeping the last 50,000 entries.
-pub fn run_cell(backend: Arc<dyn Backend>, cell: Cell, duration: Duration) -> CellStats {
+/// Runs `cell` against `backend` for `duration`; appenders own groups `group_base + 1 ..=
+/// group_base + appenders`, compact their group every so often (keeping the last 50,000
+/// entries), and compact it completely at the end, so a backend that recycles log space gets
+/// it back for the next run (a running system compacts after its snapshots).
+pub fn run_cell(
+    backend: Arc<dyn Backend>,
+    cell: Cell,
+    duration: Duration,
+    group_base: u64,
+) -> CellStats {
     let payload = Bytes::from(vec![0x5Au8; cell.entry_bytes]);
     let start = Instant::now();
     let deadline = start + duration;
@@ -131,7 +138,7 @@ pub fn run_cell(backend: Arc<dyn Backend>, cell: Cell, duration: Duration) -> Ce
             let backend = Arc::clone(&backend);
             let payload = payload.clone();
             std::thread::spawn(move || {
-                let group = t as u64 + 1;
+                let group = group_base + t as u64 + 1;
                 let mut next = 1u64;
                 let mut lat = Vec::new();
                 let mut batches = 0u64;
@@ -148,6 +155,7 @@ pub fn run_cell(backend: Arc<dyn Backend>, cell: Cell, duration: Duration) -> Ce
                         backend.compact(group, next - 50_000, 1).expect("compact");
                     }
                 }
+                backend.compact(group, next - 1, 1).expect("compact");
                 (batches, lat)
             })
         })

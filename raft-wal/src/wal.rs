@@ -86,11 +86,27 @@ struct SyncState {
     durable: u64,
     /// Where the durable log ends: (segment, offset).
     durable_end: (u64, u64),
-    /// A sync is running.
+    /// A sync is running. One at a time: on ext4 two fdatasyncs of one file take longer
+    /// together than one after the other.
     syncing: bool,
     /// A leader is waiting to gather more writes before syncing.
     gathering: bool,
     poison: Option<String>,
+    /// Callers parked until a sync covers their record. The leader unparks exactly those its
+    /// sync covered, so they return without touching this lock again (a wake-up chain through
+    /// one mutex would cost a context switch per caller, one after another).
+    parked: Vec<Parked>,
+    /// Callers the previous sync covered, its leader included.
+    last_round: usize,
+    /// How long the previous sync took.
+    last_sync: Duration,
+}
+
+/// A caller of `sync_to` waiting for a sync.
+struct Parked {
+    /// The record it waits for.
+    lsn: u64,
+    thread: std::thread::Thread,
 }
 
 /// State shared by the `Wal` handle and its background threads.
@@ -99,9 +115,13 @@ pub(crate) struct Shared {
     pub(crate) config: WalConfig,
     pub(crate) state: RwLock<State>,
     sync: Mutex<SyncState>,
-    sync_cv: Condvar,
-    /// Mirror of `SyncState::durable`, read on the write path without the sync lock.
+    /// Wakes a leader that is gathering writers before it syncs.
+    gather_cv: Condvar,
+    /// Mirror of `SyncState::durable`, read without the sync lock.
     durable_seq: AtomicU64,
+    /// Syncs completed.
+    syncs: AtomicU64,
+
     /// Bytes written since the last sync began.
     pending_bytes: AtomicU64,
     poisoned: AtomicBool,
@@ -159,6 +179,9 @@ pub struct WalStats {
     pub last_seq: u64,
     /// Highest record sequence number known durable.
     pub durable_seq: u64,
+    /// Syncs (rounds of `fdatasync`) completed since the WAL opened; records written divided
+    /// by syncs shows how well group commit gathers.
+    pub syncs: u64,
 }
 
 impl Wal {
@@ -174,15 +197,20 @@ impl Wal {
             dir: dir.as_ref().to_path_buf(),
             config,
             durable_seq: AtomicU64::new(durable.seq),
+            syncs: AtomicU64::new(0),
+
             sync: Mutex::new(SyncState {
                 durable: durable.seq,
                 durable_end: (durable.segment, durable.offset),
                 syncing: false,
                 gathering: false,
                 poison: None,
+                parked: Vec::new(),
+                last_round: 0,
+                last_sync: Duration::ZERO,
             }),
             state: RwLock::new(state),
-            sync_cv: Condvar::new(),
+            gather_cv: Condvar::new(),
             pending_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             dir_dirty: AtomicBool::new(false),
@@ -252,6 +280,7 @@ impl Wal {
             index_bytes: index_bytes as u64,
             last_seq: st.next_seq - 1,
             durable_seq: self.shared.durable_seq.load(Ordering::Acquire),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -313,7 +342,10 @@ impl Shared {
         let mut s = self.sync.lock();
         s.poison.get_or_insert(why);
         self.poisoned.store(true, Ordering::Release);
-        self.sync_cv.notify_all();
+        for p in s.parked.drain(..) {
+            p.thread.unpark();
+        }
+        self.gather_cv.notify_all();
     }
 
     pub(crate) fn write(&self, batch: &[LogWrite<'_>]) -> Result<u64, WalError> {
@@ -535,7 +567,7 @@ impl Shared {
         let pending = self.pending_bytes.fetch_add(total as u64, Ordering::AcqRel) + total as u64;
         if let Durability::GroupCommit { max_bytes, .. } = self.config.durability {
             if pending >= max_bytes && self.sync.lock().gathering {
-                self.sync_cv.notify_all();
+                self.gather_cv.notify_all();
             }
         }
     }
@@ -573,7 +605,10 @@ impl Shared {
             path: dest.clone(),
             source: std::io::Error::other("injected failure after renaming"),
         }));
-        let mut file = SegmentFile::open(&dest, new, true)?;
+        // Appends through the mapping want its pages present; appends by write calls only read
+        // through it, and populating a recycled (cold) file would read it all from disk.
+        let populate = st.append_via == AppendVia::Mmap;
+        let mut file = SegmentFile::open(&dest, new, populate)?;
         if file.len() as u64 != self.config.segment_size_bytes {
             return Err(WalError::Corrupt {
                 path: dest,
@@ -609,8 +644,19 @@ impl Shared {
 
     // ----- durability -----
 
-    /// Waits until every record up to `lsn` is durable, leading a sync if nobody is.
+    /// Waits until every record up to `lsn` is durable, leading a sync if the mode asks callers
+    /// to and nobody is.
     pub(crate) fn sync_to(&self, lsn: u64) -> Result<(), WalError> {
+        self.wait_durable(lsn, false)
+    }
+
+    /// Waits until every record up to `lsn` is durable; `force` syncs even in the modes where
+    /// callers do not (`Never`, `Interval`).
+    fn wait_durable(&self, lsn: u64, force: bool) -> Result<(), WalError> {
+        if self.durable_seq.load(Ordering::Acquire) >= lsn && !self.poisoned.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
         let mut s = self.sync.lock();
         loop {
             if let Some(p) = &s.poison {
@@ -619,45 +665,85 @@ impl Shared {
             if s.durable >= lsn {
                 return Ok(());
             }
-            match self.config.durability {
-                Durability::Never => return Ok(()),
-                Durability::Interval(_) => {
-                    // The background thread syncs; wake it in case it sleeps long.
-                    self.sync_cv.wait_for(&mut s, Duration::from_millis(50));
+            let timeout = match self.config.durability {
+                Durability::Never if !force => return Ok(()),
+                // The background thread syncs; look again now and then in case it stopped.
+                Durability::Interval(_) if !force => Some(Duration::from_millis(50)),
+                _ if !s.syncing && !s.gathering => {
+                    self.lead_sync(&mut s);
                     continue;
                 }
-                Durability::Always | Durability::GroupCommit { .. } => {}
+                _ => None,
+            };
+            let me = std::thread::current();
+            let id = me.id();
+            s.parked.push(Parked { lsn, thread: me });
+            if s.gathering {
+                self.gather_cv.notify_one();
             }
-            if s.syncing || s.gathering {
-                self.sync_cv.wait(&mut s);
-                continue;
+            drop(s);
+            match timeout {
+                Some(t) => std::thread::park_timeout(t),
+                None => std::thread::park(),
             }
-            self.lead_sync(s);
+            if self.durable_seq.load(Ordering::Acquire) >= lsn
+                && !self.poisoned.load(Ordering::Acquire)
+            {
+                // The sync that covered us took us off the list before unparking us; after a
+                // spurious wake-up the next sync drops the stale entry.
+                return Ok(());
+            }
+            // Handed the lead, woken spuriously, timed out or poisoned: look again.
             s = self.sync.lock();
+            s.parked.retain(|p| p.thread.id() != id);
         }
     }
 
-    /// Runs one sync as the leader; `s` is the sync lock, released during the I/O.
-    fn lead_sync(&self, mut s: parking_lot::MutexGuard<'_, SyncState>) {
-        if let Durability::GroupCommit { max_delay, max_bytes } = self.config.durability {
-            if !max_delay.is_zero() {
+    /// Runs one sync as the leader, releasing the sync lock `s` during the I/O; then unparks
+    /// the callers now durable and hands the lead to one that is not covered.
+    ///
+    /// Gathering: a leader that started the moment the previous
+    /// sync returned would cover only the callers quickest to write again. So, when the
+    /// previous round covered several callers, the leader first waits (at most half as long as
+    /// the previous sync took, and never more than 500 us) until as many callers wait as that
+    /// round covered. A lone writer never waits. With an explicit `max_delay`, it waits up to
+    /// that long or until `max_bytes` are pending instead.
+    fn lead_sync(&self, s: &mut parking_lot::MutexGuard<'_, SyncState>) {
+        match self.config.durability {
+            Durability::GroupCommit { max_delay, max_bytes } if !max_delay.is_zero() => {
                 s.gathering = true;
                 let deadline = Instant::now() + max_delay;
                 while self.pending_bytes.load(Ordering::Acquire) < max_bytes {
-                    if self.sync_cv.wait_until(&mut s, deadline).timed_out() {
+                    if self.gather_cv.wait_until(s, deadline).timed_out() {
                         break;
                     }
                 }
                 s.gathering = false;
             }
+            Durability::Always | Durability::GroupCommit { .. } if s.last_round > 1 => {
+                let want = s.last_round;
+                if s.parked.len() + 1 < want {
+                    s.gathering = true;
+                    let wait = (s.last_sync / 2).min(Duration::from_micros(500));
+                    let deadline = Instant::now() + wait;
+                    while s.parked.len() + 1 < want {
+                        if self.gather_cv.wait_until(s, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                    s.gathering = false;
+                }
+            }
+            _ => {}
         }
         s.syncing = true;
-        drop(s);
-        let result = self.flush();
-        let mut s = self.sync.lock();
+        let started = Instant::now();
+        let result = parking_lot::MutexGuard::unlocked(s, || self.flush());
         s.syncing = false;
+        s.last_sync = started.elapsed();
         match result {
             Ok(end) => {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
                 if end.seq > s.durable {
                     s.durable = end.seq;
                     s.durable_end = (end.segment, end.offset);
@@ -665,13 +751,29 @@ impl Shared {
                 }
             }
             Err(e) => {
-                drop(s);
-                self.poison(format!("sync failed: {e}"));
-                s = self.sync.lock();
+                let why = format!("sync failed: {e}");
+                tracing::error!(dir = %self.dir.display(), %why, "WAL poisoned");
+                s.poison.get_or_insert(why);
+                self.poisoned.store(true, Ordering::Release);
             }
         }
-        self.sync_cv.notify_all();
-        drop(s);
+        let durable = s.durable;
+        let all = s.poison.is_some();
+        let before = s.parked.len();
+        s.parked.retain(|p| {
+            let done = all || p.lsn <= durable;
+            if done {
+                p.thread.unpark();
+            }
+            !done
+        });
+        s.last_round = before - s.parked.len() + 1;
+        // Whoever is left arrived during the sync; one of them leads the next.
+        if !matches!(self.config.durability, Durability::Interval(_)) {
+            if let Some(next) = s.parked.first() {
+                next.thread.unpark();
+            }
+        }
     }
 
     /// Makes everything written so far durable; returns where the durable log then ends.
@@ -710,11 +812,14 @@ impl Shared {
     /// deleting segments).
     fn flush_all(&self) -> Result<(), WalError> {
         self.check_poison()?;
-        let mut s = self.sync.lock();
-        while s.syncing || s.gathering {
-            self.sync_cv.wait(&mut s);
+        let written = self.state.read().next_seq - 1;
+        self.wait_durable(written, true)?;
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = segment::sync_dir(&self.dir) {
+                self.dir_dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
         }
-        self.lead_sync(s);
         self.check_poison()
     }
 
@@ -731,9 +836,9 @@ impl Shared {
                 return;
             }
             let written = self.state.read().next_seq - 1;
-            let s = self.sync.lock();
+            let mut s = self.sync.lock();
             if s.durable < written && !s.syncing {
-                self.lead_sync(s);
+                self.lead_sync(&mut s);
             }
         }
     }

@@ -87,6 +87,46 @@ fn a_failed_sync_poisons_the_wal_for_good() {
 }
 
 #[test]
+fn callers_parked_behind_a_sync_see_it_fail() {
+    let (_g, _s) = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = std::sync::Arc::new(reopen(dir.path(), Durability::group_commit()));
+    // The first sync (the leader's own) is slow and succeeds; the next one, led by a caller
+    // that parked behind it, fails.
+    fail::cfg("wal::sync", "1*sleep(300)->return").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawn = |group: u64| {
+        let wal = std::sync::Arc::clone(&wal);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let es = entries(1, 1, 1, 100);
+            let lsn = wal.write(&[LogWrite { group, hard_state: None, entries: &es }]).unwrap();
+            tx.send((group, wal.sync(lsn))).unwrap();
+        })
+    };
+    let first = spawn(1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let rest: Vec<_> = (2..=6).map(spawn).collect();
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        // A parked caller nobody wakes would hang here.
+        results.push(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a caller hung"));
+    }
+    first.join().unwrap();
+    rest.into_iter().for_each(|t| t.join().unwrap());
+    fail::remove("wal::sync");
+    results.sort_by_key(|(group, _)| *group);
+    assert!(results[0].1.is_ok(), "the slow sync succeeded: {:?}", results[0].1);
+    for (group, result) in &results[1..] {
+        assert!(
+            matches!(result, Err(StorageError::Poisoned(msg)) if msg.contains("sync failed")),
+            "group {group}: {result:?}"
+        );
+    }
+    assert_eq!(wal.stats().syncs, 1);
+}
+
+#[test]
 fn a_short_write_is_an_error_and_reopens_clean() {
     let (_g, _s) = scenario();
     let dir = tempfile::tempdir().unwrap();
