@@ -120,10 +120,13 @@ pub struct CellStats {
     pub p99_us: f64,
 }
 
+/// Log bytes the appenders of a cell keep between them: each compacts its group back to its
+/// share once it holds twice that, as a running system compacts after its snapshots.
+pub const RETAINED_BYTES: usize = 32 << 20;
+
 /// Runs `cell` against `backend` for `duration`; appenders own groups `group_base + 1 ..=
-/// group_base + appenders`, compact their group every so often (keeping the last 50,000
-/// entries), and compact it completely at the end, so a backend that recycles log space gets
-/// it back for the next run (a running system compacts after its snapshots).
+/// group_base + appenders`, keep their share of [`RETAINED_BYTES`], and compact their group
+/// completely at the end, so a backend that recycles log space gets it back for the next run.
 pub fn run_cell(
     backend: Arc<dyn Backend>,
     cell: Cell,
@@ -142,6 +145,9 @@ pub fn run_cell(
                 let mut next = 1u64;
                 let mut lat = Vec::new();
                 let mut batches = 0u64;
+                let keep =
+                    (RETAINED_BYTES / cell.appenders / cell.entry_bytes).max(cell.batch) as u64;
+                let mut first = 1u64;
                 while Instant::now() < deadline {
                     let entries: Vec<Entry> = (next..next + cell.batch as u64)
                         .map(|i| Entry::normal(1, i, payload.clone()))
@@ -151,8 +157,10 @@ pub fn run_cell(
                     lat.push(t0.elapsed().as_nanos() as u64);
                     next += cell.batch as u64;
                     batches += 1;
-                    if batches.is_multiple_of(512) && next > 50_000 {
-                        backend.compact(group, next - 50_000, 1).expect("compact");
+                    if next - first > 2 * keep {
+                        let through = next - 1 - keep;
+                        backend.compact(group, through, 1).expect("compact");
+                        first = through + 1;
                     }
                 }
                 backend.compact(group, next - 1, 1).expect("compact");
@@ -207,6 +215,8 @@ pub struct FioLimit {
     pub sync_p50_us: f64,
     /// fdatasync latency p99, microseconds.
     pub sync_p99_us: f64,
+    /// Latency p50 of the write call itself (into the page cache), microseconds.
+    pub write_p50_us: f64,
 }
 
 /// Runs fio as `shared/tools/disk-limit.sh` does, for `bs` bytes per write, on a file whose
@@ -251,5 +261,7 @@ pub fn fio_limit(dir: &Path, bs: usize, prewritten: bool) -> Option<FioLimit> {
         writes_per_sec: job["write"]["iops"].as_f64()?,
         sync_p50_us: pct("50.000000"),
         sync_p99_us: pct("99.000000"),
+        write_p50_us: job["write"]["clat_ns"]["percentile"]["50.000000"].as_f64().unwrap_or(0.0)
+            / 1e3,
     })
 }

@@ -11,12 +11,17 @@ use crate::format::{checkpoint_len, RECORD_HEADER_LEN, SEAL_RECORD_LEN, SEGMENT_
 /// position durable before an fdatasync covering it has returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
-    /// Every write is durable before it returns. Concurrent writers share one sync.
+    /// Every write is durable before it returns. Concurrent writers share syncs, gathered as
+    /// in `GroupCommit` with a zero `max_delay`.
     Always,
     /// Writes return once readable; [`sync`](raft_core::LogStore::sync) waits for a sync that
-    /// covers the position, and concurrent callers share it (group commit). A sync starts at
-    /// once, or, with a `max_delay`, waits up to that long for more writes until `max_bytes`
-    /// are pending.
+    /// covers the position, and concurrent callers share it (group commit).
+    ///
+    /// With a zero `max_delay` (see [`Durability::group_commit`]) the WAL gathers on its own:
+    /// a lone caller's sync starts at once; when the previous sync covered several callers, the
+    /// next waits until as many are waiting, at most half the previous sync's duration (and
+    /// never above 500 us). With a `max_delay`, a sync waits up to that long for more writes,
+    /// or until `max_bytes` are pending.
     GroupCommit {
         /// Longest time the first waiter holds the sync back to gather more writes.
         max_delay: Duration,

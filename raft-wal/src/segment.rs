@@ -6,8 +6,9 @@
 //!    (zeros for a new file, old records for a recycled one) and fdatasynced. Written as
 //!    `prepared-N.partial` and renamed only once complete, so a crash leaves no half file with
 //!    a usable name.
-//! 2. *Active*: renamed to `<seq>.wal`, header written, mapped read-write; records are appended
-//!    through the mapping. The rename is made durable by the next sync's directory fsync.
+//! 2. *Active*: renamed to `<seq>.wal`, header written, mapped; records are appended with
+//!    positional writes (or, with `AppendVia::Mmap`, through the mapping) and read through the
+//!    mapping. The rename is made durable by the next sync's directory fsync.
 //! 3. *Sealed*: a SEAL record closes it; it stays mapped for reads.
 //! 4. *Retired*: when no group needs its entries, it is deleted (or renamed back to a prepared
 //!    file to be recycled) and the directory fsynced.
