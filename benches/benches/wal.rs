@@ -3,7 +3,8 @@
 //! - the durability matrix: every mode x entry size {64 B, 1 KiB, 16 KiB} x batch {1, 16, 256} x
 //!   appenders {1, 16}: entries/s, MB/s, p50/p99 append-to-durable latency, and the ratio of
 //!   appends/s to fio's writes/s (one write + fdatasync) for the same size on a pre-written file;
-//! - the same matrix on a plain file (write + fdatasync per batch), the baseline;
+//! - the same matrix on a plain file (write + fdatasync per batch), the baseline, and, with
+//!   `--features compare`, on tikv's raft-engine (default settings, no compression);
 //! - a multi-group run: 16 appenders over 1,000 groups;
 //! - recovery of a 1 GiB WAL (warm page cache) and the index's bytes per entry;
 //! - read throughput of sealed segments.
@@ -11,8 +12,10 @@
 //! `cargo bench -p raftkit-benches --bench wal` (about 10 minutes).
 //! `RAFTKIT_BENCH_DIR` picks the disk (default: the system temp dir), `RAFTKIT_BENCH_SECS` the
 //! seconds per run (default 1), `RAFTKIT_BENCH_PARTS` a comma-separated subset of
-//! `fio,matrix,plain,multigroup,recovery,read`, `RAFTKIT_BENCH_FILTER` matrix cells as
-//! `mode/entry/batch/appenders` patterns (`*` for any), comma-separated.
+//! `fio,matrix,plain,raft-engine,multigroup,recovery,read`, `RAFTKIT_BENCH_FILTER` matrix cells
+//! as `backend-or-mode/entry/batch/appenders` patterns (`*` for any), comma-separated; backends
+//! are `plain`, `raft-engine`, `raft-engine-nosync`, modes `always`, `group`, `interval-2ms`,
+//! `never`.
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -38,7 +41,7 @@ fn bench_dir() -> PathBuf {
 
 fn parts() -> Vec<String> {
     std::env::var("RAFTKIT_BENCH_PARTS")
-        .unwrap_or_else(|_| "fio,matrix,plain,multigroup,recovery,read".into())
+        .unwrap_or_else(|_| "fio,matrix,plain,raft-engine,multigroup,recovery,read".into())
         .split(',')
         .map(str::to_owned)
         .collect()
@@ -256,36 +259,37 @@ fn main() {
         println!();
     }
 
-    // ---- plain-file baseline ----
+    // ---- baselines ----
     if has("plain") {
-        println!("## plain file baseline: write + fdatasync per batch, no group commit\n");
-        println!("| entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | appends/s / fio |");
-        println!("|---|---|---|---|---|---|---|---|---|");
         let plain_dir = tempfile::tempdir_in(&dir).expect("bench dir");
         let backend: Arc<dyn Backend> = Arc::new(PlainFileBackend::open(plain_dir.path()));
-        let mut groups = 0u64;
-        for entry_bytes in ENTRY_SIZES {
-            for batch in BATCHES {
-                for appenders in APPENDERS {
-                    let cell = Cell { entry_bytes, batch, appenders };
-                    let s = measure(&backend, cell, &mut groups);
-                    let ratio = fio
-                        .get(&(entry_bytes * batch))
-                        .and_then(|f| f.0)
-                        .map(|l| s.appends_per_sec / l.writes_per_sec);
-                    println!(
-                        "| {entry_bytes} | {batch} | {appenders} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
-                        s.entries_per_sec,
-                        s.mb_per_sec,
-                        s.appends_per_sec,
-                        s.p50_us,
-                        s.p99_us,
-                        ratio.map_or("-".into(), |r| format!("{r:.2}"))
-                    );
-                }
-            }
+        baseline(
+            "plain file baseline: write + fdatasync per batch, no group commit",
+            "plain",
+            &backend,
+            &fio,
+        );
+    }
+    #[cfg(feature = "compare")]
+    if has("raft-engine") {
+        use raftkit_benches::wal_matrix::RaftEngineBackend;
+        for sync in [true, false] {
+            let engine_dir = tempfile::tempdir_in(&dir).expect("bench dir");
+            let backend: Arc<dyn Backend> =
+                Arc::new(RaftEngineBackend::open(engine_dir.path(), sync));
+            let (title, name) = if sync {
+                (
+                    "tikv raft-engine 0.4, default settings, no compression, write(sync = true)",
+                    "raft-engine",
+                )
+            } else {
+                (
+                    "tikv raft-engine 0.4, default settings, no compression, write(sync = false)",
+                    "raft-engine-nosync",
+                )
+            };
+            baseline(title, name, &backend, &fio);
         }
-        println!();
     }
 
     if has("multigroup") {
@@ -294,6 +298,55 @@ fn main() {
     if has("recovery") || has("read") {
         recovery_and_reads(&dir, has("recovery"), has("read"));
     }
+}
+
+/// The matrix on another backend, with each cell's ratio to fio.
+fn baseline(
+    title: &str,
+    name: &str,
+    backend: &Arc<dyn Backend>,
+    fio: &BTreeMap<usize, (Option<FioLimit>, Option<FioLimit>)>,
+) {
+    println!("## {title}\n");
+    println!("| entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | appends/s / fio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut groups = 0u64;
+    let mut ratios = Vec::new();
+    for entry_bytes in ENTRY_SIZES {
+        for batch in BATCHES {
+            for appenders in APPENDERS {
+                let cell = Cell { entry_bytes, batch, appenders };
+                if !wanted(name, cell) {
+                    continue;
+                }
+                let s = measure(backend, cell, &mut groups);
+                let ratio = fio
+                    .get(&(entry_bytes * batch))
+                    .and_then(|f| f.0)
+                    .map(|l| s.appends_per_sec / l.writes_per_sec);
+                ratios.extend(ratio);
+                println!(
+                    "| {entry_bytes} | {batch} | {appenders} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
+                    s.entries_per_sec,
+                    s.mb_per_sec,
+                    s.appends_per_sec,
+                    s.p50_us,
+                    s.p99_us,
+                    ratio.map_or("-".into(), |r| format!("{r:.2}"))
+                );
+            }
+        }
+    }
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "\n{name} vs fio: min {:.2}, median {:.2}, over {} cells",
+            ratios[0],
+            ratios[ratios.len() / 2],
+            ratios.len()
+        );
+    }
+    println!();
 }
 
 /// 16 appenders, each owning 1,000 / 16 groups and writing 16 x 1 KiB to one of them at a time,

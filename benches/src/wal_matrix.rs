@@ -94,6 +94,65 @@ impl Backend for PlainFileBackend {
     }
 }
 
+/// tikv's raft-engine (feature `compare`), default settings except compression, which is off.
+/// `write(sync = true)` is its durable append; concurrent writers share a sync in its own write
+/// groups. Compaction is `compact_to` followed by a purge of expired files, which a running TiKV
+/// does on a timer.
+#[cfg(feature = "compare")]
+pub struct RaftEngineBackend {
+    engine: raft_engine::Engine,
+    sync: bool,
+}
+
+#[cfg(feature = "compare")]
+struct EntryExt;
+
+#[cfg(feature = "compare")]
+impl raft_engine::MessageExt for EntryExt {
+    type Entry = raft_proto::eraftpb::Entry;
+
+    fn index(e: &Self::Entry) -> u64 {
+        e.index
+    }
+}
+
+#[cfg(feature = "compare")]
+impl RaftEngineBackend {
+    /// Opens an engine in `dir`; `sync` makes every write durable before it returns.
+    pub fn open(dir: &Path, sync: bool) -> RaftEngineBackend {
+        let config = raft_engine::Config {
+            dir: dir.to_string_lossy().into_owned(),
+            batch_compression_threshold: raft_engine::ReadableSize(0),
+            ..raft_engine::Config::default()
+        };
+        let engine = raft_engine::Engine::open(config).expect("open raft-engine");
+        RaftEngineBackend { engine, sync }
+    }
+}
+
+#[cfg(feature = "compare")]
+impl Backend for RaftEngineBackend {
+    fn append(&self, group: u64, entries: &[Entry]) -> Result<(), String> {
+        let converted: Vec<raft_proto::eraftpb::Entry> = entries
+            .iter()
+            .map(|e| raft_proto::eraftpb::Entry {
+                term: e.term,
+                index: e.index,
+                data: e.data.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut batch = raft_engine::LogBatch::default();
+        batch.add_entries::<EntryExt>(group, &converted).map_err(|e| e.to_string())?;
+        self.engine.write(&mut batch, self.sync).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn compact(&self, group: u64, through: u64, _term: u64) -> Result<(), String> {
+        self.engine.compact_to(group, through + 1);
+        self.engine.purge_expired_files().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 /// One cell of the matrix.
 #[derive(Clone, Copy, Debug)]
 pub struct Cell {
