@@ -338,8 +338,12 @@ impl Shared {
     }
 
     fn poison(&self, why: String) {
+        self.poison_locked(&mut self.sync.lock(), why);
+    }
+
+    /// Poisons the WAL for good and wakes everyone waiting on a sync to see it.
+    fn poison_locked(&self, s: &mut SyncState, why: String) {
         tracing::error!(dir = %self.dir.display(), %why, "WAL poisoned");
-        let mut s = self.sync.lock();
         s.poison.get_or_insert(why);
         self.poisoned.store(true, Ordering::Release);
         for p in s.parked.drain(..) {
@@ -702,12 +706,12 @@ impl Shared {
     /// Runs one sync as the leader, releasing the sync lock `s` during the I/O; then unparks
     /// the callers now durable and hands the lead to one that is not covered.
     ///
-    /// Gathering: a leader that started the moment the previous
-    /// sync returned would cover only the callers quickest to write again. So, when the
-    /// previous round covered several callers, the leader first waits (at most half as long as
-    /// the previous sync took, and never more than 500 us) until as many callers wait as that
-    /// round covered. A lone writer never waits. With an explicit `max_delay`, it waits up to
-    /// that long or until `max_bytes` are pending instead.
+    /// Gathering: a leader that started the moment the previous sync returned would cover only
+    /// the callers quickest to write again. So, when the previous round covered several callers,
+    /// the leader first waits (at most half as long as the previous sync took, and never more
+    /// than 500 us) until as many callers wait as that round covered. A lone writer never
+    /// waits. With an explicit `max_delay`, it waits up to that long or until `max_bytes` are
+    /// pending instead.
     fn lead_sync(&self, s: &mut parking_lot::MutexGuard<'_, SyncState>) {
         match self.config.durability {
             Durability::GroupCommit { max_delay, max_bytes } if !max_delay.is_zero() => {
@@ -750,29 +754,22 @@ impl Shared {
                     self.durable_seq.store(end.seq, Ordering::Release);
                 }
             }
-            Err(e) => {
-                let why = format!("sync failed: {e}");
-                tracing::error!(dir = %self.dir.display(), %why, "WAL poisoned");
-                s.poison.get_or_insert(why);
-                self.poisoned.store(true, Ordering::Release);
-            }
+            Err(e) => self.poison_locked(s, format!("sync failed: {e}")),
         }
         let durable = s.durable;
-        let all = s.poison.is_some();
         let before = s.parked.len();
         s.parked.retain(|p| {
-            let done = all || p.lsn <= durable;
+            let done = p.lsn <= durable;
             if done {
                 p.thread.unpark();
             }
             !done
         });
         s.last_round = before - s.parked.len() + 1;
-        // Whoever is left arrived during the sync; one of them leads the next.
-        if !matches!(self.config.durability, Durability::Interval(_)) {
-            if let Some(next) = s.parked.first() {
-                next.thread.unpark();
-            }
+        // Whoever is left arrived during the sync; one of them leads the next (in `Interval`
+        // mode it just looks again and parks until the background sync).
+        if let Some(next) = s.parked.first() {
+            next.thread.unpark();
         }
     }
 
