@@ -62,7 +62,7 @@ impl Cluster {
         let nodes: Vec<Raft> = voters
             .iter()
             .map(|&id| {
-                let cfg = Config { id, seed: id, ..config.clone() };
+                let cfg = Config { id, seed: id, snapshot_bytes: 0, ..config.clone() };
                 Raft::new(cfg, InitialState::new_group(voters.clone())).expect("valid config")
             })
             .collect();
@@ -124,6 +124,8 @@ impl Cluster {
             persisted_messages,
             committed_entries,
             fetches,
+            // Snapshots are off in this cluster (see `new`).
+            ..
         } = ready;
         for msg in messages {
             self.inboxes[(msg.to - 1) as usize].push(msg);

@@ -46,6 +46,17 @@ pub struct Config {
     /// entries not yet durable or not yet applied are kept whatever this says; zero serves every
     /// lagging follower from the store.
     pub log_cache_bytes_max: u64,
+    /// Ask for a snapshot once this many entries were applied since the last one (0: never by
+    /// count).
+    pub snapshot_entries: u64,
+    /// Ask for a snapshot once this many bytes of entries were applied since the last one (0:
+    /// never by size).
+    pub snapshot_bytes: u64,
+    /// After a snapshot at index `i`, compact the log through `i - log_keep_entries` only, so
+    /// followers that lag by fewer entries catch up from the log rather than by a snapshot.
+    pub log_keep_entries: u64,
+    /// Most bytes of snapshot data in one InstallSnapshot message.
+    pub snapshot_chunk_bytes: u64,
     /// Seed of the node's private random generator (election timeouts). Deterministic
     /// simulation depends on it; a real deployment should draw it from the OS.
     pub seed: u64,
@@ -73,6 +84,10 @@ impl Default for Config {
             apply_bytes_max: 16 << 20,
             uncommitted_bytes_max: 256 << 20,
             log_cache_bytes_max: 64 << 20,
+            snapshot_entries: 0,
+            snapshot_bytes: 64 << 20,
+            log_keep_entries: 1024,
+            snapshot_chunk_bytes: 1 << 20,
             seed: 0,
             #[cfg(feature = "sim")]
             fault_commit_any_term: false,
@@ -92,13 +107,14 @@ impl Config {
                 heartbeat_ticks: self.heartbeat_ticks,
             });
         }
-        let limits: [(&'static str, u64); 6] = [
+        let limits: [(&'static str, u64); 7] = [
             ("append_entries_max", self.append_entries_max as u64),
             ("append_bytes_max", self.append_bytes_max),
             ("inflight_msgs_max", self.inflight_msgs_max as u64),
             ("inflight_bytes_max", self.inflight_bytes_max),
             ("apply_bytes_max", self.apply_bytes_max),
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
         ];
         for (name, value) in limits {
             if value == 0 {

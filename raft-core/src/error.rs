@@ -187,3 +187,71 @@ pub enum StorageError {
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// An error from a snapshot store, or from a state machine writing or restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// No complete snapshot with this identity exists (it was never finished, or retention
+    /// removed it).
+    #[error("group {group}: no snapshot at index {index} term {term}")]
+    NotFound {
+        /// The group.
+        group: GroupId,
+        /// The snapshot's last included index.
+        index: Index,
+        /// Its term.
+        term: Term,
+    },
+    /// A chunk does not continue the data received so far.
+    #[error("snapshot chunk at offset {got}, but {expected} bytes were received so far")]
+    OutOfOrder {
+        /// The offset the receiver expected.
+        expected: u64,
+        /// The offset of the chunk.
+        got: u64,
+    },
+    /// The data does not have the size its metadata promises.
+    #[error("snapshot holds {actual} bytes, its metadata says {expected}")]
+    SizeMismatch {
+        /// The size in the metadata.
+        expected: u64,
+        /// The size found.
+        actual: u64,
+    },
+    /// The data does not match its checksum.
+    #[error("snapshot checksum mismatch: expected {expected:#010x}, computed {actual:#010x}")]
+    ChecksumMismatch {
+        /// The checksum in the metadata (or in a chunk's frame).
+        expected: u32,
+        /// The checksum of the data found.
+        actual: u32,
+    },
+    /// A snapshot file written by a newer format version.
+    #[error(
+        "snapshot format version {found} is not supported (this build reads up to {supported})"
+    )]
+    UnsupportedVersion {
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// The store found data it cannot trust (a bad header, a truncated file, a torn chunk).
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(String),
+    /// A read past the end of the snapshot.
+    #[error("read at offset {offset} is past the snapshot's end ({size} bytes)")]
+    OutOfRange {
+        /// The requested offset.
+        offset: u64,
+        /// The snapshot's size.
+        size: u64,
+    },
+    /// The metadata handed in is unusable (empty membership, wrong group, zero index).
+    #[error("invalid snapshot metadata: {0}")]
+    InvalidMeta(String),
+    /// An I/O error from the operating system (or from a state machine's stream).
+    #[error("snapshot I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

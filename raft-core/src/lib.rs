@@ -61,6 +61,7 @@ pub mod ready;
 mod rng;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod snapshot;
 mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -68,17 +69,24 @@ mod tracker;
 mod types;
 
 pub use config::Config;
-pub use error::{ConfigError, ProposeError, StepError, StorageError};
+pub use error::{ConfigError, ProposeError, SnapshotError, StepError, StorageError};
 pub use mem::MemLogStore;
 pub use message::{
-    AppendRequest, AppendResponse, Heartbeat, Message, MessageBody, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse, Message,
+    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
 };
 pub use raft::{EntryId, InitialState, Raft, Status};
-pub use ready::{FetchPurpose, FetchRequest, Ready};
+pub use ready::{FetchPurpose, FetchRequest, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
 pub use rng::Rng;
+pub use snapshot::{
+    restore_snapshot, serve_snapshot_read, take_snapshot, validate_meta, MemSnapshotStore,
+    SnapshotReader, SnapshotReceiver, SnapshotStore, SnapshotStream, SnapshotWriter,
+};
 pub use storage::{
     load_initial_state, serve_fetch, validate_append, LogState, LogStore, LogWrite, Lsn,
     StateMachine,
 };
 pub use tracker::{PeerProgress, ProgressState};
-pub use types::{Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, Term};
+pub use types::{
+    Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, SnapshotMeta, Term,
+};

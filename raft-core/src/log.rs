@@ -59,6 +59,17 @@ impl TermRuns {
         }
     }
 
+    /// Forgets every index before `first`, where `first` is within the log or just past it.
+    fn trim_before(&mut self, first: Index, last_index: Index) {
+        if first > last_index {
+            self.runs.clear();
+            return;
+        }
+        let run = self.run_of(first);
+        self.runs.drain(..run);
+        self.runs[0].0 = first;
+    }
+
     /// The position of the run holding `index`, given that `index` is within the log.
     fn run_of(&self, index: Index) -> usize {
         self.runs.partition_point(|&(start, _)| start <= index) - 1
@@ -203,6 +214,10 @@ impl RaftLog {
         self.base_index + 1
     }
 
+    pub(crate) fn base_index(&self) -> Index {
+        self.base_index
+    }
+
     pub(crate) fn committed(&self) -> Index {
         self.committed
     }
@@ -326,6 +341,64 @@ impl RaftLog {
             self.push_entry(entry);
         }
         Ok(last_new)
+    }
+
+    /// Forgets the entries up to `index` (which must be durable and applied): a snapshot covers
+    /// them. Returns the term at `index`, or `None` (and changes nothing) if `index` is not past
+    /// the base or not held.
+    pub(crate) fn compact_prefix(&mut self, index: Index) -> Option<Term> {
+        if index <= self.base_index || index > self.persisted.min(self.applying) {
+            return None;
+        }
+        let term = self.term(index)?;
+        self.drop_cached_through(index);
+        self.terms.trim_before(index + 1, self.last_index);
+        self.base_index = index;
+        self.base_term = term;
+        Some(term)
+    }
+
+    /// Moves the log onto a snapshot at `(index, term)` installed from a leader (which must be
+    /// past the commit index). Entries after it are kept if the log holds `(index, term)` (Log
+    /// Matching: they extend the same prefix); otherwise the log is discarded and continues at
+    /// `index + 1`. Everything up to `index` counts as durable, committed and applied: the
+    /// installed snapshot holds it.
+    pub(crate) fn install_snapshot(&mut self, index: Index, term: Term) {
+        assert!(
+            index > self.committed,
+            "snapshot at {index} does not pass the commit index {}",
+            self.committed
+        );
+        if self.term(index) == Some(term) {
+            self.drop_cached_through(index);
+            self.terms.trim_before(index + 1, self.last_index);
+            self.handed_index = self.handed_index.max(index);
+        } else {
+            self.cache.clear();
+            self.cache_bytes = 0;
+            self.terms.runs.clear();
+            self.last_index = index;
+            self.handed_index = index;
+            // Writes handed out before may still be acknowledged; none of their entries past
+            // the snapshot belongs to this log any more.
+            let cut = index + 1;
+            self.truncated_from = Some(self.truncated_from.map_or(cut, |t| t.min(cut)));
+        }
+        self.base_index = index;
+        self.base_term = term;
+        self.persisted = self.persisted.max(index);
+        self.committed = index;
+        self.applying = index;
+    }
+
+    fn drop_cached_through(&mut self, index: Index) {
+        while let Some(front) = self.cache.front() {
+            if front.index > index {
+                break;
+            }
+            self.cache_bytes -= front.size_bytes();
+            self.cache.pop_front();
+        }
     }
 
     /// Cuts the log back so that `index` is the last entry.

@@ -4,9 +4,10 @@
 //! Messages are plain data (serde), so any transport can carry them. They may be lost,
 //! duplicated, delayed and reordered: the core treats every message as idempotent.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, GroupId, Index, NodeId, Term};
+use crate::types::{Entry, GroupId, Index, NodeId, SnapshotMeta, Term};
 
 /// A message between two nodes of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,11 @@ pub enum MessageBody {
     Heartbeat(Heartbeat),
     /// Follower to leader: the answer to a [`Heartbeat`].
     HeartbeatResponse,
+    /// Leader to follower: one chunk of a snapshot, for a follower that needs entries the
+    /// leader has compacted away.
+    InstallSnapshot(InstallSnapshot),
+    /// Follower to leader: how far the follower got with a snapshot.
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 impl MessageBody {
@@ -52,6 +58,8 @@ impl MessageBody {
             MessageBody::VoteResponse(_) => "vote-response",
             MessageBody::Heartbeat(_) => "heartbeat",
             MessageBody::HeartbeatResponse => "heartbeat-response",
+            MessageBody::InstallSnapshot(_) => "install-snapshot",
+            MessageBody::InstallSnapshotResponse(_) => "install-snapshot-response",
         }
     }
 }
@@ -120,4 +128,52 @@ pub struct Heartbeat {
     /// The leader's commit index, capped at what the follower is known to hold, so the
     /// follower never commits an entry it has not matched.
     pub commit: Index,
+}
+
+/// One chunk of a snapshot (Raft §7, chunked as in the Raft thesis §5.1).
+///
+/// Chunks are sent one at a time; the follower writes each to its snapshot store as it arrives
+/// and answers with the offset it holds, so a transfer resumes where it stopped after a lost
+/// message, a reconnect or a change of leader, as long as the snapshot is the same
+/// ([`SnapshotMeta::same_data`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// The snapshot: last included index and term, membership, size and checksum.
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Bytes,
+    /// Whether this is the last chunk (`offset + data.len() == meta.size`).
+    pub done: bool,
+}
+
+/// The answer to an [`InstallSnapshot`] chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotResponse {
+    /// The snapshot the answer is about.
+    pub meta: SnapshotMeta,
+    /// What the follower did with it.
+    pub status: SnapshotStatus,
+}
+
+/// Where a follower stands with a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotStatus {
+    /// The follower holds the snapshot's bytes up to `offset` and wants the chunk that starts
+    /// there.
+    Receiving {
+        /// The next byte the follower expects.
+        offset: u64,
+    },
+    /// The snapshot is verified, durably installed, and the follower's log now starts after it.
+    Installed,
+    /// The follower's commit index already covers the snapshot: it is stale, and the follower's
+    /// log matches the leader's up to `commit`.
+    Stale {
+        /// The follower's commit index.
+        commit: Index,
+    },
+    /// Writing or verifying the snapshot failed; the transfer starts over.
+    Failed,
 }

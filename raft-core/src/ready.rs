@@ -21,12 +21,28 @@
 //! 5. Serve [`Ready::fetches`] by reading the log store and passing the result to
 //!    [`Raft::on_fetched`](crate::Raft::on_fetched).
 //!
+//! Snapshots add four duties, each optional in a given Ready:
+//!
+//! - Before step 2, compact the log store through [`Ready::compact`].
+//! - In step 4, restore the state machine from [`Ready::restore_snapshot`] *before* applying
+//!   this Ready's committed entries, and take the snapshot [`Ready::snapshot_request`] asks for
+//!   *after* applying them; report it with
+//!   [`Raft::on_snapshot_taken`](crate::Raft::on_snapshot_taken).
+//! - Serve [`Ready::snapshot_reads`] from the snapshot store and pass the chunk to
+//!   [`Raft::on_snapshot_read`](crate::Raft::on_snapshot_read) (the leader sends it on).
+//! - Write [`Ready::snapshot_chunks`] to the snapshot store, in order (a
+//!   [`SnapshotReceiver`](crate::SnapshotReceiver) does it), and report each with
+//!   [`Raft::on_snapshot_chunk`](crate::Raft::on_snapshot_chunk). These writes are independent
+//!   of the log store's.
+//!
 //! Readies may be pipelined: the caller may take the next Ready before the previous one is
 //! durable (this is how group commit batches many Readies into one sync), as long as writes
 //! reach the store in Ready order and `on_persisted` numbers never go backwards.
 
 use crate::message::Message;
-use crate::types::{Entry, GroupId, HardState, Index, NodeId, Term};
+use bytes::Bytes;
+
+use crate::types::{Entry, GroupId, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// One batch of work for the caller. See the [module docs](self) for the order to do it in.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -48,12 +64,24 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     /// Log reads the core needs (entries it no longer caches).
     pub fetches: Vec<FetchRequest>,
+    /// Compact the log store through `(index, term)` before this Ready's write (see
+    /// [`LogStore::compact`](crate::LogStore::compact)).
+    pub compact: Option<(Index, Term)>,
+    /// Restore the state machine from this installed snapshot before applying
+    /// `committed_entries`.
+    pub restore_snapshot: Option<SnapshotMeta>,
+    /// Take a snapshot of the state machine once it has applied `committed_entries`.
+    pub snapshot_request: Option<SnapshotRequest>,
+    /// Snapshot chunks to read for followers (leader).
+    pub snapshot_reads: Vec<SnapshotRead>,
+    /// Received snapshot chunks to write (follower).
+    pub snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 impl Ready {
     /// Whether this Ready has anything to write to the log store.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty()
+        self.hard_state.is_some() || !self.entries.is_empty() || self.compact.is_some()
     }
 
     /// Whether this Ready asks for nothing at all.
@@ -63,6 +91,10 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.committed_entries.is_empty()
             && self.fetches.is_empty()
+            && self.restore_snapshot.is_none()
+            && self.snapshot_request.is_none()
+            && self.snapshot_reads.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 }
 
@@ -93,4 +125,72 @@ pub struct FetchRequest {
     pub hi: Index,
     /// Read at most this many bytes of entries (but always at least one entry).
     pub max_bytes: u64,
+}
+
+/// The core asks for a snapshot of the state machine at `(index, term)`: the state after
+/// applying every entry up to `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotRequest {
+    /// The group.
+    pub group: GroupId,
+    /// The last index the snapshot must include (the last index applied with this Ready).
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The voting members as of `index`.
+    pub voters: Vec<NodeId>,
+}
+
+impl SnapshotRequest {
+    /// The request that would produce `meta`.
+    pub fn of(meta: &SnapshotMeta) -> SnapshotRequest {
+        SnapshotRequest {
+            group: meta.group,
+            index: meta.index,
+            term: meta.term,
+            voters: meta.voters.clone(),
+        }
+    }
+
+    /// The metadata of a snapshot taken for this request with the given size and checksum.
+    pub fn meta_with(&self, size: u64, checksum: u32) -> SnapshotMeta {
+        SnapshotMeta {
+            group: self.group,
+            index: self.index,
+            term: self.term,
+            voters: self.voters.clone(),
+            size,
+            checksum,
+        }
+    }
+}
+
+/// A leader needs a chunk of its snapshot to send to a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotRead {
+    /// The follower.
+    pub to: NodeId,
+    /// The leader's term when it asked; the answer is ignored in any other term.
+    pub term: Term,
+    /// The snapshot to read.
+    pub meta: SnapshotMeta,
+    /// Where to start.
+    pub offset: u64,
+    /// Most bytes to read.
+    pub max_bytes: usize,
+}
+
+/// A chunk of a snapshot received from a leader, to write to the snapshot store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotChunk {
+    /// The leader that sent it.
+    pub from: NodeId,
+    /// The snapshot it belongs to.
+    pub meta: SnapshotMeta,
+    /// Where the chunk starts.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+    /// Whether it is the last chunk: writing it finishes (verifies and installs) the snapshot.
+    pub done: bool,
 }

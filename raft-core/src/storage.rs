@@ -21,7 +21,7 @@ use crate::error::StorageError;
 use crate::log::discover_term_runs;
 use crate::raft::InitialState;
 use crate::ready::FetchRequest;
-use crate::types::{Entry, GroupId, HardState, Index, NodeId, Term};
+use crate::types::{Entry, GroupId, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// A position in a store's write order. Every accepted write gets a larger one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,9 +156,26 @@ pub trait StateMachine {
     /// once per entry for the life of the state machine, no-ops included (for which the output
     /// is ignored, and the machine may do nothing but note the index).
     fn apply(&mut self, entry: &Entry) -> Self::Output;
+
+    /// Writes the state reached by the entries applied so far, as a byte stream that
+    /// [`restore`](StateMachine::restore) turns back into the same state. Called between two
+    /// applies, when the core asks for a snapshot. The bytes should be deterministic for a given
+    /// state: replicas that snapshot the same index may then resume each other's transfers.
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+
+    /// Replaces the whole state with the one in `input` (written by
+    /// [`snapshot`](StateMachine::snapshot), possibly on another node). The next entry applied
+    /// follows the snapshot's index.
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()>;
 }
 
-/// Builds a node's [`InitialState`] from what `store` holds for `group`.
+/// Builds a node's [`InitialState`] from what `store` holds for `group` and its newest complete
+/// snapshot, if any (the caller restores its state machine from that snapshot).
+///
+/// If the snapshot is past the store's compaction point (a crash came between installing a
+/// snapshot and compacting the log), the store is compacted through it now and synced, so the
+/// log continues right after the snapshot. `applied` is the index a persistent state machine
+/// has already applied (0 for one rebuilt from the snapshot and the log).
 ///
 /// The core learns the term of every stored index without reading every entry: terms never
 /// decrease along a log, so each change of term is found by binary search.
@@ -166,9 +183,19 @@ pub fn load_initial_state(
     store: &dyn LogStore,
     group: GroupId,
     voters: Vec<NodeId>,
+    snapshot: Option<SnapshotMeta>,
     applied: Index,
 ) -> Result<InitialState, StorageError> {
-    let state = store.log_state(group)?;
+    let mut state = store.log_state(group)?;
+    let mut applied = applied;
+    if let Some(snap) = &snapshot {
+        if snap.index > state.first_index.saturating_sub(1) {
+            let lsn = store.compact(group, snap.index, snap.term)?;
+            store.sync(lsn)?;
+            state = store.log_state(group)?;
+        }
+        applied = applied.max(snap.index);
+    }
     let base_index = state.first_index.saturating_sub(1);
     let term_runs =
         discover_term_runs(base_index, state.last_index, |index| store.term(group, index))?;
@@ -180,6 +207,7 @@ pub fn load_initial_state(
         last_index: state.last_index,
         term_runs,
         applied,
+        snapshot,
     })
 }
 

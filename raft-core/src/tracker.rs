@@ -19,6 +19,21 @@ pub enum ProgressState {
     Probe,
     /// Pipelined appends within the in-flight window.
     Replicate,
+    /// The follower needs entries this leader compacted away: it is sent a snapshot, one
+    /// chunk at a time, and gets appends again once the snapshot is installed.
+    Snapshot,
+}
+
+/// A snapshot transfer to one follower.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotSend {
+    pub(crate) meta: crate::types::SnapshotMeta,
+    /// The offset the follower has acknowledged: the next chunk starts here.
+    pub(crate) offset: u64,
+    /// A chunk read or a chunk's answer is outstanding.
+    pub(crate) waiting: bool,
+    /// Ticks since the last progress; a transfer that waits too long resends.
+    pub(crate) idle_ticks: u32,
 }
 
 /// Appends sent to a follower and not yet acknowledged, oldest first.
@@ -84,6 +99,8 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// A fetch of entries for this follower is outstanding.
     pub(crate) fetching: bool,
+    /// The snapshot transfer, in snapshot state.
+    pub(crate) snapshot: Option<SnapshotSend>,
 }
 
 impl Progress {
@@ -97,6 +114,7 @@ impl Progress {
             inflights: Inflights::default(),
             recent_active: false,
             fetching: false,
+            snapshot: None,
         }
     }
 
@@ -107,13 +125,14 @@ impl Progress {
             ProgressState::Replicate => {
                 self.inflights.count() >= msgs_max || self.inflights.bytes() >= bytes_max
             }
+            ProgressState::Snapshot => true,
         }
     }
 
     /// Records that an append carrying entries up to `last_index` (and `bytes` of them) was sent.
     pub(crate) fn sent(&mut self, last_index: Index, bytes: u64, carried: bool) {
         match self.state {
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe | ProgressState::Snapshot => self.probe_sent = true,
             ProgressState::Replicate => {
                 if carried {
                     self.next_index = last_index + 1;
@@ -140,6 +159,8 @@ impl Progress {
     /// when the rejection is stale (it answers an append sent before the current one).
     pub(crate) fn maybe_decrease(&mut self, rejected: Index, probe_from: Index) -> bool {
         match self.state {
+            // An answer to an append sent before the snapshot started.
+            ProgressState::Snapshot => false,
             ProgressState::Replicate => {
                 if rejected <= self.match_index {
                     return false;
@@ -172,6 +193,7 @@ impl Progress {
     }
 
     pub(crate) fn become_probe(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Probe;
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
@@ -179,10 +201,19 @@ impl Progress {
     }
 
     pub(crate) fn become_replicate(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
         self.inflights.clear();
+    }
+
+    /// Starts sending the snapshot `meta`.
+    pub(crate) fn become_snapshot(&mut self, meta: crate::types::SnapshotMeta) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflights.clear();
+        self.snapshot = Some(SnapshotSend { meta, offset: 0, waiting: false, idle_ticks: 0 });
     }
 
     /// A heartbeat answer shows the follower is alive: unblock a probe whose append may have
@@ -190,6 +221,7 @@ impl Progress {
     pub(crate) fn on_heartbeat_response(&mut self, msgs_max: usize, bytes_max: u64) {
         match self.state {
             ProgressState::Probe => self.probe_sent = false,
+            ProgressState::Snapshot => {}
             ProgressState::Replicate => {
                 if self.is_paused(msgs_max, bytes_max) {
                     self.inflights.free_first();
@@ -208,8 +240,10 @@ pub struct PeerProgress {
     pub match_index: Index,
     /// The next index the leader will send.
     pub next_index: Index,
-    /// Probe or replicate.
+    /// Probe, replicate or snapshot.
     pub state: ProgressState,
+    /// In snapshot state: the snapshot's index and the bytes the follower acknowledged.
+    pub snapshot: Option<(Index, u64)>,
     /// Append messages in flight.
     pub inflight_msgs: usize,
     /// Whether the follower answered within the current check-quorum round.
@@ -223,6 +257,7 @@ impl From<&Progress> for PeerProgress {
             match_index: p.match_index,
             next_index: p.next_index,
             state: p.state,
+            snapshot: p.snapshot.as_ref().map(|s| (s.meta.index, s.offset)),
             inflight_msgs: p.inflights.count(),
             recent_active: p.recent_active,
         }

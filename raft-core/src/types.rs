@@ -105,3 +105,37 @@ impl std::fmt::Display for RoleKind {
         f.write_str(name)
     }
 }
+
+/// What identifies a snapshot and what it replaces: the log prefix up to `index` (whose entry
+/// had `term`), with the group's membership at that point.
+///
+/// `size` and `checksum` are known once the snapshot is complete (a snapshot is written to its
+/// store before it is sent), so a receiver can tell two snapshots of the same index apart,
+/// resume a transfer only when it is the same snapshot, and verify what it received.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The group the snapshot belongs to.
+    pub group: GroupId,
+    /// The last log index the snapshot includes.
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The voting members as of `index`.
+    pub voters: Vec<NodeId>,
+    /// Length of the snapshot data in bytes.
+    pub size: u64,
+    /// CRC32C of the snapshot data.
+    pub checksum: u32,
+}
+
+impl SnapshotMeta {
+    /// Whether `other` names the same snapshot data (so a transfer of one may resume with the
+    /// other).
+    pub fn same_data(&self, other: &SnapshotMeta) -> bool {
+        self.group == other.group
+            && self.index == other.index
+            && self.term == other.term
+            && self.size == other.size
+            && self.checksum == other.checksum
+    }
+}

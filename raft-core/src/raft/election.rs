@@ -43,14 +43,18 @@ impl Raft {
                 // A granted pre-vote carries the term the candidate would campaign in; it does
                 // not mean anybody has moved to that term.
                 MessageBody::VoteResponse(resp) if resp.pre_vote && resp.granted => {}
-                MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
+                MessageBody::Append(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_) => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
                 _ => self.become_follower(msg.term, None),
             }
         } else if msg.term < self.term {
             match &msg.body {
-                MessageBody::Append(_) | MessageBody::Heartbeat(_)
+                MessageBody::Append(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_)
                     if self.cfg.check_quorum || self.cfg.pre_vote =>
                 {
                     // A leader of an older term is talking to us. With check-quorum and pre-vote,
@@ -82,6 +86,8 @@ impl Raft {
             MessageBody::AppendResponse(resp) => self.handle_append_response(from, resp),
             MessageBody::Heartbeat(hb) => self.handle_heartbeat(from, hb),
             MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::InstallSnapshot(req) => return self.handle_install_snapshot(from, req),
+            MessageBody::InstallSnapshotResponse(resp) => self.handle_snapshot_response(from, resp),
         }
         Ok(())
     }
@@ -251,6 +257,8 @@ impl Raft {
             "only a candidate becomes leader (was {})",
             self.role()
         );
+        // A transfer received from the previous leader is abandoned.
+        self.receiving = None;
         let next = self.log.last_index() + 1;
         let progress: Vec<Progress> = self.peers().map(|id| Progress::new(id, next)).collect();
         self.role = Role::Leader(LeaderState {

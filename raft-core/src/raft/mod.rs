@@ -7,6 +7,7 @@
 
 mod election;
 mod replication;
+mod snapshot;
 
 use std::collections::VecDeque;
 
@@ -19,7 +20,9 @@ use crate::message::{Message, MessageBody};
 use crate::ready::{FetchPurpose, FetchRequest, Ready};
 use crate::rng::Rng;
 use crate::tracker::{PeerProgress, Progress};
-use crate::types::{Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, Term};
+use crate::types::{
+    Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, SnapshotMeta, Term,
+};
 use crate::StorageError;
 
 /// Where a node starts from: what its log store holds, or an empty log for a new group.
@@ -41,6 +44,9 @@ pub struct InitialState {
     /// The index the state machine has already applied (0 for an in-memory state machine that
     /// starts empty).
     pub applied: Index,
+    /// The newest complete snapshot, from which the caller restored the state machine (so
+    /// `applied` is at least its index).
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 impl InitialState {
@@ -54,6 +60,7 @@ impl InitialState {
             last_index: 0,
             term_runs: Vec::new(),
             applied: 0,
+            snapshot: None,
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct Status {
     pub cached_entries: usize,
     /// Bytes held in the in-memory log cache.
     pub cached_bytes: u64,
+    /// The last index of the newest snapshot this node holds (0 if none).
+    pub snapshot_index: Index,
     /// Per-follower replication progress (leader only).
     pub progress: Vec<PeerProgress>,
 }
@@ -160,12 +169,26 @@ enum ApplyFetch {
     Failed,
 }
 
+/// Where taking a snapshot stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SnapshotTaking {
+    Idle,
+    /// Asked for in a Ready; waiting for `on_snapshot_taken`.
+    Requested,
+    /// The last attempt failed; ask again after the next tick.
+    Failed,
+}
+
 /// Messages and reads gathered for the next [`Ready`].
 #[derive(Debug, Default)]
 struct Outbox {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
     fetches: Vec<FetchRequest>,
+    compact: Option<(Index, Term)>,
+    restore_snapshot: Option<SnapshotMeta>,
+    snapshot_reads: Vec<crate::ready::SnapshotRead>,
+    snapshot_chunks: Vec<crate::ready::SnapshotChunk>,
     /// Committed entries read from the store, handed to the state machine `apply_bytes_max`
     /// at a time.
     fetched_apply: VecDeque<Entry>,
@@ -214,6 +237,13 @@ pub struct Raft {
     next_ready_number: u64,
     /// Where the fetch of entries to apply stands.
     apply_fetch: ApplyFetch,
+    /// The newest complete snapshot this node holds.
+    snapshot: Option<SnapshotMeta>,
+    snapshot_taking: SnapshotTaking,
+    /// Bytes of entries handed to the state machine since the last snapshot.
+    applied_bytes_since_snapshot: u64,
+    /// A snapshot being received from the leader.
+    receiving: Option<snapshot::Receiving>,
 }
 
 impl Raft {
@@ -232,7 +262,23 @@ impl Raft {
             return Err(ConfigError::NotAVoter { id: config.id, voters });
         }
         let hs = state.hard_state;
-        let mut commit = hs.commit;
+        let snapshot_index = state.snapshot.as_ref().map_or(0, |s| s.index);
+        if let Some(snap) = &state.snapshot {
+            if snap.group != config.group {
+                return Err(ConfigError::InconsistentState(format!(
+                    "snapshot of group {} for a node of group {}",
+                    snap.group, config.group
+                )));
+            }
+            if snap.index > state.last_index || snap.index < state.base_index {
+                return Err(ConfigError::InconsistentState(format!(
+                    "snapshot at {} is outside the log ({}, {}]: compact the store through it first \
+                     (load_initial_state does)",
+                    snap.index, state.base_index, state.last_index
+                )));
+            }
+        }
+        let mut commit = hs.commit.max(snapshot_index);
         if commit > state.last_index {
             // The hard state may be written before the entries it covers; a crash between the
             // two loses the entries' tail. A smaller commit index is always safe.
@@ -251,7 +297,7 @@ impl Raft {
             state.last_index,
             state.term_runs,
             commit,
-            state.applied,
+            state.applied.max(snapshot_index),
         )
         .map_err(ConfigError::InconsistentState)?;
         if log.last_term() > hs.term {
@@ -282,6 +328,10 @@ impl Raft {
             emitted_hard_state,
             next_ready_number: 1,
             apply_fetch: ApplyFetch::Idle,
+            snapshot: state.snapshot,
+            snapshot_taking: SnapshotTaking::Idle,
+            applied_bytes_since_snapshot: 0,
+            receiving: None,
         };
         raft.debug_check();
         Ok(raft)
@@ -302,6 +352,9 @@ impl Raft {
             ApplyFetch::InFlight { ticks } => ApplyFetch::InFlight { ticks: ticks + 1 },
             ApplyFetch::Idle => ApplyFetch::Idle,
         };
+        if self.snapshot_taking == SnapshotTaking::Failed {
+            self.snapshot_taking = SnapshotTaking::Idle;
+        }
         if matches!(self.role, Role::Leader(_)) {
             self.tick_leader();
         } else {
@@ -398,6 +451,11 @@ impl Raft {
             || !out.persisted_messages.is_empty()
             || !out.fetches.is_empty()
             || !out.fetched_apply.is_empty()
+            || out.compact.is_some()
+            || out.restore_snapshot.is_some()
+            || !out.snapshot_reads.is_empty()
+            || !out.snapshot_chunks.is_empty()
+            || self.snapshot_due()
             || self.hard_state() != self.emitted_hard_state
             || self.log.has_unhanded()
             || (self.log.has_applicable() && self.apply_fetch == ApplyFetch::Idle)
@@ -426,6 +484,8 @@ impl Raft {
             _ => Index::MAX,
         };
         let committed_entries = self.take_committed(keep_from);
+        let applied_bytes = committed_entries.iter().map(Entry::size_bytes).sum();
+        let snapshot_request = self.maybe_request_snapshot(applied_bytes);
         self.log.evict(keep_from, self.cfg.log_cache_bytes_max);
         let out = &mut self.out;
         let ready = Ready {
@@ -437,9 +497,28 @@ impl Raft {
             persisted_messages: std::mem::take(&mut out.persisted_messages),
             committed_entries,
             fetches: std::mem::take(&mut out.fetches),
+            compact: out.compact.take(),
+            restore_snapshot: out.restore_snapshot.take(),
+            snapshot_request,
+            snapshot_reads: std::mem::take(&mut out.snapshot_reads),
+            snapshot_chunks: std::mem::take(&mut out.snapshot_chunks),
         };
         self.debug_check();
         ready
+    }
+
+    /// Whether a snapshot would be asked for now (the threshold was passed while the last
+    /// attempt was in progress or failed).
+    fn snapshot_due(&self) -> bool {
+        if self.snapshot_taking != SnapshotTaking::Idle {
+            return false;
+        }
+        let applied = self.log.applying();
+        let since = self.snapshot.as_ref().map_or(0, |s| s.index);
+        applied > since.max(self.log.base_index())
+            && ((self.cfg.snapshot_entries > 0 && applied - since >= self.cfg.snapshot_entries)
+                || (self.cfg.snapshot_bytes > 0
+                    && self.applied_bytes_since_snapshot >= self.cfg.snapshot_bytes))
     }
 
     fn take_committed(&mut self, keep_from: Index) -> Vec<Entry> {
@@ -526,6 +605,11 @@ impl Raft {
         self.log.committed()
     }
 
+    /// The first index of this node's log (entries before it are compacted into a snapshot).
+    pub fn first_index(&self) -> Index {
+        self.log.first_index()
+    }
+
     /// The last index of this node's log.
     pub fn last_index(&self) -> Index {
         self.log.last_index()
@@ -577,6 +661,7 @@ impl Raft {
             applied_index: self.log.applying(),
             cached_entries: self.log.cached_entries(),
             cached_bytes: self.log.cache_bytes(),
+            snapshot_index: self.snapshot.as_ref().map_or(0, |s| s.index),
             progress,
         }
     }
@@ -663,6 +748,40 @@ impl Raft {
                     "prev_term {} is above the message term {}",
                     req.prev_term, msg.term
                 )));
+            }
+        }
+        if let MessageBody::InstallSnapshot(req) = &msg.body {
+            let meta = &req.meta;
+            let end = req.offset.checked_add(req.data.len() as u64);
+            let problem = if meta.group != msg.group {
+                Some(format!(
+                    "snapshot of group {} in a message of group {}",
+                    meta.group, msg.group
+                ))
+            } else if meta.index == 0 || meta.term == 0 || meta.term > msg.term {
+                Some(format!(
+                    "snapshot ({}, {}) in a message of term {}",
+                    meta.index, meta.term, msg.term
+                ))
+            } else if meta.voters.is_empty() {
+                Some("snapshot with no voters".into())
+            } else if end.is_none_or(|end| end > meta.size) {
+                Some(format!(
+                    "chunk of {} bytes at offset {} runs past the snapshot's {} bytes",
+                    req.data.len(),
+                    req.offset,
+                    meta.size
+                ))
+            } else if req.done != (end == Some(meta.size)) {
+                Some(format!(
+                    "done is {} for a chunk ending at {:?} of {}",
+                    req.done, end, meta.size
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = problem {
+                return Err(malformed(reason));
             }
         }
         Ok(())

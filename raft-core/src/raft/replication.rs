@@ -33,6 +33,7 @@ impl Raft {
                 return;
             }
         }
+        self.tick_snapshot_sends();
         let Role::Leader(leader) = &mut self.role else { return };
         leader.heartbeat_elapsed += 1;
         if leader.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
@@ -66,12 +67,15 @@ impl Raft {
     /// Sends appends to the follower at position `i` while its window allows and there is
     /// something to send (or one empty append, as a probe, when `allow_empty`). Returns whether
     /// anything was sent.
-    fn maybe_send_append(&mut self, i: usize, allow_empty: bool) -> bool {
+    pub(super) fn maybe_send_append(&mut self, i: usize, allow_empty: bool) -> bool {
         let mut sent_any = false;
         let mut allow_empty = allow_empty;
         loop {
             let Role::Leader(leader) = &mut self.role else { return sent_any };
             let p = &mut leader.progress[i];
+            if p.state == ProgressState::Snapshot {
+                return self.send_snapshot(i) || sent_any;
+            }
             if p.fetching || p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max) {
                 return sent_any;
             }
@@ -80,7 +84,7 @@ impl Raft {
             let Some(prev_term) = self.log.term(prev_index) else {
                 // The entry before `next` was compacted away; only a snapshot can catch this
                 // follower up.
-                tracing::warn!(
+                tracing::debug!(
                     group = self.group,
                     id = self.id,
                     to,
@@ -88,7 +92,7 @@ impl Raft {
                     first_index = self.log.first_index(),
                     "follower needs compacted entries"
                 );
-                return sent_any;
+                return self.send_snapshot(i) || sent_any;
             };
             let (entries, bytes) = match self.log.slice(
                 next,
@@ -251,6 +255,10 @@ impl Raft {
                 if p.state == ProgressState::Probe && (moved || match_index == p.match_index) {
                     p.become_replicate();
                 }
+                if p.state == ProgressState::Snapshot && p.match_index >= self.log.base_index() {
+                    // An earlier append caught the follower up: it needs no snapshot.
+                    p.become_replicate();
+                }
                 let now_paused =
                     p.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
                 if moved {
@@ -280,7 +288,7 @@ impl Raft {
     /// A message from the leader of our term arrived: follow it (a candidate of the same term
     /// concedes) and restart the election timer. Returns false if this node itself leads the
     /// term, which a correct group never allows (Election Safety): the message is dropped.
-    fn follow(&mut self, from: NodeId, kind: &'static str) -> bool {
+    pub(super) fn follow(&mut self, from: NodeId, kind: &'static str) -> bool {
         match &self.role {
             Role::Leader(_) => {
                 tracing::error!(

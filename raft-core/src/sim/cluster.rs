@@ -18,7 +18,11 @@ use super::linearizability::Operation;
 use super::CrashableStore;
 use crate::error::ProposeError;
 use crate::message::{AppendResponse, Message, MessageBody};
-use crate::ready::FetchRequest;
+use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+use crate::snapshot::{
+    restore_snapshot, serve_snapshot_read, take_snapshot, MemSnapshotStore, SnapshotReceiver,
+    SnapshotStore,
+};
 use crate::storage::{load_initial_state, serve_fetch, LogWrite, Lsn, StateMachine};
 use crate::types::{Entry, GroupId, Index, NodeId, RoleKind, Term};
 use crate::{Config, MemLogStore, Raft, Rng};
@@ -169,6 +173,14 @@ pub struct SimStats {
     pub disk_writes: u64,
     /// Log fetches served.
     pub fetches: u64,
+    /// Snapshots taken by nodes of their own state machines.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Snapshot chunks written by receivers.
+    pub snapshot_chunks: u64,
+    /// The longest log (entries held by a store) seen on any node.
+    pub max_log_len: u64,
     /// Client operations that completed with an answer.
     pub ops_completed: u64,
     /// Client operations abandoned after a timeout (outcome unknown).
@@ -212,6 +224,16 @@ enum Event {
         node: NodeId,
         epoch: u64,
         request: FetchRequest,
+    },
+    SnapshotReadDone {
+        node: NodeId,
+        epoch: u64,
+        read: SnapshotRead,
+    },
+    SnapshotChunkDone {
+        node: NodeId,
+        epoch: u64,
+        chunk: SnapshotChunk,
     },
     Request {
         node: NodeId,
@@ -268,6 +290,8 @@ struct DiskWrite {
 #[derive(Debug)]
 struct ModelWrite {
     lsn: Lsn,
+    /// A compaction through `(index, term)`, applied before the rest.
+    compact: Option<(Index, Term)>,
     hard_state: Option<crate::HardState>,
     /// `(first index, terms)` of the entries written.
     entries: Option<(Index, Vec<Term>)>,
@@ -284,26 +308,48 @@ struct Ack {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct DurableModel {
     hard_state: crate::HardState,
-    /// `terms[i - 1]` is the term of entry `i`.
+    /// The compaction point: entries up to here live in a snapshot.
+    base_index: Index,
+    base_term: Term,
+    /// `terms[i - base_index - 1]` is the term of entry `i`.
     terms: Vec<Term>,
 }
 
 impl DurableModel {
     fn apply(&mut self, write: &ModelWrite) {
+        if let Some((index, term)) = write.compact {
+            self.compact(index, term);
+        }
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
         if let Some((first, terms)) = &write.entries {
-            self.terms.truncate(*first as usize - 1);
+            self.terms.truncate((*first - self.base_index - 1) as usize);
             self.terms.extend_from_slice(terms);
         }
     }
 
-    fn term(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            Some(0)
+    /// `LogStore::compact` semantics: keep what follows `(index, term)` if held, else discard.
+    fn compact(&mut self, index: Index, term: Term) {
+        if index <= self.base_index {
+            return;
+        }
+        if self.term(index) == Some(term) {
+            self.terms.drain(..(index - self.base_index) as usize);
         } else {
-            self.terms.get(index as usize - 1).copied()
+            self.terms.clear();
+        }
+        self.base_index = index;
+        self.base_term = term;
+    }
+
+    fn term(&self, index: Index) -> Option<Term> {
+        if index == self.base_index {
+            Some(self.base_term)
+        } else if index < self.base_index {
+            None
+        } else {
+            self.terms.get((index - self.base_index - 1) as usize).copied()
         }
     }
 }
@@ -322,8 +368,17 @@ struct SimNode {
     /// Grows at every crash, so completions from before it are ignored.
     epoch: u64,
     kv: KvStore,
-    /// Every entry applied since the last start.
+    /// Complete snapshots survive crashes; transfers in progress live in `receiver`.
+    snapshots: MemSnapshotStore,
+    receiver: SnapshotReceiver,
+    /// The state machine's applied index.
+    applied_index: Index,
+    /// Entries applied since the last start or snapshot restore: `applied[i]` is entry
+    /// `applied_base + 1 + i`.
     applied: Vec<Entry>,
+    applied_base: Index,
+    /// When the node's snapshot disk finishes the chunk writes queued so far.
+    snapshot_disk_free_at: u64,
     pending: HashMap<Index, Pending>,
     disk_free_at: u64,
     /// Writes accepted by the store whose durability event has not happened yet.
@@ -438,7 +493,12 @@ impl Cluster {
                 store,
                 epoch: 0,
                 kv: KvStore::default(),
+                snapshots: MemSnapshotStore::new(2),
+                receiver: SnapshotReceiver::new(),
+                applied_index: 0,
                 applied: Vec::new(),
+                applied_base: 0,
+                snapshot_disk_free_at: 0,
                 pending: HashMap::new(),
                 disk_free_at: 0,
                 writes_in_flight: 0,
@@ -477,12 +537,27 @@ impl Cluster {
         let idx = (id - 1) as usize;
         let node = &mut self.nodes[idx];
         let config = Config { id, seed, ..self.opts.raft.clone() };
-        let state = load_initial_state(&*node.store, config.group, voters, 0)
+        let snapshot = node
+            .snapshots
+            .latest(config.group)
+            .unwrap_or_else(|e| panic!("node {id}: cannot read its snapshots: {e}"));
+        let mut kv = KvStore::default();
+        if let Some(meta) = &snapshot {
+            restore_snapshot(&mut kv, &node.snapshots, meta, 4096)
+                .unwrap_or_else(|e| panic!("node {id}: cannot restore its snapshot: {e}"));
+        }
+        let state = load_initial_state(&*node.store, config.group, voters, snapshot.clone(), 0)
             .unwrap_or_else(|e| panic!("node {id}: cannot load its store: {e}"));
+        if let Some(meta) = &snapshot {
+            // load_initial_state finishes a compaction the crash interrupted, and syncs it.
+            node.durable.compact(meta.index, meta.term);
+        }
         let raft = Raft::new(config, state).unwrap_or_else(|e| panic!("node {id}: {e}"));
+        node.applied_index = raft.applied_index();
         node.raft = Some(raft);
-        node.kv = KvStore::default();
+        node.kv = kv;
         node.applied.clear();
+        node.applied_base = node.applied_index;
         node.pending.clear();
         node.starts += 1;
     }
@@ -627,6 +702,34 @@ impl Cluster {
                     None
                 }
             }
+            Event::SnapshotReadDone { node, epoch, read } => {
+                let n = &mut self.nodes[(node - 1) as usize];
+                if n.epoch != epoch {
+                    None
+                } else if let Some(raft) = n.raft.as_mut() {
+                    let result = serve_snapshot_read(&n.snapshots, &read);
+                    raft.on_snapshot_read(read, result);
+                    Some(node)
+                } else {
+                    None
+                }
+            }
+            Event::SnapshotChunkDone { node, epoch, chunk } => {
+                let n = &mut self.nodes[(node - 1) as usize];
+                if n.epoch != epoch {
+                    None
+                } else if let Some(raft) = n.raft.as_mut() {
+                    let result = n.receiver.write(&n.snapshots, &chunk);
+                    self.stats.snapshot_chunks += 1;
+                    if let Err(err) = &result {
+                        tracing::debug!(node, %err, "snapshot chunk write failed");
+                    }
+                    raft.on_snapshot_chunk(chunk, result);
+                    Some(node)
+                } else {
+                    None
+                }
+            }
             Event::Request { node, client, op_id, data } => {
                 self.handle_request(node, client, op_id, data)
             }
@@ -692,13 +795,32 @@ impl Cluster {
                 .map(|msg| {
                     let claims = match msg.body {
                         MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
-                            Some((match_index, raft.term_at(match_index).unwrap_or(0)))
+                            // Below the log's start the snapshot holds the entry, durably.
+                            raft.term_at(match_index).map(|term| (match_index, term))
                         }
                         _ => None,
                     };
                     Ack { msg, claims }
                 })
                 .collect();
+            if let Some((index, term)) = ready.compact {
+                let node = &mut self.nodes[idx];
+                let lsn = node
+                    .store
+                    .compact(ready.group, index, term)
+                    .map_err(|e| storage_violation(id, e))?;
+                node.unsynced.push_back(ModelWrite {
+                    lsn,
+                    compact: Some((index, term)),
+                    hard_state: None,
+                    entries: None,
+                });
+                if ready.hard_state.is_none() && ready.entries.is_empty() {
+                    // A compaction alone still becomes durable with the node's next sync.
+                    write = Some(DiskWrite { lsn, ready_number: ready.number });
+                }
+            }
+            let raft = self.nodes[idx].raft.as_ref().expect("node is up");
             if ready.hard_state.is_some() || !ready.entries.is_empty() {
                 let node = &self.nodes[idx];
                 let group = ready.group;
@@ -712,6 +834,7 @@ impl Cluster {
                 self.stats.disk_writes += 1;
                 let model = ModelWrite {
                     lsn,
+                    compact: None,
                     hard_state: ready.hard_state,
                     entries: ready
                         .entries
@@ -746,13 +869,68 @@ impl Cluster {
                     self.send(ack.msg);
                 }
             }
+            if let Some(meta) = &ready.restore_snapshot {
+                self.checker.check_snapshot(id, meta.index, meta.term)?;
+                let node = &mut self.nodes[idx];
+                restore_snapshot(&mut node.kv, &node.snapshots, meta, 4096).map_err(|e| {
+                    Violation { property: "snapshot", detail: format!("node {id}: restore: {e}") }
+                })?;
+                node.applied_index = meta.index;
+                node.applied.clear();
+                node.applied_base = meta.index;
+                // Proposals covered by the snapshot cannot be told apart any more: their clients
+                // time out (outcome unknown), which is always a correct answer.
+                node.pending.retain(|&index, _| index > meta.index);
+                self.stats.snapshots_installed += 1;
+            }
             for entry in ready.committed_entries {
                 self.apply(idx, entry)?;
+            }
+            if let Some(request) = &ready.snapshot_request {
+                let node = &mut self.nodes[idx];
+                if node.applied_index != request.index {
+                    return Err(Violation {
+                        property: "snapshot",
+                        detail: format!(
+                            "node {id}: asked for a snapshot at {} with {} applied",
+                            request.index, node.applied_index
+                        ),
+                    });
+                }
+                let result = take_snapshot(&mut node.kv, &node.snapshots, request);
+                self.stats.snapshots_taken += 1;
+                if let Some(raft) = node.raft.as_mut() {
+                    raft.on_snapshot_taken(result);
+                }
             }
             for request in ready.fetches {
                 let delay = self.rng.range(0, self.opts.fetch_delay_max_us);
                 let epoch = self.nodes[idx].epoch;
                 self.schedule(delay, Event::FetchDone { node: id, epoch, request });
+            }
+            for read in ready.snapshot_reads {
+                let delay = self.rng.range(0, self.opts.fetch_delay_max_us);
+                let epoch = self.nodes[idx].epoch;
+                self.schedule(delay, Event::SnapshotReadDone { node: id, epoch, read });
+            }
+            for chunk in ready.snapshot_chunks {
+                // The snapshot disk writes chunks in order.
+                let d = &self.opts.disk;
+                let latency =
+                    self.rng.range(d.latency_min_us, d.latency_max_us.max(d.latency_min_us));
+                let node = &mut self.nodes[idx];
+                let done_at = (self.now + latency).max(node.snapshot_disk_free_at);
+                node.snapshot_disk_free_at = done_at;
+                let epoch = node.epoch;
+                self.schedule(
+                    done_at - self.now,
+                    Event::SnapshotChunkDone { node: id, epoch, chunk },
+                );
+            }
+            let node = &self.nodes[idx];
+            if let Ok(state) = node.store.log_state(self.opts.raft.group) {
+                let len = state.last_index + 1 - state.first_index;
+                self.stats.max_log_len = self.stats.max_log_len.max(len);
             }
         }
     }
@@ -760,10 +938,11 @@ impl Cluster {
     fn apply(&mut self, idx: usize, entry: Entry) -> Result<(), Violation> {
         let node = &mut self.nodes[idx];
         let id = node.id;
-        self.checker.check_apply(id, &entry, node.applied.len() as Index + 1)?;
+        self.checker.check_apply(id, &entry, node.applied_index + 1)?;
         let output = node.kv.apply(&entry);
         let index = entry.index;
         let term = entry.term;
+        node.applied_index = index;
         node.applied.push(entry);
         if let Some(p) = node.pending.remove(&index) {
             let reply = match output {
@@ -786,6 +965,9 @@ impl Cluster {
     fn check_acknowledgement(&self, ack: &Ack) -> Result<(), Violation> {
         let Some((index, term)) = ack.claims else { return Ok(()) };
         let node = &self.nodes[(ack.msg.from - 1) as usize];
+        if index < node.durable.base_index {
+            return Ok(()); // Compacted: a durable snapshot covers it.
+        }
         let durable = node.durable.term(index);
         if durable != Some(term) {
             return Err(Violation {
@@ -895,6 +1077,9 @@ impl Cluster {
         node.writes_in_flight = 0;
         node.unsynced.clear();
         node.pending.clear();
+        node.receiver.clear();
+        node.snapshots.crash();
+        node.snapshot_disk_free_at = self.now;
         if let Err(err) = node.store.power_loss() {
             panic!("node {id}: store failed to recover from power loss: {err}");
         }
@@ -970,7 +1155,10 @@ impl Cluster {
         self.nodes
             .iter()
             .filter(|n| n.raft.is_some())
-            .filter_map(|n| n.applied.get(index as usize - 1).map(|e| (n.id, e.clone())))
+            .filter_map(|n| {
+                let slot = index.checked_sub(n.applied_base + 1)?;
+                n.applied.get(slot as usize).map(|e| (n.id, e.clone()))
+            })
             .collect()
     }
 
@@ -980,9 +1168,9 @@ impl Cluster {
         (applied.len(), applied.first().map(|(_, e)| e.data.clone()))
     }
 
-    /// The number of entries node `id` applied since it last started.
+    /// The index node `id`'s state machine has applied (entries, or a snapshot covering them).
     pub fn applied_len(&self, id: NodeId) -> usize {
-        self.nodes[(id - 1) as usize].applied.len()
+        self.nodes[(id - 1) as usize].applied_index as usize
     }
 
     /// Proposes `data` directly on node `id` (like a client co-located with the node).
@@ -1249,20 +1437,22 @@ impl Cluster {
 /// What a store holds for `group`, in the durable model's terms.
 fn recovered_model(store: &dyn CrashableStore, group: GroupId) -> Result<DurableModel, String> {
     let state = store.log_state(group).map_err(|e| e.to_string())?;
-    if state.first_index != 1 {
-        return Err(format!("log starts at {} after a crash", state.first_index));
-    }
-    let terms = if state.last_index == 0 {
+    let terms = if state.last_index < state.first_index {
         Vec::new()
     } else {
         store
-            .entries(group, 1, state.last_index, u64::MAX)
+            .entries(group, state.first_index, state.last_index, u64::MAX)
             .map_err(|e| e.to_string())?
             .iter()
             .map(|e| e.term)
             .collect()
     };
-    Ok(DurableModel { hard_state: state.hard_state, terms })
+    Ok(DurableModel {
+        hard_state: state.hard_state,
+        base_index: state.first_index - 1,
+        base_term: state.base_term,
+        terms,
+    })
 }
 
 fn storage_violation(id: NodeId, err: crate::StorageError) -> Violation {

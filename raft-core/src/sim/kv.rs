@@ -2,6 +2,7 @@
 //! and by the linearizability checker's model.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -179,6 +180,52 @@ impl StateMachine for KvStore {
         let out = self.execute(&command.op);
         Some((command, out))
     }
+
+    /// The map as `count u64`, then per key in order `key_len u32, key, value_len u32, value`
+    /// (little endian): the same map always gives the same bytes.
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
+        for (key, value) in &self.map {
+            for field in [key, value] {
+                let len = u32::try_from(field.len()).map_err(std::io::Error::other)?;
+                out.write_all(&len.to_le_bytes())?;
+                out.write_all(field.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut word = [0u8; 8];
+        input.read_exact(&mut word)?;
+        let count = u64::from_le_bytes(word);
+        let mut map = BTreeMap::new();
+        for _ in 0..count {
+            let mut pair = [String::new(), String::new()];
+            for field in &mut pair {
+                let mut len = [0u8; 4];
+                input.read_exact(&mut len)?;
+                let mut bytes = Vec::new();
+                let len = u64::from(u32::from_le_bytes(len));
+                // `take` bounds the read by what is really there, never by the claimed length.
+                let read = (&mut *input).take(len).read_to_end(&mut bytes)?;
+                if read as u64 != len {
+                    return Err(invalid("snapshot ends inside a field"));
+                }
+                *field = String::from_utf8(bytes).map_err(|_| invalid("field is not UTF-8"))?;
+            }
+            let [key, value] = pair;
+            map.insert(key, value);
+        }
+        let mut rest = [0u8; 1];
+        if input.read(&mut rest)? != 0 {
+            return Err(invalid("trailing bytes after the last key"));
+        }
+        self.map = map;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +254,25 @@ mod tests {
         bad[0] = TAG_GET;
         bad.truncate(HEADER + 1);
         assert!(Command::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_rejects_garbage() {
+        let mut kv = KvStore::default();
+        kv.execute(&KvOp::Put { key: "a".into(), value: "1".into() });
+        kv.execute(&KvOp::Put { key: "b".into(), value: "".into() });
+        let mut bytes = Vec::new();
+        kv.snapshot(&mut bytes).unwrap();
+        let mut back = KvStore::default();
+        back.restore(&mut &bytes[..]).unwrap();
+        assert_eq!(back, kv);
+        for cut in 0..bytes.len() {
+            let mut partial = KvStore::default();
+            assert!(partial.restore(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = 1u64.to_le_bytes().to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(KvStore::default().restore(&mut &huge[..]).is_err());
     }
 
     #[test]
