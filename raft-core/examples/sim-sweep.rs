@@ -91,6 +91,8 @@ fn main() -> ExitCode {
     let next = AtomicU64::new(range.start);
     let done = AtomicU64::new(0);
     let ops = AtomicU64::new(0);
+    let taken = AtomicU64::new(0);
+    let installed = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -104,6 +106,8 @@ fn main() -> ExitCode {
                 match run_seed(seed, &opts) {
                     Ok(report) => {
                         ops.fetch_add(report.history_ops as u64, Ordering::Relaxed);
+                        taken.fetch_add(report.snapshots_taken, Ordering::Relaxed);
+                        installed.fetch_add(report.snapshots_installed, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -129,6 +133,11 @@ fn main() -> ExitCode {
         threads,
         ops.load(Ordering::Relaxed),
         failures.len()
+    );
+    println!(
+        "snapshots: {} taken, {} installed from a leader",
+        taken.load(Ordering::Relaxed),
+        installed.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");

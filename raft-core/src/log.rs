@@ -383,6 +383,7 @@ impl RaftLog {
             // the snapshot belongs to this log any more.
             let cut = index + 1;
             self.truncated_from = Some(self.truncated_from.map_or(cut, |t| t.min(cut)));
+            self.persisted = index;
         }
         self.base_index = index;
         self.base_term = term;

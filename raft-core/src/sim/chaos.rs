@@ -61,6 +61,12 @@ pub struct ChaosReport {
     pub crashes: u64,
     /// Faults injected (partitions, crashes, restarts, link cuts, heals).
     pub faults: u64,
+    /// Snapshots nodes took of their own state machines.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// The longest log any node's store held at any point.
+    pub max_log_len: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -122,6 +128,16 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         // Small caches make replication and apply read the store (the fetch paths).
         log_cache_bytes_max: pick(&mut rng, &[0, 2_048, 64 << 20]),
         ..Config::default()
+    };
+    // Snapshots with small thresholds, so compaction, InstallSnapshot and restores happen often
+    // (their own generator, so the picks above stay what they were for every seed).
+    let mut snap_rng = Rng::new(seed ^ 0x5A95_4075);
+    let raft = Config {
+        snapshot_entries: pick(&mut snap_rng, &[0, 5, 20, 100]),
+        snapshot_bytes: pick(&mut snap_rng, &[0, 0, 2_000]),
+        log_keep_entries: pick(&mut snap_rng, &[0, 3, 50]),
+        snapshot_chunk_bytes: pick(&mut snap_rng, &[16, 200, 1 << 20]),
+        ..raft
     };
     SimOptions {
         nodes,
@@ -297,5 +313,8 @@ fn run_seed_inner(
         messages: stats.messages_sent(),
         crashes: stats.crashes,
         faults,
+        snapshots_taken: stats.snapshots_taken,
+        snapshots_installed: stats.snapshots_installed,
+        max_log_len: stats.max_log_len,
     })
 }

@@ -66,6 +66,9 @@ pub struct SafetyChecker {
     commit_checked: HashMap<NodeId, Index>,
     /// `applied[i - 1]` is the `(term, data hash)` of the entry applied at index `i`.
     applied: Vec<(Term, u64)>,
+    /// The checksum of every snapshot taken, by index: every node's state machine must write
+    /// the same bytes for the same index.
+    snapshot_checksums: HashMap<Index, (NodeId, u32)>,
 }
 
 impl SafetyChecker {
@@ -189,6 +192,31 @@ impl SafetyChecker {
         }
     }
 
+    /// Checks a snapshot a node took of its own state machine at `index` against the snapshots
+    /// other nodes took there (same entries applied, same state, same bytes).
+    pub fn check_snapshot_taken(
+        &mut self,
+        id: NodeId,
+        index: Index,
+        term: Term,
+        checksum: u32,
+    ) -> Result<(), Violation> {
+        self.check_snapshot(id, index, term)?;
+        match self.snapshot_checksums.get(&index) {
+            Some(&(other, seen)) if seen != checksum => Err(violation(
+                "state machine safety",
+                format!(
+                    "node {id} snapshots index {index} with checksum {checksum:#x}, node {other} had {seen:#x}"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.snapshot_checksums.insert(index, (id, checksum));
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the live nodes after a step.
     pub fn check_nodes<'a>(
         &mut self,
@@ -218,17 +246,22 @@ impl SafetyChecker {
         Ok(())
     }
 
-    fn observe_commit(&mut self, node: &Raft) -> Result<(), Violation> {
+    /// Checks a node's commit index against what was committed before. The simulator calls it
+    /// before the node applies (and may compact) what it committed, and after every event.
+    pub fn observe_commit(&mut self, node: &Raft) -> Result<(), Violation> {
         let id = node.id();
         let checked = self.commit_checked.entry(id).or_insert(0);
         let commit = node.commit_index();
         if commit <= *checked {
             return Ok(());
         }
-        // Below the node's log (compacted into a snapshot) there is nothing left to compare.
-        let from = (*checked + 1).max(node.first_index() - 1).max(1);
-        for index in from..=commit {
+        for index in *checked + 1..=commit {
             let Some(term) = node.term_at(index) else {
+                if index <= self.committed.len() as Index {
+                    // Compacted into a snapshot on this node; its commit was checked on the
+                    // node that committed it first.
+                    continue;
+                }
                 return Err(violation(
                     "log matching",
                     format!("node {id} reports index {index} committed but does not hold it"),

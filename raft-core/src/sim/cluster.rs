@@ -782,6 +782,8 @@ impl Cluster {
             if !raft.has_ready() {
                 return Ok(());
             }
+            // Record what this node committed before it applies and compacts it away.
+            self.checker.observe_commit(raft)?;
             let ready = raft.ready();
             tracing::trace!(now = self.now, node = id, ?ready, "ready");
             for m in ready.messages {
@@ -899,6 +901,9 @@ impl Cluster {
                 }
                 let result = take_snapshot(&mut node.kv, &node.snapshots, request);
                 self.stats.snapshots_taken += 1;
+                if let Ok(meta) = &result {
+                    self.checker.check_snapshot_taken(id, meta.index, meta.term, meta.checksum)?;
+                }
                 if let Some(raft) = node.raft.as_mut() {
                     raft.on_snapshot_taken(result);
                 }
@@ -1208,6 +1213,19 @@ impl Cluster {
             self.deferred.get_or_insert(SimError { time_us: self.now, violation });
         }
         last
+    }
+
+    /// Entries node `id`'s log store holds now.
+    pub fn log_len(&self, id: NodeId) -> u64 {
+        let node = &self.nodes[(id - 1) as usize];
+        node.store
+            .log_state(self.opts.raft.group)
+            .map_or(0, |s| (s.last_index + 1).saturating_sub(s.first_index))
+    }
+
+    /// The state machine of node `id` (empty while it is down).
+    pub fn kv(&self, id: NodeId) -> &KvStore {
+        &self.nodes[(id - 1) as usize].kv
     }
 
     /// Counters so far.
