@@ -251,6 +251,20 @@ pub enum SnapshotError {
     /// The metadata handed in is unusable (empty membership, wrong group, zero index).
     #[error("invalid snapshot metadata: {0}")]
     InvalidMeta(String),
+    /// An I/O error on a named file or directory.
+    #[error("snapshot I/O error on {path}: {source}")]
+    File {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The snapshot directory is in use by another process (its lock file is held).
+    #[error("snapshot directory {path} is in use by another process")]
+    Locked {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// An I/O error from the operating system (or from a state machine's stream).
     #[error("snapshot I/O error: {0}")]
     Io(#[from] std::io::Error),

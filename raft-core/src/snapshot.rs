@@ -52,6 +52,13 @@ pub trait SnapshotStore: Send + Sync {
 
     /// Opens the complete snapshot `meta` for reading.
     fn open(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError>;
+
+    /// Opens the complete snapshot `meta` for sending to a follower. A store that limits the
+    /// bandwidth snapshots take from the network applies the limit to these readers only (so
+    /// local restores run at full speed).
+    fn open_for_send(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
+        self.open(meta)
+    }
 }
 
 /// A snapshot being written. Dropping it without [`finish`](SnapshotWriter::finish) abandons it:
@@ -86,6 +93,9 @@ impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
     }
     fn open(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
         (**self).open(meta)
+    }
+    fn open_for_send(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
+        (**self).open_for_send(meta)
     }
 }
 
@@ -161,7 +171,7 @@ pub fn serve_snapshot_read(
     store: &dyn SnapshotStore,
     read: &SnapshotRead,
 ) -> Result<Bytes, SnapshotError> {
-    let mut reader = store.open(&read.meta)?;
+    let mut reader = store.open_for_send(&read.meta)?;
     reader.read_at(read.offset, read.max_bytes)
 }
 
