@@ -34,7 +34,7 @@
 //! assert_eq!(&reader.read_at(4, 5).unwrap()[..], b"state");
 //! ```
 //!
-//! The file format is drawn in [`format`].
+//! The file format is drawn in [`format`](mod@format).
 
 #![deny(missing_docs)]
 
