@@ -323,3 +323,24 @@ fn a_snapshot_taken_compacts_the_log_and_a_restart_finishes_an_interrupted_compa
     assert_eq!(r.commit_index(), request.index);
     assert_eq!(r.status().snapshot_index, request.index);
 }
+
+#[test]
+fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_synced() {
+    // The snapshot (of term 5) is durable; the hard state that recorded term 5 was lost.
+    let snap = meta(100, 5, 7);
+    let state = InitialState {
+        hard_state: HardState { term: 3, vote: Some(2), commit: 40 },
+        voters: vec![1, 2, 3],
+        base_index: 100,
+        base_term: 5,
+        last_index: 100,
+        term_runs: Vec::new(),
+        applied: 100,
+        snapshot: Some(snap),
+    };
+    let mut r = Raft::new(config(1), state).unwrap();
+    assert_eq!((r.term(), r.commit_index()), (5, 100));
+    // The adopted term is persisted with the first Ready, with no vote in it.
+    let rd = r.ready();
+    assert_eq!(rd.hard_state, Some(HardState { term: 5, vote: None, commit: 100 }));
+}

@@ -300,7 +300,23 @@ impl Raft {
             state.applied.max(snapshot_index),
         )
         .map_err(ConfigError::InconsistentState)?;
-        if log.last_term() > hs.term {
+        // A snapshot installed from a leader is durable as soon as it is installed, while the
+        // hard state that recorded the leader's term may not have been synced before a crash.
+        // The node saw that term: adopt it (with no vote), and persist it with the first Ready.
+        let (term, vote) = match &state.snapshot {
+            Some(snap) if snap.term > hs.term => {
+                tracing::info!(
+                    group = config.group,
+                    id = config.id,
+                    hard_state_term = hs.term,
+                    snapshot_term = snap.term,
+                    "snapshot is of a later term than the hard state; adopting it"
+                );
+                (snap.term, None)
+            }
+            _ => (hs.term, hs.vote),
+        };
+        if log.last_term() > term {
             return Err(ConfigError::InconsistentState(format!(
                 "the log holds term {} but the hard state's term is {}",
                 log.last_term(),
@@ -317,8 +333,8 @@ impl Raft {
             group: config.group,
             cfg: config,
             voters,
-            term: hs.term,
-            vote: hs.vote,
+            term,
+            vote,
             log,
             role: Role::Follower { leader: None },
             election_elapsed: 0,
