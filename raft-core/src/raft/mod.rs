@@ -523,8 +523,8 @@ impl Raft {
         ready
     }
 
-    /// Whether a snapshot would be asked for now (the threshold was passed while the last
-    /// attempt was in progress or failed).
+    /// Whether a snapshot should be asked for now: none is being taken, and the entries or
+    /// bytes applied since the last one passed a threshold.
     fn snapshot_due(&self) -> bool {
         if self.snapshot_taking != SnapshotTaking::Idle {
             return false;

@@ -44,21 +44,10 @@ impl Raft {
     /// built, after its committed entries were taken (they end at `applying`).
     pub(super) fn maybe_request_snapshot(&mut self, applied_bytes: u64) -> Option<SnapshotRequest> {
         self.applied_bytes_since_snapshot += applied_bytes;
-        if self.snapshot_taking != SnapshotTaking::Idle {
+        if !self.snapshot_due() {
             return None;
         }
         let applied = self.log.applying();
-        let since = self.snapshot.as_ref().map_or(0, |s| s.index);
-        if applied <= since || applied <= self.log.base_index() {
-            return None;
-        }
-        let by_count =
-            self.cfg.snapshot_entries > 0 && applied - since >= self.cfg.snapshot_entries;
-        let by_bytes = self.cfg.snapshot_bytes > 0
-            && self.applied_bytes_since_snapshot >= self.cfg.snapshot_bytes;
-        if !(by_count || by_bytes) {
-            return None;
-        }
         let term = self.log.term(applied)?;
         self.snapshot_taking = SnapshotTaking::Requested;
         Some(SnapshotRequest {
