@@ -56,6 +56,7 @@ mod error;
 mod log;
 mod mem;
 mod message;
+pub mod node;
 mod raft;
 pub mod ready;
 mod rng;
@@ -66,6 +67,7 @@ mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tracker;
+mod transport;
 mod types;
 
 pub use config::Config;
@@ -87,6 +89,7 @@ pub use storage::{
     StateMachine,
 };
 pub use tracker::{PeerProgress, ProgressState};
+pub use transport::{Inbound, Router, Transport};
 pub use types::{
     Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, SnapshotMeta, Term,
 };

@@ -1,0 +1,546 @@
+//! The node driver: a ready-made runtime that wires a [`Raft`] core to a [`LogStore`], an
+//! optional [`SnapshotStore`], a [`Transport`] and a [`StateMachine`] with std threads.
+//!
+//! # Threads
+//!
+//! - **raft loop**: owns the core. It waits for inputs (proposals, received messages,
+//!   completions from the other threads) or the next tick, drains every input that is queued
+//!   (so proposals and messages that arrive together share one Ready), ticks when the tick
+//!   interval has passed, and carries out each Ready: messages go to the transport at once, log
+//!   reads are served inline, everything else is handed to a worker below. It never waits for a
+//!   disk.
+//! - **persist**: takes every queued write (hard state, entries, compactions of many Readies),
+//!   hands them to the log store as one ordered batch, syncs once, and only then sends the
+//!   Readies' persisted messages (votes, append acknowledgements) and reports the Readies
+//!   durable. Entries of many proposals, and of many Readies, share one sync (group commit),
+//!   whatever the store's own batching.
+//! - **apply**: owns the state machine. Applies committed entries in order, restores from
+//!   installed snapshots, takes the snapshots the core asks for, and answers each client when
+//!   its entry is applied.
+//! - **snapshot**: reads chunks to send to followers and writes received chunks to the snapshot
+//!   store, so that neither blocks the raft loop (only started with a snapshot store).
+//!
+//! Ticks come from the raft loop's own timer (its wait for inputs ends at the next tick), so
+//! there is no ticker thread to synchronise with.
+//!
+//! # Requests and their outcomes
+//!
+//! [`Node::propose`] and [`Node::read`] block until the request's entry is applied, or fail
+//! with a [`NodeError`] that says whether anything happened: [`NodeError::NotLeader`],
+//! [`NodeError::Busy`], [`NodeError::Dropped`] and [`NodeError::EmptyCommand`] mean nothing was
+//! done and a retry is safe; [`NodeError::Timeout`], [`NodeError::Unknown`] and
+//! [`NodeError::Stopped`] mean the outcome is unknown. A success is only ever reported for an
+//! entry that committed and was applied.
+//!
+//! Reads go through the log for now: [`Node::read`] proposes an empty entry (a read barrier) and
+//! runs the query on the state machine when that entry is applied, which makes the read
+//! linearizable at the cost of a log write. The state machine sees each barrier as a
+//! [`EntryKind::Noop`] entry, which is why proposals must not be empty.
+
+mod reply;
+mod threads;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::error::{ConfigError, SnapshotError, StorageError};
+use crate::message::Message;
+use crate::raft::{Raft, Status};
+use crate::snapshot::{restore_snapshot, SnapshotStore};
+use crate::storage::{load_initial_state, LogStore, StateMachine};
+use crate::transport::{Inbound, Transport};
+use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
+
+pub use reply::Pending;
+use reply::{reply_pair, Reply};
+use threads::{ApplyJob, Input, Workers};
+
+/// Why a request to a [`Node`] did not succeed. Each variant says whether the request may have
+/// taken effect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// This node is not the leader; `leader` is the one it knows of. Nothing was done: retrying
+    /// (there) is safe.
+    #[error("not the leader (leader hint: {leader:?}); nothing was done")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many proposed bytes wait to commit. Nothing was done; retry after a while.
+    #[error("{uncommitted_bytes} bytes are uncommitted (limit {limit_bytes}); nothing was done")]
+    Busy {
+        /// Bytes proposed and not yet committed.
+        uncommitted_bytes: u64,
+        /// The configured limit.
+        limit_bytes: u64,
+    },
+    /// Another leader's entry committed where this request's entry was: the request will never
+    /// take effect. Retrying is safe.
+    #[error("leadership changed and the request's entry was replaced; nothing was done")]
+    Dropped,
+    /// Empty commands are reserved for the driver's read barriers. Nothing was done.
+    #[error("empty commands are reserved for read barriers; nothing was done")]
+    EmptyCommand,
+    /// No answer within the timeout. The outcome is unknown: the request may still take effect.
+    #[error("no answer within {0:?}; the outcome is unknown")]
+    Timeout(Duration),
+    /// The request's entry may or may not have been applied, and the driver can no longer tell
+    /// (a snapshot from the leader replaced the state it would have been applied to).
+    #[error("the outcome is unknown: {0}")]
+    Unknown(&'static str),
+    /// The node stopped (shut down, or failed: see [`NodeStatus::failure`]) before answering.
+    /// The outcome is unknown.
+    #[error("the node stopped before answering; the outcome is unknown")]
+    Stopped,
+    /// The configuration or the stored state cannot start a node.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The log store failed while starting the node.
+    #[error("log store: {0}")]
+    Storage(#[from] StorageError),
+    /// The snapshot store failed while starting the node.
+    #[error("snapshot store: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// A thread could not be started.
+    #[error("could not start a thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+impl NodeError {
+    /// Whether the request certainly did not take effect (so a retry cannot apply it twice).
+    pub fn nothing_done(&self) -> bool {
+        matches!(
+            self,
+            NodeError::NotLeader { .. }
+                | NodeError::Busy { .. }
+                | NodeError::Dropped
+                | NodeError::EmptyCommand
+        )
+    }
+}
+
+/// How a [`Node`] runs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The core's settings: this node's id and group, timeouts in ticks, limits. A zero `seed`
+    /// is replaced by one drawn from the operating system.
+    pub raft: Config,
+    /// The group's voting members, this node among them.
+    pub voters: Vec<NodeId>,
+    /// Real time per tick. With the core's defaults (heartbeat every 2 ticks, election timeout
+    /// 10 to 20 ticks) 10 ms gives 20 ms heartbeats and elections within 100 to 200 ms.
+    pub tick: Duration,
+    /// Most inputs the raft loop takes before it builds a Ready (bounds the latency one round
+    /// adds when the queue is long).
+    pub max_inputs_per_round: usize,
+    /// Bytes per read when restoring the state machine from a snapshot.
+    pub restore_chunk_bytes: usize,
+}
+
+impl NodeOptions {
+    /// Options for node `id` of `group` with these voters, and every other setting at its
+    /// default.
+    pub fn new(id: NodeId, group: u64, voters: Vec<NodeId>) -> NodeOptions {
+        NodeOptions {
+            raft: Config { id, group, ..Config::default() },
+            voters,
+            tick: Duration::from_millis(10),
+            max_inputs_per_round: 4096,
+            restore_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A node's status: the core's view plus what the driver knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The core's status: role, term, leader, log bounds, commit index, per-follower progress.
+    pub raft: Status,
+    /// The last index the state machine has applied (the core's `applied_index` is what it has
+    /// handed out, which may be ahead).
+    pub applied_index: Index,
+    /// Messages received that the core refused (wrong group, unknown peer, malformed).
+    pub rejected_messages: u64,
+    /// Why the node stopped working, if a storage or state-machine failure stopped it.
+    pub failure: Option<String>,
+}
+
+/// What every thread of a node shares: cheap views of the core for callers, and failure.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    leader: AtomicU64,
+    term: AtomicU64,
+    role: AtomicU8,
+    commit: AtomicU64,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn publish(&self, raft: &Raft) {
+        self.leader.store(raft.leader().unwrap_or(0), Ordering::Relaxed);
+        self.term.store(raft.term(), Ordering::Relaxed);
+        let role = match raft.role() {
+            RoleKind::Follower => 0,
+            RoleKind::PreCandidate => 1,
+            RoleKind::Candidate => 2,
+            RoleKind::Leader => 3,
+        };
+        self.role.store(role, Ordering::Relaxed);
+        self.commit.store(raft.commit_index(), Ordering::Relaxed);
+    }
+
+    fn fail(&self, what: String) {
+        tracing::error!(failure = %what, "node failed and stops");
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            *failure = Some(what);
+        }
+    }
+}
+
+/// A request waiting for its entry to be applied.
+pub(crate) enum Waiter<M: StateMachine> {
+    /// A command: answered with the state machine's output.
+    Write(Reply<M::Output>),
+    /// A read barrier: the query runs on the state machine when the barrier is applied (or is
+    /// told why it cannot).
+    Read(ReadFn<M>),
+}
+
+/// A query waiting for its read barrier.
+pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M, NodeError>) + Send>;
+
+impl<M: StateMachine> Waiter<M> {
+    fn fail(self, err: NodeError) {
+        match self {
+            Waiter::Write(reply) => reply.send(Err(err)),
+            Waiter::Read(query) => query(Err(err)),
+        }
+    }
+}
+
+/// A running Raft node: one group's core driven by threads, with a blocking client API.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use raft_core::node::{Node, NodeOptions};
+/// use raft_core::{Entry, MemLogStore, Message, StateMachine, Transport};
+///
+/// /// Sums the numbers it is sent.
+/// #[derive(Default)]
+/// struct Sum(u64);
+/// impl StateMachine for Sum {
+///     type Output = u64;
+///     fn apply(&mut self, entry: &Entry) -> u64 {
+///         if let Ok(s) = std::str::from_utf8(&entry.data) {
+///             self.0 += s.parse::<u64>().unwrap_or(0);
+///         }
+///         self.0
+///     }
+///     fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+///         out.write_all(&self.0.to_le_bytes())
+///     }
+///     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+///         let mut b = [0; 8];
+///         input.read_exact(&mut b)?;
+///         self.0 = u64::from_le_bytes(b);
+///         Ok(())
+///     }
+/// }
+///
+/// /// A one-node group sends nothing.
+/// struct Nowhere;
+/// impl Transport for Nowhere {
+///     fn send(&self, _msg: Message) {}
+/// }
+///
+/// let node = Node::start(
+///     NodeOptions::new(1, 0, vec![1]),
+///     Arc::new(MemLogStore::new()),
+///     None,
+///     Arc::new(Nowhere),
+///     Sum::default(),
+/// )
+/// .unwrap();
+/// let timeout = Duration::from_secs(5);
+/// // Until the node has elected itself, proposals fail with NotLeader (nothing done).
+/// while !node.is_leader() {
+///     std::thread::sleep(Duration::from_millis(5));
+/// }
+/// assert_eq!(node.propose("40".into(), timeout).unwrap(), 40);
+/// assert_eq!(node.propose("2".into(), timeout).unwrap(), 42);
+/// assert_eq!(node.read(|sum: &Sum| sum.0, timeout).unwrap(), 42);
+/// node.shutdown();
+/// ```
+pub struct Node<M: StateMachine> {
+    input: Sender<Input<M>>,
+    local: Sender<ApplyJob<M>>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    id: NodeId,
+}
+
+impl<M: StateMachine> std::fmt::Debug for Node<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("leader", &self.shared.leader.load(Ordering::Relaxed))
+            .field("term", &self.shared.term.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<M> Node<M>
+where
+    M: StateMachine + Send + 'static,
+    M::Output: Send + 'static,
+{
+    /// Starts a node: restores the state machine from the newest snapshot (if a snapshot store
+    /// is given), rebuilds the core from what the log store holds, and starts the threads.
+    ///
+    /// Register [`inbound`](Node::inbound) with the transport (or its
+    /// [`Router`](crate::Router)) so received messages reach the node. Without a snapshot
+    /// store the node never takes snapshots and never compacts its log.
+    pub fn start(
+        options: NodeOptions,
+        log: Arc<dyn LogStore>,
+        snapshots: Option<Arc<dyn SnapshotStore>>,
+        transport: Arc<dyn Transport>,
+        mut machine: M,
+    ) -> Result<Node<M>, NodeError> {
+        let mut config = options.raft.clone();
+        config.validate()?;
+        if config.seed == 0 {
+            config.seed = os_seed();
+        }
+        let group = config.group;
+        let latest: Option<SnapshotMeta> = match &snapshots {
+            Some(store) => {
+                let latest = store.latest(group)?;
+                if let Some(meta) = &latest {
+                    restore_snapshot(
+                        &mut machine,
+                        store.as_ref(),
+                        meta,
+                        options.restore_chunk_bytes.max(1),
+                    )?;
+                    tracing::info!(
+                        group,
+                        index = meta.index,
+                        term = meta.term,
+                        "restored snapshot"
+                    );
+                }
+                latest
+            }
+            None => {
+                config.snapshot_entries = 0;
+                config.snapshot_bytes = 0;
+                None
+            }
+        };
+        let applied = latest.as_ref().map_or(0, |s| s.index);
+        let initial = load_initial_state(log.as_ref(), group, options.voters.clone(), latest, 0)?;
+        let raft = Raft::new(config, initial)?;
+        let id = raft.id();
+        let shared = Arc::new(Shared::default());
+        shared.applied.store(applied, Ordering::Relaxed);
+        shared.publish(&raft);
+        let (input, input_rx) = mpsc::channel();
+        let workers = Workers {
+            input: input.clone(),
+            shared: shared.clone(),
+            log,
+            snapshots,
+            transport,
+            restore_chunk_bytes: options.restore_chunk_bytes.max(1),
+        };
+        let (threads, local) = threads::spawn(raft, machine, applied, &options, input_rx, workers)
+            .map_err(NodeError::Spawn)?;
+        Ok(Node { input, local, shared, threads, id })
+    }
+
+    /// Where the transport delivers this node's messages.
+    pub fn inbound(&self) -> Arc<dyn Inbound> {
+        Arc::new(Mailbox { input: self.input.clone() })
+    }
+
+    /// Proposes a command and waits up to `timeout` until it is applied; returns the state
+    /// machine's output. See the [module docs](self) for what each error means.
+    pub fn propose(&self, command: Bytes, timeout: Duration) -> Result<M::Output, NodeError> {
+        self.propose_async(command).wait(timeout)
+    }
+
+    /// Proposes a command without waiting: collect the answer from the returned [`Pending`].
+    pub fn propose_async(&self, command: Bytes) -> Pending<M::Output> {
+        let (reply, pending) = reply_pair();
+        if command.is_empty() {
+            reply.send(Err(NodeError::EmptyCommand));
+        } else {
+            // A closed channel drops the reply, which answers Stopped.
+            let _ = self.input.send(Input::Propose { data: command, waiter: Waiter::Write(reply) });
+        }
+        pending
+    }
+
+    /// A linearizable read: runs `query` on the state machine once a read barrier proposed now
+    /// is applied, so it sees every write that completed before the call. Goes through the
+    /// leader's log (ReadIndex will make it cheaper).
+    pub fn read<R, F>(&self, query: F, timeout: Duration) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        self.read_async(query).wait(timeout)
+    }
+
+    /// [`read`](Node::read) without waiting.
+    pub fn read_async<R, F>(&self, query: F) -> Pending<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        let (reply, pending) = reply_pair();
+        let run: ReadFn<M> = Box::new(move |machine| match machine {
+            Ok(machine) => reply.send(Ok(query(machine))),
+            Err(err) => reply.send(Err(err)),
+        });
+        let _ = self.input.send(Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) });
+        pending
+    }
+
+    /// Runs `query` on this node's state machine as it is now, without going through the log:
+    /// cheap, available on every node, and possibly stale (not linearizable). For diagnostics,
+    /// and for checking replicas against each other.
+    pub fn read_local<R, F>(&self, query: F, timeout: Duration) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        let (reply, pending) = reply_pair();
+        let run: Box<dyn FnOnce(&M) + Send> =
+            Box::new(move |machine| reply.send(Ok(query(machine))));
+        self.local.send(ApplyJob::Local(run)).map_err(|_| NodeError::Stopped)?;
+        pending.wait(timeout)
+    }
+
+    /// A full status report from the raft loop (waits up to a second for it).
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, pending) = reply_pair();
+        self.input.send(Input::Status(reply)).map_err(|_| NodeError::Stopped)?;
+        pending.wait(Duration::from_secs(1))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The leader this node knows of (as of the raft loop's last round).
+    pub fn leader(&self) -> Option<NodeId> {
+        Some(self.shared.leader.load(Ordering::Relaxed)).filter(|&l| l != 0)
+    }
+
+    /// Whether this node is the leader (as of the raft loop's last round).
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// The node's term (as of the raft loop's last round).
+    pub fn term(&self) -> Term {
+        self.shared.term.load(Ordering::Relaxed)
+    }
+
+    /// The node's role (as of the raft loop's last round).
+    pub fn role(&self) -> RoleKind {
+        match self.shared.role.load(Ordering::Relaxed) {
+            3 => RoleKind::Leader,
+            2 => RoleKind::Candidate,
+            1 => RoleKind::PreCandidate,
+            _ => RoleKind::Follower,
+        }
+    }
+
+    /// The commit index (as of the raft loop's last round).
+    pub fn commit_index(&self) -> Index {
+        self.shared.commit.load(Ordering::Relaxed)
+    }
+
+    /// The last index the state machine applied.
+    pub fn applied_index(&self) -> Index {
+        self.shared.applied.load(Ordering::Relaxed)
+    }
+
+    /// Why the node stopped working, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
+    }
+
+    /// Stops the node: the raft loop stops taking inputs, the persist thread finishes (and
+    /// syncs) every write already handed to it, and every thread is joined. Requests not yet
+    /// answered fail with [`NodeError::Stopped`].
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.input.send(Input::Shutdown);
+        for thread in self.threads.drain(..) {
+            let name = thread.thread().name().unwrap_or("?").to_owned();
+            if thread.join().is_err() {
+                tracing::error!(thread = %name, "node thread panicked");
+            }
+        }
+    }
+}
+
+impl<M: StateMachine> Drop for Node<M> {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.input.send(Input::Shutdown);
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// A node's inbound: received messages join its input queue.
+struct Mailbox<M: StateMachine> {
+    input: Sender<Input<M>>,
+}
+
+impl<M> Inbound for Mailbox<M>
+where
+    M: StateMachine + Send + 'static,
+    M::Output: Send + 'static,
+{
+    fn deliver(&self, msg: Message) {
+        // A stopped node drops what arrives.
+        let _ = self.input.send(Input::Message(msg));
+    }
+}
+
+/// Whether an entry is a read barrier (an empty normal entry, which only the driver proposes).
+pub(crate) fn is_read_barrier(kind: EntryKind, data: &Bytes) -> bool {
+    kind == EntryKind::Normal && data.is_empty()
+}
+
+/// A seed from the operating system's randomness (through the standard library's hasher keys).
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id() as u64);
+    hasher.finish().max(1)
+}

@@ -1,0 +1,108 @@
+//! The transport seam: how messages leave a node ([`Transport`]) and how received ones reach it
+//! ([`Inbound`]), plus a [`Router`] that hands each message to its group's node.
+//!
+//! A transport never blocks the node: [`Transport::send`] queues and returns, and may drop a
+//! message (a full queue, a peer that is down). Raft tolerates loss, duplication and reordering;
+//! what it needs is that nothing is delivered that was not sent, so a transport must check the
+//! integrity of what it receives (raft-net-tcp checksums every frame).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::message::Message;
+use crate::types::GroupId;
+
+/// Carries messages to peers. Implementations are shared by every group of a process.
+pub trait Transport: Send + Sync {
+    /// Queues `msg` for node `msg.to`. Never blocks; a message that cannot be queued is dropped
+    /// (and should be counted): Raft sends again what matters.
+    fn send(&self, msg: Message);
+
+    /// Queues several messages, in order.
+    fn send_all(&self, msgs: Vec<Message>) {
+        for msg in msgs {
+            self.send(msg);
+        }
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    fn send(&self, msg: Message) {
+        (**self).send(msg)
+    }
+    fn send_all(&self, msgs: Vec<Message>) {
+        (**self).send_all(msgs)
+    }
+}
+
+/// Where a transport delivers what it received. Must not block for long: it runs on the
+/// transport's reader threads.
+pub trait Inbound: Send + Sync {
+    /// Hands one received message to the node (or nodes) behind this inbound.
+    fn deliver(&self, msg: Message);
+}
+
+impl<T: Inbound + ?Sized> Inbound for Arc<T> {
+    fn deliver(&self, msg: Message) {
+        (**self).deliver(msg)
+    }
+}
+
+/// Routes received messages to the node of their group: one transport, many groups.
+///
+/// Messages for a group with no registered node are dropped and counted (the group may not be
+/// started yet, or was removed from this process).
+#[derive(Default)]
+pub struct Router {
+    groups: RwLock<HashMap<GroupId, Arc<dyn Inbound>>>,
+    unroutable: AtomicU64,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut groups: Vec<GroupId> = self.groups.read().keys().copied().collect();
+        groups.sort_unstable();
+        f.debug_struct("Router")
+            .field("groups", &groups)
+            .field("unroutable", &self.unroutable())
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router with no groups.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Routes `group`'s messages to `inbound`, replacing any earlier registration.
+    pub fn register(&self, group: GroupId, inbound: Arc<dyn Inbound>) {
+        self.groups.write().insert(group, inbound);
+    }
+
+    /// Stops routing `group`'s messages.
+    pub fn unregister(&self, group: GroupId) {
+        self.groups.write().remove(&group);
+    }
+
+    /// Messages dropped because no node of their group was registered.
+    pub fn unroutable(&self) -> u64 {
+        self.unroutable.load(Ordering::Relaxed)
+    }
+}
+
+impl Inbound for Router {
+    fn deliver(&self, msg: Message) {
+        let target = self.groups.read().get(&msg.group).cloned();
+        match target {
+            Some(inbound) => inbound.deliver(msg),
+            None => {
+                self.unroutable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(group = msg.group, from = msg.from, "message for an unknown group");
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The node driver with real threads and real time: three nodes in one process over an
+//! in-memory transport that can cut nodes off.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use raft_core::node::{Node, NodeError, NodeOptions};
+use raft_core::sim::kv::{Command, KvOp, KvStore};
+use raft_core::{
+    Entry, GroupId, Inbound, Index, LogState, LogStore, LogWrite, Lsn, MemLogStore,
+    MemSnapshotStore, Message, NodeId, RoleKind, SnapshotStore, StorageError, Term, Transport,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Delivers messages between nodes of one process; a cut-off node neither sends nor receives.
+#[derive(Default)]
+struct LocalNet {
+    inboxes: RwLock<HashMap<NodeId, Arc<dyn Inbound>>>,
+    cut: Mutex<HashSet<NodeId>>,
+}
+
+/// One node's view of the network.
+struct Port {
+    net: Arc<LocalNet>,
+    from: NodeId,
+}
+
+impl Transport for Port {
+    fn send(&self, msg: Message) {
+        let cut = self.net.cut.lock();
+        if cut.contains(&self.from) || cut.contains(&msg.to) {
+            return;
+        }
+        drop(cut);
+        let inbox = self.net.inboxes.read().get(&msg.to).cloned();
+        if let Some(inbox) = inbox {
+            inbox.deliver(msg);
+        }
+    }
+}
+
+struct Cluster {
+    net: Arc<LocalNet>,
+    stores: Vec<Arc<MemLogStore>>,
+    snapshots: Vec<Arc<MemSnapshotStore>>,
+    nodes: Vec<Option<Node<KvStore>>>,
+    options: NodeOptions,
+}
+
+impl Cluster {
+    fn new(n: u64, tweak: impl Fn(&mut NodeOptions)) -> Cluster {
+        let voters: Vec<NodeId> = (1..=n).collect();
+        let mut options = NodeOptions::new(1, 7, voters);
+        options.tick = Duration::from_millis(5);
+        tweak(&mut options);
+        let mut cluster = Cluster {
+            net: Arc::new(LocalNet::default()),
+            stores: (0..n).map(|_| Arc::new(MemLogStore::new())).collect(),
+            snapshots: (0..n).map(|_| Arc::new(MemSnapshotStore::new(2))).collect(),
+            nodes: (0..n).map(|_| None).collect(),
+            options,
+        };
+        for id in 1..=n {
+            cluster.start(id);
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        let mut options = self.options.clone();
+        options.raft.id = id;
+        let node = Node::start(
+            options,
+            self.stores[i].clone(),
+            Some(self.snapshots[i].clone() as Arc<dyn SnapshotStore>),
+            Arc::new(Port { net: self.net.clone(), from: id }),
+            KvStore::default(),
+        )
+        .expect("node starts");
+        self.net.inboxes.write().insert(id, node.inbound());
+        self.nodes[i] = Some(node);
+    }
+
+    fn stop(&mut self, id: NodeId) {
+        self.net.inboxes.write().remove(&id);
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.shutdown();
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Node<KvStore> {
+        self.nodes[(id - 1) as usize].as_ref().expect("node is running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node<KvStore>> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Waits for a leader among the running, connected nodes that all of them follow.
+    fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let cut = self.net.cut.lock().clone();
+            let leaders: Vec<NodeId> = self
+                .running()
+                .filter(|n| n.is_leader() && !cut.contains(&n.id()))
+                .map(|n| n.id())
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no single leader within {TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Writes through whichever node leads, retrying while no leader is known.
+    fn put(&self, key: &str, value: &str, op_id: u64) -> String {
+        let command =
+            Command { client: 1, op_id, op: KvOp::Put { key: key.into(), value: value.into() } };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let leader = self.leader();
+            match self.node(leader).propose(command.encode(), TIMEOUT) {
+                Ok(Some((_, out))) => return out,
+                Ok(None) => panic!("a put produced no output"),
+                Err(err) if err.nothing_done() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(err) => panic!("put {key}: {err}"),
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let leader = self.leader();
+        let key = key.to_owned();
+        self.node(leader)
+            .read(move |kv: &KvStore| kv.get(&key).map(str::to_owned), TIMEOUT)
+            .expect("read")
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    fn await_applied(&self, index: Index) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.running().any(|n| n.applied_index() < index) {
+            assert!(Instant::now() < deadline, "nodes did not apply {index} in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every running node's copy of the state machine, read locally after applying `index`.
+    fn states(&self) -> Vec<Vec<(String, String)>> {
+        self.running()
+            .map(|n| {
+                let keys: Vec<String> = (0..200).map(|k| format!("k{k}")).collect();
+                n.read_local(
+                    move |kv: &KvStore| {
+                        keys.iter()
+                            .filter_map(|k| kv.get(k).map(|v| (k.clone(), v.to_owned())))
+                            .collect::<Vec<_>>()
+                    },
+                    TIMEOUT,
+                )
+                .expect("local read")
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn three_nodes_replicate_and_agree() {
+    let cluster = Cluster::new(3, |_| {});
+    let leader = cluster.leader();
+    for i in 0..100u64 {
+        let out = cluster.put(&format!("k{}", i % 10), &format!("v{i}"), i);
+        assert_eq!(out, "", "a put answers with the empty string");
+    }
+    assert_eq!(cluster.get("k3").as_deref(), Some("v93"));
+    let commit = cluster.node(leader).commit_index();
+    cluster.await_applied(commit);
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        let key = "k7".to_owned();
+        // A follower refuses reads and writes with the leader's id (nothing done).
+        if id != leader {
+            let err = node.read(move |kv: &KvStore| kv.get(&key).map(str::to_owned), TIMEOUT);
+            assert!(
+                matches!(err, Err(NodeError::NotLeader { leader: Some(l) }) if l == leader),
+                "{err:?}"
+            );
+        }
+    }
+    let status = cluster.node(leader).status().expect("status");
+    assert_eq!(status.raft.role, RoleKind::Leader);
+    assert_eq!(status.raft.progress.len(), 2);
+    assert!(status.raft.progress.iter().all(|p| p.match_index == status.raft.last_index));
+    assert!(status.failure.is_none());
+}
+
+#[test]
+fn empty_commands_are_refused() {
+    let cluster = Cluster::new(1, |_| {});
+    cluster.leader();
+    let err = cluster.node(1).propose(Bytes::new(), TIMEOUT).unwrap_err();
+    assert!(matches!(err, NodeError::EmptyCommand) && err.nothing_done());
+}
+
+#[test]
+fn concurrent_clients_share_syncs_and_all_commit() {
+    let cluster = Arc::new(Cluster::new(3, |_| {}));
+    let leader = cluster.leader();
+    let threads: Vec<_> = (0..8u64)
+        .map(|client| {
+            let cluster = cluster.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    let value = format!("c{client}-{i}");
+                    cluster.put(&format!("k{client}"), &value, client * 1000 + i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    for client in 0..8u64 {
+        assert_eq!(cluster.get(&format!("k{client}")), Some(format!("c{client}-49")));
+    }
+    // 400 puts, 8 read barriers and the leader's no-op, at least (more if leadership moved).
+    let commit = cluster.node(leader).status().expect("status").raft.commit_index;
+    assert!(commit >= 409, "commit index {commit}");
+    cluster.await_applied(commit);
+    let states = cluster.states();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+}
+
+#[test]
+fn leader_stop_elects_a_new_one_and_the_old_one_catches_up() {
+    let mut cluster = Cluster::new(3, |_| {});
+    for i in 0..20 {
+        cluster.put(&format!("k{i}"), "before", i);
+    }
+    let old = cluster.leader();
+    cluster.stop(old);
+    let new = cluster.leader();
+    assert_ne!(new, old);
+    for i in 0..20 {
+        cluster.put(&format!("k{i}"), "after", 100 + i);
+    }
+    cluster.start(old);
+    let commit = cluster.node(new).commit_index();
+    cluster.await_applied(commit);
+    let states = cluster.states();
+    assert_eq!(states.len(), 3);
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "replicas differ after restart");
+    assert!(states[0].iter().all(|(_, v)| v == "after"));
+}
+
+#[test]
+fn a_lagging_follower_is_caught_up_by_snapshot() {
+    let mut cluster = Cluster::new(3, |o| {
+        o.raft.snapshot_entries = 20;
+        o.raft.log_keep_entries = 5;
+        o.raft.snapshot_chunk_bytes = 256;
+    });
+    let leader = cluster.leader();
+    let lagging = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.net.cut.lock().insert(lagging);
+    for i in 0..150 {
+        cluster.put(&format!("k{}", i % 40), &format!("value-{i}"), i);
+    }
+    // The leader compacted its log past what the follower holds.
+    let status = cluster.node(leader).status().expect("status");
+    assert!(status.raft.snapshot_index > 0 && status.raft.first_index > 2, "{status:?}");
+    assert!(cluster.stores[(leader - 1) as usize].log_state(7).expect("state").first_index > 2);
+    cluster.net.cut.lock().clear();
+    let commit = cluster.node(leader).commit_index();
+    cluster.await_applied(commit);
+    let states = cluster.states();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    assert_eq!(states[0].len(), 40);
+    let follower = cluster.node(lagging).status().expect("status");
+    assert!(follower.raft.snapshot_index > 0, "the follower installed a snapshot");
+    // It restarts from its snapshot and log.
+    cluster.stop(lagging);
+    cluster.start(lagging);
+    cluster.await_applied(commit);
+    assert!(cluster.states().windows(2).all(|w| w[0] == w[1]), "replicas differ after restart");
+}
+
+/// A log store whose syncs start failing on demand.
+struct FailingStore {
+    inner: MemLogStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl LogStore for FailingStore {
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        self.inner.write(batch)
+    }
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Io(std::io::Error::other("injected sync failure")));
+        }
+        self.inner.sync(lsn)
+    }
+    fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
+        self.inner.compact(group, through, term)
+    }
+    fn entries(
+        &self,
+        g: GroupId,
+        lo: Index,
+        hi: Index,
+        max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(g, lo, hi, max)
+    }
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
+        self.inner.term(group, index)
+    }
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
+        self.inner.log_state(group)
+    }
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        self.inner.groups()
+    }
+}
+
+#[test]
+fn a_failed_sync_stops_the_node_without_acknowledging() {
+    struct Nowhere;
+    impl Transport for Nowhere {
+        fn send(&self, _msg: Message) {}
+    }
+    let store = Arc::new(FailingStore {
+        inner: MemLogStore::new(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut options = NodeOptions::new(1, 0, vec![1]);
+    options.tick = Duration::from_millis(2);
+    let node = Node::start(options, store.clone(), None, Arc::new(Nowhere), KvStore::default())
+        .expect("start");
+    while !node.is_leader() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let put = |i: u64| Command {
+        client: 1,
+        op_id: i,
+        op: KvOp::Put { key: "k".into(), value: format!("{i}") },
+    };
+    assert!(node.propose(put(1).encode(), TIMEOUT).is_ok());
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = node.propose(put(2).encode(), TIMEOUT).unwrap_err();
+    assert!(matches!(err, NodeError::Stopped), "{err:?}");
+    assert!(!err.nothing_done());
+    let failure = node.failure().expect("the node records why it stopped");
+    assert!(failure.contains("injected sync failure"), "{failure}");
+    // It answers nothing as a success any more.
+    assert!(node.propose(put(3).encode(), TIMEOUT).is_err());
+    node.shutdown();
+}
