@@ -1,0 +1,403 @@
+//! The transport over real loopback sockets: delivery both ways, groups sharing a connection,
+//! refused handshakes, reconnects, bad frames, snapshot chunks not blocking heartbeats.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use raft_core::{
+    Heartbeat, Inbound, InstallSnapshot, Message, MessageBody, NodeId, Router, SnapshotMeta,
+    Transport,
+};
+use raft_net_tcp::frame::{encode_frame, Answer, Hello, Verdict, ANSWER_LEN, PROTOCOL_VERSION};
+use raft_net_tcp::{TcpConfig, TcpTransport};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Collects what a transport delivers.
+#[derive(Default)]
+struct Collector {
+    got: Mutex<Vec<Message>>,
+    arrived: Condvar,
+}
+
+impl Inbound for Collector {
+    fn deliver(&self, msg: Message) {
+        self.got.lock().push(msg);
+        self.arrived.notify_all();
+    }
+}
+
+impl Collector {
+    fn wait_for(&self, n: usize) -> Vec<Message> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = self.got.lock();
+        while got.len() < n {
+            assert!(
+                !self.arrived.wait_until(&mut got, deadline).timed_out(),
+                "only {} of {n} messages arrived",
+                got.len()
+            );
+        }
+        got.clone()
+    }
+}
+
+fn heartbeat(group: u64, from: NodeId, to: NodeId, commit: u64) -> Message {
+    Message { group, from, to, term: 1, body: MessageBody::Heartbeat(Heartbeat { commit }) }
+}
+
+fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let addrs = listeners.iter().map(|l| l.local_addr().expect("addr")).collect();
+    (listeners, addrs)
+}
+
+fn config(cluster: u64, id: NodeId, addrs: &[SocketAddr]) -> TcpConfig {
+    let mut config = TcpConfig::new(cluster, id, addrs[(id - 1) as usize]);
+    config.peers = (1..=addrs.len() as u64)
+        .filter(|&p| p != id)
+        .map(|p| (p, addrs[(p - 1) as usize]))
+        .collect::<BTreeMap<_, _>>();
+    config.max_frame_bytes = 8 << 20;
+    config
+}
+
+fn start_all(cluster: u64, n: usize) -> (Vec<TcpTransport>, Vec<Arc<Collector>>, Vec<SocketAddr>) {
+    let (listeners, addrs) = listeners(n);
+    let mut transports = Vec::new();
+    let mut collectors = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let collector = Arc::new(Collector::default());
+        let t = TcpTransport::start_with_listener(
+            config(cluster, i as u64 + 1, &addrs),
+            listener,
+            collector.clone(),
+        )
+        .expect("start");
+        transports.push(t);
+        collectors.push(collector);
+    }
+    (transports, collectors, addrs)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn messages_flow_both_ways_over_one_connection_per_pair() {
+    let (transports, collectors, _) = start_all(9, 3);
+    for from in 1..=3u64 {
+        for to in (1..=3u64).filter(|&t| t != from) {
+            for i in 0..100 {
+                transports[(from - 1) as usize].send(heartbeat(1, from, to, i));
+            }
+        }
+    }
+    for (i, c) in collectors.iter().enumerate() {
+        let got = c.wait_for(200);
+        let me = i as u64 + 1;
+        assert!(got.iter().all(|m| m.to == me));
+        // Each sender's messages arrive in order.
+        for from in (1..=3u64).filter(|&f| f != me) {
+            let commits: Vec<u64> = got
+                .iter()
+                .filter(|m| m.from == from)
+                .map(|m| match m.body {
+                    MessageBody::Heartbeat(h) => h.commit,
+                    _ => u64::MAX,
+                })
+                .collect();
+            assert_eq!(commits, (0..100).collect::<Vec<_>>());
+        }
+    }
+    for t in &transports {
+        for m in t.metrics() {
+            assert!(m.connected, "{m:?}");
+            assert_eq!(m.frames_sent, 100, "{m:?}");
+            assert_eq!(m.frames_received, 100, "{m:?}");
+            assert!(m.bytes_sent > 0 && m.bytes_received > 0);
+            assert_eq!((m.dropped, m.bad_frames, m.refused), (0, 0, 0));
+        }
+    }
+}
+
+#[test]
+fn groups_share_the_connection_and_are_routed() {
+    let (listeners, addrs) = listeners(2);
+    let mut listeners = listeners.into_iter();
+    let router = Arc::new(Router::new());
+    let (a, b) = (Arc::new(Collector::default()), Arc::new(Collector::default()));
+    router.register(1, a.clone());
+    router.register(2, b.clone());
+    let t1 = TcpTransport::start_with_listener(
+        config(5, 1, &addrs),
+        listeners.next().expect("listener"),
+        Arc::new(Collector::default()),
+    )
+    .expect("start");
+    let _t2 = TcpTransport::start_with_listener(
+        config(5, 2, &addrs),
+        listeners.next().expect("listener"),
+        router.clone(),
+    )
+    .expect("start");
+    for i in 0..10 {
+        t1.send(heartbeat(1, 1, 2, i));
+        t1.send(heartbeat(2, 1, 2, i));
+        t1.send(heartbeat(3, 1, 2, i)); // No node of group 3 here.
+    }
+    assert!(a.wait_for(10).iter().all(|m| m.group == 1));
+    assert!(b.wait_for(10).iter().all(|m| m.group == 2));
+    wait_until("unroutable count", || router.unroutable() == 10);
+    assert_eq!(t1.metrics()[0].frames_sent, 30);
+    // A message for a node that is not a peer is dropped and counted.
+    t1.send(heartbeat(1, 1, 7, 0));
+    assert_eq!(t1.unknown_peer_messages(), 1);
+}
+
+#[test]
+fn a_peer_of_another_cluster_is_refused() {
+    let (listeners, addrs) = listeners(2);
+    let mut listeners = listeners.into_iter();
+    let c1 = Arc::new(Collector::default());
+    let c2 = Arc::new(Collector::default());
+    let t1 = TcpTransport::start_with_listener(
+        config(1, 1, &addrs),
+        listeners.next().expect("l"),
+        c1.clone(),
+    )
+    .expect("start");
+    let t2 = TcpTransport::start_with_listener(
+        config(2, 2, &addrs),
+        listeners.next().expect("l"),
+        c2.clone(),
+    )
+    .expect("start");
+    for i in 0..5 {
+        t1.send(heartbeat(1, 1, 2, i));
+        t2.send(heartbeat(1, 2, 1, i));
+    }
+    wait_until("refusals on both sides", || {
+        t1.metrics()[0].refused > 0 && t2.metrics()[0].refused > 0
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        c1.got.lock().is_empty() && c2.got.lock().is_empty(),
+        "a refused peer's message got in"
+    );
+    assert!(!t1.metrics()[0].connected && !t2.metrics()[0].connected);
+}
+
+#[test]
+fn a_wrong_version_or_unknown_node_is_refused_with_a_reason() {
+    let (transports, collectors, addrs) = start_all(3, 2);
+    // The lower id of a pair dials, so node 2 accepts connections from node 1 only: dial it by
+    // hand with bad hellos.
+    let target = addrs[1];
+    for (hello, expected) in [
+        (
+            Hello { version: PROTOCOL_VERSION + 1, cluster: 3, from: 1, to: 2 },
+            Verdict::WrongVersion,
+        ),
+        (Hello { version: PROTOCOL_VERSION, cluster: 3, from: 9, to: 2 }, Verdict::UnknownNode),
+        (Hello { version: PROTOCOL_VERSION, cluster: 3, from: 1, to: 5 }, Verdict::WrongTarget),
+    ] {
+        let mut s = TcpStream::connect(target).expect("connect");
+        s.write_all(&hello.encode()).expect("hello");
+        let mut answer = [0u8; ANSWER_LEN];
+        s.read_exact(&mut answer).expect("answer");
+        let answer = Answer::decode(&answer).expect("a raftkit answer");
+        assert_eq!(answer.verdict, expected);
+        assert_eq!((answer.node, answer.cluster), (2, 3));
+        // And the connection is closed.
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    }
+    // Not a raftkit peer at all.
+    let mut s = TcpStream::connect(target).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\n\r\n").expect("write");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    wait_until("refusal counted", || transports[1].refused_unknown() >= 2);
+    assert!(collectors[1].got.lock().is_empty());
+}
+
+/// Dials node 2 as node 1 by hand, then sends `bytes` after the handshake.
+fn impersonate_node_1(target: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(target).expect("connect");
+    let hello = Hello { version: PROTOCOL_VERSION, cluster: 4, from: 1, to: 2 };
+    s.write_all(&hello.encode()).expect("hello");
+    let mut answer = [0u8; ANSWER_LEN];
+    s.read_exact(&mut answer).expect("answer");
+    assert_eq!(Answer::decode(&answer).expect("answer").verdict, Verdict::Accepted);
+    s.write_all(bytes).expect("write");
+    s
+}
+
+#[test]
+fn bad_frames_close_the_connection_and_are_counted() {
+    let (listeners, addrs) = listeners(2);
+    // Only node 2 runs; the test plays node 1.
+    let listener = listeners.into_iter().nth(1).expect("listener");
+    let collector = Arc::new(Collector::default());
+    let mut cfg = config(4, 2, &addrs);
+    cfg.max_frame_bytes = 4096;
+    let t2 = TcpTransport::start_with_listener(cfg, listener, collector.clone()).expect("start");
+
+    let mut good = Vec::new();
+    encode_frame(&heartbeat(1, 1, 2, 1), &mut good).expect("encode");
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let mut oversized = Vec::new();
+    oversized.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    oversized.extend_from_slice(&[0; 4]);
+    let mut undecodable = Vec::new();
+    let junk = [0xFFu8; 40];
+    undecodable.extend_from_slice(&(junk.len() as u32).to_le_bytes());
+    undecodable.extend_from_slice(&crc32c::crc32c(&junk).to_le_bytes());
+    undecodable.extend_from_slice(&junk);
+    let mut misaddressed = Vec::new();
+    encode_frame(&heartbeat(1, 3, 2, 1), &mut misaddressed).expect("encode");
+
+    for (i, bad) in [corrupt, oversized, undecodable, misaddressed].into_iter().enumerate() {
+        let mut wire = good.clone();
+        wire.extend_from_slice(&bad);
+        wire.extend_from_slice(&good); // Never delivered: the connection closed before it.
+        let mut s = impersonate_node_1(addrs[1], &wire);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // Returns once node 2 closes the connection.
+        wait_until("bad frame counted", || t2.metrics()[0].bad_frames == i as u64 + 1);
+        assert_eq!(collector.got.lock().len(), i + 1, "only the good frame before the bad one");
+    }
+}
+
+#[test]
+fn a_restarted_peer_is_redialled() {
+    let (listeners, addrs) = listeners(2);
+    let mut listeners = listeners.into_iter();
+    let c1 = Arc::new(Collector::default());
+    let t1 = TcpTransport::start_with_listener(
+        config(8, 1, &addrs),
+        listeners.next().expect("l"),
+        c1.clone(),
+    )
+    .expect("start");
+    let c2 = Arc::new(Collector::default());
+    let t2 = TcpTransport::start_with_listener(
+        config(8, 2, &addrs),
+        listeners.next().expect("l"),
+        c2.clone(),
+    )
+    .expect("start");
+    t1.send(heartbeat(1, 1, 2, 1));
+    c2.wait_for(1);
+    t2.shutdown();
+    drop(t2);
+    wait_until("disconnect noticed", || !t1.metrics()[0].connected);
+    // Node 2 comes back on the same address; node 1 (the dialer) reconnects by itself.
+    let c2 = Arc::new(Collector::default());
+    let t2 =
+        TcpTransport::start(config(8, 2, &addrs), c2.clone()).expect("restart on the same port");
+    wait_until("reconnect", || t1.metrics()[0].connected);
+    assert_eq!(t1.metrics()[0].reconnects, 1);
+    t1.send(heartbeat(1, 1, 2, 2));
+    t2.send(heartbeat(1, 2, 1, 3));
+    assert_eq!(c2.wait_for(1).len(), 1);
+    assert!(c1.wait_for(1).iter().any(|m| m.from == 2));
+}
+
+#[test]
+fn snapshot_chunks_do_not_hold_back_heartbeats() {
+    let (transports, collectors, _) = start_all(6, 2);
+    // Warm the connection up.
+    transports[0].send(heartbeat(1, 1, 2, 0));
+    collectors[1].wait_for(1);
+    let meta = SnapshotMeta {
+        group: 1,
+        index: 10,
+        term: 1,
+        voters: vec![1, 2],
+        size: 4 << 22,
+        checksum: 0,
+    };
+    for i in 0..4u64 {
+        transports[0].send(Message {
+            group: 1,
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: meta.clone(),
+                offset: i << 22,
+                data: Bytes::from(vec![i as u8; 4 << 20]),
+                done: i == 3,
+            }),
+        });
+    }
+    transports[0].send(heartbeat(1, 1, 2, 99));
+    let got = collectors[1].wait_for(6);
+    let position =
+        got.iter().position(|m| matches!(m.body, MessageBody::Heartbeat(h) if h.commit == 99));
+    let chunks_before = got[..position.expect("heartbeat arrived")]
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::InstallSnapshot(_)))
+        .count();
+    assert!(chunks_before <= 1, "{chunks_before} chunks went before the heartbeat");
+    // The chunks arrive whole and in order.
+    let offsets: Vec<u64> = got
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::InstallSnapshot(c) => Some(c.offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, vec![0, 1 << 22, 2 << 22, 3 << 22]);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts() {
+    let (listeners, addrs) = listeners(2);
+    let mut cfg = config(2, 1, &addrs);
+    cfg.queue_capacity = 10;
+    // Node 2 is never started: node 1 queues, then drops.
+    let t1 = TcpTransport::start_with_listener(
+        cfg,
+        listeners.into_iter().next().expect("l"),
+        Arc::new(Collector::default()),
+    )
+    .expect("start");
+    for i in 0..25 {
+        t1.send(heartbeat(1, 1, 2, i));
+    }
+    let m = &t1.metrics()[0];
+    assert_eq!(m.dropped, 15);
+    assert!(!m.connected);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut c = TcpConfig::new(1, 1, addr);
+    c.peers.insert(1, addr);
+    assert!(TcpTransport::start(c, Arc::new(Collector::default())).is_err());
+    let c = TcpConfig::new(1, 0, addr);
+    assert!(TcpTransport::start(c, Arc::new(Collector::default())).is_err());
+    // An address in use.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let c = TcpConfig::new(1, 1, taken.local_addr().expect("addr"));
+    let err = TcpTransport::start(c, Arc::new(Collector::default())).unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+}
