@@ -333,8 +333,9 @@ fn snapshot_chunks_do_not_hold_back_heartbeats() {
         size: 4 << 22,
         checksum: 0,
     };
-    for i in 0..4u64 {
-        transports[0].send(Message {
+    // Build the chunks first, so that queueing them and the heartbeat takes microseconds.
+    let chunks: Vec<Message> = (0..4u64)
+        .map(|i| Message {
             group: 1,
             from: 1,
             to: 2,
@@ -345,7 +346,10 @@ fn snapshot_chunks_do_not_hold_back_heartbeats() {
                 data: Bytes::from(vec![i as u8; 4 << 20]),
                 done: i == 3,
             }),
-        });
+        })
+        .collect();
+    for chunk in chunks {
+        transports[0].send(chunk);
     }
     transports[0].send(heartbeat(1, 1, 2, 99));
     let got = collectors[1].wait_for(6);
