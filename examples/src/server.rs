@@ -1,0 +1,727 @@
+//! The replicated key-value server: one process per node, a Redis-protocol client port, Raft
+//! over raft-net-tcp, the log in raft-wal, snapshots in raft-snapshot.
+//!
+//! # Replies clients can rely on
+//!
+//! - A success (`+OK`, an integer, a value) is only ever sent for a command that committed on a
+//!   quorum (every write fsynced there, with `--durability always` or `group`) and was applied.
+//! - `-NOLEADER ...`: no leader is known, or leadership changed before the command was
+//!   appended. Nothing was done; retrying is safe.
+//! - `-BUSY ...`: the leader has too many uncommitted writes. Nothing was done; retry later.
+//! - `-TIMEOUT ...`: no answer in time. The outcome is unknown: the write may or may not take
+//!   effect.
+//! - `-ERR ...`: the command is malformed or unsupported, or (for INCR) the value is not an
+//!   integer. Nothing was done.
+//!
+//! Any node accepts any command: a follower forwards it to the leader's client port (as
+//! `RAFTKIT.LEADER <command>`, which a node only executes while it leads) and relays the reply.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use raft_core::node::{Node, NodeError, NodeOptions, Pending};
+use raft_core::{NodeId, Router, SnapshotStore};
+use raft_net_tcp::{TcpConfig, TcpTransport};
+use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
+use raft_wal::{Durability, Wal, WalConfig};
+
+use crate::kv::{KvMachine, KvWrite, Output};
+use crate::resp::{self, Parsed};
+
+/// The Raft group the server's data lives in.
+pub const GROUP: u64 = 1;
+
+/// Command-line settings of one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerArgs {
+    /// This node's id (1 or more).
+    pub id: NodeId,
+    /// The cluster's id; nodes of another cluster are refused.
+    pub cluster_id: u64,
+    /// Where this node talks Raft to its peers.
+    pub raft_addr: SocketAddr,
+    /// Where this node serves Redis-protocol clients.
+    pub client_addr: SocketAddr,
+    /// Every other node: its Raft address and client address.
+    pub peers: BTreeMap<NodeId, (SocketAddr, SocketAddr)>,
+    /// Where the WAL and the snapshots live.
+    pub data_dir: PathBuf,
+    /// When log writes are synced.
+    pub durability: Durability,
+    /// How long a command may wait for its entry to apply before `-TIMEOUT`.
+    pub request_timeout: Duration,
+    /// Take a snapshot every this many applied entries (0: by size only, 64 MiB).
+    pub snapshot_entries: u64,
+    /// Real time per Raft tick (heartbeats every 2 ticks, elections after 10 to 20).
+    pub tick: Duration,
+}
+
+/// `--help` text.
+pub const USAGE: &str = "\
+kv-server: one node of a replicated key-value store that speaks the Redis protocol.
+
+USAGE:
+    kv-server --id N --raft-addr HOST:PORT --client-addr HOST:PORT --data-dir DIR
+              [--peer ID=RAFT_HOST:PORT,CLIENT_HOST:PORT]... [OPTIONS]
+
+REQUIRED:
+    --id N                  this node's id (a positive integer, unique in the cluster)
+    --raft-addr ADDR        address for Raft traffic between nodes
+    --client-addr ADDR      address for Redis-protocol clients (redis-cli, redis-benchmark)
+    --data-dir DIR          directory for the write-ahead log and snapshots (created if missing)
+    --peer ID=RAFT,CLIENT   every other node: its id, Raft address and client address
+                            (repeat the flag once per peer)
+
+OPTIONS:
+    --cluster-id N          cluster id; nodes with another id are refused [default: 1]
+    --durability MODE       always | group | interval:MS | never [default: group]
+                            always: every log write is fsynced before it counts;
+                            group: writes waiting together share one fsync (still fsynced
+                            before they count); interval:MS: fsync every MS milliseconds;
+                            never: no fsync (a power loss can lose acknowledged writes)
+    --request-timeout-ms N  how long a command waits before -TIMEOUT [default: 3000]
+    --snapshot-entries N    snapshot every N applied entries [default: 100000]
+    --tick-ms N             Raft tick; heartbeats every 2 ticks, elections after 10-20 [default: 10]
+    -h, --help              print this help
+
+REPLIES:
+    -NOLEADER   no leader known, or leadership changed: nothing was done, retrying is safe
+    -BUSY       too many uncommitted writes: nothing was done, retry later
+    -TIMEOUT    no answer in time: the outcome is unknown (the write may or may not apply)
+    -ERR        malformed or unsupported command: nothing was done
+";
+
+impl ServerArgs {
+    /// Parses command-line arguments (without the program name). `Err` carries a message for
+    /// the user; `Ok(None)` means `--help` was asked for.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<ServerArgs>, String> {
+        let mut id = None;
+        let mut cluster_id = 1;
+        let mut raft_addr = None;
+        let mut client_addr = None;
+        let mut peers = BTreeMap::new();
+        let mut data_dir = None;
+        let mut durability = Durability::group_commit();
+        let mut request_timeout = Duration::from_millis(3000);
+        let mut snapshot_entries = 100_000;
+        let mut tick = Duration::from_millis(10);
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            if flag == "-h" || flag == "--help" {
+                return Ok(None);
+            }
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            let number =
+                |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+            let addr = |v: String| -> Result<SocketAddr, String> {
+                v.parse().map_err(|_| format!("{flag}: not an address (HOST:PORT with an IP): {v}"))
+            };
+            match flag.as_str() {
+                "--id" => id = Some(number(value()?)?),
+                "--cluster-id" => cluster_id = number(value()?)?,
+                "--raft-addr" => raft_addr = Some(addr(value()?)?),
+                "--client-addr" => client_addr = Some(addr(value()?)?),
+                "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
+                "--peer" => {
+                    let v = value()?;
+                    let bad = || format!("--peer: expected ID=RAFT_ADDR,CLIENT_ADDR, got {v}");
+                    let (pid, rest) = v.split_once('=').ok_or_else(bad)?;
+                    let (raft, client) = rest.split_once(',').ok_or_else(bad)?;
+                    let pid: NodeId = pid.parse().map_err(|_| bad())?;
+                    let raft = raft.parse().map_err(|_| bad())?;
+                    let client = client.parse().map_err(|_| bad())?;
+                    if peers.insert(pid, (raft, client)).is_some() {
+                        return Err(format!("--peer {pid} is given twice"));
+                    }
+                }
+                "--durability" => {
+                    let v = value()?;
+                    durability = match v.as_str() {
+                        "always" => Durability::Always,
+                        "group" => Durability::group_commit(),
+                        "never" => Durability::Never,
+                        other => match other.strip_prefix("interval:").map(str::parse::<u64>) {
+                            Some(Ok(ms)) if ms > 0 => Durability::Interval(Duration::from_millis(ms)),
+                            _ => return Err(format!("--durability: expected always, group, interval:MS or never, got {v}")),
+                        },
+                    }
+                }
+                "--request-timeout-ms" => {
+                    request_timeout = Duration::from_millis(number(value()?)?.max(1))
+                }
+                "--snapshot-entries" => snapshot_entries = number(value()?)?,
+                "--tick-ms" => tick = Duration::from_millis(number(value()?)?.max(1)),
+                other => return Err(format!("unknown flag {other} (see --help)")),
+            }
+        }
+        let id = id.ok_or("--id is required")?;
+        if id == 0 {
+            return Err("--id must be positive".into());
+        }
+        if peers.contains_key(&id) {
+            return Err(format!("--peer {id} is this node's own id"));
+        }
+        Ok(Some(ServerArgs {
+            id,
+            cluster_id,
+            raft_addr: raft_addr.ok_or("--raft-addr is required")?,
+            client_addr: client_addr.ok_or("--client-addr is required")?,
+            peers,
+            data_dir: data_dir.ok_or("--data-dir is required")?,
+            durability,
+            request_timeout,
+            snapshot_entries,
+            tick,
+        }))
+    }
+
+    /// The arguments that [`parse`](ServerArgs::parse) turns back into these settings.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--id".into(),
+            self.id.to_string(),
+            "--cluster-id".into(),
+            self.cluster_id.to_string(),
+            "--raft-addr".into(),
+            self.raft_addr.to_string(),
+            "--client-addr".into(),
+            self.client_addr.to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--durability".into(),
+            durability_name(self.durability),
+            "--request-timeout-ms".into(),
+            self.request_timeout.as_millis().to_string(),
+            "--snapshot-entries".into(),
+            self.snapshot_entries.to_string(),
+            "--tick-ms".into(),
+            self.tick.as_millis().to_string(),
+        ];
+        for (id, (raft, client)) in &self.peers {
+            a.push("--peer".into());
+            a.push(format!("{id}={raft},{client}"));
+        }
+        a
+    }
+}
+
+/// The flag value naming a durability mode.
+pub fn durability_name(d: Durability) -> String {
+    match d {
+        Durability::Always => "always".into(),
+        Durability::GroupCommit { .. } => "group".into(),
+        Durability::Interval(i) => format!("interval:{}", i.as_millis()),
+        Durability::Never => "never".into(),
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The WAL could not be opened.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] raft_wal::WalError),
+    /// The snapshot store could not be opened.
+    #[error("snapshot store: {0}")]
+    Snapshot(#[from] raft_core::SnapshotError),
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Net(#[from] raft_net_tcp::NetError),
+    /// The Raft node could not start.
+    #[error("raft node: {0}")]
+    Node(#[from] NodeError),
+    /// The client port could not be bound.
+    #[error("cannot listen for clients on {addr}: {source}")]
+    ClientBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    args: ServerArgs,
+    node: Node<KvMachine>,
+    transport: Arc<TcpTransport>,
+    /// Idle connections to other nodes' client ports, for forwarding.
+    forward_pool: Mutex<HashMap<NodeId, Vec<TcpStream>>>,
+}
+
+impl Server {
+    /// Opens the node's storage, starts Raft and binds the client port.
+    pub fn start(args: ServerArgs) -> Result<(Arc<Server>, TcpListener), ServerError> {
+        let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
+        let wal_dir = args.data_dir.join("wal");
+        let snap_dir = args.data_dir.join("snapshots");
+        std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
+        std::fs::create_dir_all(&snap_dir).map_err(dir_err(snap_dir.clone()))?;
+        let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
+        let (wal, report) = Wal::open(&wal_dir, wal_config)?;
+        tracing::info!(?report, "WAL opened");
+        let (snapshots, snap_report) =
+            FileSnapshotStore::open(&snap_dir, SnapshotStoreOptions::default())?;
+        tracing::info!(?snap_report, "snapshot store opened");
+
+        let router = Arc::new(Router::new());
+        let mut net = TcpConfig::new(args.cluster_id, args.id, args.raft_addr);
+        net.peers = args.peers.iter().map(|(&id, &(raft, _))| (id, raft)).collect();
+        let transport = Arc::new(TcpTransport::start(net, router.clone())?);
+
+        let mut voters: Vec<NodeId> = args.peers.keys().copied().collect();
+        voters.push(args.id);
+        let mut options = NodeOptions::new(args.id, GROUP, voters);
+        options.tick = args.tick;
+        options.raft.snapshot_entries = args.snapshot_entries;
+        let node = Node::start(
+            options,
+            Arc::new(wal),
+            Some(Arc::new(snapshots) as Arc<dyn SnapshotStore>),
+            transport.clone(),
+            KvMachine::default(),
+        )?;
+        router.register(GROUP, node.inbound());
+        let listener = TcpListener::bind(args.client_addr)
+            .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
+        tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");
+        let server =
+            Arc::new(Server { args, node, transport, forward_pool: Mutex::new(HashMap::new()) });
+        Ok((server, listener))
+    }
+
+    /// Accepts clients forever, one thread each.
+    pub fn serve(self: &Arc<Server>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let server = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("client".into())
+                        .spawn(move || server.serve_client(stream));
+                    if let Err(err) = spawned {
+                        tracing::error!(%err, "could not start a client thread");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// The Raft node (for status and tests).
+    pub fn node(&self) -> &Node<KvMachine> {
+        &self.node
+    }
+
+    fn serve_client(&self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut input = Vec::with_capacity(16 << 10);
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut out = Vec::with_capacity(16 << 10);
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            input.extend_from_slice(&chunk[..n]);
+            // Every command that arrived together is started before any is waited for, so a
+            // pipelining client's commands share Raft rounds.
+            let mut started = Vec::new();
+            let mut used = 0;
+            let mut close = false;
+            loop {
+                match resp::parse_command(&input[used..]) {
+                    Parsed::Command(args, n) => {
+                        used += n;
+                        if args.is_empty() {
+                            continue;
+                        }
+                        if args[0].eq_ignore_ascii_case(b"QUIT") {
+                            close = true;
+                            started.push(Started::Done(b"+OK\r\n".to_vec()));
+                            break;
+                        }
+                        started.push(self.start_command(args, false));
+                    }
+                    Parsed::Incomplete => break,
+                    Parsed::Invalid(why) => {
+                        let mut reply = Vec::new();
+                        resp::error(&mut reply, &format!("ERR Protocol error: {why}"));
+                        started.push(Started::Done(reply));
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            input.drain(..used);
+            out.clear();
+            for s in started {
+                self.finish(s, &mut out);
+            }
+            if stream.write_all(&out).is_err() || close {
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    /// Starts a command: answers it at once, or hands it to Raft (or to the leader).
+    fn start_command(&self, args: Vec<Vec<u8>>, forwarded: bool) -> Started {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let argc = args.len() - 1;
+        let wrong_arity = || {
+            let mut r = Vec::new();
+            resp::error(
+                &mut r,
+                &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
+            );
+            Started::Done(r)
+        };
+        let done = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut r = Vec::new();
+            f(&mut r);
+            Started::Done(r)
+        };
+        match name.as_str() {
+            "PING" => match argc {
+                0 => done(&|r| resp::simple(r, "PONG")),
+                1 => done(&|r| resp::bulk(r, Some(&args[1]))),
+                _ => wrong_arity(),
+            },
+            "ECHO" if argc == 1 => done(&|r| resp::bulk(r, Some(&args[1]))),
+            "SELECT" if argc == 1 => match &args[1][..] {
+                b"0" => done(&|r| resp::simple(r, "OK")),
+                _ => done(&|r| resp::error(r, "ERR DB index is out of range")),
+            },
+            "COMMAND" => done(&|r| resp::array_header(r, 0)),
+            "CLIENT" => done(&|r| resp::simple(r, "OK")),
+            "CONFIG" if argc == 2 && args[1].eq_ignore_ascii_case(b"GET") => done(&|r| {
+                resp::array_header(r, 2);
+                resp::bulk(r, Some(&args[2]));
+                resp::bulk(r, Some(b""));
+            }),
+            "INFO" => {
+                let info = self.info();
+                done(&|r| resp::bulk(r, Some(info.as_bytes())))
+            }
+            "RAFTKIT.LEADER" if argc >= 1 => self.start_command(args[1..].to_vec(), true),
+            "RAFTKIT.LOCALMGET" if argc >= 1 => {
+                let keys: Vec<Vec<u8>> = args[1..].to_vec();
+                match self.node.read_local(
+                    move |kv: &KvMachine| mget_reply(kv, &keys),
+                    self.args.request_timeout,
+                ) {
+                    Ok(reply) => Started::Done(reply),
+                    Err(err) => done(&|r| resp::error(r, &error_line(&err))),
+                }
+            }
+            "GET" | "MGET" | "EXISTS" | "DBSIZE" => {
+                let arity_ok = match name.as_str() {
+                    "GET" => argc == 1,
+                    "DBSIZE" => argc == 0,
+                    _ => argc >= 1,
+                };
+                if !arity_ok {
+                    return wrong_arity();
+                }
+                self.start_read(name, args, forwarded)
+            }
+            "SET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+                let write = match (name.as_str(), argc) {
+                    ("SET", 2) => KvWrite::Set { key: args[1].clone(), value: args[2].clone() },
+                    ("SET", n) if n > 2 => {
+                        return done(&|r| {
+                            resp::error(r, "ERR syntax error (SET options are not supported)")
+                        })
+                    }
+                    ("DEL", n) if n >= 1 => KvWrite::Del { keys: args[1..].to_vec() },
+                    ("INCR", 1) => KvWrite::IncrBy { key: args[1].clone(), by: 1 },
+                    ("DECR", 1) => KvWrite::IncrBy { key: args[1].clone(), by: -1 },
+                    ("INCRBY" | "DECRBY", 2) => {
+                        let Some(by) =
+                            std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<i64>().ok())
+                        else {
+                            return done(&|r| {
+                                resp::error(r, "ERR value is not an integer or out of range")
+                            });
+                        };
+                        let by = if name == "DECRBY" {
+                            by.checked_neg().unwrap_or(i64::MAX)
+                        } else {
+                            by
+                        };
+                        KvWrite::IncrBy { key: args[1].clone(), by }
+                    }
+                    _ => return wrong_arity(),
+                };
+                match self.route(forwarded) {
+                    Route::Local => {
+                        Started::Write(self.node.propose_async(write.encode()), args, forwarded)
+                    }
+                    Route::Forward(leader) => Started::Forward(leader, args, false),
+                    Route::NoLeader => Started::Done(no_leader()),
+                }
+            }
+            _ => done(&|r| {
+                resp::error(
+                    r,
+                    &format!("ERR unknown command '{}'", String::from_utf8_lossy(&args[0])),
+                )
+            }),
+        }
+    }
+
+    fn start_read(&self, name: String, args: Vec<Vec<u8>>, forwarded: bool) -> Started {
+        match self.route(forwarded) {
+            Route::Forward(leader) => return Started::Forward(leader, args, true),
+            Route::NoLeader => return Started::Done(no_leader()),
+            Route::Local => {}
+        }
+        let keys: Vec<Vec<u8>> = args[1..].to_vec();
+        let pending = self.node.read_async(move |kv: &KvMachine| {
+            let mut r = Vec::new();
+            match name.as_str() {
+                "GET" => resp::bulk(&mut r, kv.get(&keys[0])),
+                "MGET" => return mget_reply(kv, &keys),
+                "EXISTS" => resp::integer(
+                    &mut r,
+                    keys.iter().filter(|k| kv.get(k).is_some()).count() as i64,
+                ),
+                _ => resp::integer(&mut r, kv.len() as i64),
+            }
+            r
+        });
+        Started::Read(pending, args, forwarded)
+    }
+
+    fn route(&self, forwarded: bool) -> Route {
+        if self.node.is_leader() {
+            return Route::Local;
+        }
+        match self.node.leader() {
+            Some(leader) if !forwarded && leader != self.args.id => Route::Forward(leader),
+            _ => Route::NoLeader,
+        }
+    }
+
+    /// Waits for a started command and appends its reply.
+    fn finish(&self, started: Started, out: &mut Vec<u8>) {
+        let timeout = self.args.request_timeout;
+        match started {
+            Started::Done(reply) => out.extend_from_slice(&reply),
+            Started::Write(pending, args, forwarded) => match pending.wait(timeout) {
+                Ok(Output::Ok) => resp::simple(out, "OK"),
+                Ok(Output::Integer(n)) => resp::integer(out, n),
+                Ok(Output::Error(e)) => resp::error(out, &e),
+                Err(NodeError::NotLeader { leader: Some(l) })
+                    if !forwarded && l != self.args.id =>
+                {
+                    out.extend_from_slice(&self.forward(l, &args, false))
+                }
+                Err(err) => resp::error(out, &error_line(&err)),
+            },
+            Started::Read(pending, args, forwarded) => match pending.wait(timeout) {
+                Ok(reply) => out.extend_from_slice(&reply),
+                Err(NodeError::NotLeader { leader: Some(l) })
+                    if !forwarded && l != self.args.id =>
+                {
+                    out.extend_from_slice(&self.forward(l, &args, true))
+                }
+                Err(err) => resp::error(out, &error_line(&err)),
+            },
+            Started::Forward(leader, args, read_only) => {
+                out.extend_from_slice(&self.forward(leader, &args, read_only))
+            }
+        }
+    }
+
+    /// Sends a command to the leader's client port and returns its reply's bytes.
+    fn forward(&self, leader: NodeId, args: &[Vec<u8>], read_only: bool) -> Vec<u8> {
+        let Some(&(_, addr)) = self.args.peers.get(&leader) else { return no_leader() };
+        let mut request = Vec::new();
+        let mut parts: Vec<&[u8]> = vec![b"RAFTKIT.LEADER"];
+        parts.extend(args.iter().map(Vec::as_slice));
+        resp::command(&mut request, &parts);
+        // A pooled connection may have died with an old leader: a read-only command can be
+        // retried on a fresh one; a write's outcome is then unknown.
+        for attempt in 0..2 {
+            let pooled = self.forward_pool.lock().get_mut(&leader).and_then(Vec::pop);
+            let fresh = pooled.is_none();
+            let stream = match pooled {
+                Some(s) => s,
+                None => match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        s
+                    }
+                    // Nothing was sent.
+                    Err(_) => return no_leader(),
+                },
+            };
+            let _ =
+                stream.set_read_timeout(Some(self.args.request_timeout + Duration::from_secs(1)));
+            if (&stream).write_all(&request).is_err() {
+                if fresh || attempt == 1 {
+                    return no_leader();
+                }
+                continue; // A dead pooled connection refused the bytes: nothing was sent.
+            }
+            let mut raw = Vec::new();
+            let mut reader = BufReader::new(&stream);
+            match resp::read_reply(&mut reader, Some(&mut raw)) {
+                Ok(_) => {
+                    if reader.buffer().is_empty() {
+                        drop(reader);
+                        self.forward_pool.lock().entry(leader).or_default().push(stream);
+                    }
+                    return raw;
+                }
+                Err(_) if read_only && attempt == 0 => continue,
+                Err(_) => {
+                    let mut r = Vec::new();
+                    resp::error(
+                        &mut r,
+                        "TIMEOUT the leader did not answer; the outcome is unknown",
+                    );
+                    return r;
+                }
+            }
+        }
+        no_leader()
+    }
+
+    /// The `INFO` text: a `# Raft` section of `field:value` lines.
+    pub fn info(&self) -> String {
+        let mut s = String::from("# Raft\r\n");
+        let mut line = |k: &str, v: String| {
+            s.push_str(k);
+            s.push(':');
+            s.push_str(&v);
+            s.push_str("\r\n");
+        };
+        line("node_id", self.args.id.to_string());
+        line("cluster_id", self.args.cluster_id.to_string());
+        line("durability", durability_name(self.args.durability));
+        let leader = self.node.leader();
+        let leader_client = leader.and_then(|l| {
+            if l == self.args.id {
+                Some(self.args.client_addr)
+            } else {
+                self.args.peers.get(&l).map(|p| p.1)
+            }
+        });
+        match self.node.status() {
+            Ok(status) => {
+                let r = &status.raft;
+                line("role", r.role.to_string());
+                line("term", r.term.to_string());
+                line("leader_id", r.leader.unwrap_or(0).to_string());
+                line(
+                    "leader_client_addr",
+                    leader_client.map(|a| a.to_string()).unwrap_or_default(),
+                );
+                line("commit_index", r.commit_index.to_string());
+                line("applied_index", status.applied_index.to_string());
+                line("first_index", r.first_index.to_string());
+                line("last_index", r.last_index.to_string());
+                line("persisted_index", r.persisted_index.to_string());
+                line("snapshot_index", r.snapshot_index.to_string());
+                line("rejected_messages", status.rejected_messages.to_string());
+                line("failure", status.failure.unwrap_or_default());
+                for p in &r.progress {
+                    line(
+                        &format!("follower_{}", p.id),
+                        format!(
+                            "match={},next={},state={:?},inflight={}",
+                            p.match_index, p.next_index, p.state, p.inflight_msgs
+                        ),
+                    );
+                }
+            }
+            Err(_) => {
+                line("role", "failed".into());
+                line("term", self.node.term().to_string());
+                line("leader_id", "0".into());
+                line("commit_index", self.node.commit_index().to_string());
+                line("applied_index", self.node.applied_index().to_string());
+                line("failure", self.node.failure().unwrap_or_else(|| "stopped".into()));
+            }
+        }
+        for m in self.transport.metrics() {
+            line(
+                &format!("peer_{}", m.peer),
+                format!(
+                    "connected={},frames_sent={},frames_received={},bytes_sent={},bytes_received={},dropped={},reconnects={},bad_frames={},refused={}",
+                    u8::from(m.connected), m.frames_sent, m.frames_received, m.bytes_sent, m.bytes_received,
+                    m.dropped, m.reconnects, m.bad_frames, m.refused
+                ),
+            );
+        }
+        s
+    }
+}
+
+enum Route {
+    Local,
+    Forward(NodeId),
+    NoLeader,
+}
+
+/// A command on its way.
+enum Started {
+    /// Answered already.
+    Done(Vec<u8>),
+    /// A write waiting for its entry (the command kept for forwarding if leadership moved).
+    Write(Pending<Output>, Vec<Vec<u8>>, bool),
+    /// A read waiting for its barrier; the answer is the encoded reply.
+    Read(Pending<Vec<u8>>, Vec<Vec<u8>>, bool),
+    /// To be forwarded to the leader; whether it is read-only.
+    Forward(NodeId, Vec<Vec<u8>>, bool),
+}
+
+fn mget_reply(kv: &KvMachine, keys: &[Vec<u8>]) -> Vec<u8> {
+    let mut r = Vec::new();
+    resp::array_header(&mut r, keys.len());
+    for k in keys {
+        resp::bulk(&mut r, kv.get(k));
+    }
+    r
+}
+
+fn no_leader() -> Vec<u8> {
+    let mut r = Vec::new();
+    resp::error(&mut r, "NOLEADER no leader is known; nothing was done, retry");
+    r
+}
+
+/// The error line for a node error, by whether anything may have happened.
+fn error_line(err: &NodeError) -> String {
+    match err {
+        NodeError::Busy { .. } => format!("BUSY {err}"),
+        e if e.nothing_done() => format!("NOLEADER {err}"),
+        _ => format!("TIMEOUT {err}"),
+    }
+}
+
+/// Runs a server until the process is killed.
+pub fn run(args: ServerArgs) -> Result<(), ServerError> {
+    let (server, listener) = Server::start(args)?;
+    server.serve(listener);
+    Ok(())
+}
