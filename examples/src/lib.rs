@@ -24,6 +24,7 @@ pub fn init_logging() {
 
 /// The entry point of a server process: parses `args` (without the program name), prints help
 /// or an error, and runs the server. Returns the process exit code.
+#[allow(clippy::print_stdout)] // A process entry point: `--help` belongs on stdout.
 pub fn server_main(args: impl IntoIterator<Item = String>) -> i32 {
     match server::ServerArgs::parse(args) {
         Ok(None) => {

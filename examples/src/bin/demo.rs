@@ -5,6 +5,8 @@
 //!
 //! Exits non-zero if any acknowledged write is missing or wrong on any node.
 
+#![allow(clippy::print_stdout)] // The demo's output is its purpose.
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
