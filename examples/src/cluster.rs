@@ -39,7 +39,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: 3,
             cluster_id: 1,
-            durability: Durability::group_commit(),
+            durability: Durability::Always,
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
             request_timeout: Duration::from_secs(3),

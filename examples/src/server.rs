@@ -79,10 +79,12 @@ REQUIRED:
 
 OPTIONS:
     --cluster-id N          cluster id; nodes with another id are refused [default: 1]
-    --durability MODE       always | group | interval:MS | never [default: group]
-                            always: every log write is fsynced before it counts;
-                            group: writes waiting together share one fsync (still fsynced
-                            before they count); interval:MS: fsync every MS milliseconds;
+    --durability MODE       always | group | interval:MS | never [default: always]
+                            always: every log write is fsynced before it counts (the
+                            node batches the writes of concurrent requests, so they share
+                            an fsync); group: the WAL also gathers concurrent writers of
+                            many groups into one fsync (still fsynced before they count);
+                            interval:MS: fsync every MS milliseconds;
                             never: no fsync (a power loss can lose acknowledged writes)
     --request-timeout-ms N  how long a command waits before -TIMEOUT [default: 3000]
     --snapshot-entries N    snapshot every N applied entries [default: 100000]
@@ -106,7 +108,7 @@ impl ServerArgs {
         let mut client_addr = None;
         let mut peers = BTreeMap::new();
         let mut data_dir = None;
-        let mut durability = Durability::group_commit();
+        let mut durability = Durability::Always;
         let mut request_timeout = Duration::from_millis(3000);
         let mut snapshot_entries = 100_000;
         let mut tick = Duration::from_millis(10);

@@ -62,7 +62,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     say(
         start,
         &format!(
-            "started 3 nodes (WAL with group commit, fsync before every acknowledgement) in {}",
+            "started 3 nodes (raft-wal, every write fsynced on a quorum before it is acknowledged) in {}",
             cluster.dir().display()
         ),
     );

@@ -360,6 +360,7 @@ where
         let (input, input_rx) = mpsc::channel();
         let workers = Workers {
             input: input.clone(),
+            group,
             shared: shared.clone(),
             log,
             snapshots,

@@ -47,6 +47,7 @@ pub(crate) enum Input<M: StateMachine> {
 /// What the workers share with the raft loop.
 pub(crate) struct Workers<M: StateMachine> {
     pub(crate) input: Sender<Input<M>>,
+    pub(crate) group: GroupId,
     pub(crate) shared: Arc<Shared>,
     pub(crate) log: Arc<dyn LogStore>,
     pub(crate) snapshots: Option<Arc<dyn SnapshotStore>>,
@@ -348,9 +349,21 @@ fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
 }
 
 /// Writes every queued job as one ordered batch, syncs once, then releases the jobs' messages.
+///
+/// A hard state that only moves the commit index is not worth a sync of its own (the commit
+/// index is persisted only to spare a restarted node some waiting; losing it is safe): it is
+/// deferred and written with the next write that must be durable anyway, or at shutdown. That
+/// halves the syncs per committed write, since every commit changes the hard state.
 fn persist_loop<M: StateMachine>(w: &Workers<M>, jobs: Receiver<PersistJob>) {
     const MAX_JOBS: usize = 4096;
     let mut round = Vec::new();
+    let mut written: Option<HardState> = None;
+    let mut deferred: Option<HardState> = None;
+    let fail = |err: StorageError| {
+        // Nothing of this round is acknowledged: its messages are never sent.
+        w.shared.fail(format!("log store: {err}"));
+        let _ = w.input.send(Input::Failed);
+    };
     while let Ok(first) = jobs.recv() {
         round.push(first);
         while round.len() < MAX_JOBS {
@@ -359,10 +372,24 @@ fn persist_loop<M: StateMachine>(w: &Workers<M>, jobs: Receiver<PersistJob>) {
                 Err(_) => break,
             }
         }
+        for job in &mut round {
+            let Some(hs) = job.hard_state else {
+                if deferred.is_some() && (!job.entries.is_empty() || job.compact.is_some()) {
+                    job.hard_state = deferred.take();
+                    written = job.hard_state;
+                }
+                continue;
+            };
+            let commit_only = written.is_some_and(|w| w.term == hs.term && w.vote == hs.vote);
+            if commit_only && job.entries.is_empty() && job.compact.is_none() {
+                deferred = job.hard_state.take();
+            } else {
+                deferred = None; // This one is newer.
+                written = Some(hs);
+            }
+        }
         if let Err(err) = persist(w.log.as_ref(), &round) {
-            // Nothing of this round is acknowledged: its messages are never sent.
-            w.shared.fail(format!("log store: {err}"));
-            let _ = w.input.send(Input::Failed);
+            fail(err);
             return;
         }
         let mut last = 0;
@@ -373,6 +400,21 @@ fn persist_loop<M: StateMachine>(w: &Workers<M>, jobs: Receiver<PersistJob>) {
             }
         }
         let _ = w.input.send(Input::Persisted { number: last });
+    }
+    // Shutting down: write the deferred commit index too.
+    if let Some(hs) = deferred {
+        let group = w.group;
+        let job = PersistJob {
+            number: 0,
+            group,
+            compact: None,
+            hard_state: Some(hs),
+            entries: Vec::new(),
+            messages: Vec::new(),
+        };
+        if let Err(err) = persist(w.log.as_ref(), &[job]) {
+            fail(err);
+        }
     }
 }
 

@@ -1,0 +1,183 @@
+//! End-to-end cluster benchmark: a 3-node kv-server cluster on loopback (this binary,
+//! re-executed with `--serve`), WAL-backed in a temporary directory, driven by N concurrent
+//! Redis-protocol clients doing SET on the leader. Every write is fsynced on a quorum before it
+//! is acknowledged (durability `always` or `group`).
+//!
+//! Prints, per cell, throughput, p50/p99 latency and the CPU time the three node processes
+//! spent per write (user + system, from /proc), measured in one run.
+//!
+//! `cargo bench -p raftkit-benches --bench cluster`; environment:
+//! `RAFTKIT_CLUSTER_SECS` (measured seconds per cell, default 5), `RAFTKIT_CLUSTER_CLIENTS`
+//! (default `1,16,64`), `RAFTKIT_CLUSTER_VALUES` (bytes, default `64,1024`),
+//! `RAFTKIT_CLUSTER_MODES` (default `always,group`).
+
+#![allow(clippy::print_stdout)] // A bench binary that prints its figures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft_wal::Durability;
+use raftkit_examples::client::Client;
+use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
+use raftkit_examples::resp::Reply;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    ticks as f64 / ticks_per_sec
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Cell {
+    mode: String,
+    clients: usize,
+    value: usize,
+    writes: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    cpu_us_per_write: f64,
+}
+
+fn run_cell(
+    exe: &std::path::Path,
+    mode: &str,
+    clients: usize,
+    value: usize,
+    secs: f64,
+    ticks: f64,
+) -> Result<Cell, String> {
+    let durability = match mode {
+        "always" => Durability::Always,
+        "group" => Durability::group_commit(),
+        other => return Err(format!("unknown mode {other}")),
+    };
+    let options =
+        ClusterOptions { durability, log_filter: "warn".into(), ..ClusterOptions::default() };
+    let cluster =
+        LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).ok_or("no leader")?;
+    let addr = cluster.client_addr(leader);
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let payload = vec![b'x'; value];
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, measuring, payload) = (stop.clone(), measuring.clone(), payload.clone());
+            std::thread::spawn(move || -> Result<Vec<u32>, String> {
+                let mut client =
+                    Client::connect(addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                let mut lat = Vec::with_capacity(1 << 16);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("bench:{c}:{}", i % 10_000);
+                    i += 1;
+                    let began = Instant::now();
+                    match client.call(&[b"SET", key.as_bytes(), &payload]) {
+                        Ok(Reply::Simple(_)) => {}
+                        other => return Err(format!("SET failed: {other:?}")),
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        lat.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1)); // Warm up.
+    let pids: Vec<u32> = cluster.ids().iter().filter_map(|&id| cluster.pid(id)).collect();
+    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
+    let began = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = began.elapsed().as_secs_f64();
+    let cpu_after: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in threads {
+        lat.extend(t.join().map_err(|_| "client panicked")??);
+    }
+    lat.sort_unstable();
+    let writes = lat.len() as u64;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Ok(Cell {
+        mode: mode.into(),
+        clients,
+        value,
+        writes,
+        secs: elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        cpu_us_per_write: (cpu_after - cpu_before) * 1e6 / writes.max(1) as f64,
+    })
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--serve") {
+        args.next();
+        std::process::exit(raftkit_examples::server_main(args));
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let secs: f64 =
+        std::env::var("RAFTKIT_CLUSTER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let ticks = clock_ticks();
+    println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum; {secs} s per cell");
+    println!(
+        "{:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
+        "mode", "clients", "value", "writes/s", "p50 ms", "p99 ms", "CPU us/write"
+    );
+    for mode in env_list("RAFTKIT_CLUSTER_MODES", "always,group") {
+        for value in env_list("RAFTKIT_CLUSTER_VALUES", "64,1024") {
+            for clients in env_list("RAFTKIT_CLUSTER_CLIENTS", "1,16,64") {
+                let (Ok(value), Ok(clients)) = (value.parse::<usize>(), clients.parse::<usize>())
+                else {
+                    eprintln!("bad cell {mode} {value} {clients}");
+                    continue;
+                };
+                match run_cell(&exe, &mode, clients, value, secs, ticks) {
+                    Ok(c) => println!(
+                        "{:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
+                        c.mode,
+                        c.clients,
+                        c.value,
+                        c.writes as f64 / c.secs,
+                        c.p50_us as f64 / 1e3,
+                        c.p99_us as f64 / 1e3,
+                        c.cpu_us_per_write
+                    ),
+                    Err(e) => println!("{mode:<7} {clients:>7} {value:>6} failed: {e}"),
+                }
+            }
+        }
+    }
+}
