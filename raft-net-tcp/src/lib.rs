@@ -313,12 +313,6 @@ impl Transport for TcpTransport {
             }
         }
     }
-
-    fn send_all(&self, msgs: Vec<Message>) {
-        for msg in msgs {
-            self.send(msg);
-        }
-    }
 }
 
 /// Accepts connections; each gets a thread that runs the handshake and then reads frames.

@@ -494,8 +494,14 @@ where
     pub fn shutdown(mut self) {
         self.stop();
     }
+}
 
+impl<M: StateMachine> Node<M> {
+    /// Asks the raft loop to stop and joins every thread (the raft loop first); idempotent.
     fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
         let _ = self.input.send(Input::Shutdown);
         for thread in self.threads.drain(..) {
             let name = thread.thread().name().unwrap_or("?").to_owned();
@@ -508,12 +514,7 @@ where
 
 impl<M: StateMachine> Drop for Node<M> {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            let _ = self.input.send(Input::Shutdown);
-            for thread in self.threads.drain(..) {
-                let _ = thread.join();
-            }
-        }
+        self.stop();
     }
 }
 
