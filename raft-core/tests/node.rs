@@ -204,6 +204,69 @@ fn three_nodes_replicate_and_agree() {
 }
 
 #[test]
+fn callbacks_answer_every_request_exactly_once() {
+    let mut cluster = Cluster::new(3, |_| {});
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Result<String, NodeError>)>();
+    for i in 0..200u64 {
+        let command = Command {
+            client: 2,
+            op_id: i,
+            op: KvOp::Put { key: format!("c{i}"), value: "x".into() },
+        };
+        let tx = tx.clone();
+        cluster.node(leader).propose_with(command.encode(), move |r| {
+            let _ = tx.send((i, r.map(|out| out.map(|(_, s)| s).unwrap_or_default())));
+        });
+    }
+    let tx2 = tx.clone();
+    cluster.node(leader).read_with(
+        |kv: &KvStore| kv.get("c199").map(str::to_owned).unwrap_or_default(),
+        move |r| {
+            let _ = tx2.send((1000, r));
+        },
+    );
+    let tx3 = tx.clone();
+    cluster.node(follower).propose_with(Bytes::from_static(b"x"), move |r| {
+        let _ = tx3.send((2000, r.map(|_| String::new())));
+    });
+    let mut answers = HashMap::new();
+    for _ in 0..202 {
+        let (i, r) = rx.recv_timeout(TIMEOUT).expect("every request is answered");
+        assert!(answers.insert(i, r).is_none(), "request {i} answered twice");
+    }
+    assert!((0..200).all(|i| matches!(answers.get(&i), Some(Ok(_)))), "{answers:?}");
+    // Applied in proposal order, so the read barrier after the writes sees the last one.
+    assert_eq!(answers.get(&1000).and_then(|r| r.as_ref().ok()).map(String::as_str), Some("x"));
+    assert!(
+        matches!(answers.get(&2000), Some(Err(NodeError::NotLeader { leader: Some(l) })) if *l == leader)
+    );
+    // A local read through a callback, and requests to a stopped node answered with Stopped.
+    let tx4 = tx.clone();
+    cluster.node(follower).read_local_with(
+        |kv: &KvStore| kv.get("c0").is_some(),
+        move |r| {
+            let _ = tx4.send((3000, r.map(|b| b.to_string())));
+        },
+    );
+    let (i, r) = rx.recv_timeout(TIMEOUT).expect("local read answered");
+    assert_eq!(i, 3000);
+    assert!(r.is_ok());
+    // A request that cannot commit (its leader cut off) is answered when the node stops.
+    cluster.net.cut.lock().insert(leader);
+    let (tx5, rx5) = std::sync::mpsc::channel();
+    cluster.node(leader).propose_with(Bytes::from_static(b"late"), move |r| {
+        let _ = tx5.send(r.is_err());
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(rx5.try_recv().is_err(), "answered before it could commit");
+    cluster.stop(leader);
+    assert_eq!(rx5.recv_timeout(TIMEOUT).ok(), Some(true), "a stopped node answers with an error");
+    assert!(rx5.recv_timeout(Duration::from_millis(50)).is_err(), "answered once");
+}
+
+#[test]
 fn empty_commands_are_refused() {
     let cluster = Cluster::new(1, |_| {});
     cluster.leader();

@@ -386,13 +386,31 @@ where
     /// Proposes a command without waiting: collect the answer from the returned [`Pending`].
     pub fn propose_async(&self, command: Bytes) -> Pending<M::Output> {
         let (reply, pending) = reply_pair();
+        self.submit(command, reply);
+        pending
+    }
+
+    /// Proposes a command and calls `done` with the answer, exactly once: the state machine's
+    /// output once the entry is applied, or the error (see the [module docs](self)).
+    ///
+    /// `done` runs on one of the node's threads (usually the apply thread), so it must be quick
+    /// and must not block: hand the answer on (to a socket, a queue), do not wait in it. There
+    /// is no timeout: a request whose entry never commits is answered when leadership changes
+    /// or the node stops; callers that need a deadline keep their own.
+    pub fn propose_with<F>(&self, command: Bytes, done: F)
+    where
+        F: FnOnce(Result<M::Output, NodeError>) + Send + 'static,
+    {
+        self.submit(command, Reply::callback(Box::new(done)));
+    }
+
+    fn submit(&self, command: Bytes, reply: Reply<M::Output>) {
         if command.is_empty() {
             reply.send(Err(NodeError::EmptyCommand));
         } else {
             // A closed channel drops the reply, which answers Stopped.
             let _ = self.input.send(Input::Propose { data: command, waiter: Waiter::Write(reply) });
         }
-        pending
     }
 
     /// A linearizable read: runs `query` on the state machine once a read barrier proposed now
@@ -413,12 +431,32 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
+        self.submit_read(query, reply);
+        pending
+    }
+
+    /// [`read`](Node::read) answered through a callback: `done` gets the query's result, or
+    /// the error, exactly once. The same rules as for [`propose_with`](Node::propose_with)'s
+    /// callback apply to `query` and `done`: both run on the node's threads.
+    pub fn read_with<R, F, D>(&self, query: F, done: D)
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+        D: FnOnce(Result<R, NodeError>) + Send + 'static,
+    {
+        self.submit_read(query, Reply::callback(Box::new(done)));
+    }
+
+    fn submit_read<R, F>(&self, query: F, reply: Reply<R>)
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
         let run: ReadFn<M> = Box::new(move |machine| match machine {
             Ok(machine) => reply.send(Ok(query(machine))),
             Err(err) => reply.send(Err(err)),
         });
         let _ = self.input.send(Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) });
-        pending
     }
 
     /// Runs `query` on this node's state machine as it is now, without going through the log:
@@ -430,10 +468,29 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
+        self.submit_local(query, reply);
+        pending.wait(timeout)
+    }
+
+    /// [`read_local`](Node::read_local) answered through a callback (run on the apply thread).
+    pub fn read_local_with<R, F, D>(&self, query: F, done: D)
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+        D: FnOnce(Result<R, NodeError>) + Send + 'static,
+    {
+        self.submit_local(query, Reply::callback(Box::new(done)));
+    }
+
+    fn submit_local<R, F>(&self, query: F, reply: Reply<R>)
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
         let run: Box<dyn FnOnce(&M) + Send> =
             Box::new(move |machine| reply.send(Ok(query(machine))));
-        self.local.send(ApplyJob::Local(run)).map_err(|_| NodeError::Stopped)?;
-        pending.wait(timeout)
+        // A closed channel drops the job and with it the reply, which answers Stopped.
+        let _ = self.local.send(ApplyJob::Local(run));
     }
 
     /// A full status report from the raft loop (waits up to a second for it).

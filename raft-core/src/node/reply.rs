@@ -12,31 +12,53 @@ struct Slot<T> {
     filled: Condvar,
 }
 
-/// The driver's side of a reply. Dropping it unfilled answers [`NodeError::Stopped`], so a
-/// client never waits on a request the driver forgot (it shut down, or a thread failed).
+/// A callback that takes a request's answer.
+pub(crate) type Callback<T> = Box<dyn FnOnce(Result<T, NodeError>) + Send>;
+
+enum Target<T> {
+    Slot(Arc<Slot<T>>),
+    Callback(Callback<T>),
+}
+
+/// The driver's side of a reply: a slot a client thread waits on, or a callback. Dropping it
+/// unanswered answers [`NodeError::Stopped`], so a client never waits on a request the driver
+/// forgot (it shut down, or a thread failed).
 pub(crate) struct Reply<T> {
-    slot: Option<Arc<Slot<T>>>,
+    target: Option<Target<T>>,
 }
 
 impl<T> Reply<T> {
+    /// A reply delivered by calling `f` (on whichever driver thread answers).
+    pub(crate) fn callback(f: Callback<T>) -> Reply<T> {
+        Reply { target: Some(Target::Callback(f)) }
+    }
+
     /// Answers the waiting client.
     pub(crate) fn send(mut self, value: Result<T, NodeError>) {
-        if let Some(slot) = self.slot.take() {
-            *slot.value.lock() = Some(value);
-            slot.filled.notify_one();
+        match self.target.take() {
+            Some(Target::Slot(slot)) => {
+                *slot.value.lock() = Some(value);
+                slot.filled.notify_one();
+            }
+            Some(Target::Callback(f)) => f(value),
+            None => {}
         }
     }
 }
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            let mut value = slot.value.lock();
-            if value.is_none() {
-                *value = Some(Err(NodeError::Stopped));
+        match self.target.take() {
+            Some(Target::Slot(slot)) => {
+                let mut value = slot.value.lock();
+                if value.is_none() {
+                    *value = Some(Err(NodeError::Stopped));
+                }
+                drop(value);
+                slot.filled.notify_one();
             }
-            drop(value);
-            slot.filled.notify_one();
+            Some(Target::Callback(f)) => f(Err(NodeError::Stopped)),
+            None => {}
         }
     }
 }
@@ -80,7 +102,7 @@ impl<T> Pending<T> {
 /// A new reply slot: the driver's end and the client's end.
 pub(crate) fn reply_pair<T>() -> (Reply<T>, Pending<T>) {
     let slot = Arc::new(Slot { value: Mutex::new(None), filled: Condvar::new() });
-    (Reply { slot: Some(slot.clone()) }, Pending { slot })
+    (Reply { target: Some(Target::Slot(slot.clone())) }, Pending { slot })
 }
 
 #[cfg(test)]
@@ -105,6 +127,17 @@ mod tests {
     fn unanswered_times_out() {
         let (_reply, pending) = reply_pair::<u32>();
         assert!(matches!(pending.wait(Duration::from_millis(5)), Err(NodeError::Timeout(_))));
+    }
+
+    #[test]
+    fn callback_gets_the_answer_or_stopped() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        Reply::callback(Box::new(move |r: Result<u32, NodeError>| g.lock().push(r.ok())))
+            .send(Ok(4));
+        let g = got.clone();
+        drop(Reply::callback(Box::new(move |r: Result<u32, NodeError>| g.lock().push(r.ok()))));
+        assert_eq!(*got.lock(), vec![Some(4), None]);
     }
 
     #[test]
