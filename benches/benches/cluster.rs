@@ -9,7 +9,8 @@
 //! `cargo bench -p raftkit-benches --bench cluster`; environment:
 //! `RAFTKIT_CLUSTER_SECS` (measured seconds per cell, default 5), `RAFTKIT_CLUSTER_CLIENTS`
 //! (default `1,16,64`), `RAFTKIT_CLUSTER_VALUES` (bytes, default `64,1024`),
-//! `RAFTKIT_CLUSTER_MODES` (default `always,group`).
+//! `RAFTKIT_CLUSTER_MODES` (default `always,group`; `never` runs without fsync, to show what the
+//! cluster costs apart from the disk).
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
 
@@ -73,6 +74,8 @@ fn run_cell(
     let durability = match mode {
         "always" => Durability::Always,
         "group" => Durability::group_commit(),
+        // Not a durable configuration: shows what the cluster costs without the disk.
+        "never" => Durability::Never,
         other => return Err(format!("unknown mode {other}")),
     };
     let options =

@@ -72,8 +72,9 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     Local(Box<dyn FnOnce(&M) + Send>),
     /// The raft loop stopped: answer every waiting request with `Stopped` and exit.
     Stop,
-    /// Answer `waiter` when the entry `(index, term)` is applied.
-    Register { index: Index, term: Term, waiter: Waiter<M> },
+    /// Answer each waiter when its entry `(index, term)` is applied. The proposals of one
+    /// round of the raft loop come together, so the apply thread wakes once for them.
+    Register(Vec<(Index, Term, Waiter<M>)>),
     /// One Ready's state machine duties.
     Apply { restore: Option<SnapshotMeta>, entries: Vec<Entry>, snapshot: Option<SnapshotRequest> },
 }
@@ -138,6 +139,7 @@ where
         max_inputs: options.max_inputs_per_round.max(1),
         persist_sent: 0,
         persist_done: 0,
+        registered: Vec::new(),
     };
     let main =
         std::thread::Builder::new().name(name("loop")).spawn(move || raft_loop.run(input_rx))?;
@@ -159,6 +161,8 @@ struct RaftLoop<M: StateMachine> {
     persist_sent: u64,
     /// The number of the last Ready the persist thread reported durable.
     persist_done: u64,
+    /// Proposals of this round, for the apply thread (sent before this round's Readies).
+    registered: Vec<(Index, Term, Waiter<M>)>,
 }
 
 impl<M: StateMachine> RaftLoop<M> {
@@ -194,6 +198,12 @@ impl<M: StateMachine> RaftLoop<M> {
                     }
                 }
             }
+            if !self.registered.is_empty() {
+                let job = ApplyJob::Register(std::mem::take(&mut self.registered));
+                if self.apply_tx.send(job).is_err() {
+                    break;
+                }
+            }
             let now = Instant::now();
             if now >= next_tick {
                 self.raft.tick();
@@ -225,12 +235,7 @@ impl<M: StateMachine> RaftLoop<M> {
                 }
             }
             Input::Propose { data, waiter } => match self.raft.propose(data) {
-                Ok(at) => {
-                    let job = ApplyJob::Register { index: at.index, term: at.term, waiter };
-                    if self.apply_tx.send(job).is_err() {
-                        return false;
-                    }
-                }
+                Ok(at) => self.registered.push((at.index, at.term, waiter)),
                 Err(ProposeError::NotLeader { leader }) => {
                     waiter.fail(NodeError::NotLeader { leader })
                 }
@@ -458,12 +463,14 @@ where
         match job {
             ApplyJob::Local(query) => query(&machine),
             ApplyJob::Stop => return,
-            ApplyJob::Register { index, term, waiter } => {
-                if index <= applied {
-                    waiter.fail(NodeError::Unknown("the entry's index was already applied"));
-                } else if let Some((_, earlier)) = waiting.insert(index, (term, waiter)) {
-                    // A new leader's proposal took an index of ours that it overwrote.
-                    earlier.fail(NodeError::Dropped);
+            ApplyJob::Register(waiters) => {
+                for (index, term, waiter) in waiters {
+                    if index <= applied {
+                        waiter.fail(NodeError::Unknown("the entry's index was already applied"));
+                    } else if let Some((_, earlier)) = waiting.insert(index, (term, waiter)) {
+                        // A new leader's proposal took an index of ours that it overwrote.
+                        earlier.fail(NodeError::Dropped);
+                    }
                 }
             }
             ApplyJob::Apply { restore, entries, snapshot } => {

@@ -16,22 +16,26 @@
 //! Any node accepts any command: a follower forwards it to the leader's client port (as
 //! `RAFTKIT.LEADER <command>`, which a node only executes while it leads) and relays the reply.
 
+mod forward;
+mod io;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use raft_core::node::{Node, NodeError, NodeOptions, Pending};
+use raft_core::node::{Node, NodeError, NodeOptions};
 use raft_core::{NodeId, Router, SnapshotStore};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
 use raft_wal::{Durability, Wal, WalConfig};
 
 use crate::kv::{KvMachine, KvWrite, Output};
-use crate::resp::{self, Parsed};
+use crate::resp;
+use forward::Forwarder;
+use io::ReplyTo;
 
 /// The Raft group the server's data lives in.
 pub const GROUP: u64 = 1;
@@ -245,6 +249,12 @@ pub enum ServerError {
     /// The Raft node could not start.
     #[error("raft node: {0}")]
     Node(#[from] NodeError),
+    /// Serving clients failed (the event loop could not poll).
+    #[error("serving clients: {source}")]
+    Serve {
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// The client port could not be bound.
     #[error("cannot listen for clients on {addr}: {source}")]
     ClientBind {
@@ -260,8 +270,8 @@ pub struct Server {
     args: ServerArgs,
     node: Node<KvMachine>,
     transport: Arc<TcpTransport>,
-    /// Idle connections to other nodes' client ports, for forwarding.
-    forward_pool: Mutex<HashMap<NodeId, Vec<TcpStream>>>,
+    /// The way to each leader this node has forwarded to.
+    forwarders: Mutex<HashMap<NodeId, Arc<Forwarder>>>,
 }
 
 impl Server {
@@ -301,29 +311,14 @@ impl Server {
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
         tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");
         let server =
-            Arc::new(Server { args, node, transport, forward_pool: Mutex::new(HashMap::new()) });
+            Arc::new(Server { args, node, transport, forwarders: Mutex::new(HashMap::new()) });
         Ok((server, listener))
     }
 
-    /// Accepts clients forever, one thread each.
-    pub fn serve(self: &Arc<Server>, listener: TcpListener) {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => {
-                    let server = self.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("client".into())
-                        .spawn(move || server.serve_client(stream));
-                    if let Err(err) = spawned {
-                        tracing::error!(%err, "could not start a client thread");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+    /// Serves clients on `listener` until the process ends: one event-loop thread reads every
+    /// connection; replies are written by whichever thread finishes the command.
+    pub fn serve(self: &Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
+        io::serve(self, listener)
     }
 
     /// The Raft node (for status and tests).
@@ -331,74 +326,29 @@ impl Server {
         &self.node
     }
 
-    fn serve_client(&self, mut stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let mut input = Vec::with_capacity(16 << 10);
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut out = Vec::with_capacity(16 << 10);
-        loop {
-            let n = match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            input.extend_from_slice(&chunk[..n]);
-            // Every command that arrived together is started before any is waited for, so a
-            // pipelining client's commands share Raft rounds.
-            let mut started = Vec::new();
-            let mut used = 0;
-            let mut close = false;
-            loop {
-                match resp::parse_command(&input[used..]) {
-                    Parsed::Command(args, n) => {
-                        used += n;
-                        if args.is_empty() {
-                            continue;
-                        }
-                        if args[0].eq_ignore_ascii_case(b"QUIT") {
-                            close = true;
-                            started.push(Started::Done(b"+OK\r\n".to_vec()));
-                            break;
-                        }
-                        started.push(self.start_command(args, false));
-                    }
-                    Parsed::Incomplete => break,
-                    Parsed::Invalid(why) => {
-                        let mut reply = Vec::new();
-                        resp::error(&mut reply, &format!("ERR Protocol error: {why}"));
-                        started.push(Started::Done(reply));
-                        close = true;
-                        break;
-                    }
-                }
-            }
-            input.drain(..used);
-            out.clear();
-            for s in started {
-                self.finish(s, &mut out);
-            }
-            if stream.write_all(&out).is_err() || close {
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
-        }
-    }
-
-    /// Starts a command: answers it at once, or hands it to Raft (or to the leader).
-    fn start_command(&self, args: Vec<Vec<u8>>, forwarded: bool) -> Started {
+    /// Starts a command: answers it at once, or hands it to Raft or to the leader, whose
+    /// answer goes to `reply` later. Says which deadline the command needs.
+    fn start_command(
+        self: &Arc<Self>,
+        args: Vec<Vec<u8>>,
+        forwarded: bool,
+        reply: &ReplyTo,
+    ) -> Waits {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let argc = args.len() - 1;
-        let wrong_arity = || {
-            let mut r = Vec::new();
-            resp::error(
-                &mut r,
-                &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
-            );
-            Started::Done(r)
-        };
         let done = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut r = Vec::new();
             f(&mut r);
-            Started::Done(r)
+            reply.send(r);
+            Waits::No
+        };
+        let wrong_arity = || {
+            done(&|r| {
+                resp::error(
+                    r,
+                    &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
+                )
+            })
         };
         match name.as_str() {
             "PING" => match argc {
@@ -422,16 +372,22 @@ impl Server {
                 let info = self.info();
                 done(&|r| resp::bulk(r, Some(info.as_bytes())))
             }
-            "RAFTKIT.LEADER" if argc >= 1 => self.start_command(args[1..].to_vec(), true),
+            "RAFTKIT.LEADER" if argc >= 1 => {
+                let mut args = args;
+                args.remove(0);
+                self.start_command(args, true, reply)
+            }
             "RAFTKIT.LOCALMGET" if argc >= 1 => {
                 let keys: Vec<Vec<u8>> = args[1..].to_vec();
-                match self.node.read_local(
+                let r = reply.clone();
+                self.node.read_local_with(
                     move |kv: &KvMachine| mget_reply(kv, &keys),
-                    self.args.request_timeout,
-                ) {
-                    Ok(reply) => Started::Done(reply),
-                    Err(err) => done(&|r| resp::error(r, &error_line(&err))),
-                }
+                    move |result| match result {
+                        Ok(bytes) => r.send(bytes),
+                        Err(err) => r.send(error_reply(&err)),
+                    },
+                );
+                Waits::Local
             }
             "GET" | "MGET" | "EXISTS" | "DBSIZE" => {
                 let arity_ok = match name.as_str() {
@@ -442,7 +398,7 @@ impl Server {
                 if !arity_ok {
                     return wrong_arity();
                 }
-                self.start_read(name, args, forwarded)
+                self.start_read(name, args, forwarded, reply)
             }
             "SET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let write = match (name.as_str(), argc) {
@@ -474,10 +430,22 @@ impl Server {
                 };
                 match self.route(forwarded) {
                     Route::Local => {
-                        Started::Write(self.node.propose_async(write.encode()), args, forwarded)
+                        let server = self.clone();
+                        let r = reply.clone();
+                        self.node.propose_with(write.encode(), move |result| {
+                            let mut out = Vec::new();
+                            match result {
+                                Ok(Output::Ok) => resp::simple(&mut out, "OK"),
+                                Ok(Output::Integer(n)) => resp::integer(&mut out, n),
+                                Ok(Output::Error(e)) => resp::error(&mut out, &e),
+                                Err(err) => return server.failed(err, &args, forwarded, false, r),
+                            }
+                            r.send(out);
+                        });
+                        Waits::Local
                     }
-                    Route::Forward(leader) => Started::Forward(leader, args, false),
-                    Route::NoLeader => Started::Done(no_leader()),
+                    Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
+                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
                 }
             }
             _ => done(&|r| {
@@ -489,14 +457,23 @@ impl Server {
         }
     }
 
-    fn start_read(&self, name: String, args: Vec<Vec<u8>>, forwarded: bool) -> Started {
+    fn start_read(
+        self: &Arc<Self>,
+        name: String,
+        args: Vec<Vec<u8>>,
+        forwarded: bool,
+        reply: &ReplyTo,
+    ) -> Waits {
         match self.route(forwarded) {
-            Route::Forward(leader) => return Started::Forward(leader, args, true),
-            Route::NoLeader => return Started::Done(no_leader()),
+            Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
+            Route::NoLeader => {
+                reply.send(no_leader());
+                return Waits::No;
+            }
             Route::Local => {}
         }
         let keys: Vec<Vec<u8>> = args[1..].to_vec();
-        let pending = self.node.read_async(move |kv: &KvMachine| {
+        let query = move |kv: &KvMachine| {
             let mut r = Vec::new();
             match name.as_str() {
                 "GET" => resp::bulk(&mut r, kv.get(&keys[0])),
@@ -508,8 +485,33 @@ impl Server {
                 _ => resp::integer(&mut r, kv.len() as i64),
             }
             r
+        };
+        let server = self.clone();
+        let r = reply.clone();
+        self.node.read_with(query, move |result| match result {
+            Ok(bytes) => r.send(bytes),
+            Err(err) => server.failed(err, &args, forwarded, true, r),
         });
-        Started::Read(pending, args, forwarded)
+        Waits::Local
+    }
+
+    /// Answers a command the node refused or could not finish: forwarded to the new leader
+    /// if leadership moved before anything was done, otherwise the error.
+    fn failed(
+        &self,
+        err: NodeError,
+        args: &[Vec<u8>],
+        forwarded: bool,
+        read_only: bool,
+        reply: ReplyTo,
+    ) {
+        match err {
+            NodeError::NotLeader { leader: Some(l) } if !forwarded && l != self.args.id => {
+                // The deadline the command already has covers the forwarded trip too.
+                let _ = self.forward(l, args, read_only, reply);
+            }
+            err => reply.send(error_reply(&err)),
+        }
     }
 
     fn route(&self, forwarded: bool) -> Route {
@@ -522,90 +524,31 @@ impl Server {
         }
     }
 
-    /// Waits for a started command and appends its reply.
-    fn finish(&self, started: Started, out: &mut Vec<u8>) {
-        let timeout = self.args.request_timeout;
-        match started {
-            Started::Done(reply) => out.extend_from_slice(&reply),
-            Started::Write(pending, args, forwarded) => match pending.wait(timeout) {
-                Ok(Output::Ok) => resp::simple(out, "OK"),
-                Ok(Output::Integer(n)) => resp::integer(out, n),
-                Ok(Output::Error(e)) => resp::error(out, &e),
-                Err(NodeError::NotLeader { leader: Some(l) })
-                    if !forwarded && l != self.args.id =>
-                {
-                    out.extend_from_slice(&self.forward(l, &args, false))
-                }
-                Err(err) => resp::error(out, &error_line(&err)),
-            },
-            Started::Read(pending, args, forwarded) => match pending.wait(timeout) {
-                Ok(reply) => out.extend_from_slice(&reply),
-                Err(NodeError::NotLeader { leader: Some(l) })
-                    if !forwarded && l != self.args.id =>
-                {
-                    out.extend_from_slice(&self.forward(l, &args, true))
-                }
-                Err(err) => resp::error(out, &error_line(&err)),
-            },
-            Started::Forward(leader, args, read_only) => {
-                out.extend_from_slice(&self.forward(leader, &args, read_only))
-            }
-        }
-    }
-
-    /// Sends a command to the leader's client port and returns its reply's bytes.
-    fn forward(&self, leader: NodeId, args: &[Vec<u8>], read_only: bool) -> Vec<u8> {
-        let Some(&(_, addr)) = self.args.peers.get(&leader) else { return no_leader() };
-        let mut request = Vec::new();
-        let mut parts: Vec<&[u8]> = vec![b"RAFTKIT.LEADER"];
-        parts.extend(args.iter().map(Vec::as_slice));
-        resp::command(&mut request, &parts);
-        // A pooled connection may have died with an old leader: a read-only command can be
-        // retried on a fresh one; a write's outcome is then unknown.
-        for attempt in 0..2 {
-            let pooled = self.forward_pool.lock().get_mut(&leader).and_then(Vec::pop);
-            let fresh = pooled.is_none();
-            let stream = match pooled {
-                Some(s) => s,
-                None => match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        s
+    /// Hands a command to the leader's client port; its reply goes to `reply`.
+    fn forward(&self, leader: NodeId, args: &[Vec<u8>], read_only: bool, reply: ReplyTo) -> Waits {
+        let Some(&(_, addr)) = self.args.peers.get(&leader) else {
+            reply.send(no_leader());
+            return Waits::No;
+        };
+        let forwarder = {
+            let mut all = self.forwarders.lock();
+            match all.get(&leader) {
+                Some(f) => f.clone(),
+                None => {
+                    let stuck_after = self.args.request_timeout + Duration::from_secs(2);
+                    match Forwarder::start(addr, stuck_after) {
+                        Ok(f) => all.entry(leader).or_insert(Arc::new(f)).clone(),
+                        Err(err) => {
+                            tracing::error!(%err, "cannot start a forwarding thread");
+                            reply.send(no_leader());
+                            return Waits::No;
+                        }
                     }
-                    // Nothing was sent.
-                    Err(_) => return no_leader(),
-                },
-            };
-            let _ =
-                stream.set_read_timeout(Some(self.args.request_timeout + Duration::from_secs(1)));
-            if (&stream).write_all(&request).is_err() {
-                if fresh || attempt == 1 {
-                    return no_leader();
-                }
-                continue; // A dead pooled connection refused the bytes: nothing was sent.
-            }
-            let mut raw = Vec::new();
-            let mut reader = BufReader::new(&stream);
-            match resp::read_reply(&mut reader, Some(&mut raw)) {
-                Ok(_) => {
-                    if reader.buffer().is_empty() {
-                        drop(reader);
-                        self.forward_pool.lock().entry(leader).or_default().push(stream);
-                    }
-                    return raw;
-                }
-                Err(_) if read_only && attempt == 0 => continue,
-                Err(_) => {
-                    let mut r = Vec::new();
-                    resp::error(
-                        &mut r,
-                        "TIMEOUT the leader did not answer; the outcome is unknown",
-                    );
-                    return r;
                 }
             }
-        }
-        no_leader()
+        };
+        forwarder.send(args, read_only, reply);
+        Waits::Forwarded
     }
 
     /// The `INFO` text: a `# Raft` section of `field:value` lines.
@@ -685,16 +628,14 @@ enum Route {
     NoLeader,
 }
 
-/// A command on its way.
-enum Started {
-    /// Answered already.
-    Done(Vec<u8>),
-    /// A write waiting for its entry (the command kept for forwarding if leadership moved).
-    Write(Pending<Output>, Vec<Vec<u8>>, bool),
-    /// A read waiting for its barrier; the answer is the encoded reply.
-    Read(Pending<Vec<u8>>, Vec<Vec<u8>>, bool),
-    /// To be forwarded to the leader; whether it is read-only.
-    Forward(NodeId, Vec<Vec<u8>>, bool),
+/// Which deadline a started command needs.
+enum Waits {
+    /// None: it was answered.
+    No,
+    /// The request timeout: it waits for this node.
+    Local,
+    /// A little more: it waits for the leader, which has its own timeout.
+    Forwarded,
 }
 
 fn mget_reply(kv: &KvMachine, keys: &[Vec<u8>]) -> Vec<u8> {
@@ -712,6 +653,13 @@ fn no_leader() -> Vec<u8> {
     r
 }
 
+/// The error reply for a node error.
+fn error_reply(err: &NodeError) -> Vec<u8> {
+    let mut r = Vec::new();
+    resp::error(&mut r, &error_line(err));
+    r
+}
+
 /// The error line for a node error, by whether anything may have happened.
 fn error_line(err: &NodeError) -> String {
     match err {
@@ -724,6 +672,5 @@ fn error_line(err: &NodeError) -> String {
 /// Runs a server until the process is killed.
 pub fn run(args: ServerArgs) -> Result<(), ServerError> {
     let (server, listener) = Server::start(args)?;
-    server.serve(listener);
-    Ok(())
+    server.serve(listener).map_err(|source| ServerError::Serve { source })
 }

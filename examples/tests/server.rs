@@ -1,0 +1,168 @@
+//! The server's client side in one process: a single-node cluster (it elects itself) serving
+//! on loopback, driven by raw sockets, to check what clients can do to the event loop:
+//! deep pipelines answered in order, a client that never reads its replies, half-closed
+//! connections, QUIT and protocol errors.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft_wal::Durability;
+use raftkit_examples::client::Client;
+use raftkit_examples::resp::{self, Reply};
+use raftkit_examples::server::{Server, ServerArgs};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// Starts a one-node server; returns its client address (and the directory to keep).
+fn start() -> (SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ServerArgs {
+        id: 1,
+        cluster_id: 1,
+        raft_addr: free_addr(),
+        client_addr: free_addr(),
+        peers: Default::default(),
+        data_dir: dir.path().to_path_buf(),
+        durability: Durability::group_commit(),
+        request_timeout: Duration::from_secs(3),
+        snapshot_entries: 0,
+        tick: Duration::from_millis(5),
+    };
+    let addr = args.client_addr;
+    let (server, listener) = Server::start(args).expect("server starts");
+    let s: Arc<Server> = server.clone();
+    std::thread::spawn(move || s.serve(listener));
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.node().is_leader() {
+        assert!(Instant::now() < deadline, "the single node did not elect itself");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (addr, dir)
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    resp::command(&mut out, args);
+    out
+}
+
+#[test]
+fn a_deep_pipeline_is_answered_in_order() {
+    let (addr, _dir) = start();
+    let mut client = Client::connect(addr, TIMEOUT).expect("connect");
+    // Writes, reads and immediate answers mixed: each reply must come back in command order.
+    for i in 0..20_000 {
+        match i % 4 {
+            0 | 1 => client.send(&[b"INCR", b"counter"]).expect("queue"),
+            2 => client.send(&[b"GET", b"counter"]).expect("queue"),
+            _ => client.send(&[b"PING"]).expect("queue"),
+        }
+    }
+    client.flush().expect("send");
+    let mut counter = 0;
+    for i in 0..20_000 {
+        let reply = client.read().expect("reply");
+        match i % 4 {
+            0 | 1 => {
+                counter += 1;
+                assert_eq!(reply, Reply::Integer(counter), "command {i}");
+            }
+            2 => assert_eq!(
+                reply,
+                Reply::Bulk(Some(counter.to_string().into_bytes())),
+                "command {i}"
+            ),
+            _ => assert_eq!(reply, Reply::Simple("PONG".into()), "command {i}"),
+        }
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_the_others() {
+    let (addr, _dir) = start();
+    // Floods commands with large replies and never reads one: once its replies fill the
+    // socket and the server's allowance, the server must stop reading it.
+    let mut setup = Client::connect(addr, TIMEOUT).expect("connect");
+    let big = vec![b'b'; 512 << 10];
+    assert_eq!(setup.call(&[b"SET", b"big", &big]).expect("set"), Reply::Simple("OK".into()));
+    let flooder = TcpStream::connect(addr).expect("connect");
+    let flood = command(&[b"MGET", b"big", &[b'p'; 4096]]);
+    let writer = {
+        let mut f = flooder.try_clone().expect("clone");
+        f.set_write_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while f.write_all(&flood).is_ok() {
+                sent += 1;
+                if sent == 200_000 {
+                    break;
+                }
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = Client::connect(addr, TIMEOUT).expect("connect");
+    for i in 0..100 {
+        let began = Instant::now();
+        let reply = other.call(&[b"SET", b"k", i.to_string().as_bytes()]).expect("set");
+        assert_eq!(reply, Reply::Simple("OK".into()));
+        assert!(began.elapsed() < Duration::from_secs(2), "a write took {:?}", began.elapsed());
+    }
+    let sent = writer.join().expect("writer");
+    assert!(sent < 200_000, "the server kept reading a client that does not read ({sent} sent)");
+    // Once the flooder reads, its replies come, in order, whole.
+    let mut reader = BufReader::new(flooder.try_clone().expect("clone"));
+    flooder.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    for _ in 0..100 {
+        let reply = resp::read_reply(&mut reader, None).expect("reply");
+        assert_eq!(
+            reply,
+            Reply::Array(Some(vec![Reply::Bulk(Some(big.clone())), Reply::Bulk(None)]))
+        );
+    }
+}
+
+#[test]
+fn half_closed_clients_get_every_reply_and_quit_and_errors_close() {
+    let (addr, _dir) = start();
+    // Commands, then the client's end of the connection closes: every reply still arrives.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    for i in 0..100 {
+        s.write_all(&command(&[b"SET", format!("h{i}").as_bytes(), b"v"])).expect("send");
+    }
+    s.shutdown(Shutdown::Write).expect("half close");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("replies, then the server closes");
+    assert_eq!(all, b"+OK\r\n".repeat(100));
+
+    // QUIT answers +OK after the replies before it, then closes; what follows is not run.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut batch = command(&[b"SET", b"q", b"1"]);
+    batch.extend(command(&[b"QUIT"]));
+    batch.extend(command(&[b"SET", b"q", b"2"]));
+    s.write_all(&batch).expect("send");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("closed after QUIT");
+    assert_eq!(all, b"+OK\r\n+OK\r\n");
+
+    // Bytes that are not RESP: an error, then the connection closes.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(b"PING\r\n*2\r\n$x\r\n").expect("send");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("closed after the error");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("+PONG\r\n-ERR Protocol error"), "{text}");
+
+    let mut c = Client::connect(addr, TIMEOUT).expect("connect");
+    assert_eq!(c.call(&[b"GET", b"q"]).expect("get"), Reply::Bulk(Some(b"1".to_vec())));
+}
