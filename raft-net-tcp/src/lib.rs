@@ -306,7 +306,7 @@ impl Drop for TcpTransport {
 impl Transport for TcpTransport {
     fn send(&self, msg: Message) {
         match self.inner.peers.get(&msg.to) {
-            Some(peer) => peer.enqueue(msg),
+            Some(peer) => peer.enqueue(msg, self.inner.config.max_frame_bytes),
             None => {
                 self.inner.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(to = msg.to, "message for a node that is not a peer dropped");

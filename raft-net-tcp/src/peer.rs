@@ -41,6 +41,19 @@ struct State {
     generation: u64,
     connections: u64,
     closed: bool,
+    /// Someone (the writer thread, or a sender writing directly) is writing to the
+    /// connection; nobody else may.
+    writing: bool,
+    /// The end of a frame a direct send could not finish, for the writer to send first (only
+    /// on the connection of generation `leftover_generation`).
+    leftover: Vec<u8>,
+    leftover_generation: u64,
+}
+
+impl State {
+    fn idle(&self) -> bool {
+        self.control.is_empty() && self.bulk.is_empty() && self.leftover.is_empty()
+    }
 }
 
 /// A peer of this node.
@@ -67,12 +80,24 @@ impl Peer {
         }
     }
 
-    /// Queues a message for the writer, or drops it (counted) if its queue is full.
-    pub(crate) fn enqueue(&self, msg: Message) {
+    /// Sends a message: straight to the socket from the caller's thread when nothing is queued
+    /// or being written and the socket takes it without blocking (which spares a thread
+    /// wake-up on every message of a lightly loaded node); otherwise queues it for the writer,
+    /// or drops it (counted) if its queue is full.
+    pub(crate) fn enqueue(&self, msg: Message, max_frame_bytes: u32) {
         let bulk = matches!(msg.body, MessageBody::InstallSnapshot(_));
         let mut st = self.state.lock();
         if st.closed {
             return;
+        }
+        if !bulk && !st.writing && st.idle() {
+            if let Some(conn) = &st.conn {
+                let (stream, generation) = (conn.stream.clone(), conn.generation);
+                st.writing = true;
+                drop(st);
+                self.send_now(&msg, &stream, generation, max_frame_bytes);
+                return;
+            }
         }
         let was_idle = st.control.is_empty() && st.bulk.is_empty();
         let (queue, capacity) = if bulk {
@@ -95,6 +120,62 @@ impl Peer {
         }
     }
 
+    /// Writes one message without blocking, as the connection's current writer (`writing` is
+    /// set); what the socket does not take is left for the writer thread.
+    fn send_now(&self, msg: &Message, stream: &TcpStream, generation: u64, max_frame_bytes: u32) {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            let encoded = encode_frame(msg, buf);
+            let outcome = match encoded {
+                Ok(()) if buf.len() - 8 <= max_frame_bytes as usize => {
+                    Some(send_nonblocking(stream, buf))
+                }
+                result => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        peer = self.id,
+                        kind = msg.body.name(),
+                        ?result,
+                        max = max_frame_bytes,
+                        "message too large for a frame: dropped"
+                    );
+                    None
+                }
+            };
+            let mut st = self.state.lock();
+            st.writing = false;
+            let mut lost = false;
+            match outcome {
+                Some(Ok(n)) => {
+                    self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    self.counters.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    if n < buf.len() {
+                        st.leftover.extend_from_slice(&buf[n..]);
+                        st.leftover_generation = generation;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::info!(peer = self.id, %err, "connection lost while writing");
+                    lost = true;
+                }
+                None => {}
+            }
+            let wake = !st.idle();
+            drop(st);
+            if lost {
+                self.disconnect(generation);
+            } else if wake {
+                self.wake.notify_all();
+            }
+            if buf.capacity() > 4 << 20 {
+                *buf = Vec::new(); // Do not keep a large append's buffer.
+            }
+        });
+    }
+
     /// Makes `stream` the peer's connection, closing any earlier one. Returns the connection's
     /// generation, or `None` if the transport is closing.
     pub(crate) fn install(&self, stream: TcpStream) -> Option<u64> {
@@ -106,6 +187,7 @@ impl Peer {
         if let Some(old) = st.conn.take() {
             let _ = old.stream.shutdown(Shutdown::Both);
         }
+        st.leftover.clear(); // Half a frame means nothing on a new connection.
         st.generation += 1;
         st.connections += 1;
         if st.connections > 1 {
@@ -200,8 +282,16 @@ pub(crate) fn writer_loop(inner: &Arc<Inner>, peer: &Arc<Peer>) {
                         };
                         peer.wake.wait_for(&mut st, wait);
                     }
-                    Some(conn) if !st.control.is_empty() || !st.bulk.is_empty() => {
+                    Some(conn) if !st.writing && !st.idle() => {
                         let conn = (conn.stream.clone(), conn.generation);
+                        if st.leftover_generation == conn.1 {
+                            buf.clear();
+                            buf.append(&mut st.leftover);
+                        } else {
+                            st.leftover.clear();
+                            buf.clear();
+                        }
+                        st.writing = true;
                         let take = st.control.len().min(BATCH_MAX);
                         batch.extend(st.control.drain(..take));
                         // At most one snapshot chunk per batch: heartbeats never wait behind more.
@@ -254,7 +344,7 @@ pub(crate) fn writer_loop(inner: &Arc<Inner>, peer: &Arc<Peer>) {
                 }
             },
             Next::Write(stream, generation) => {
-                buf.clear();
+                // `buf` starts with what a direct send left unfinished.
                 let mut frames = 0u64;
                 for msg in batch.drain(..) {
                     let start = buf.len();
@@ -275,16 +365,17 @@ pub(crate) fn writer_loop(inner: &Arc<Inner>, peer: &Arc<Peer>) {
                         }
                     }
                 }
-                match (&*stream).write_all(&buf) {
-                    Ok(()) => {
-                        peer.counters.frames_sent.fetch_add(frames, Ordering::Relaxed);
-                        peer.counters.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        tracing::info!(peer = peer.id, %err, "connection lost while writing");
-                        peer.disconnect(generation);
-                    }
+                let written = (&*stream).write_all(&buf);
+                if written.is_ok() {
+                    peer.counters.frames_sent.fetch_add(frames, Ordering::Relaxed);
+                    peer.counters.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
+                peer.state.lock().writing = false;
+                if let Err(err) = written {
+                    tracing::info!(peer = peer.id, %err, "connection lost while writing");
+                    peer.disconnect(generation);
+                }
+                buf.clear();
                 if buf.capacity() > 4 << 20 {
                     buf = Vec::with_capacity(64 << 10); // Do not keep a snapshot-sized buffer.
                 }
@@ -334,6 +425,45 @@ pub(crate) fn read_loop(inner: &Arc<Inner>, peer: &Arc<Peer>, stream: TcpStream,
         }
     }
     peer.disconnect(generation);
+}
+
+/// Sends as much of `buf` as the socket takes now, without blocking; `Ok(0)` when it takes
+/// nothing.
+fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = libc::MSG_DONTWAIT;
+        let mut sent = 0;
+        while sent < buf.len() {
+            let rest = &buf[sent..];
+            // SAFETY: the descriptor belongs to `stream`, which the caller borrows for the whole
+            // call, so it stays open; `rest` is a live slice and the kernel reads at most
+            // `rest.len()` bytes from its start. MSG_DONTWAIT makes only this call non-blocking
+            // and leaves the descriptor's mode (shared with the writer thread) alone.
+            let n =
+                unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+            if n >= 0 {
+                sent += n as usize;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock => break,
+                std::io::ErrorKind::Interrupted => {}
+                _ => return Err(err),
+            }
+        }
+        Ok(sent)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (stream, buf);
+        Ok(0) // The writer thread sends it all.
+    }
 }
 
 /// A small xorshift generator for backoff jitter (no need for quality, only spread).

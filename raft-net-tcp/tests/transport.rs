@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use raft_core::{
-    Heartbeat, Inbound, InstallSnapshot, Message, MessageBody, NodeId, Router, SnapshotMeta,
-    Transport,
+    AppendRequest, Entry, Heartbeat, Inbound, InstallSnapshot, Message, MessageBody, NodeId,
+    Router, SnapshotMeta, Transport,
 };
 use raft_net_tcp::frame::{encode_frame, Answer, Hello, Verdict, ANSWER_LEN, PROTOCOL_VERSION};
 use raft_net_tcp::{TcpConfig, TcpTransport};
@@ -121,6 +121,10 @@ fn messages_flow_both_ways_over_one_connection_per_pair() {
             assert_eq!(commits, (0..100).collect::<Vec<_>>());
         }
     }
+    // A writer counts its frames once its write returns, which can be after they arrived.
+    wait_until("every frame counted", || {
+        transports.iter().all(|t| t.metrics().iter().all(|m| m.frames_sent == 100))
+    });
     for t in &transports {
         for m in t.metrics() {
             assert!(m.connected, "{m:?}");
@@ -160,7 +164,7 @@ fn groups_share_the_connection_and_are_routed() {
     assert!(a.wait_for(10).iter().all(|m| m.group == 1));
     assert!(b.wait_for(10).iter().all(|m| m.group == 2));
     wait_until("unroutable count", || router.unroutable() == 10);
-    assert_eq!(t1.metrics()[0].frames_sent, 30);
+    wait_until("every frame counted", || t1.metrics()[0].frames_sent == 30);
     // A message for a node that is not a peer is dropped and counted.
     t1.send(heartbeat(1, 1, 7, 0));
     assert_eq!(t1.unknown_peer_messages(), 1);
@@ -369,6 +373,45 @@ fn snapshot_chunks_do_not_hold_back_heartbeats() {
         })
         .collect();
     assert_eq!(offsets, vec![0, 1 << 22, 2 << 22, 3 << 22]);
+}
+
+#[test]
+fn large_messages_sent_faster_than_read_arrive_whole_and_in_order() {
+    // Sends that the socket only partly takes leave the rest of the frame to the writer
+    // thread; nothing may be cut, interleaved or reordered on the wire.
+    let (transports, collectors, _) = start_all(11, 2);
+    wait_until("connected", || transports[0].metrics()[0].connected);
+    let payload = Bytes::from(vec![7u8; 256 << 10]);
+    let sent = 400u64;
+    for i in 0..sent {
+        let body = if i % 3 == 2 {
+            MessageBody::Heartbeat(Heartbeat { commit: i })
+        } else {
+            MessageBody::Append(AppendRequest {
+                prev_index: i,
+                prev_term: 1,
+                entries: vec![Entry::normal(1, i + 1, payload.clone())],
+                commit: i,
+            })
+        };
+        transports[0].send(Message { group: 1, from: 1, to: 2, term: 1, body });
+    }
+    let dropped = transports[0].metrics()[0].dropped;
+    let got = collectors[1].wait_for((sent - dropped) as usize);
+    let order: Vec<u64> = got
+        .iter()
+        .map(|m| match &m.body {
+            MessageBody::Append(a) => {
+                assert!(a.entries[0].data == payload, "an entry's payload changed");
+                a.commit
+            }
+            MessageBody::Heartbeat(h) => h.commit,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order: {order:?}");
+    assert_eq!(transports[1].metrics()[0].bad_frames, 0);
+    assert!(transports[0].metrics()[0].connected, "the connection survived");
 }
 
 #[test]
