@@ -113,20 +113,34 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
         let began = Instant::now();
         let reply = other.call(&[b"SET", b"k", i.to_string().as_bytes()]).expect("set");
         assert_eq!(reply, Reply::Simple("OK".into()));
-        assert!(began.elapsed() < Duration::from_secs(2), "a write took {:?}", began.elapsed());
+        assert!(began.elapsed() < Duration::from_secs(5), "a write took {:?}", began.elapsed());
     }
     let sent = writer.join().expect("writer");
     assert!(sent < 200_000, "the server kept reading a client that does not read ({sent} sent)");
-    // Once the flooder reads, its replies come, in order, whole.
+    // Once the flooder reads, its replies come whole, until the server closed it for holding
+    // too many unsent replies (started before reading paused), if it did. Either way the
+    // server is still serving.
     let mut reader = BufReader::new(flooder.try_clone().expect("clone"));
     flooder.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    for _ in 0..100 {
-        let reply = resp::read_reply(&mut reader, None).expect("reply");
-        assert_eq!(
-            reply,
-            Reply::Array(Some(vec![Reply::Bulk(Some(big.clone())), Reply::Bulk(None)]))
-        );
+    let whole = Reply::Array(Some(vec![Reply::Bulk(Some(big.clone())), Reply::Bulk(None)]));
+    let mut got = 0;
+    while got < 100 {
+        match resp::read_reply(&mut reader, None) {
+            Ok(reply) => assert_eq!(reply, whole, "reply {got}"),
+            // Closed with the flood unread on the server's side, the socket may be reset.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("reading reply {got}: {e}"),
+        }
+        got += 1;
     }
+    assert_eq!(other.call(&[b"GET", b"k"]).expect("get"), Reply::Bulk(Some(b"99".to_vec())));
 }
 
 #[test]

@@ -26,6 +26,9 @@ const WAKE: Token = Token(1);
 const MAX_UNANSWERED: u64 = 4096;
 /// Nor one with this many reply bytes the client has not taken yet.
 const MAX_UNSENT_BYTES: usize = 16 << 20;
+/// Replies a connection may hold unsent before it is closed: commands already started when
+/// reading paused can still produce this much (a pipeline of reads of large values).
+const MAX_OUTPUT_BYTES: usize = 256 << 20;
 /// Unparsed bytes buffered per connection before the event loop stops reading it and starts
 /// what it has (a single command may be larger; then reading goes on until it is whole).
 const READ_AHEAD_BYTES: usize = 1 << 20;
@@ -53,6 +56,7 @@ struct Outbox {
     next: u64,
     /// Replies that arrived before an earlier one.
     early: BTreeMap<u64, Vec<u8>>,
+    early_bytes: usize,
     /// Bytes not yet taken by the socket, from `sent` on.
     buf: Vec<u8>,
     sent: usize,
@@ -75,12 +79,20 @@ impl Conn {
             out.buf.extend_from_slice(&reply);
             out.next += 1;
             while let Some(r) = out.early.remove(&out.next) {
+                out.early_bytes -= r.len();
                 out.buf.extend_from_slice(&r);
                 out.next += 1;
             }
         } else {
+            out.early_bytes += reply.len();
             out.early.insert(seq, reply);
-            return;
+        }
+        if out.buf.len() - out.sent + out.early_bytes > MAX_OUTPUT_BYTES {
+            tracing::warn!(
+                limit = MAX_OUTPUT_BYTES,
+                "a client does not take its replies: closing its connection"
+            );
+            out.closed = true;
         }
         self.flush(out);
     }
@@ -88,7 +100,7 @@ impl Conn {
     /// Writes what the socket takes without blocking; the rest goes when it is writable again
     /// (the event loop is told then, and calls this again).
     fn flush(&self, out: &mut Outbox) {
-        while out.sent < out.buf.len() {
+        while !out.closed && out.sent < out.buf.len() {
             match (&self.stream).write(&out.buf[out.sent..]) {
                 Ok(0) => {
                     out.closed = true;
@@ -116,6 +128,7 @@ impl Conn {
         if out.closed || out.close_after.is_some_and(|last| out.next > last) {
             out.closed = true;
             out.early.clear();
+            out.early_bytes = 0;
             // The event loop sees the connection end and drops it.
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -123,7 +136,7 @@ impl Conn {
 
     fn unsent_bytes(&self) -> usize {
         let out = self.out.lock();
-        out.buf.len() - out.sent + out.early.values().map(Vec::len).sum::<usize>()
+        out.buf.len() - out.sent + out.early_bytes
     }
 }
 
