@@ -5,7 +5,7 @@
 //! So a write costs no thread wake-up of its own on the way in (the loop reads every connection
 //! that has bytes, then goes back to waiting) nor on the way out (the apply thread answers).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,9 +134,11 @@ impl Conn {
         }
     }
 
-    fn unsent_bytes(&self) -> usize {
+    /// Whether a client whose next command gets `next_seq` must wait for replies to drain.
+    fn backlogged(&self, next_seq: u64) -> bool {
         let out = self.out.lock();
-        out.buf.len() - out.sent + out.early_bytes
+        next_seq - out.next >= MAX_UNANSWERED
+            || out.buf.len() - out.sent + out.early_bytes >= MAX_UNSENT_BYTES
     }
 }
 
@@ -223,6 +225,10 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
         waker: mio::Waker::new(poll.registry(), WAKE)?,
     });
     let mut retry: Vec<Token> = Vec::new();
+    // Connections to look at this round: those with events, and those `held` back (paused, or
+    // with bytes left unread) from earlier rounds. Idle connections cost nothing.
+    let mut held: HashSet<Token> = HashSet::new();
+    let mut busy: Vec<Token> = Vec::new();
     let mut events = Events::with_capacity(1024);
     let mut clients: HashMap<Token, Client> = HashMap::new();
     let mut next_token = 2usize;
@@ -234,9 +240,9 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
     loop {
         let now = Instant::now();
         let mut wait = [local.expire(now), forwarded.expire(now)].into_iter().flatten().min();
-        if clients.values().any(|c| c.unread && !c.paused) {
+        if held.iter().any(|t| clients.get(t).is_some_and(|c| c.unread && !c.paused)) {
             wait = Some(Duration::ZERO);
-        } else if !retry.is_empty() || clients.values().any(|c| c.paused) {
+        } else if !retry.is_empty() || !held.is_empty() {
             wait = Some(wait.map_or(Duration::from_millis(2), |w| w.min(Duration::from_millis(2))));
         }
         if let Err(e) = poll.poll(&mut events, wait) {
@@ -257,6 +263,7 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
             }
             if let Some(client) = clients.get_mut(&token) {
                 read_all(client, &mut chunk);
+                busy.push(token);
             }
         }
         // Sockets that would not take every reply: try again (every 2 ms while any are left).
@@ -267,8 +274,12 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
             out.stalled
         });
         // Start the commands of every connection that has some (paused ones resume here).
+        busy.extend(held.drain());
+        busy.sort_unstable();
+        busy.dedup();
         let mut gone = Vec::new();
-        for (&token, client) in clients.iter_mut() {
+        for token in busy.drain(..) {
+            let Some(client) = clients.get_mut(&token) else { continue };
             if client.paused && unanswered(client) < MAX_UNANSWERED / 2 {
                 client.paused = false;
                 client.unread = true;
@@ -282,6 +293,8 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
             // An ended client's unparsed rest is an incomplete command: nothing more comes.
             if client.conn.out.lock().closed || (client.ended && !client.paused) {
                 gone.push(token);
+            } else if client.paused || client.unread {
+                held.insert(token);
             }
         }
         for token in gone {
@@ -380,7 +393,7 @@ fn start_commands(
 ) {
     let mut used = 0;
     while !client.closing {
-        if unanswered(client) >= MAX_UNANSWERED || client.conn.unsent_bytes() >= MAX_UNSENT_BYTES {
+        if client.conn.backlogged(client.next_seq) {
             client.paused = true;
             break;
         }
