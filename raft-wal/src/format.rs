@@ -226,6 +226,21 @@ pub(crate) fn finish_record(
     debug_assert!(meta_len <= payload_len);
     let total = align(RECORD_HEADER_LEN + payload_len);
     out[RECORD_HEADER_LEN + payload_len..total].fill(0);
+    finish_header(out, segment_seq, kind, seq, durable, payload_len, meta_len);
+    total
+}
+
+/// Fills in the header of a record whose metadata follows it in `out` (the payload after the
+/// metadata is not read: its checksums are in the metadata).
+pub(crate) fn finish_header(
+    out: &mut [u8],
+    segment_seq: u64,
+    kind: Kind,
+    seq: u64,
+    durable: u64,
+    payload_len: usize,
+    meta_len: usize,
+) {
     put_u32(out, 0, payload_len as u32);
     out[8] = kind as u8;
     out[9..12].fill(0);
@@ -233,7 +248,6 @@ pub(crate) fn finish_record(
     put_u64(out, 16, seq);
     put_u64(out, 24, durable);
     put_u32(out, 4, record_crc(out, segment_seq, meta_len));
-    total
 }
 
 fn record_crc(record: &[u8], segment_seq: u64, meta_len: usize) -> u32 {

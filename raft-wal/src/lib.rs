@@ -41,6 +41,7 @@ pub mod format;
 mod index;
 mod recovery;
 mod segment;
+mod staging;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod wal;

@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 
 use raft_core::{GroupId, Index};
 
-use crate::config::{RecoveryMode, WalConfig};
+use crate::config::{Durability, RecoveryMode, WalConfig};
 use crate::error::WalError;
 use crate::format::{
     self, HeaderError, Kind, RecordHeader, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::index::{GroupIndex, Loc};
 use crate::segment::{self, SegmentFile};
+use crate::staging::Staging;
 use crate::wal::{drop_live, DurablePosition, Segment, State};
 
 /// What opening the WAL found.
@@ -182,8 +183,8 @@ pub(crate) fn recover(
         unsynced_sealed: Vec::new(),
         last_record: (0, SEGMENT_HEADER_LEN),
         append_via: config.append_via,
-        staged: Vec::new(),
-        staged_at: SEGMENT_HEADER_LEN,
+        staging: Staging::new(SEGMENT_HEADER_LEN),
+        start_writeback: config.durability != Durability::Never,
     };
     let mut report = RecoveryReport::default();
 
@@ -802,7 +803,7 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
 /// Writes a checkpoint at the write position (the start of the active segment).
 fn write_checkpoint_at_open(state: &mut State) -> Result<(), WalError> {
     let durable = state.next_seq.saturating_sub(1);
-    state.staged_at = state.offset;
+    state.staging.reset(state.offset);
     crate::wal::put_checkpoint(state, durable);
     crate::wal::end_batch(state);
     crate::wal::flush_staged(state)

@@ -41,6 +41,7 @@ use crate::format::{
 use crate::index::{GroupIndex, Loc};
 use crate::recovery::RecoveryReport;
 use crate::segment::{self, SegmentFile};
+use crate::staging::{self, Staging};
 
 /// A segment in use.
 pub(crate) struct Segment {
@@ -73,11 +74,13 @@ pub(crate) struct State {
     pub(crate) last_record: (u64, usize),
     /// How records reach the active segment.
     pub(crate) append_via: AppendVia,
-    /// With `AppendVia::Write`: records encoded but not yet written to the active segment, which
-    /// start at offset `staged_at` there. Flushed with one write before the write lock is
-    /// released, so readers never see an index entry whose bytes are not in the file.
-    pub(crate) staged: Vec<u8>,
-    pub(crate) staged_at: usize,
+    /// With `AppendVia::Write`: records encoded but not yet written to the active segment.
+    /// Flushed before the write lock is released, so readers never see an index entry whose
+    /// bytes are not in the file.
+    pub(crate) staging: Staging,
+    /// Long flushes start writeback as they go (every mode but `Never`, which leaves writing
+    /// to the OS).
+    pub(crate) start_writeback: bool,
 }
 
 /// Group commit bookkeeping.
@@ -507,26 +510,14 @@ impl Shared {
             }
             let (chunk, tail) = rest.split_at(count);
             rest = tail;
+            // The count above ignored the record's alignment padding.
             let meta_len = format::ENTRIES_META_FIXED + count * format::ENTRY_ROW_LEN;
-            let segment = st.active as u32;
-            let mut locs = Vec::with_capacity(count);
-            self.append(st, Kind::Entries, meta_len + data, meta_len, |p, payload_at| {
-                format::encode_entries_meta(p, group, chunk[0].index, count as u32);
-                let mut at = meta_len;
-                for (i, e) in chunk.iter().enumerate() {
-                    let len = e.data.len();
-                    p[at..at + len].copy_from_slice(&e.data);
-                    let crc = crc32c::crc32c(&e.data);
-                    let noop = e.kind == EntryKind::Noop;
-                    format::encode_row(
-                        p,
-                        i,
-                        format::EntryRow { term: e.term, len: len as u32, noop, crc },
-                    );
-                    locs.push(Loc::new(segment, payload_at + at as u32, len as u32, noop, crc));
-                    at += len;
-                }
-            })?;
+            if format::align(RECORD_HEADER_LEN + meta_len + data) > self.room(st) {
+                self.roll(st)?;
+            }
+            let durable = self.durable_seq.load(Ordering::Acquire);
+            let (total, locs) = put_entries(st, group, chunk, durable);
+            self.account(total);
             let g = st.groups.entry(group).or_default();
             for (e, loc) in chunk.iter().zip(locs) {
                 debug_assert_eq!(e.index, g.last_index() + 1, "validated entries are consecutive");
@@ -568,6 +559,11 @@ impl Shared {
     ) {
         let durable = self.durable_seq.load(Ordering::Acquire);
         let total = put_record(st, kind, payload_len, meta_len, durable, fill);
+        self.account(total);
+    }
+
+    /// Counts `total` bytes written towards the group commit byte limit.
+    fn account(&self, total: usize) {
         let pending = self.pending_bytes.fetch_add(total as u64, Ordering::AcqRel) + total as u64;
         if let Durability::GroupCommit { max_bytes, .. } = self.config.durability {
             if pending >= max_bytes && self.sync.lock().gathering {
@@ -629,7 +625,7 @@ impl Shared {
         st.segments.insert(new, Segment { file, live: 0, verified: true });
         st.active = new;
         st.offset = SEGMENT_HEADER_LEN;
-        st.staged_at = SEGMENT_HEADER_LEN;
+        st.staging.reset(SEGMENT_HEADER_LEN);
         st.active_sealed = false;
         self.write_checkpoint(st);
         // Ask for the next prepared file.
@@ -1045,13 +1041,11 @@ pub(crate) fn put_record(
     let buf = match st.append_via {
         AppendVia::Mmap => &mut seg.file.bytes_mut()[at..at + total],
         AppendVia::Write => {
-            if st.staged.is_empty() {
-                st.staged_at = at;
+            if st.staging.is_empty() {
+                st.staging.reset(at);
             }
-            debug_assert_eq!(st.staged_at + st.staged.len(), at, "staged records are contiguous");
-            let start = st.staged.len();
-            st.staged.resize(start + total, 0);
-            &mut st.staged[start..]
+            debug_assert_eq!(st.staging.end(), at, "staged records are contiguous");
+            st.staging.inline_mut(total)
         }
     };
     fill(
@@ -1065,15 +1059,102 @@ pub(crate) fn put_record(
     total
 }
 
+/// Encodes one ENTRIES record of `chunk` (which fits at the write position) and returns its
+/// length and where each payload went. Through `AppendVia::Write`, payloads of at least
+/// [`staging::EXTERNAL_MIN`] bytes are not copied: the flush writes them from the entries'
+/// own buffers.
+pub(crate) fn put_entries(
+    st: &mut State,
+    group: GroupId,
+    chunk: &[Entry],
+    durable: u64,
+) -> (usize, Vec<Loc>) {
+    let count = chunk.len();
+    let meta_len = format::ENTRIES_META_FIXED + count * format::ENTRY_ROW_LEN;
+    let data: usize = chunk.iter().map(|e| e.data.len()).sum();
+    let segment = st.active as u32;
+    let mut locs = Vec::with_capacity(count);
+    let first_index = chunk.first().map_or(0, |e| e.index);
+    let encode_row = |p: &mut [u8], i: usize, e: &Entry, crc: u32| {
+        let noop = e.kind == EntryKind::Noop;
+        format::encode_row(
+            p,
+            i,
+            format::EntryRow { term: e.term, len: e.data.len() as u32, noop, crc },
+        );
+    };
+    if st.append_via == AppendVia::Mmap {
+        let total =
+            put_record(st, Kind::Entries, meta_len + data, meta_len, durable, |p, payload_at| {
+                format::encode_entries_meta(p, group, first_index, count as u32);
+                let mut at = meta_len;
+                for (i, e) in chunk.iter().enumerate() {
+                    let len = e.data.len();
+                    p[at..at + len].copy_from_slice(&e.data);
+                    let crc = crc32c::crc32c(&e.data);
+                    encode_row(p, i, e, crc);
+                    locs.push(Loc::new(
+                        segment,
+                        payload_at + at as u32,
+                        len as u32,
+                        e.kind == EntryKind::Noop,
+                        crc,
+                    ));
+                    at += len;
+                }
+            });
+        return (total, locs);
+    }
+    let payload_len = meta_len + data;
+    let total = format::align(RECORD_HEADER_LEN + payload_len);
+    let seq = st.next_seq;
+    let at = st.offset;
+    let Some(seg) = st.segments.get(&st.active) else {
+        unreachable!("the active segment {} is always mapped", st.active)
+    };
+    let segment_seq = seg.file.seq;
+    if st.staging.is_empty() {
+        st.staging.reset(at);
+    }
+    debug_assert_eq!(st.staging.end(), at, "staged records are contiguous");
+    let head_at = st.staging.end();
+    st.staging.inline_mut(RECORD_HEADER_LEN + meta_len);
+    let mut rows = vec![0u8; meta_len];
+    format::encode_entries_meta(&mut rows, group, first_index, count as u32);
+    let mut payload_at = at + RECORD_HEADER_LEN + meta_len;
+    for (i, e) in chunk.iter().enumerate() {
+        let len = e.data.len();
+        let crc = crc32c::crc32c(&e.data);
+        encode_row(&mut rows, i, e, crc);
+        locs.push(Loc::new(segment, payload_at as u32, len as u32, e.kind == EntryKind::Noop, crc));
+        if len >= staging::EXTERNAL_MIN {
+            st.staging.push_external(e.data.clone());
+        } else {
+            st.staging.push_copy(&e.data);
+        }
+        payload_at += len;
+    }
+    st.staging.inline_mut(total - RECORD_HEADER_LEN - payload_len);
+    let Some(head) = st.staging.inline_at(head_at) else {
+        unreachable!("a record header is staged inline")
+    };
+    let head = &mut head[..RECORD_HEADER_LEN + meta_len];
+    head[RECORD_HEADER_LEN..].copy_from_slice(&rows);
+    format::finish_header(head, segment_seq, Kind::Entries, seq, durable, payload_len, meta_len);
+    st.last_record = (st.active, at);
+    st.offset += total;
+    st.next_seq += 1;
+    (total, locs)
+}
+
 /// The bytes of the record starting at `at` in `segment`, wherever they are now (staged, or in
-/// the segment's mapping).
+/// the segment's mapping): at least its header and metadata.
 fn record_mut(st: &mut State, segment: u64, at: usize) -> Option<(u64, &mut [u8])> {
-    let staged_here = segment == st.active && !st.staged.is_empty() && at >= st.staged_at;
+    let staged_here = segment == st.active && !st.staging.is_empty() && at >= st.staging.at();
     let seg = st.segments.get_mut(&segment)?;
     let seq = seg.file.seq;
     if staged_here {
-        let from = at - st.staged_at;
-        Some((seq, &mut st.staged[from..]))
+        Some((seq, st.staging.inline_at(at)?))
     } else {
         Some((seq, &mut seg.file.bytes_mut()[at..]))
     }
@@ -1081,19 +1162,16 @@ fn record_mut(st: &mut State, segment: u64, at: usize) -> Option<(u64, &mut [u8]
 
 /// Writes the staged records to the active segment file.
 pub(crate) fn flush_staged(st: &mut State) -> Result<(), WalError> {
-    if st.staged.is_empty() {
+    if st.staging.is_empty() {
         return Ok(());
     }
     let Some(seg) = st.segments.get(&st.active) else {
         unreachable!("the active segment {} is always mapped", st.active)
     };
-    use std::os::unix::fs::FileExt;
-    seg.file
-        .file
-        .write_all_at(&st.staged, st.staged_at as u64)
+    st.staging
+        .write_to(&seg.file.file, st.start_writeback)
         .map_err(|e| WalError::io(&seg.file.path, e))?;
-    st.staged.clear();
-    st.staged_at = st.offset;
+    st.staging.reset(st.offset);
     Ok(())
 }
 

@@ -33,7 +33,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u64..5, 0u64..4, 1u64..12, 0usize..3000)
+        6 => (1u64..5, 0u64..4, 1u64..12, 0usize..9000)
             .prop_map(|(group, replace, n, size)| Op::Append { group, replace, n, size }),
         1 => (1u64..5, 0u64..20).prop_map(|(group, back)| Op::Compact { group, back }),
         1 => (1u64..5, 1u64..100).prop_map(|(group, term)| Op::HardState { group, term }),
@@ -92,7 +92,7 @@ proptest! {
                     };
                     let term = (top + u64::from(replace > 0)).max(1);
                     let es: Vec<Entry> = (from..from + n)
-                        .map(|i| Entry::normal(term, i, payload(group, i, term, size % (1 + i as usize % 7 * 500))))
+                        .map(|i| Entry::normal(term, i, payload(group, i, term, size % (1 + i as usize % 7 * 1500))))
                         .collect();
                     let w = [LogWrite { group, hard_state: None, entries: &es }];
                     lsn = wal.write(&w).unwrap();
