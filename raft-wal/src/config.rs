@@ -18,10 +18,10 @@ pub enum Durability {
     /// covers the position, and concurrent callers share it (group commit).
     ///
     /// With a zero `max_delay` (see [`Durability::group_commit`]) the WAL gathers on its own:
-    /// a lone caller's sync starts at once; when the previous sync covered several callers, the
-    /// next waits until as many are waiting, at most half the previous sync's duration (and
-    /// never above 500 us). With a `max_delay`, a sync waits up to that long for more writes,
-    /// or until `max_bytes` are pending.
+    /// a lone caller's sync starts at once; when several callers were waiting as the previous
+    /// sync ended, the next waits until as many are waiting again, at most as long as the
+    /// previous sync took (and never above 500 us). With a `max_delay`, a sync waits up to that
+    /// long for more writes, or until `max_bytes` are pending.
     GroupCommit {
         /// Longest time the first waiter holds the sync back to gather more writes.
         max_delay: Duration,

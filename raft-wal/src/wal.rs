@@ -34,6 +34,7 @@ use raft_core::{
 };
 
 use crate::config::{AppendVia, Durability, WalConfig};
+use crate::doorbell::Doorbell;
 use crate::error::WalError;
 use crate::format::{
     self, CheckpointRow, Kind, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
@@ -94,12 +95,17 @@ struct SyncState {
     syncing: bool,
     /// A leader is waiting to gather more writes before syncing.
     gathering: bool,
+    /// While gathering: the number of parked callers that completes the gathering (arrivals
+    /// before that do not wake the leader; `usize::MAX` when it waits for bytes, not callers).
+    gather_want: usize,
     poison: Option<String>,
-    /// Callers parked until a sync covers their record. The leader unparks exactly those its
-    /// sync covered, so they return without touching this lock again (a wake-up chain through
-    /// one mutex would cost a context switch per caller, one after another).
+    /// Callers parked until a sync covers their record. The leader takes off exactly those its
+    /// sync covered and rings the doorbell once, so they return without touching this lock
+    /// again (a wake-up chain through one mutex, or one unpark call per caller on the leader,
+    /// would cost a context switch or a system call per caller, one after another).
     parked: Vec<Parked>,
-    /// Callers the previous sync covered, its leader included.
+    /// Callers waiting when the previous sync ended (covered or not), its leader included: how
+    /// many the next sync waits for.
     last_round: usize,
     /// How long the previous sync took.
     last_sync: Duration,
@@ -109,7 +115,7 @@ struct SyncState {
 struct Parked {
     /// The record it waits for.
     lsn: u64,
-    thread: std::thread::Thread,
+    thread: std::thread::ThreadId,
 }
 
 /// State shared by the `Wal` handle and its background threads.
@@ -120,6 +126,8 @@ pub(crate) struct Shared {
     sync: Mutex<SyncState>,
     /// Wakes a leader that is gathering writers before it syncs.
     gather_cv: Condvar,
+    /// Wakes the callers parked for a sync when it ends.
+    bell: Doorbell,
     /// Mirror of `SyncState::durable`, read without the sync lock.
     durable_seq: AtomicU64,
     /// Syncs completed.
@@ -210,10 +218,12 @@ impl Wal {
                 poison: None,
                 parked: Vec::new(),
                 last_round: 0,
+                gather_want: 0,
                 last_sync: Duration::ZERO,
             }),
             state: RwLock::new(state),
             gather_cv: Condvar::new(),
+            bell: Doorbell::new(),
             pending_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             dir_dirty: AtomicBool::new(false),
@@ -349,9 +359,8 @@ impl Shared {
         tracing::error!(dir = %self.dir.display(), %why, "WAL poisoned");
         s.poison.get_or_insert(why);
         self.poisoned.store(true, Ordering::Release);
-        for p in s.parked.drain(..) {
-            p.thread.unpark();
-        }
+        s.parked.clear();
+        self.bell.ring();
         self.gather_cv.notify_all();
     }
 
@@ -675,43 +684,43 @@ impl Shared {
                 }
                 _ => None,
             };
-            let me = std::thread::current();
-            let id = me.id();
-            s.parked.push(Parked { lsn, thread: me });
-            if s.gathering {
+            let id = std::thread::current().id();
+            s.parked.push(Parked { lsn, thread: id });
+            if s.gathering && s.parked.len() >= s.gather_want {
                 self.gather_cv.notify_one();
             }
+            // Read under the sync lock, which the leader holds when it rings: no ring is missed.
+            let seen = self.bell.seen();
             drop(s);
-            match timeout {
-                Some(t) => std::thread::park_timeout(t),
-                None => std::thread::park(),
-            }
+            self.bell.wait(seen, timeout);
             if self.durable_seq.load(Ordering::Acquire) >= lsn
                 && !self.poisoned.load(Ordering::Acquire)
             {
-                // The sync that covered us took us off the list before unparking us; after a
+                // The sync that covered us took us off the list before ringing; after a
                 // spurious wake-up the next sync drops the stale entry.
                 return Ok(());
             }
-            // Handed the lead, woken spuriously, timed out or poisoned: look again.
+            // Not covered by the ring (maybe the next leader), woken spuriously, timed out or
+            // poisoned: look again.
             s = self.sync.lock();
-            s.parked.retain(|p| p.thread.id() != id);
+            s.parked.retain(|p| p.thread != id);
         }
     }
 
-    /// Runs one sync as the leader, releasing the sync lock `s` during the I/O; then unparks
-    /// the callers now durable and hands the lead to one that is not covered.
+    /// Runs one sync as the leader, releasing the sync lock `s` during the I/O; then wakes the
+    /// callers now durable, and with them those left waiting, the first of which leads next.
     ///
     /// Gathering: a leader that started the moment the previous sync returned would cover only
-    /// the callers quickest to write again. So, when the previous round covered several callers,
-    /// the leader first waits (at most half as long as the previous sync took, and never more
-    /// than 500 us) until as many callers wait as that round covered. A lone writer never
-    /// waits. With an explicit `max_delay`, it waits up to that long or until `max_bytes` are
-    /// pending instead.
+    /// the callers quickest to write again, and the rest would wait a whole extra sync. So, when
+    /// several callers were waiting as the previous sync ended, the leader first waits (at most
+    /// as long as the previous sync took, and never more than 500 us) until as many wait again;
+    /// only the last arrival wakes it. A lone writer never waits. With an explicit `max_delay`,
+    /// it waits up to that long or until `max_bytes` are pending instead.
     fn lead_sync(&self, s: &mut parking_lot::MutexGuard<'_, SyncState>) {
         match self.config.durability {
             Durability::GroupCommit { max_delay, max_bytes } if !max_delay.is_zero() => {
                 s.gathering = true;
+                s.gather_want = usize::MAX;
                 let deadline = Instant::now() + max_delay;
                 while self.pending_bytes.load(Ordering::Acquire) < max_bytes {
                     if self.gather_cv.wait_until(s, deadline).timed_out() {
@@ -724,7 +733,8 @@ impl Shared {
                 let want = s.last_round;
                 if s.parked.len() + 1 < want {
                     s.gathering = true;
-                    let wait = (s.last_sync / 2).min(Duration::from_micros(500));
+                    s.gather_want = want - 1;
+                    let wait = s.last_sync.min(Duration::from_micros(500));
                     let deadline = Instant::now() + wait;
                     while s.parked.len() + 1 < want {
                         if self.gather_cv.wait_until(s, deadline).timed_out() {
@@ -754,18 +764,13 @@ impl Shared {
         }
         let durable = s.durable;
         let before = s.parked.len();
-        s.parked.retain(|p| {
-            let done = p.lsn <= durable;
-            if done {
-                p.thread.unpark();
-            }
-            !done
-        });
-        s.last_round = before - s.parked.len() + 1;
-        // Whoever is left arrived during the sync; one of them leads the next (in `Interval`
-        // mode it just looks again and parks until the background sync).
-        if let Some(next) = s.parked.first() {
-            next.thread.unpark();
+        s.parked.retain(|p| p.lsn > durable);
+        s.last_round = before + 1;
+        // One ring wakes everyone parked: the covered return; whoever is left arrived during
+        // the sync, and the first of them to take the lock leads the next (in `Interval` mode
+        // they look again and wait for the background sync).
+        if before > 0 {
+            self.bell.ring();
         }
     }
 
