@@ -2,7 +2,8 @@
 //! run:
 //! - the durability matrix: every mode x entry size {64 B, 1 KiB, 16 KiB} x batch {1, 16, 256} x
 //!   appenders {1, 16}: entries/s, MB/s, p50/p99 append-to-durable latency, and the ratio of
-//!   appends/s to fio's writes/s (one write + fdatasync) for the same size on a pre-written file;
+//!   appends/s to fio's writes/s (one write + fdatasync) for the same size on a pre-written file,
+//!   fio run right before each run of a synced cell (the disk's rate drifts within minutes);
 //! - the same matrix on a plain file (write + fdatasync per batch), the baseline, and, with
 //!   `--features compare`, on tikv's raft-engine (default settings, no compression);
 //! - a multi-group run: 16 appenders over 1,000 groups;
@@ -27,7 +28,8 @@ use bytes::Bytes;
 use raft_core::{Entry, LogStore, LogWrite};
 use raft_wal::{Durability, Wal, WalConfig};
 use raftkit_benches::wal_matrix::{
-    fio_limit, median, run_cell, Backend, Cell, CellStats, FioLimit, PlainFileBackend, WalBackend,
+    fio_limit, median, median_fio, run_cell, settle, AdjacentFio, Backend, Cell, CellStats,
+    FioLimit, PlainFileBackend, WalBackend,
 };
 
 const ENTRY_SIZES: [usize; 3] = [64, 1024, 16 * 1024];
@@ -88,16 +90,28 @@ fn wanted(mode: &str, cell: Cell) -> bool {
         .any(|f| f.split('/').zip(have.iter()).all(|(want, got)| want == "*" || want == got))
 }
 
-/// Three runs of `cell` on `backend`, each on fresh groups (numbered from `*groups`).
-fn measure(backend: &Arc<dyn Backend>, cell: Cell, groups: &mut u64) -> CellStats {
+/// Three runs of `cell` on `backend`, each on fresh groups (numbered from `*groups`). With
+/// `adjacent`, each run comes right after a fio run of the same length and write size, and the
+/// median of those fio runs comes back with the cell's.
+fn measure(
+    backend: &Arc<dyn Backend>,
+    cell: Cell,
+    groups: &mut u64,
+    adjacent: Option<&AdjacentFio>,
+) -> (CellStats, Option<FioLimit>) {
+    let mut fio_runs = Vec::new();
     let runs: Vec<CellStats> = (0..RUNS)
         .map(|_| {
+            if let Some(fio) = adjacent {
+                fio_runs.extend(fio.run(cell.entry_bytes * cell.batch, secs()));
+                settle(&bench_dir());
+            }
             let base = *groups;
             *groups += cell.appenders as u64;
             run_cell(Arc::clone(backend), cell, secs(), base)
         })
         .collect();
-    median(&runs)
+    (median(&runs), median_fio(&fio_runs))
 }
 
 fn main() {
@@ -144,13 +158,18 @@ fn main() {
         // fio deleted its files: let the filesystem's discards drain before timing anything.
         std::thread::sleep(Duration::from_secs(10));
     }
+    // Synced cells are judged against fio runs taken next to them.
+    let adjacent = has("fio").then(|| AdjacentFio::new(&dir));
 
     // ---- the durability matrix ----
     let mut ratios: Vec<(String, f64)> = Vec::new();
-    let mut always_1: BTreeMap<(usize, usize), CellStats> = BTreeMap::new();
+    let mut always_1: BTreeMap<(usize, usize), (CellStats, Option<FioLimit>)> = BTreeMap::new();
     let mut group_16: BTreeMap<(usize, usize), CellStats> = BTreeMap::new();
     if has("matrix") {
         println!("## raft-wal durability matrix (64 MiB segments)\n");
+        if adjacent.is_some() {
+            println!("fio writes/s: the median of fio runs (same write size, pre-written file) taken right before each run of the cell; cells that sync nothing use the table above.\n");
+        }
         println!("| mode | entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | fio writes/s | appends/s / fio |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         let modes = [
@@ -174,8 +193,10 @@ fn main() {
                         if !wanted(mode_name(mode), cell) {
                             continue;
                         }
-                        let s = measure(&backend, cell, &mut groups);
-                        let limit = fio.get(&(entry_bytes * batch)).and_then(|f| f.0);
+                        let near = adjacent.as_ref().filter(|_| synced(mode));
+                        let (s, near) = measure(&backend, cell, &mut groups, near);
+                        let limit =
+                            near.or_else(|| fio.get(&(entry_bytes * batch)).and_then(|f| f.0));
                         let ratio = limit.map(|l| s.appends_per_sec / l.writes_per_sec);
                         if synced(mode) {
                             if let Some(r) = ratio {
@@ -192,7 +213,7 @@ fn main() {
                             }
                         }
                         if mode == Durability::Always && appenders == 1 {
-                            always_1.insert((entry_bytes, batch), s.clone());
+                            always_1.insert((entry_bytes, batch), (s.clone(), limit));
                         }
                         if matches!(mode, Durability::GroupCommit { .. }) && appenders == 16 {
                             group_16.insert((entry_bytes, batch), s.clone());
@@ -230,7 +251,7 @@ fn main() {
         }
         for entry_bytes in ENTRY_SIZES {
             for batch in BATCHES {
-                if let (Some(a), Some(g)) =
+                if let (Some((a, _)), Some(g)) =
                     (always_1.get(&(entry_bytes, batch)), group_16.get(&(entry_bytes, batch)))
                 {
                     if entry_bytes == 1024 {
@@ -240,9 +261,7 @@ fn main() {
                         );
                     }
                 }
-                if let (Some(a), Some((Some(l), _))) =
-                    (always_1.get(&(entry_bytes, batch)), fio.get(&(entry_bytes * batch)))
-                {
+                if let Some((a, Some(l))) = always_1.get(&(entry_bytes, batch)) {
                     if l.sync_p50_us > 0.0 {
                         println!(
                             "always x1, {entry_bytes} B x {batch}: p50 append-to-durable {:.0} us vs fio fdatasync p50 {:.0} us: {:.2}x; vs fio write + fdatasync p50 {:.0} us: {:.2}x",
@@ -268,6 +287,7 @@ fn main() {
             "plain",
             &backend,
             &fio,
+            adjacent.as_ref(),
         );
     }
     #[cfg(feature = "compare")]
@@ -288,7 +308,7 @@ fn main() {
                     "raft-engine-nosync",
                 )
             };
-            baseline(title, name, &backend, &fio);
+            baseline(title, name, &backend, &fio, adjacent.as_ref().filter(|_| sync));
         }
     }
 
@@ -306,6 +326,7 @@ fn baseline(
     name: &str,
     backend: &Arc<dyn Backend>,
     fio: &BTreeMap<usize, (Option<FioLimit>, Option<FioLimit>)>,
+    adjacent: Option<&AdjacentFio>,
 ) {
     println!("## {title}\n");
     println!("| entry | batch | appenders | entries/s | MB/s | appends/s | p50 us | p99 us | appends/s / fio |");
@@ -319,10 +340,9 @@ fn baseline(
                 if !wanted(name, cell) {
                     continue;
                 }
-                let s = measure(backend, cell, &mut groups);
-                let ratio = fio
-                    .get(&(entry_bytes * batch))
-                    .and_then(|f| f.0)
+                let (s, near) = measure(backend, cell, &mut groups, adjacent);
+                let ratio = near
+                    .or_else(|| fio.get(&(entry_bytes * batch)).and_then(|f| f.0))
                     .map(|l| s.appends_per_sec / l.writes_per_sec);
                 ratios.extend(ratio);
                 println!(

@@ -281,31 +281,107 @@ pub struct FioLimit {
 /// Runs fio as `shared/tools/disk-limit.sh` does, for `bs` bytes per write, on a file whose
 /// blocks are already written (`prewritten`) or merely fallocated. None if fio is missing.
 pub fn fio_limit(dir: &Path, bs: usize, prewritten: bool) -> Option<FioLimit> {
-    let size = if bs <= 4096 {
+    let size = fio_file_size(bs);
+    run_fio(
+        dir,
+        &[
+            &format!("--directory={}", dir.display()),
+            &format!("--bs={bs}"),
+            &format!("--size={size}"),
+            &format!("--overwrite={}", u8::from(prewritten)),
+            "--runtime=5",
+            "--time_based=0",
+            "--unlink=1",
+        ],
+    )
+}
+
+/// The file fio writes for `bs`-byte writes: big enough that a run rarely wraps around.
+fn fio_file_size(bs: usize) -> &'static str {
+    if bs <= 4096 {
         "64m"
     } else if bs <= 65536 {
         "256m"
     } else {
         "1g"
+    }
+}
+
+/// fio runs taken right next to the benchmark runs they are compared with, because this disk's
+/// rate moves by 30% or more within minutes: one fio figure taken at the start of a long matrix
+/// would judge late cells against a different disk. Each write size gets one pre-written file,
+/// laid out on first use (not timed) and kept, so no run pays for creating or discarding it.
+pub struct AdjacentFio {
+    dir: tempfile::TempDir,
+}
+
+impl AdjacentFio {
+    /// Keeps fio's files in a new directory under `parent`.
+    pub fn new(parent: &Path) -> AdjacentFio {
+        AdjacentFio { dir: tempfile::tempdir_in(parent).expect("fio dir") }
+    }
+
+    /// One write + fdatasync per write of `bs` bytes, sequential, for `duration`, on the
+    /// pre-written file for `bs`. None if fio is missing or failed.
+    pub fn run(&self, bs: usize, duration: Duration) -> Option<FioLimit> {
+        settle(self.dir.path());
+        let file = self.dir.path().join(format!("fio-{bs}"));
+        run_fio(
+            self.dir.path(),
+            &[
+                &format!("--filename={}", file.display()),
+                &format!("--bs={bs}"),
+                &format!("--size={}", fio_file_size(bs)),
+                "--overwrite=1",
+                &format!("--runtime={}ms", duration.as_millis().max(1)),
+                "--time_based=1",
+                "--unlink=0",
+            ],
+        )
+    }
+}
+
+/// Lets the disk settle between timed runs: commits the filesystem holding `dir` (which also
+/// issues the discards of files deleted by the previous run, on a filesystem mounted with
+/// `discard`), then pauses briefly, so no run pays for the one before it.
+pub fn settle(dir: &Path) {
+    let _ = std::process::Command::new("sync").arg("-f").arg(dir).status();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// The median of each field over several fio runs.
+pub fn median_fio(runs: &[FioLimit]) -> Option<FioLimit> {
+    if runs.is_empty() {
+        return None;
+    }
+    let m = |f: fn(&FioLimit) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
+    Some(FioLimit {
+        writes_per_sec: m(|l| l.writes_per_sec),
+        sync_p50_us: m(|l| l.sync_p50_us),
+        sync_p99_us: m(|l| l.sync_p99_us),
+        write_p50_us: m(|l| l.write_p50_us),
+    })
+}
+
+/// Runs one sequential fio write job (one write + fdatasync per write, one job) with `args`
+/// added, and reads its JSON report.
+fn run_fio(dir: &Path, args: &[&str]) -> Option<FioLimit> {
     let out = dir.join("fio.json");
     let status = std::process::Command::new("fio")
         .args([
             "--name=limit",
-            &format!("--directory={}", dir.display()),
             "--ioengine=sync",
             "--rw=write",
-            &format!("--bs={bs}"),
-            &format!("--size={size}"),
-            &format!("--overwrite={}", u8::from(prewritten)),
             "--fdatasync=1",
-            "--runtime=5",
-            "--time_based=0",
             "--numjobs=1",
-            "--unlink=1",
             "--output-format=json",
             &format!("--output={}", out.display()),
         ])
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
