@@ -389,7 +389,9 @@ impl Shared {
             let (segment, at) = st.last_record;
             if let Some((_, bytes)) = record_mut(&mut st, segment, at) {
                 let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                let total = format::align(RECORD_HEADER_LEN + len as usize);
+                // A staged record with payloads written from the caller's buffers is only its
+                // header and table here: damage what there is.
+                let total = format::align(RECORD_HEADER_LEN + len as usize).min(bytes.len());
                 bytes[total / 2..total].fill(0);
             }
             let _ = flush_staged(&mut st);
