@@ -1124,30 +1124,26 @@ pub(crate) fn put_entries(
         st.staging.reset(at);
     }
     debug_assert_eq!(st.staging.end(), at, "staged records are contiguous");
-    let head_at = st.staging.end();
-    st.staging.inline_mut(RECORD_HEADER_LEN + meta_len);
-    let mut rows = vec![0u8; meta_len];
-    format::encode_entries_meta(&mut rows, group, first_index, count as u32);
+    // Header and entry table first (each row needs its payload's checksum), then the payloads.
+    let head = st.staging.inline_mut(RECORD_HEADER_LEN + meta_len);
+    format::encode_entries_meta(&mut head[RECORD_HEADER_LEN..], group, first_index, count as u32);
     let mut payload_at = at + RECORD_HEADER_LEN + meta_len;
     for (i, e) in chunk.iter().enumerate() {
         let len = e.data.len();
         let crc = crc32c::crc32c(&e.data);
-        encode_row(&mut rows, i, e, crc);
+        encode_row(&mut head[RECORD_HEADER_LEN..], i, e, crc);
         locs.push(Loc::new(segment, payload_at as u32, len as u32, e.kind == EntryKind::Noop, crc));
-        if len >= staging::EXTERNAL_MIN {
+        payload_at += len;
+    }
+    format::finish_header(head, segment_seq, Kind::Entries, seq, durable, payload_len, meta_len);
+    for e in chunk {
+        if e.data.len() >= staging::EXTERNAL_MIN {
             st.staging.push_external(e.data.clone());
         } else {
             st.staging.push_copy(&e.data);
         }
-        payload_at += len;
     }
     st.staging.inline_mut(total - RECORD_HEADER_LEN - payload_len);
-    let Some(head) = st.staging.inline_at(head_at) else {
-        unreachable!("a record header is staged inline")
-    };
-    let head = &mut head[..RECORD_HEADER_LEN + meta_len];
-    head[RECORD_HEADER_LEN..].copy_from_slice(&rows);
-    format::finish_header(head, segment_seq, Kind::Entries, seq, durable, payload_len, meta_len);
     st.last_record = (st.active, at);
     st.offset += total;
     st.next_seq += 1;
