@@ -406,24 +406,17 @@ fn group_commit_pair(dir: &Path) {
     let group: Arc<dyn Backend> =
         Arc::new(WalBackend::open(group_dir.path(), Durability::group_commit(), 64 << 20));
     let (mut a_groups, mut g_groups) = (0u64, 0u64);
+    let run = |backend: &Arc<dyn Backend>, appenders: usize, groups: &mut u64| {
+        settle(dir);
+        let cell = Cell { entry_bytes: 1024, batch: 1, appenders };
+        let stats = run_cell(Arc::clone(backend), cell, secs(), *groups);
+        *groups += appenders as u64;
+        stats
+    };
     let mut ratios = Vec::new();
     for pair in 1..=5 {
-        settle(dir);
-        let a = run_cell(
-            Arc::clone(&always),
-            Cell { entry_bytes: 1024, batch: 1, appenders: 1 },
-            secs(),
-            a_groups,
-        );
-        a_groups += 1;
-        settle(dir);
-        let g = run_cell(
-            Arc::clone(&group),
-            Cell { entry_bytes: 1024, batch: 1, appenders: 16 },
-            secs(),
-            g_groups,
-        );
-        g_groups += 16;
+        let a = run(&always, 1, &mut a_groups);
+        let g = run(&group, 16, &mut g_groups);
         let r = g.entries_per_sec / a.entries_per_sec;
         ratios.push(r);
         println!("| {pair} | {:.0} | {:.0} | {r:.2} |", a.entries_per_sec, g.entries_per_sec);

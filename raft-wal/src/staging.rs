@@ -272,6 +272,22 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
+    /// Writes `s` to a new file; returns the file's bytes from `from` on.
+    fn written(s: &Staging, writeback: bool, from: usize) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        s.write_to(&f, writeback).unwrap();
+        let mut got = vec![0u8; f.metadata().unwrap().len() as usize - from];
+        f.read_exact_at(&mut got, from as u64).unwrap();
+        got
+    }
+
     fn staged_bytes(pieces: &[(&[u8], bool)]) -> (Staging, Vec<u8>) {
         let mut s = Staging::new(100);
         let mut want = Vec::new();
@@ -296,19 +312,9 @@ mod tests {
         pieces.push((b"tail", false));
         for writeback in [false, true] {
             let (s, want) = staged_bytes(&pieces);
-            let dir = tempfile::tempdir().unwrap();
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.path().join("f"))
-                .unwrap();
-            s.write_to(&f, writeback).unwrap();
-            let mut got = vec![0u8; want.len()];
-            f.read_exact_at(&mut got, 100).unwrap();
+            let got = written(&s, writeback, 100);
+            assert_eq!(got.len(), want.len(), "the file ends where the staged bytes end");
             assert!(got == want, "file holds the staged bytes in order (writeback {writeback})");
-            assert_eq!(f.metadata().unwrap().len() as usize, 100 + want.len());
         }
     }
 
@@ -325,18 +331,7 @@ mod tests {
             }
             want.extend_from_slice(c);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        s.write_to(&f, true).unwrap();
-        let mut got = vec![0u8; want.len()];
-        f.read_exact_at(&mut got, 0).unwrap();
-        assert_eq!(got, want);
+        assert_eq!(written(&s, true, 0), want);
     }
 
     #[test]
