@@ -38,16 +38,31 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     }
 }
 
-/// Where a transport delivers what it received. Must not block for long: it runs on the
-/// transport's reader threads.
+/// Where a transport delivers what it received.
+///
+/// A delivery may do the node's work on the delivering thread (the node driver runs its core
+/// there, syncs an acknowledgement the sender waits for, applies what commits), which saves a
+/// hand-off between threads per message: a transport delivers from its own threads, never while
+/// holding a lock its senders need.
 pub trait Inbound: Send + Sync {
     /// Hands one received message to the node (or nodes) behind this inbound.
     fn deliver(&self, msg: Message);
+
+    /// Hands over several messages received together, in order, so the node handles them in
+    /// one round. A transport that reads a burst of frames should use this.
+    fn deliver_all(&self, msgs: Vec<Message>) {
+        for msg in msgs {
+            self.deliver(msg);
+        }
+    }
 }
 
 impl<T: Inbound + ?Sized> Inbound for Arc<T> {
     fn deliver(&self, msg: Message) {
         (**self).deliver(msg)
+    }
+    fn deliver_all(&self, msgs: Vec<Message>) {
+        (**self).deliver_all(msgs)
     }
 }
 
@@ -94,14 +109,49 @@ impl Router {
     }
 }
 
+impl Router {
+    fn target(&self, msg: &Message) -> Option<Arc<dyn Inbound>> {
+        let target = self.groups.read().get(&msg.group).cloned();
+        if target.is_none() {
+            self.unroutable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(group = msg.group, from = msg.from, "message for an unknown group");
+        }
+        target
+    }
+}
+
 impl Inbound for Router {
     fn deliver(&self, msg: Message) {
-        let target = self.groups.read().get(&msg.group).cloned();
-        match target {
-            Some(inbound) => inbound.deliver(msg),
+        if let Some(inbound) = self.target(&msg) {
+            inbound.deliver(msg);
+        }
+    }
+
+    /// Hands each run of consecutive messages of one group to that group's node together.
+    fn deliver_all(&self, msgs: Vec<Message>) {
+        let mut run: Vec<Message> = Vec::new();
+        let mut run_group = None;
+        for msg in msgs {
+            if run_group != Some(msg.group) && !run.is_empty() {
+                self.deliver_run(std::mem::take(&mut run));
+            }
+            run_group = Some(msg.group);
+            run.push(msg);
+        }
+        if !run.is_empty() {
+            self.deliver_run(run);
+        }
+    }
+}
+
+impl Router {
+    /// Delivers messages of one group.
+    fn deliver_run(&self, run: Vec<Message>) {
+        match self.target(&run[0]) {
+            Some(inbound) => inbound.deliver_all(run),
             None => {
-                self.unroutable.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(group = msg.group, from = msg.from, "message for an unknown group");
+                // Counted once above; the rest of the run is just as unroutable.
+                self.unroutable.fetch_add(run.len() as u64 - 1, Ordering::Relaxed);
             }
         }
     }

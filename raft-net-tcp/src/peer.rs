@@ -384,13 +384,18 @@ pub(crate) fn writer_loop(inner: &Arc<Inner>, peer: &Arc<Peer>) {
     }
 }
 
+/// Most messages handed to the node in one delivery.
+const DELIVER_MAX: usize = 256;
+
 /// Reads frames from one connection and delivers their messages until the connection ends or
-/// sends something bad.
+/// sends something bad. Frames that arrived together (already in the read buffer) are delivered
+/// together, before the next wait for the socket.
 pub(crate) fn read_loop(inner: &Arc<Inner>, peer: &Arc<Peer>, stream: TcpStream, generation: u64) {
     let me = inner.config.node_id;
     let max = inner.config.max_frame_bytes;
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let mut buf = Vec::new();
+    let mut received: Vec<Message> = Vec::new();
     loop {
         match read_frame(&mut reader, &mut buf, max) {
             Ok((msg, size)) => {
@@ -406,7 +411,10 @@ pub(crate) fn read_loop(inner: &Arc<Inner>, peer: &Arc<Peer>, stream: TcpStream,
                     );
                     break;
                 }
-                inner.inbound.deliver(msg);
+                received.push(msg);
+                if reader.buffer().is_empty() || received.len() >= DELIVER_MAX {
+                    inner.inbound.deliver_all(std::mem::take(&mut received));
+                }
                 if buf.capacity() > 4 << 20 {
                     buf = Vec::new();
                 }
@@ -423,6 +431,10 @@ pub(crate) fn read_loop(inner: &Arc<Inner>, peer: &Arc<Peer>, stream: TcpStream,
                 break;
             }
         }
+    }
+    // What arrived intact before the connection ended or went bad is still good.
+    if !received.is_empty() {
+        inner.inbound.deliver_all(received);
     }
     peer.disconnect(generation);
 }

@@ -16,7 +16,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use parking_lot::Mutex;
 
+use raft_core::node::Batch;
+
 use super::Server;
+use crate::kv::KvMachine;
 use crate::resp::{self, Parsed};
 
 const LISTENER: Token = Token(0);
@@ -262,7 +265,10 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
                 continue;
             }
             if let Some(client) = clients.get_mut(&token) {
-                read_all(client, &mut chunk);
+                // A short read empties the socket, and bytes that arrive later raise a new edge;
+                // only an end of stream must be read to (no edge follows the one that had it).
+                let to_end = event.is_read_closed() || event.is_error();
+                read_all(client, &mut chunk, to_end);
                 busy.push(token);
             }
         }
@@ -278,6 +284,9 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
         busy.sort_unstable();
         busy.dedup();
         let mut gone = Vec::new();
+        // This round's requests reach the node together, as one round of its core run on this
+        // thread (one append to the followers, one log write).
+        let mut batch = server.node().batch();
         for token in busy.drain(..) {
             let Some(client) = clients.get_mut(&token) else { continue };
             if client.paused && unanswered(client) < MAX_UNANSWERED / 2 {
@@ -285,10 +294,10 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
                 client.unread = true;
             }
             if client.unread && !client.paused && client.input.len() < READ_AHEAD_BYTES {
-                read_all(client, &mut chunk);
+                read_all(client, &mut chunk, true);
             }
             if !client.paused && !client.input.is_empty() {
-                start_commands(server, client, &mut local, &mut forwarded);
+                start_commands(server, client, &mut local, &mut forwarded, &mut batch);
             }
             // An ended client's unparsed rest is an incomplete command: nothing more comes.
             if client.conn.out.lock().closed || (client.ended && !client.paused) {
@@ -297,6 +306,7 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
                 held.insert(token);
             }
         }
+        batch.submit();
         for token in gone {
             // Replies still owed keep the connection (and its socket, which leaves the poll
             // when closed) until they are sent.
@@ -354,9 +364,9 @@ fn unanswered(client: &Client) -> u64 {
     client.next_seq - client.conn.out.lock().next
 }
 
-/// Reads what the socket has (edge-triggered: until it would block, or `unread` says to
-/// come back).
-fn read_all(client: &mut Client, chunk: &mut [u8]) {
+/// Reads what the socket has (edge-triggered: until a short read, or until it would block
+/// when `to_end` or after a full chunk; `unread` says to come back for more).
+fn read_all(client: &mut Client, chunk: &mut [u8], to_end: bool) {
     client.unread = false;
     if client.ended || client.paused || client.closing {
         return;
@@ -373,7 +383,12 @@ fn read_all(client: &mut Client, chunk: &mut [u8]) {
                 client.ended = true;
                 return;
             }
-            Ok(n) => client.input.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                client.input.extend_from_slice(&chunk[..n]);
+                if n < chunk.len() && !to_end {
+                    return;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
@@ -390,6 +405,7 @@ fn start_commands(
     client: &mut Client,
     local: &mut Deadlines,
     forwarded: &mut Deadlines,
+    batch: &mut Batch<'_, KvMachine>,
 ) {
     let mut used = 0;
     while !client.closing {
@@ -424,7 +440,7 @@ fn start_commands(
             answered: AtomicBool::new(false),
         }));
         client.next_seq += 1;
-        match server.start_command(args, false, &reply) {
+        match server.start_command(args, false, &reply, batch) {
             super::Waits::No => {}
             super::Waits::Local => local.add(server.args.request_timeout, &reply),
             super::Waits::Forwarded => {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use raft_core::node::{Node, NodeError, NodeOptions};
+use raft_core::node::{Batch, Node, NodeError, NodeOptions};
 use raft_core::{NodeId, Router, SnapshotStore};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
@@ -326,13 +326,14 @@ impl Server {
         &self.node
     }
 
-    /// Starts a command: answers it at once, or hands it to Raft or to the leader, whose
-    /// answer goes to `reply` later. Says which deadline the command needs.
+    /// Starts a command: answers it at once, or hands it to Raft (through `batch`) or to the
+    /// leader, whose answer goes to `reply` later. Says which deadline the command needs.
     fn start_command(
         self: &Arc<Self>,
         args: Vec<Vec<u8>>,
         forwarded: bool,
         reply: &ReplyTo,
+        batch: &mut Batch<'_, KvMachine>,
     ) -> Waits {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let argc = args.len() - 1;
@@ -375,7 +376,7 @@ impl Server {
             "RAFTKIT.LEADER" if argc >= 1 => {
                 let mut args = args;
                 args.remove(0);
-                self.start_command(args, true, reply)
+                self.start_command(args, true, reply, batch)
             }
             "RAFTKIT.LOCALMGET" if argc >= 1 => {
                 let keys: Vec<Vec<u8>> = args[1..].to_vec();
@@ -398,7 +399,7 @@ impl Server {
                 if !arity_ok {
                     return wrong_arity();
                 }
-                self.start_read(name, args, forwarded, reply)
+                self.start_read(name, args, forwarded, reply, batch)
             }
             "SET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let write = match (name.as_str(), argc) {
@@ -432,7 +433,7 @@ impl Server {
                     Route::Local => {
                         let server = self.clone();
                         let r = reply.clone();
-                        self.node.propose_with(write.encode(), move |result| {
+                        batch.propose_with(write.encode(), move |result| {
                             let mut out = Vec::new();
                             match result {
                                 Ok(Output::Ok) => resp::simple(&mut out, "OK"),
@@ -463,6 +464,7 @@ impl Server {
         args: Vec<Vec<u8>>,
         forwarded: bool,
         reply: &ReplyTo,
+        batch: &mut Batch<'_, KvMachine>,
     ) -> Waits {
         match self.route(forwarded) {
             Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
@@ -488,7 +490,7 @@ impl Server {
         };
         let server = self.clone();
         let r = reply.clone();
-        self.node.read_with(query, move |result| match result {
+        batch.read_with(query, move |result| match result {
             Ok(bytes) => r.send(bytes),
             Err(err) => server.failed(err, &args, forwarded, true, r),
         });

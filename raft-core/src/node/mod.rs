@@ -1,14 +1,15 @@
 //! The node driver: a ready-made runtime that wires a [`Raft`] core to a [`LogStore`], an
 //! optional [`SnapshotStore`], a [`Transport`] and a [`StateMachine`] with std threads.
 //!
-//! # Threads
+//! # Stages and threads
 //!
-//! - **raft loop**: owns the core. It waits for inputs (proposals, received messages,
-//!   completions from the other threads) or the next tick, drains every input that is queued
-//!   (so proposals and messages that arrive together share one Ready), ticks when the tick
-//!   interval has passed, and carries out each Ready: messages go to the transport at once, log
-//!   reads are served inline, everything else is handed to a worker below. It never waits for a
-//!   disk.
+//! The work is divided into three stages, each a queue that at most one thread works through
+//! at a time:
+//!
+//! - **core**: owns the Raft core. It takes every queued input (proposals, received messages,
+//!   completions, ticks) so that inputs arriving together share one Ready, and carries out each
+//!   Ready: messages go to the transport at once, log reads are served inline, writes go to the
+//!   persist stage and committed entries to the apply stage. It never waits for a disk.
 //! - **persist**: takes every queued write (hard state, entries, compactions of many Readies),
 //!   hands them to the log store as one ordered batch, syncs once, and only then sends the
 //!   Readies' persisted messages (votes, append acknowledgements) and reports the Readies
@@ -17,11 +18,17 @@
 //! - **apply**: owns the state machine. Applies committed entries in order, restores from
 //!   installed snapshots, takes the snapshots the core asks for, and answers each client when
 //!   its entry is applied.
-//! - **snapshot**: reads chunks to send to followers and writes received chunks to the snapshot
-//!   store, so that neither blocks the raft loop (only started with a snapshot store).
 //!
-//! Ticks come from the raft loop's own timer (its wait for inputs ends at the next tick), so
-//! there is no ticker thread to synchronise with.
+//! A stage is run by the thread that brings it work whenever no other thread is running it: a
+//! transport thread that delivers messages runs the core, a follower's acknowledgement is
+//! synced and sent from that same thread, and the thread that learns of a commit applies it and
+//! answers the client. On a virtual machine each hand-off between threads costs tens of
+//! microseconds, so a write that crosses none it need not is faster and cheaper. Each stage also
+//! has its own thread, which runs what callers leave: the **raft loop** ticks the core on its own
+//! timer and runs it for requests made without lending a thread; the **persist** thread syncs a
+//! leader's own writes (they overlap with replication, so the thread that queued them goes back
+//! to its own work); the **apply** thread restores and takes snapshots. A **snapshot** thread
+//! reads chunks to send and writes received ones (only started with a snapshot store).
 //!
 //! # Requests and their outcomes
 //!
@@ -36,13 +43,16 @@
 //! runs the query on the state machine when that entry is applied, which makes the read
 //! linearizable at the cost of a log write. The state machine sees each barrier as a
 //! [`EntryKind::Noop`] entry, which is why proposals must not be empty.
+//!
+//! A server answering many clients from one event loop gathers a round's requests in a
+//! [`Batch`] ([`Node::batch`]): they share one round of the core, and the loop's thread runs it.
 
 mod reply;
+mod stage;
 mod threads;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -60,7 +70,7 @@ use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
 
 pub use reply::Pending;
 use reply::{reply_pair, Reply};
-use threads::{ApplyJob, Input, Workers};
+use threads::{ApplyJob, Driver, Input, Parts};
 
 /// Why a request to a [`Node`] did not succeed. Each variant says whether the request may have
 /// taken effect.
@@ -138,8 +148,8 @@ pub struct NodeOptions {
     /// Real time per tick. With the core's defaults (heartbeat every 2 ticks, election timeout
     /// 10 to 20 ticks) 10 ms gives 20 ms heartbeats and elections within 100 to 200 ms.
     pub tick: Duration,
-    /// Most inputs the raft loop takes before it builds a Ready (bounds the latency one round
-    /// adds when the queue is long).
+    /// Most inputs the core takes before it builds a Ready (bounds the latency one round adds
+    /// when the queue is long).
     pub max_inputs_per_round: usize,
     /// Bytes per read when restoring the state machine from a snapshot.
     pub restore_chunk_bytes: usize,
@@ -284,8 +294,7 @@ impl<M: StateMachine> Waiter<M> {
 /// node.shutdown();
 /// ```
 pub struct Node<M: StateMachine> {
-    input: Sender<Input<M>>,
-    local: Sender<ApplyJob<M>>,
+    driver: Arc<Driver<M>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     id: NodeId,
@@ -357,71 +366,87 @@ where
         let shared = Arc::new(Shared::default());
         shared.applied.store(applied, Ordering::Relaxed);
         shared.publish(&raft);
-        let (input, input_rx) = mpsc::channel();
-        let workers = Workers {
-            input: input.clone(),
-            group,
-            shared: shared.clone(),
-            log,
-            snapshots,
-            transport,
-            restore_chunk_bytes: options.restore_chunk_bytes.max(1),
-        };
-        let (threads, local) = threads::spawn(raft, machine, applied, &options, input_rx, workers)
-            .map_err(NodeError::Spawn)?;
-        Ok(Node { input, local, shared, threads, id })
+        let parts = Parts { shared: shared.clone(), log, snapshots, transport };
+        let (driver, threads) =
+            threads::spawn(raft, machine, applied, &options, parts).map_err(NodeError::Spawn)?;
+        Ok(Node { driver, shared, threads, id })
     }
 
     /// Where the transport delivers this node's messages.
+    ///
+    /// Delivering runs the node's work on the delivering thread when no other thread is running
+    /// it (see the [module docs](self)): the core, a sync the sender waits for, applying
+    /// committed entries and answering their clients. A transport should deliver from its own
+    /// threads, and hand over what it received together with
+    /// [`Inbound::deliver_all`].
     pub fn inbound(&self) -> Arc<dyn Inbound> {
-        Arc::new(Mailbox { input: self.input.clone() })
+        Arc::new(Mailbox { driver: Arc::downgrade(&self.driver) })
+    }
+
+    /// Gathers requests to hand to the node together when the batch is submitted (or dropped):
+    /// they share one round of the core, and the submitting thread runs it (see
+    /// [`Batch::submit`]).
+    pub fn batch(&self) -> Batch<'_, M> {
+        Batch { node: self, inputs: Vec::new() }
     }
 
     /// Proposes a command and waits up to `timeout` until it is applied; returns the state
     /// machine's output. See the [module docs](self) for what each error means.
+    ///
+    /// The calling thread runs the node's work while no other thread is (it would only wait
+    /// otherwise).
     pub fn propose(&self, command: Bytes, timeout: Duration) -> Result<M::Output, NodeError> {
-        self.propose_async(command).wait(timeout)
+        let (reply, pending) = reply_pair();
+        if let Some(input) = propose_input(command, reply) {
+            self.driver.deliver(input);
+        }
+        pending.wait(timeout)
     }
 
     /// Proposes a command without waiting: collect the answer from the returned [`Pending`].
     pub fn propose_async(&self, command: Bytes) -> Pending<M::Output> {
         let (reply, pending) = reply_pair();
-        self.submit(command, reply);
+        self.submit(propose_input(command, reply));
         pending
     }
 
     /// Proposes a command and calls `done` with the answer, exactly once: the state machine's
     /// output once the entry is applied, or the error (see the [module docs](self)).
     ///
-    /// `done` runs on one of the node's threads (usually the apply thread), so it must be quick
-    /// and must not block: hand the answer on (to a socket, a queue), do not wait in it. There
-    /// is no timeout: a request whose entry never commits is answered when leadership changes
-    /// or the node stops; callers that need a deadline keep their own.
+    /// `done` runs on whichever thread finishes the request (a thread of the node's, or of its
+    /// transport), so it must be quick and must not block: hand the answer on (to a socket, a
+    /// queue), do not wait in it. It never runs on the calling thread before `propose_with`
+    /// returns. There is no timeout: a request whose entry never commits is answered when
+    /// leadership changes or the node stops; callers that need a deadline keep their own.
     pub fn propose_with<F>(&self, command: Bytes, done: F)
     where
         F: FnOnce(Result<M::Output, NodeError>) + Send + 'static,
     {
-        self.submit(command, Reply::callback(Box::new(done)));
+        self.submit(propose_input(command, Reply::callback(Box::new(done))));
     }
 
-    fn submit(&self, command: Bytes, reply: Reply<M::Output>) {
-        if command.is_empty() {
-            reply.send(Err(NodeError::EmptyCommand));
-        } else {
-            // A closed channel drops the reply, which answers Stopped.
-            let _ = self.input.send(Input::Propose { data: command, waiter: Waiter::Write(reply) });
+    /// Queues an input for the raft loop thread (a stopped node drops it, which answers
+    /// `Stopped`).
+    fn submit(&self, input: Option<Input<M>>) {
+        if let Some(input) = input {
+            if self.driver.core.push(input) {
+                self.driver.core.call_worker();
+            }
         }
     }
 
     /// A linearizable read: runs `query` on the state machine once a read barrier proposed now
     /// is applied, so it sees every write that completed before the call. Goes through the
     /// leader's log (ReadIndex will make it cheaper).
+    /// The calling thread runs the node's work while no other thread is.
     pub fn read<R, F>(&self, query: F, timeout: Duration) -> Result<R, NodeError>
     where
         R: Send + 'static,
         F: FnOnce(&M) -> R + Send + 'static,
     {
-        self.read_async(query).wait(timeout)
+        let (reply, pending) = reply_pair();
+        self.driver.deliver(read_input(query, reply));
+        pending.wait(timeout)
     }
 
     /// [`read`](Node::read) without waiting.
@@ -431,7 +456,7 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
-        self.submit_read(query, reply);
+        self.submit(Some(read_input(query, reply)));
         pending
     }
 
@@ -444,19 +469,7 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
         D: FnOnce(Result<R, NodeError>) + Send + 'static,
     {
-        self.submit_read(query, Reply::callback(Box::new(done)));
-    }
-
-    fn submit_read<R, F>(&self, query: F, reply: Reply<R>)
-    where
-        R: Send + 'static,
-        F: FnOnce(&M) -> R + Send + 'static,
-    {
-        let run: ReadFn<M> = Box::new(move |machine| match machine {
-            Ok(machine) => reply.send(Ok(query(machine))),
-            Err(err) => reply.send(Err(err)),
-        });
-        let _ = self.input.send(Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) });
+        self.submit(Some(read_input(query, Reply::callback(Box::new(done)))));
     }
 
     /// Runs `query` on this node's state machine as it is now, without going through the log:
@@ -468,35 +481,34 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
-        self.submit_local(query, reply);
+        if self.driver.apply.push(local_job(query, reply)) {
+            // Run it here unless someone is applying (who then runs it).
+            self.driver.drive();
+        }
         pending.wait(timeout)
     }
 
-    /// [`read_local`](Node::read_local) answered through a callback (run on the apply thread).
+    /// [`read_local`](Node::read_local) answered through a callback (run on the node's threads,
+    /// never on the calling one before this returns).
     pub fn read_local_with<R, F, D>(&self, query: F, done: D)
     where
         R: Send + 'static,
         F: FnOnce(&M) -> R + Send + 'static,
         D: FnOnce(Result<R, NodeError>) + Send + 'static,
     {
-        self.submit_local(query, Reply::callback(Box::new(done)));
+        // A closed stage drops the job and with it the reply, which answers Stopped.
+        if self.driver.apply.push(local_job(query, Reply::callback(Box::new(done)))) {
+            self.driver.apply.call_worker();
+        }
     }
 
-    fn submit_local<R, F>(&self, query: F, reply: Reply<R>)
-    where
-        R: Send + 'static,
-        F: FnOnce(&M) -> R + Send + 'static,
-    {
-        let run: Box<dyn FnOnce(&M) + Send> =
-            Box::new(move |machine| reply.send(Ok(query(machine))));
-        // A closed channel drops the job and with it the reply, which answers Stopped.
-        let _ = self.local.send(ApplyJob::Local(run));
-    }
-
-    /// A full status report from the raft loop (waits up to a second for it).
+    /// A full status report from the core (waits up to a second for it).
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, pending) = reply_pair();
-        self.input.send(Input::Status(reply)).map_err(|_| NodeError::Stopped)?;
+        if self.driver.stopped() {
+            return Err(NodeError::Stopped);
+        }
+        self.driver.deliver(Input::Status(reply));
         pending.wait(Duration::from_secs(1))
     }
 
@@ -554,12 +566,12 @@ where
 }
 
 impl<M: StateMachine> Node<M> {
-    /// Asks the raft loop to stop and joins every thread (the raft loop first); idempotent.
+    /// Stops the core and joins every thread (the raft loop first); idempotent.
     fn stop(&mut self) {
         if self.threads.is_empty() {
             return;
         }
-        let _ = self.input.send(Input::Shutdown);
+        self.driver.shut_down();
         for thread in self.threads.drain(..) {
             let name = thread.thread().name().unwrap_or("?").to_owned();
             if thread.join().is_err() {
@@ -575,9 +587,11 @@ impl<M: StateMachine> Drop for Node<M> {
     }
 }
 
-/// A node's inbound: received messages join its input queue.
+/// A node's inbound: received messages join the core's queue, and the delivering thread runs
+/// the core if it is free. Holds the driver weakly, so a transport that outlives the node only
+/// drops what arrives.
 struct Mailbox<M: StateMachine> {
-    input: Sender<Input<M>>,
+    driver: Weak<Driver<M>>,
 }
 
 impl<M> Inbound for Mailbox<M>
@@ -586,9 +600,123 @@ where
     M::Output: Send + 'static,
 {
     fn deliver(&self, msg: Message) {
-        // A stopped node drops what arrives.
-        let _ = self.input.send(Input::Message(msg));
+        if let Some(driver) = self.driver.upgrade() {
+            driver.deliver(Input::Message(msg));
+        }
     }
+
+    fn deliver_all(&self, msgs: Vec<Message>) {
+        if let Some(driver) = self.driver.upgrade() {
+            if driver.core.push_all(msgs.into_iter().map(Input::Message)) {
+                driver.drive();
+            }
+        }
+    }
+}
+
+/// Requests gathered for one hand-over to a [`Node`] (see [`Node::batch`]).
+///
+/// An event loop that starts the commands of many clients in one round puts them in a batch,
+/// so they become one Ready (one append to every follower, one write) instead of one each.
+#[must_use = "requests in a batch reach the node when it is submitted or dropped"]
+pub struct Batch<'a, M: StateMachine> {
+    node: &'a Node<M>,
+    inputs: Vec<Input<M>>,
+}
+
+impl<M: StateMachine> std::fmt::Debug for Batch<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("node", &self.node.id)
+            .field("requests", &self.inputs.len())
+            .finish()
+    }
+}
+
+impl<M> Batch<'_, M>
+where
+    M: StateMachine + Send + 'static,
+    M::Output: Send + 'static,
+{
+    /// [`Node::propose_with`], held until the batch is submitted.
+    pub fn propose_with<F>(&mut self, command: Bytes, done: F)
+    where
+        F: FnOnce(Result<M::Output, NodeError>) + Send + 'static,
+    {
+        if let Some(input) = propose_input(command, Reply::callback(Box::new(done))) {
+            self.inputs.push(input);
+        }
+    }
+
+    /// [`Node::read_with`], held until the batch is submitted.
+    pub fn read_with<R, F, D>(&mut self, query: F, done: D)
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+        D: FnOnce(Result<R, NodeError>) + Send + 'static,
+    {
+        self.inputs.push(read_input(query, Reply::callback(Box::new(done))));
+    }
+
+    /// How many requests the batch holds.
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Whether the batch holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Hands the requests to the node and runs the node's work on this thread while no other
+    /// thread is running it. The requests' callbacks may therefore run on this thread before
+    /// `submit` returns (those of requests this round commits at once: a group of one), so the
+    /// caller must not hold a lock a callback takes. Dropping the batch submits it too.
+    pub fn submit(self) {
+        drop(self);
+    }
+}
+
+impl<M: StateMachine> Drop for Batch<'_, M> {
+    fn drop(&mut self) {
+        if !self.inputs.is_empty() && self.node.driver.core.push_all(self.inputs.drain(..)) {
+            self.node.driver.drive();
+        }
+    }
+}
+
+/// The input for a proposal, or `None` after answering an empty one.
+fn propose_input<M: StateMachine>(command: Bytes, reply: Reply<M::Output>) -> Option<Input<M>> {
+    if command.is_empty() {
+        reply.send(Err(NodeError::EmptyCommand));
+        None
+    } else {
+        Some(Input::Propose { data: command, waiter: Waiter::Write(reply) })
+    }
+}
+
+/// The input for a linearizable read: a read barrier whose waiter runs `query`.
+fn read_input<M, R, F>(query: F, reply: Reply<R>) -> Input<M>
+where
+    M: StateMachine,
+    R: Send + 'static,
+    F: FnOnce(&M) -> R + Send + 'static,
+{
+    let run: ReadFn<M> = Box::new(move |machine| match machine {
+        Ok(machine) => reply.send(Ok(query(machine))),
+        Err(err) => reply.send(Err(err)),
+    });
+    Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) }
+}
+
+/// The apply job for a local read.
+fn local_job<M, R, F>(query: F, reply: Reply<R>) -> ApplyJob<M>
+where
+    M: StateMachine,
+    R: Send + 'static,
+    F: FnOnce(&M) -> R + Send + 'static,
+{
+    ApplyJob::Local(Box::new(move |machine| reply.send(Ok(query(machine)))))
 }
 
 /// Whether an entry is a read barrier (an empty normal entry, which only the driver proposes).

@@ -1,8 +1,13 @@
-//! The node driver's threads: the raft loop, persist, apply and snapshot workers.
+//! The node driver's machinery: three [`Stage`]s (the core, persisting, applying), the threads
+//! that stand behind them, and the snapshot worker.
+//!
+//! A stage is run by whichever thread brings it work when no other thread is running it (see
+//! [`Driver::drive`]); each stage also has a worker thread for the work nobody brought a thread
+//! for, for work that must not run on a caller's thread, and for ticks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::reply::Reply;
+use super::stage::{Called, Round, Stage, Take};
 use super::{is_read_barrier, NodeError, NodeOptions, NodeStatus, Shared, Waiter};
 use crate::error::{ProposeError, SnapshotError, StorageError};
 use crate::message::Message;
@@ -22,15 +28,27 @@ use crate::storage::{serve_fetch, LogStore, LogWrite, StateMachine};
 use crate::transport::Transport;
 use crate::types::{Entry, GroupId, HardState, Index, SnapshotMeta, Term};
 
-/// What the raft loop reacts to.
+/// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
+/// (so a transport reader or a server's event loop gets back to its own work).
+const CORE_ROUNDS_INLINE: usize = 16;
+/// Syncs an inline runner does before it leaves the rest to the persist thread.
+const PERSIST_ROUNDS_INLINE: usize = 4;
+/// Rounds of applying an inline runner does before it leaves the rest to the apply thread.
+const APPLY_ROUNDS_INLINE: usize = 16;
+/// Most Readies' writes in one store call and one sync.
+const PERSIST_JOBS_MAX: usize = 4096;
+
+/// What the core reacts to.
 pub(crate) enum Input<M: StateMachine> {
     /// A message from a peer.
     Message(Message),
     /// A client's command, or a read barrier (empty data).
     Propose { data: Bytes, waiter: Waiter<M> },
-    /// The persist thread made every Ready up to `number` durable.
+    /// A tick of the node's clock.
+    Tick,
+    /// Every Ready up to `number` is durable.
     Persisted { number: u64 },
-    /// The apply thread took (or failed to take) the snapshot the core asked for.
+    /// The state machine took (or failed to take) the snapshot the core asked for.
     SnapshotTaken(Result<SnapshotMeta, SnapshotError>),
     /// The snapshot thread read a chunk for a follower.
     SnapshotRead(SnapshotRead, Result<Bytes, SnapshotError>),
@@ -44,19 +62,8 @@ pub(crate) enum Input<M: StateMachine> {
     Shutdown,
 }
 
-/// What the workers share with the raft loop.
-pub(crate) struct Workers<M: StateMachine> {
-    pub(crate) input: Sender<Input<M>>,
-    pub(crate) group: GroupId,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) log: Arc<dyn LogStore>,
-    pub(crate) snapshots: Option<Arc<dyn SnapshotStore>>,
-    pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) restore_chunk_bytes: usize,
-}
-
-/// One Ready's writes, for the persist thread.
-struct PersistJob {
+/// One Ready's writes, for the persist stage.
+pub(crate) struct PersistJob {
     number: u64,
     group: GroupId,
     compact: Option<(Index, Term)>,
@@ -66,14 +73,14 @@ struct PersistJob {
     messages: Vec<Message>,
 }
 
-/// Work for the apply thread, in the order the core produced it.
+/// Work for the apply stage, in the order the core produced it.
 pub(crate) enum ApplyJob<M: StateMachine> {
     /// Run a query on the state machine as it is now (a local, possibly stale read).
     Local(Box<dyn FnOnce(&M) + Send>),
-    /// The raft loop stopped: answer every waiting request with `Stopped` and exit.
+    /// The core stopped: answer every waiting request with `Stopped` and take no more work.
     Stop,
     /// Answer each waiter when its entry `(index, term)` is applied. The proposals of one
-    /// round of the raft loop come together, so the apply thread wakes once for them.
+    /// round of the core come together, before the Readies that may apply them.
     Register(Vec<(Index, Term, Waiter<M>)>),
     /// One Ready's state machine duties.
     Apply { restore: Option<SnapshotMeta>, entries: Vec<Entry>, snapshot: Option<SnapshotRequest> },
@@ -85,17 +92,71 @@ enum SnapshotJob {
     Chunk(SnapshotChunk),
 }
 
-/// The node's threads (the raft loop first) and a way to the apply thread for local reads.
-pub(crate) type Spawned<M> = (Vec<JoinHandle<()>>, Sender<ApplyJob<M>>);
+/// The core stage's state: the Raft core and what the driver tracks about its Readies.
+pub(crate) struct Core<M: StateMachine> {
+    raft: Raft,
+    /// The number of the last Ready handed to the persist stage.
+    persist_sent: u64,
+    /// The number of the last Ready reported durable.
+    persist_done: u64,
+    /// Proposals of this round, for the apply stage (queued before this round's Readies).
+    registered: Vec<(Index, Term, Waiter<M>)>,
+    snapshot_tx: Option<Sender<SnapshotJob>>,
+    stopped: bool,
+}
 
-/// Starts the node's threads; the raft loop's handle comes first (it is joined first).
+/// The persist stage's state.
+pub(crate) struct Persister {
+    round: Vec<PersistJob>,
+    /// The hard state last written.
+    written: Option<HardState>,
+    /// A hard state that only moves the commit index, waiting for the next write.
+    deferred: Option<HardState>,
+    /// A write or sync failed: nothing more is written or acknowledged.
+    failed: bool,
+}
+
+/// The apply stage's state: the state machine and the requests waiting for their entries.
+pub(crate) struct Applier<M: StateMachine> {
+    machine: M,
+    applied: Index,
+    waiting: BTreeMap<Index, (Term, Waiter<M>)>,
+    stopped: bool,
+}
+
+/// Everything a node's threads share.
+pub(crate) struct Driver<M: StateMachine> {
+    pub(crate) core: Stage<Core<M>, Input<M>>,
+    persist: Stage<Persister, PersistJob>,
+    pub(crate) apply: Stage<Applier<M>, ApplyJob<M>>,
+    group: GroupId,
+    pub(crate) shared: Arc<Shared>,
+    log: Arc<dyn LogStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    transport: Arc<dyn Transport>,
+    restore_chunk_bytes: usize,
+    tick: Duration,
+    max_inputs: usize,
+}
+
+/// What [`spawn`] needs besides the core and the state machine.
+pub(crate) struct Parts {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) log: Arc<dyn LogStore>,
+    pub(crate) snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(crate) transport: Arc<dyn Transport>,
+}
+
+/// A node's driver and its threads (the raft loop first: it is joined first).
+pub(crate) type Spawned<M> = (Arc<Driver<M>>, Vec<JoinHandle<()>>);
+
+/// Starts a node's threads around a new [`Driver`].
 pub(crate) fn spawn<M>(
     raft: Raft,
     machine: M,
     applied: Index,
     options: &NodeOptions,
-    input_rx: Receiver<Input<M>>,
-    workers: Workers<M>,
+    parts: Parts,
 ) -> std::io::Result<Spawned<M>>
 where
     M: StateMachine + Send + 'static,
@@ -104,138 +165,166 @@ where
     let id = raft.id();
     let group = raft.group();
     let name = |what: &str| format!("raft-{group}-{id}-{what}");
-    let workers = Arc::new(workers);
-    let (persist_tx, persist_rx) = mpsc::channel();
-    let (apply_tx, apply_rx) = mpsc::channel();
-    let mut threads = Vec::new();
-    let w = workers.clone();
-    let persist = std::thread::Builder::new()
-        .name(name("persist"))
-        .spawn(move || persist_loop(&w, persist_rx))?;
-    let w = workers.clone();
-    let apply = std::thread::Builder::new()
-        .name(name("apply"))
-        .spawn(move || apply_loop(&w, machine, applied, apply_rx))?;
-    let snapshot_tx = match workers.snapshots.clone() {
-        Some(store) => {
+    let (snapshot_tx, snapshot_rx) = match parts.snapshots {
+        Some(_) => {
             let (tx, rx) = mpsc::channel();
-            let w = workers.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name("snapshot"))
-                    .spawn(move || snapshot_loop(&w, store, rx))?,
-            );
-            Some(tx)
+            (Some(tx), Some(rx))
         }
-        None => None,
+        None => (None, None),
     };
-    let mut raft_loop = RaftLoop {
+    let core = Core {
         raft,
-        workers: workers.clone(),
-        persist_tx,
-        apply_tx: apply_tx.clone(),
-        snapshot_tx,
-        tick: options.tick.max(Duration::from_micros(100)),
-        max_inputs: options.max_inputs_per_round.max(1),
         persist_sent: 0,
         persist_done: 0,
         registered: Vec::new(),
+        snapshot_tx,
+        stopped: false,
     };
-    let main =
-        std::thread::Builder::new().name(name("loop")).spawn(move || raft_loop.run(input_rx))?;
-    let mut all = vec![main, persist, apply];
-    all.append(&mut threads);
-    Ok((all, apply_tx))
+    let persister = Persister { round: Vec::new(), written: None, deferred: None, failed: false };
+    let applier = Applier { machine, applied, waiting: BTreeMap::new(), stopped: false };
+    let driver = Arc::new(Driver {
+        core: Stage::new(core),
+        persist: Stage::new(persister),
+        apply: Stage::new(applier),
+        group,
+        shared: parts.shared,
+        log: parts.log,
+        snapshots: parts.snapshots,
+        transport: parts.transport,
+        restore_chunk_bytes: options.restore_chunk_bytes.max(1),
+        tick: options.tick.max(Duration::from_micros(100)),
+        max_inputs: options.max_inputs_per_round.max(1),
+    });
+    let spawn_one = |what: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name(what)).spawn(f)
+    };
+    let mut threads = Vec::new();
+    let d = driver.clone();
+    threads.push(spawn_one("loop", Box::new(move || d.raft_loop()))?);
+    let d = driver.clone();
+    threads.push(spawn_one("persist", Box::new(move || d.persist_worker()))?);
+    let d = driver.clone();
+    threads.push(spawn_one("apply", Box::new(move || d.apply_worker()))?);
+    if let (Some(store), Some(rx)) = (driver.snapshots.clone(), snapshot_rx) {
+        let d = driver.clone();
+        threads.push(spawn_one("snapshot", Box::new(move || d.snapshot_loop(store, rx)))?);
+    }
+    Ok((driver, threads))
 }
 
-/// The raft loop's state.
-struct RaftLoop<M: StateMachine> {
-    raft: Raft,
-    workers: Arc<Workers<M>>,
-    persist_tx: Sender<PersistJob>,
-    apply_tx: Sender<ApplyJob<M>>,
-    snapshot_tx: Option<Sender<SnapshotJob>>,
-    tick: Duration,
-    max_inputs: usize,
-    /// The number of the last Ready handed to the persist thread.
-    persist_sent: u64,
-    /// The number of the last Ready the persist thread reported durable.
-    persist_done: u64,
-    /// Proposals of this round, for the apply thread (sent before this round's Readies).
-    registered: Vec<(Index, Term, Waiter<M>)>,
-}
+impl<M> Driver<M>
+where
+    M: StateMachine,
+{
+    /// Runs the core on this thread if no other thread is running it, then whatever it left
+    /// for the other stages that is worth running here:
+    ///
+    /// - writes that someone waits for over the network (a follower's append acknowledgement,
+    ///   a vote) are synced here at once; a leader's own writes go to the persist thread, since
+    ///   they overlap with replication and this thread has its own work to get back to;
+    /// - committed entries are applied here (the client waiting for one is answered from this
+    ///   thread), except restoring or taking a snapshot, which the apply thread does.
+    pub(crate) fn drive(&self) {
+        self.run_core(Take::Try { max_rounds: CORE_ROUNDS_INLINE });
+        self.follow_up();
+    }
 
-impl<M: StateMachine> RaftLoop<M> {
-    fn run(&mut self, input: Receiver<Input<M>>) {
+    fn run_core(&self, take: Take) {
+        self.core.run(take, &mut |core, inputs| self.core_round(core, inputs));
+    }
+
+    fn follow_up(&self) {
+        if self.persist.any_queued(|job| !job.messages.is_empty()) {
+            let take = Take::Try { max_rounds: PERSIST_ROUNDS_INLINE };
+            self.persist.run(take, &mut |p, jobs| self.persist_round(p, jobs));
+        } else if !self.persist.is_idle() {
+            self.persist.call_worker();
+        }
+        if !self.apply.is_idle() {
+            let take = Take::Try { max_rounds: APPLY_ROUNDS_INLINE };
+            self.apply.run(take, &mut |a, jobs| self.apply_round(a, jobs, true));
+        }
+    }
+
+    /// The raft loop thread: ticks the core on time, and runs it when called.
+    fn raft_loop(&self) {
         let mut next_tick = Instant::now() + self.tick;
-        'run: loop {
-            let now = Instant::now();
-            let first = if now >= next_tick {
-                match input.try_recv() {
-                    Ok(i) => Some(i),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => break,
-                }
-            } else {
-                match input.recv_timeout(next_tick - now) {
-                    Ok(i) => Some(i),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            };
-            if let Some(first) = first {
-                if !self.handle(first) {
-                    break;
-                }
-                for _ in 1..self.max_inputs {
-                    match input.try_recv() {
-                        Ok(i) => {
-                            if !self.handle(i) {
-                                break 'run;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            if !self.registered.is_empty() {
-                let job = ApplyJob::Register(std::mem::take(&mut self.registered));
-                if self.apply_tx.send(job).is_err() {
-                    break;
-                }
+        loop {
+            let called = self.core.wait_called(Some(next_tick));
+            if called == Called::Closed {
+                break;
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raft.tick();
+                self.core.push(Input::Tick);
                 next_tick += self.tick;
                 if next_tick <= now {
                     // Fell behind (a stalled machine): tick once, do not burst.
                     next_tick = now + self.tick;
                 }
             }
-            while self.raft.has_ready() {
-                let ready = self.raft.ready();
-                if !self.carry_out(ready) {
-                    break 'run;
-                }
-            }
-            self.workers.shared.publish(&self.raft);
+            self.run_core(Take::Wait);
+            self.follow_up();
         }
-        let _ = self.apply_tx.send(ApplyJob::Stop);
-        tracing::debug!(id = self.raft.id(), group = self.raft.group(), "raft loop stopped");
+        tracing::debug!(group = self.group, "raft loop stopped");
+    }
+
+    /// One round of the core: take the queued inputs, then carry out every Ready.
+    fn core_round(&self, core: &mut Core<M>, inputs: &mut VecDeque<Input<M>>) -> Round {
+        if core.stopped {
+            inputs.clear(); // Dropped requests answer Stopped.
+            return Round::Continue;
+        }
+        let take = inputs.len().min(self.max_inputs);
+        for _ in 0..take {
+            let Some(input) = inputs.pop_front() else { break };
+            if !self.handle(core, input) {
+                self.stop(core);
+                inputs.clear();
+                return Round::Continue;
+            }
+        }
+        if !core.registered.is_empty() {
+            let job = ApplyJob::Register(std::mem::take(&mut core.registered));
+            if !self.apply.push(job) {
+                self.stop(core);
+                return Round::Continue;
+            }
+        }
+        while core.raft.has_ready() {
+            let ready = core.raft.ready();
+            if !self.carry_out(core, ready) {
+                self.stop(core);
+                return Round::Continue;
+            }
+        }
+        self.shared.publish(&core.raft);
+        Round::Continue
+    }
+
+    /// The core stops: no more inputs; the apply stage answers its waiters `Stopped`; the
+    /// persist stage finishes (and syncs) what it was handed; the snapshot thread ends.
+    fn stop(&self, core: &mut Core<M>) {
+        core.stopped = true;
+        core.snapshot_tx = None;
+        self.core.close();
+        self.apply.push(ApplyJob::Stop);
+        self.apply.close();
+        self.persist.close();
+        tracing::debug!(id = core.raft.id(), group = self.group, "raft core stopped");
     }
 
     /// Handles one input; false means stop.
-    fn handle(&mut self, input: Input<M>) -> bool {
+    fn handle(&self, core: &mut Core<M>, input: Input<M>) -> bool {
         match input {
             Input::Message(msg) => {
-                if let Err(err) = self.raft.step(msg) {
-                    self.workers.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(id = self.raft.id(), %err, "message refused");
+                if let Err(err) = core.raft.step(msg) {
+                    self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = core.raft.id(), %err, "message refused");
                 }
             }
-            Input::Propose { data, waiter } => match self.raft.propose(data) {
-                Ok(at) => self.registered.push((at.index, at.term, waiter)),
+            Input::Propose { data, waiter } => match core.raft.propose(data) {
+                Ok(at) => core.registered.push((at.index, at.term, waiter)),
                 Err(ProposeError::NotLeader { leader }) => {
                     waiter.fail(NodeError::NotLeader { leader })
                 }
@@ -243,17 +332,18 @@ impl<M: StateMachine> RaftLoop<M> {
                     waiter.fail(NodeError::Busy { uncommitted_bytes, limit_bytes })
                 }
             },
+            Input::Tick => core.raft.tick(),
             Input::Persisted { number } => {
-                self.persist_done = self.persist_done.max(number);
-                self.raft.on_persisted(number);
+                core.persist_done = core.persist_done.max(number);
+                core.raft.on_persisted(number);
             }
-            Input::SnapshotTaken(result) => self.raft.on_snapshot_taken(result),
-            Input::SnapshotRead(read, result) => self.raft.on_snapshot_read(read, result),
-            Input::SnapshotChunk(chunk, result) => self.raft.on_snapshot_chunk(chunk, result),
+            Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),
+            Input::SnapshotRead(read, result) => core.raft.on_snapshot_read(read, result),
+            Input::SnapshotChunk(chunk, result) => core.raft.on_snapshot_chunk(chunk, result),
             Input::Status(reply) => {
-                let shared = &self.workers.shared;
+                let shared = &self.shared;
                 reply.send(Ok(NodeStatus {
-                    raft: self.raft.status(),
+                    raft: core.raft.status(),
                     applied_index: shared.applied.load(Ordering::Relaxed),
                     rejected_messages: shared.rejected.load(Ordering::Relaxed),
                     failure: shared.failure.lock().clone(),
@@ -265,7 +355,7 @@ impl<M: StateMachine> RaftLoop<M> {
     }
 
     /// Carries out one Ready (see [`crate::ready`] for the order); false means stop.
-    fn carry_out(&mut self, ready: Ready) -> bool {
+    fn carry_out(&self, core: &mut Core<M>, ready: Ready) -> bool {
         let Ready {
             number,
             group,
@@ -281,12 +371,11 @@ impl<M: StateMachine> RaftLoop<M> {
             snapshot_reads,
             snapshot_chunks,
         } = ready;
-        let transport = &self.workers.transport;
         if !messages.is_empty() {
-            transport.send_all(messages);
+            self.transport.send_all(messages);
         }
         let must_persist = compact.is_some() || hard_state.is_some() || !entries.is_empty();
-        let writes_pending = self.persist_sent > self.persist_done;
+        let writes_pending = core.persist_sent > core.persist_done;
         if must_persist || (!persisted_messages.is_empty() && writes_pending) {
             // Persisted messages wait behind every write not yet durable, this one included.
             let job = PersistJob {
@@ -297,12 +386,12 @@ impl<M: StateMachine> RaftLoop<M> {
                 entries,
                 messages: persisted_messages,
             };
-            if self.persist_tx.send(job).is_err() {
+            if !self.persist.push(job) {
                 return false;
             }
-            self.persist_sent = number;
+            core.persist_sent = number;
         } else if !persisted_messages.is_empty() {
-            transport.send_all(persisted_messages);
+            self.transport.send_all(persisted_messages);
         }
         if restore_snapshot.is_some() || !committed_entries.is_empty() || snapshot_request.is_some()
         {
@@ -311,16 +400,16 @@ impl<M: StateMachine> RaftLoop<M> {
                 entries: committed_entries,
                 snapshot: snapshot_request,
             };
-            if self.apply_tx.send(job).is_err() {
+            if !self.apply.push(job) {
                 return false;
             }
         }
         for fetch in fetches {
-            let result = serve_fetch(self.workers.log.as_ref(), &fetch);
-            self.raft.on_fetched(fetch, result);
+            let result = serve_fetch(self.log.as_ref(), &fetch);
+            core.raft.on_fetched(fetch, result);
         }
         for read in snapshot_reads {
-            match &self.snapshot_tx {
+            match &core.snapshot_tx {
                 Some(tx) => {
                     if tx.send(SnapshotJob::Read(read)).is_err() {
                         return false;
@@ -328,12 +417,12 @@ impl<M: StateMachine> RaftLoop<M> {
                 }
                 None => {
                     let missing = missing_snapshot(&read.meta);
-                    self.raft.on_snapshot_read(read, Err(missing));
+                    core.raft.on_snapshot_read(read, Err(missing));
                 }
             }
         }
         for chunk in snapshot_chunks {
-            match &self.snapshot_tx {
+            match &core.snapshot_tx {
                 Some(tx) => {
                     if tx.send(SnapshotJob::Chunk(chunk)).is_err() {
                         return false;
@@ -341,11 +430,263 @@ impl<M: StateMachine> RaftLoop<M> {
                 }
                 None => {
                     let missing = missing_snapshot(&chunk.meta);
-                    self.raft.on_snapshot_chunk(chunk, Err(missing));
+                    core.raft.on_snapshot_chunk(chunk, Err(missing));
                 }
             }
         }
         true
+    }
+
+    /// A worker failed: record why, and stop the core (from whichever thread gets to it).
+    fn fail(&self, what: String) {
+        self.shared.fail(what);
+        self.core.push(Input::Failed);
+        self.core.call_worker();
+    }
+
+    /// The persist thread: runs the writes nobody synced inline; at shutdown, once every queued
+    /// write is done, writes the commit index it held back.
+    fn persist_worker(&self) {
+        self.persist.work(|| None, || {}, &mut |p, jobs| self.persist_round(p, jobs));
+        let deferred = self.persist.with_state(|p| if p.failed { None } else { p.deferred.take() });
+        if let Some(hs) = deferred {
+            let job = PersistJob {
+                number: 0,
+                group: self.group,
+                compact: None,
+                hard_state: Some(hs),
+                entries: Vec::new(),
+                messages: Vec::new(),
+            };
+            if let Err(err) = persist(self.log.as_ref(), &[job]) {
+                self.shared.fail(format!("log store: {err}"));
+            }
+        }
+    }
+
+    /// Writes every queued job as one ordered batch, syncs once, then releases the jobs'
+    /// messages, reports them durable and runs the core (here, if it is free).
+    ///
+    /// A hard state that only moves the commit index is not worth a sync of its own (the commit
+    /// index is persisted only to spare a restarted node some waiting; losing it is safe): it is
+    /// deferred and written with the next write that must be durable anyway, or at shutdown.
+    /// That halves the syncs per committed write, since every commit changes the hard state.
+    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistJob>) -> Round {
+        if p.failed {
+            jobs.clear(); // Never written, never acknowledged.
+            return Round::Continue;
+        }
+        let take = jobs.len().min(PERSIST_JOBS_MAX);
+        p.round.extend(jobs.drain(..take));
+        for job in &mut p.round {
+            let Some(hs) = job.hard_state else {
+                if p.deferred.is_some() && (!job.entries.is_empty() || job.compact.is_some()) {
+                    job.hard_state = p.deferred.take();
+                    p.written = job.hard_state;
+                }
+                continue;
+            };
+            let commit_only = p.written.is_some_and(|w| w.term == hs.term && w.vote == hs.vote);
+            if commit_only && job.entries.is_empty() && job.compact.is_none() {
+                p.deferred = job.hard_state.take();
+            } else {
+                p.deferred = None; // This one is newer.
+                p.written = Some(hs);
+            }
+        }
+        if let Err(err) = persist(self.log.as_ref(), &p.round) {
+            // Nothing of this round is acknowledged: its messages are never sent.
+            p.failed = true;
+            p.round.clear();
+            jobs.clear();
+            self.fail(format!("log store: {err}"));
+            return Round::Continue;
+        }
+        let mut last = 0;
+        for job in p.round.drain(..) {
+            last = job.number;
+            if !job.messages.is_empty() {
+                self.transport.send_all(job.messages);
+            }
+        }
+        if self.core.push(Input::Persisted { number: last }) {
+            self.drive();
+        }
+        Round::Continue
+    }
+
+    /// The apply thread: applies what no inline runner did, restores and takes snapshots.
+    fn apply_worker(&self) {
+        self.apply.work(|| None, || {}, &mut |a, jobs| self.apply_round(a, jobs, false));
+    }
+
+    /// Applies committed entries and answers their waiters. `inline` rounds (on a thread that
+    /// brought other work) hand restores, snapshots and the final stop to the apply thread.
+    fn apply_round(
+        &self,
+        a: &mut Applier<M>,
+        jobs: &mut VecDeque<ApplyJob<M>>,
+        inline: bool,
+    ) -> Round {
+        while let Some(job) = jobs.pop_front() {
+            if a.stopped {
+                jobs.clear(); // Dropped requests answer Stopped.
+                return Round::Continue;
+            }
+            match job {
+                ApplyJob::Local(query) => query(&a.machine),
+                ApplyJob::Stop if inline => {
+                    jobs.push_front(ApplyJob::Stop);
+                    return Round::HandOff;
+                }
+                ApplyJob::Stop => {
+                    a.stopped = true;
+                    for (_, (_, waiter)) in std::mem::take(&mut a.waiting) {
+                        waiter.fail(NodeError::Stopped);
+                    }
+                }
+                ApplyJob::Register(waiters) => {
+                    for (index, term, waiter) in waiters {
+                        if index <= a.applied {
+                            waiter
+                                .fail(NodeError::Unknown("the entry's index was already applied"));
+                        } else if let Some((_, earlier)) = a.waiting.insert(index, (term, waiter)) {
+                            // A new leader's proposal took an index of ours that it overwrote.
+                            earlier.fail(NodeError::Dropped);
+                        }
+                    }
+                }
+                ApplyJob::Apply { restore, entries, snapshot } => {
+                    if inline && (restore.is_some() || snapshot.is_some()) {
+                        jobs.push_front(ApplyJob::Apply { restore, entries, snapshot });
+                        return Round::HandOff;
+                    }
+                    if let Some(meta) = restore {
+                        if let Err(why) = self.restore(a, &meta) {
+                            a.stopped = true;
+                            self.fail(why);
+                            continue;
+                        }
+                    }
+                    self.apply_entries(a, entries);
+                    if let Some(request) = snapshot {
+                        let result = match self.snapshots.as_deref() {
+                            Some(store) => take_snapshot(&mut a.machine, store, &request),
+                            None => Err(SnapshotError::NotFound {
+                                group: request.group,
+                                index: request.index,
+                                term: request.term,
+                            }),
+                        };
+                        self.core.push(Input::SnapshotTaken(result));
+                        self.core.call_worker();
+                    }
+                }
+            }
+        }
+        Round::Continue
+    }
+
+    fn restore(&self, a: &mut Applier<M>, meta: &SnapshotMeta) -> Result<(), String> {
+        let Some(store) = self.snapshots.as_deref() else {
+            return Err("asked to restore a snapshot without a snapshot store".into());
+        };
+        restore_snapshot(&mut a.machine, store, meta, self.restore_chunk_bytes).map_err(|err| {
+            format!("restoring snapshot at index {} term {}: {err}", meta.index, meta.term)
+        })?;
+        a.applied = meta.index;
+        // Requests the snapshot covers may or may not be in it.
+        let rest = a.waiting.split_off(&(meta.index + 1));
+        for (_, (_, waiter)) in std::mem::replace(&mut a.waiting, rest) {
+            waiter.fail(NodeError::Unknown("a snapshot replaced the state"));
+        }
+        Ok(())
+    }
+
+    fn apply_entries(&self, a: &mut Applier<M>, entries: Vec<Entry>) {
+        for entry in entries {
+            let index = entry.index;
+            let term = entry.term;
+            let output = if is_read_barrier(entry.kind, &entry.data) {
+                a.machine.apply(&Entry::noop(term, index));
+                None
+            } else {
+                Some(a.machine.apply(&entry))
+            };
+            a.applied = index;
+            if let Some((wanted, waiter)) = a.waiting.remove(&index) {
+                if wanted != term {
+                    waiter.fail(NodeError::Dropped);
+                    continue;
+                }
+                match (waiter, output) {
+                    (Waiter::Write(reply), Some(output)) => reply.send(Ok(output)),
+                    (Waiter::Read(query), None) => query(Ok(&a.machine)),
+                    (waiter, _) => waiter.fail(NodeError::Dropped),
+                }
+            }
+        }
+        self.shared.applied.store(a.applied, Ordering::Relaxed);
+    }
+
+    /// Reads chunks for followers and writes received chunks, off the core's threads.
+    fn snapshot_loop(&self, store: Arc<dyn SnapshotStore>, jobs: Receiver<SnapshotJob>) {
+        let mut receiver = SnapshotReceiver::new();
+        // The snapshot being sent stays open between chunks (and is protected from retention).
+        let mut sending: Option<Box<dyn SnapshotReader>> = None;
+        while let Ok(job) = jobs.recv() {
+            let input = match job {
+                SnapshotJob::Read(read) => {
+                    let reuse = sending.as_ref().is_some_and(|r| r.meta().same_data(&read.meta));
+                    if !reuse {
+                        sending = None;
+                        match store.open_for_send(&read.meta) {
+                            Ok(reader) => sending = Some(reader),
+                            Err(err) => {
+                                self.deliver(Input::SnapshotRead(read, Err(err)));
+                                continue;
+                            }
+                        }
+                    }
+                    let result = match sending.as_mut() {
+                        Some(reader) => reader.read_at(read.offset, read.max_bytes),
+                        None => Err(missing_snapshot(&read.meta)),
+                    };
+                    let finished = result
+                        .as_ref()
+                        .map_or(true, |data| read.offset + data.len() as u64 >= read.meta.size);
+                    if finished {
+                        sending = None;
+                    }
+                    Input::SnapshotRead(read, result)
+                }
+                SnapshotJob::Chunk(chunk) => {
+                    let result = receiver.write(store.as_ref(), &chunk);
+                    Input::SnapshotChunk(chunk, result)
+                }
+            };
+            self.deliver(input);
+        }
+    }
+
+    /// Queues an input and runs the core here if it is free.
+    pub(crate) fn deliver(&self, input: Input<M>) {
+        if self.core.push(input) {
+            self.drive();
+        }
+    }
+
+    /// Stops the node from a caller's thread: the core takes `Shutdown` (waiting for any
+    /// runner to finish its round first), which closes every stage.
+    pub(crate) fn shut_down(&self) {
+        if self.core.push(Input::Shutdown) {
+            self.run_core(Take::Wait);
+        }
+    }
+
+    /// Whether the core has stopped (shut down or failed).
+    pub(crate) fn stopped(&self) -> bool {
+        self.core.is_closed()
     }
 }
 
@@ -353,77 +694,7 @@ fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
     SnapshotError::NotFound { group: meta.group, index: meta.index, term: meta.term }
 }
 
-/// Writes every queued job as one ordered batch, syncs once, then releases the jobs' messages.
-///
-/// A hard state that only moves the commit index is not worth a sync of its own (the commit
-/// index is persisted only to spare a restarted node some waiting; losing it is safe): it is
-/// deferred and written with the next write that must be durable anyway, or at shutdown. That
-/// halves the syncs per committed write, since every commit changes the hard state.
-fn persist_loop<M: StateMachine>(w: &Workers<M>, jobs: Receiver<PersistJob>) {
-    const MAX_JOBS: usize = 4096;
-    let mut round = Vec::new();
-    let mut written: Option<HardState> = None;
-    let mut deferred: Option<HardState> = None;
-    let fail = |err: StorageError| {
-        // Nothing of this round is acknowledged: its messages are never sent.
-        w.shared.fail(format!("log store: {err}"));
-        let _ = w.input.send(Input::Failed);
-    };
-    while let Ok(first) = jobs.recv() {
-        round.push(first);
-        while round.len() < MAX_JOBS {
-            match jobs.try_recv() {
-                Ok(job) => round.push(job),
-                Err(_) => break,
-            }
-        }
-        for job in &mut round {
-            let Some(hs) = job.hard_state else {
-                if deferred.is_some() && (!job.entries.is_empty() || job.compact.is_some()) {
-                    job.hard_state = deferred.take();
-                    written = job.hard_state;
-                }
-                continue;
-            };
-            let commit_only = written.is_some_and(|w| w.term == hs.term && w.vote == hs.vote);
-            if commit_only && job.entries.is_empty() && job.compact.is_none() {
-                deferred = job.hard_state.take();
-            } else {
-                deferred = None; // This one is newer.
-                written = Some(hs);
-            }
-        }
-        if let Err(err) = persist(w.log.as_ref(), &round) {
-            fail(err);
-            return;
-        }
-        let mut last = 0;
-        for job in round.drain(..) {
-            last = job.number;
-            if !job.messages.is_empty() {
-                w.transport.send_all(job.messages);
-            }
-        }
-        let _ = w.input.send(Input::Persisted { number: last });
-    }
-    // Shutting down: write the deferred commit index too.
-    if let Some(hs) = deferred {
-        let group = w.group;
-        let job = PersistJob {
-            number: 0,
-            group,
-            compact: None,
-            hard_state: Some(hs),
-            entries: Vec::new(),
-            messages: Vec::new(),
-        };
-        if let Err(err) = persist(w.log.as_ref(), &[job]) {
-            fail(err);
-        }
-    }
-}
-
-/// One round of the persist thread: compactions and writes in Ready order, consecutive writes
+/// One round of the persist stage: compactions and writes in Ready order, consecutive writes
 /// in one store call, then one sync covering all of them.
 fn persist(log: &dyn LogStore, round: &[PersistJob]) -> Result<(), StorageError> {
     let mut last = None;
@@ -451,131 +722,4 @@ fn persist(log: &dyn LogStore, round: &[PersistJob]) -> Result<(), StorageError>
         log.sync(lsn)?;
     }
     Ok(())
-}
-
-/// Applies committed entries, answers waiting clients, restores and takes snapshots.
-fn apply_loop<M>(w: &Workers<M>, mut machine: M, mut applied: Index, jobs: Receiver<ApplyJob<M>>)
-where
-    M: StateMachine,
-{
-    let mut waiting: BTreeMap<Index, (Term, Waiter<M>)> = BTreeMap::new();
-    while let Ok(job) = jobs.recv() {
-        match job {
-            ApplyJob::Local(query) => query(&machine),
-            ApplyJob::Stop => return,
-            ApplyJob::Register(waiters) => {
-                for (index, term, waiter) in waiters {
-                    if index <= applied {
-                        waiter.fail(NodeError::Unknown("the entry's index was already applied"));
-                    } else if let Some((_, earlier)) = waiting.insert(index, (term, waiter)) {
-                        // A new leader's proposal took an index of ours that it overwrote.
-                        earlier.fail(NodeError::Dropped);
-                    }
-                }
-            }
-            ApplyJob::Apply { restore, entries, snapshot } => {
-                if let Some(meta) = restore {
-                    let Some(store) = w.snapshots.as_deref() else {
-                        w.shared
-                            .fail("asked to restore a snapshot without a snapshot store".into());
-                        let _ = w.input.send(Input::Failed);
-                        return;
-                    };
-                    if let Err(err) =
-                        restore_snapshot(&mut machine, store, &meta, w.restore_chunk_bytes)
-                    {
-                        w.shared.fail(format!(
-                            "restoring snapshot at index {} term {}: {err}",
-                            meta.index, meta.term
-                        ));
-                        let _ = w.input.send(Input::Failed);
-                        return;
-                    }
-                    applied = meta.index;
-                    // Requests the snapshot covers may or may not be in it.
-                    let rest = waiting.split_off(&(meta.index + 1));
-                    for (_, (_, waiter)) in std::mem::replace(&mut waiting, rest) {
-                        waiter.fail(NodeError::Unknown("a snapshot replaced the state"));
-                    }
-                }
-                for entry in entries {
-                    let index = entry.index;
-                    let term = entry.term;
-                    let output = if is_read_barrier(entry.kind, &entry.data) {
-                        machine.apply(&Entry::noop(term, index));
-                        None
-                    } else {
-                        Some(machine.apply(&entry))
-                    };
-                    applied = index;
-                    if let Some((wanted, waiter)) = waiting.remove(&index) {
-                        if wanted != term {
-                            waiter.fail(NodeError::Dropped);
-                            continue;
-                        }
-                        match (waiter, output) {
-                            (Waiter::Write(reply), Some(output)) => reply.send(Ok(output)),
-                            (Waiter::Read(query), None) => query(Ok(&machine)),
-                            (waiter, _) => waiter.fail(NodeError::Dropped),
-                        }
-                    }
-                }
-                w.shared.applied.store(applied, Ordering::Relaxed);
-                if let Some(request) = snapshot {
-                    let result = match w.snapshots.as_deref() {
-                        Some(store) => take_snapshot(&mut machine, store, &request),
-                        None => Err(SnapshotError::NotFound {
-                            group: request.group,
-                            index: request.index,
-                            term: request.term,
-                        }),
-                    };
-                    let _ = w.input.send(Input::SnapshotTaken(result));
-                }
-            }
-        }
-    }
-}
-
-/// Reads chunks for followers and writes received chunks, off the raft loop.
-fn snapshot_loop<M: StateMachine>(
-    w: &Workers<M>,
-    store: Arc<dyn SnapshotStore>,
-    jobs: Receiver<SnapshotJob>,
-) {
-    let mut receiver = SnapshotReceiver::new();
-    // The snapshot being sent stays open between chunks (and is protected from retention).
-    let mut sending: Option<Box<dyn SnapshotReader>> = None;
-    while let Ok(job) = jobs.recv() {
-        match job {
-            SnapshotJob::Read(read) => {
-                let reuse = sending.as_ref().is_some_and(|r| r.meta().same_data(&read.meta));
-                if !reuse {
-                    sending = None;
-                    match store.open_for_send(&read.meta) {
-                        Ok(reader) => sending = Some(reader),
-                        Err(err) => {
-                            let _ = w.input.send(Input::SnapshotRead(read, Err(err)));
-                            continue;
-                        }
-                    }
-                }
-                let result = match sending.as_mut() {
-                    Some(reader) => reader.read_at(read.offset, read.max_bytes),
-                    None => Err(missing_snapshot(&read.meta)),
-                };
-                let finished = result
-                    .as_ref()
-                    .map_or(true, |data| read.offset + data.len() as u64 >= read.meta.size);
-                if finished {
-                    sending = None;
-                }
-                let _ = w.input.send(Input::SnapshotRead(read, result));
-            }
-            SnapshotJob::Chunk(chunk) => {
-                let result = receiver.write(store.as_ref(), &chunk);
-                let _ = w.input.send(Input::SnapshotChunk(chunk, result));
-            }
-        }
-    }
 }

@@ -1,0 +1,394 @@
+//! A stage of the node driver: a queue of jobs that at most one thread works through at a time.
+//!
+//! Whichever thread brings work may run it at once if no other thread is running the stage
+//! ([`Stage::try_run`]), which spares the wake-up of a worker thread (on a virtual machine, tens
+//! of microseconds each). The stage's worker thread ([`Stage::work`]) runs whatever an inline
+//! runner leaves: work it hands off on purpose (a slow job), work past its round limit, and work
+//! nobody brought a thread for.
+//!
+//! **Invariant:** a queued job is never stranded. A thread that queues a job and finds the stage
+//! busy leaves it to the runner, and every runner looks at the queue again *after* it lets go of
+//! the stage, so a job queued while it was finishing is seen by it or by the next runner. (The
+//! queue's lock orders the two: the pusher's unlock of the queue happens before the runner's
+//! later look at it, and the runner's release of the stage happens before that look.)
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+/// What one round of a stage's work asks for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Round {
+    /// Carry on: run another round if jobs are queued (jobs left in the round's deque go back
+    /// to the front of the queue).
+    Continue,
+    /// Stop running inline: the jobs left in the round's deque go back to the front of the
+    /// queue and the worker thread is called to run them.
+    HandOff,
+}
+
+/// How [`Stage::run`] gets the stage.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Take {
+    /// Only if no other thread is running it, and for at most this many rounds (then the worker
+    /// is called for the rest).
+    Try {
+        /// Rounds before handing the rest to the worker.
+        max_rounds: usize,
+    },
+    /// Wait for the stage; run until the queue is empty.
+    Wait,
+}
+
+/// Why [`Stage::wait_called`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Called {
+    /// The worker was called.
+    Yes,
+    /// The deadline passed.
+    Deadline,
+    /// The stage is closed and its queue is empty.
+    Closed,
+}
+
+/// A queue of jobs and the state only the current runner may touch.
+pub(crate) struct Stage<S, J> {
+    queue: Mutex<Queue<J>>,
+    signal: Condvar,
+    /// The runner's state, and a spare deque the runner swaps with the queue's (so taking the
+    /// queued jobs neither allocates nor copies).
+    state: Mutex<(S, VecDeque<J>)>,
+}
+
+struct Queue<J> {
+    jobs: VecDeque<J>,
+    /// Someone asked the worker to run the stage.
+    called: bool,
+    /// No more jobs are taken.
+    closed: bool,
+}
+
+impl<S, J> Stage<S, J> {
+    /// A stage with an empty queue.
+    pub(crate) fn new(state: S) -> Stage<S, J> {
+        Stage {
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false, closed: false }),
+            signal: Condvar::new(),
+            state: Mutex::new((state, VecDeque::new())),
+        }
+    }
+
+    /// Queues a job. A closed stage drops it (a request inside answers
+    /// [`NodeError::Stopped`](super::NodeError::Stopped) when dropped) and says so.
+    pub(crate) fn push(&self, job: J) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return false;
+        }
+        q.jobs.push_back(job);
+        true
+    }
+
+    /// Queues several jobs, in order (or drops them all, if the stage is closed).
+    pub(crate) fn push_all(&self, jobs: impl IntoIterator<Item = J>) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return false;
+        }
+        q.jobs.extend(jobs);
+        true
+    }
+
+    /// Whether any queued job satisfies `f` (jobs a runner has taken are not looked at).
+    pub(crate) fn any_queued(&self, f: impl Fn(&J) -> bool) -> bool {
+        self.queue.lock().jobs.iter().any(f)
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.lock().jobs.is_empty()
+    }
+
+    /// Asks the worker thread to run the stage.
+    pub(crate) fn call_worker(&self) {
+        let mut q = self.queue.lock();
+        if !q.called {
+            q.called = true;
+            drop(q);
+            self.signal.notify_one();
+        }
+    }
+
+    /// Takes no more jobs (later pushes drop theirs) and wakes the worker so it can finish
+    /// what is queued and return.
+    pub(crate) fn close(&self) {
+        self.queue.lock().closed = true;
+        self.signal.notify_all();
+    }
+
+    /// Whether the stage is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
+    /// The worker's wait: until it is called, `deadline` passes, or the stage is closed with
+    /// nothing queued.
+    pub(crate) fn wait_called(&self, deadline: Option<Instant>) -> Called {
+        let mut q = self.queue.lock();
+        loop {
+            if q.called {
+                q.called = false;
+                return Called::Yes;
+            }
+            if q.closed && q.jobs.is_empty() {
+                return Called::Closed;
+            }
+            if q.closed {
+                return Called::Yes; // Finish what is queued.
+            }
+            match deadline {
+                Some(at) => {
+                    if Instant::now() >= at || self.signal.wait_until(&mut q, at).timed_out() {
+                        if q.called {
+                            continue;
+                        }
+                        return Called::Deadline;
+                    }
+                }
+                None => self.signal.wait(&mut q),
+            }
+        }
+    }
+
+    /// Runs rounds of queued jobs on this thread: each round gets the runner's state and every
+    /// job queued since the last round. Returns false if another thread held the stage (with
+    /// [`Take::Try`]); that thread, or the worker, runs what this one queued.
+    pub(crate) fn run(
+        &self,
+        take: Take,
+        round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round,
+    ) -> bool {
+        let mut rounds = 0usize;
+        loop {
+            let guard = match take {
+                Take::Try { .. } => match self.state.try_lock() {
+                    Some(g) => g,
+                    None => return false,
+                },
+                Take::Wait => self.state.lock(),
+            };
+            match self.run_held(guard, take, &mut rounds, round) {
+                Some(handed_off) => {
+                    if handed_off {
+                        self.call_worker();
+                    }
+                    return true;
+                }
+                None => {
+                    // Let go with jobs queued after the last look: take the stage again (unless
+                    // someone else has it now, who then runs them).
+                }
+            }
+        }
+    }
+
+    /// Rounds while holding the stage. `Some(handed_off)` when done, `None` when jobs arrived
+    /// after the stage was let go (the caller takes it again).
+    fn run_held(
+        &self,
+        mut guard: MutexGuard<'_, (S, VecDeque<J>)>,
+        take: Take,
+        rounds: &mut usize,
+        round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round,
+    ) -> Option<bool> {
+        let (state, jobs) = &mut *guard;
+        loop {
+            {
+                let mut q = self.queue.lock();
+                if q.jobs.is_empty() {
+                    break;
+                }
+                if let Take::Try { max_rounds } = take {
+                    if *rounds >= max_rounds {
+                        return Some(true);
+                    }
+                }
+                debug_assert!(jobs.is_empty(), "the spare deque is empty between rounds");
+                std::mem::swap(&mut q.jobs, jobs);
+            }
+            *rounds += 1;
+            let next = round(state, jobs);
+            if !jobs.is_empty() {
+                // Left for later: back to the front of the queue, ahead of newer jobs.
+                let mut q = self.queue.lock();
+                jobs.append(&mut q.jobs);
+                std::mem::swap(&mut q.jobs, jobs);
+            }
+            if next == Round::HandOff {
+                return Some(true);
+            }
+        }
+        drop(guard);
+        // Anything queued between the last look and the release is ours to run (see the module
+        // docs for why this look cannot miss a job).
+        if self.queue.lock().jobs.is_empty() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The worker thread's loop: waits to be called (or until `deadline()` passes, when `tick`
+    /// runs first), then runs the stage until its queue is empty; returns once the stage is
+    /// closed and drained.
+    pub(crate) fn work(
+        &self,
+        mut deadline: impl FnMut() -> Option<Instant>,
+        mut tick: impl FnMut(),
+        round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round,
+    ) {
+        loop {
+            match self.wait_called(deadline()) {
+                Called::Closed => return,
+                Called::Deadline => tick(),
+                Called::Yes => {}
+            }
+            self.run(Take::Wait, round);
+        }
+    }
+
+    /// Runs `f` on the runner's state, waiting for any runner to finish first.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut self.state.lock().0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn try_run_runs_queued_jobs_in_order() {
+        let stage: Stage<Vec<u32>, u32> = Stage::new(Vec::new());
+        assert!(stage.push_all([1, 2, 3]));
+        assert!(stage.run(Take::Try { max_rounds: 8 }, &mut |seen, jobs| {
+            seen.extend(jobs.drain(..));
+            Round::Continue
+        }));
+        assert!(stage.is_idle());
+        assert_eq!(stage.with_state(|s| s.clone()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_busy_stage_is_left_to_its_runner() {
+        let stage: Stage<Vec<u32>, u32> = Stage::new(Vec::new());
+        let held = stage.state.lock();
+        stage.push(1);
+        assert!(!stage.run(Take::Try { max_rounds: 8 }, &mut |_, _| Round::Continue));
+        drop(held);
+        assert!(!stage.is_idle(), "the job waits for a runner");
+    }
+
+    #[test]
+    fn handed_off_jobs_go_back_in_front_and_call_the_worker() {
+        let stage: Stage<Vec<u32>, u32> = Stage::new(Vec::new());
+        stage.push_all([1, 2, 3]);
+        stage.run(Take::Try { max_rounds: 8 }, &mut |seen, jobs| {
+            seen.push(jobs.pop_front().expect("a job"));
+            Round::HandOff
+        });
+        stage.push(4);
+        assert_eq!(stage.wait_called(None), Called::Yes);
+        stage.run(Take::Wait, &mut |seen, jobs| {
+            seen.extend(jobs.drain(..));
+            Round::Continue
+        });
+        assert_eq!(stage.with_state(|s| s.clone()), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_round_limit_calls_the_worker() {
+        let stage: Stage<u32, u32> = Stage::new(0);
+        stage.push(1);
+        // Each round queues another job: an inline runner stops after its limit.
+        let me = &stage;
+        stage.run(Take::Try { max_rounds: 3 }, &mut |n, jobs| {
+            jobs.clear();
+            *n += 1;
+            me.push(*n);
+            Round::Continue
+        });
+        assert_eq!(stage.with_state(|n| *n), 3);
+        assert_eq!(stage.wait_called(Some(Instant::now())), Called::Yes);
+    }
+
+    #[test]
+    fn closed_stages_drop_new_jobs_and_release_the_worker() {
+        let stage: Stage<(), u32> = Stage::new(());
+        stage.push(1);
+        stage.close();
+        assert!(!stage.push(2));
+        assert_eq!(stage.wait_called(None), Called::Yes, "the queued job is finished first");
+        stage.run(Take::Wait, &mut |_, jobs| {
+            jobs.clear();
+            Round::Continue
+        });
+        assert_eq!(stage.wait_called(None), Called::Closed);
+    }
+
+    /// Many threads push and try to run; one worker stands by. Every job is run exactly once,
+    /// and never two rounds at the same time.
+    #[test]
+    fn no_job_is_stranded_or_run_twice() {
+        const THREADS: usize = 4;
+        const JOBS: usize = 20_000;
+        let stage: Arc<Stage<Vec<usize>, usize>> = Arc::new(Stage::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let round = {
+            let running = running.clone();
+            move |seen: &mut Vec<usize>, jobs: &mut VecDeque<usize>| {
+                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "two runners at once");
+                seen.extend(jobs.drain(..));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Round::Continue
+            }
+        };
+        let worker = {
+            let (stage, mut round) = (stage.clone(), round.clone());
+            std::thread::spawn(move || stage.work(|| None, || {}, &mut round))
+        };
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (stage, mut round) = (stage.clone(), round.clone());
+                std::thread::spawn(move || {
+                    for i in 0..JOBS {
+                        stage.push(t * JOBS + i);
+                        if i % 3 == 0 {
+                            stage.call_worker();
+                        } else {
+                            stage.run(Take::Try { max_rounds: 2 }, &mut round);
+                        }
+                    }
+                    // The last job may be left to a runner that is still going.
+                    stage.run(Take::Try { max_rounds: 2 }, &mut round);
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while stage.with_state(|s| s.len()) < THREADS * JOBS {
+            assert!(Instant::now() < deadline, "jobs stranded in the queue");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        stage.close();
+        worker.join().expect("worker");
+        let mut seen = stage.with_state(std::mem::take);
+        seen.sort_unstable();
+        assert_eq!(seen, (0..THREADS * JOBS).collect::<Vec<_>>());
+    }
+}
