@@ -1,7 +1,8 @@
 //! End-to-end cluster benchmark: a 3-node kv-server cluster on loopback (this binary,
 //! re-executed with `--serve`), WAL-backed in a temporary directory, driven by N concurrent
-//! Redis-protocol clients doing SET on the leader. Every write is fsynced on a quorum before it
-//! is acknowledged (durability `always` or `group`).
+//! Redis-protocol clients doing SET on the leader, each with one command outstanding, all on one
+//! event-loop thread (as `redis-benchmark` drives a server). Every write is fsynced on a quorum
+//! before it is acknowledged (durability `always` or `group`).
 //!
 //! Prints, per cell, throughput, p50/p99 latency and the CPU time the three node processes
 //! spent per write (user + system, from /proc), measured in one run.
@@ -14,14 +15,11 @@
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft_wal::Durability;
-use raftkit_examples::client::Client;
+use raftkit_benches::set_load;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
-use raftkit_examples::resp::Reply;
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -84,47 +82,17 @@ fn run_cell(
         LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).ok_or("no leader")?;
     let addr = cluster.client_addr(leader);
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let payload = vec![b'x'; value];
-    let threads: Vec<_> = (0..clients)
-        .map(|c| {
-            let (stop, measuring, payload) = (stop.clone(), measuring.clone(), payload.clone());
-            std::thread::spawn(move || -> Result<Vec<u32>, String> {
-                let mut client =
-                    Client::connect(addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-                let mut lat = Vec::with_capacity(1 << 16);
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("bench:{c}:{}", i % 10_000);
-                    i += 1;
-                    let began = Instant::now();
-                    match client.call(&[b"SET", key.as_bytes(), &payload]) {
-                        Ok(Reply::Simple(_)) => {}
-                        other => return Err(format!("SET failed: {other:?}")),
-                    }
-                    if measuring.load(Ordering::Relaxed) {
-                        lat.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    }
-                }
-                Ok(lat)
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1)); // Warm up.
     let pids: Vec<u32> = cluster.ids().iter().filter_map(|&id| cluster.pid(id)).collect();
+    let warmup = Duration::from_secs(1);
+    let measure = Duration::from_secs_f64(secs);
+    let load = std::thread::spawn(move || set_load::run(addr, clients, value, warmup, measure));
+    std::thread::sleep(warmup);
     let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
-    let began = Instant::now();
-    measuring.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = began.elapsed().as_secs_f64();
+    let result = load.join().map_err(|_| "load generator panicked")?;
     let cpu_after: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in threads {
-        lat.extend(t.join().map_err(|_| "client panicked")??);
-    }
+    let result = result.map_err(|e| format!("load: {e}"))?;
+    let elapsed = result.measured.as_secs_f64();
+    let mut lat = result.latencies_us;
     lat.sort_unstable();
     let writes = lat.len() as u64;
     let pct = |p: f64| {

@@ -305,11 +305,35 @@ impl Drop for TcpTransport {
 
 impl Transport for TcpTransport {
     fn send(&self, msg: Message) {
-        match self.inner.peers.get(&msg.to) {
-            Some(peer) => peer.enqueue(msg, self.inner.config.max_frame_bytes),
+        self.send_to(msg.to, vec![msg]);
+    }
+
+    /// Messages for one peer that come together leave together: one write for all of them
+    /// (a follower's acknowledgements of several appends, a leader's appends and heartbeat).
+    fn send_all(&self, msgs: Vec<Message>) {
+        let mut run: Vec<Message> = Vec::new();
+        for msg in msgs {
+            if run.last().is_some_and(|last| last.to != msg.to) {
+                let to = run[0].to;
+                self.send_to(to, std::mem::take(&mut run));
+            }
+            run.push(msg);
+        }
+        if let Some(first) = run.first() {
+            self.send_to(first.to, run);
+        }
+    }
+}
+
+impl TcpTransport {
+    /// Sends messages that are all for node `to`.
+    fn send_to(&self, to: NodeId, msgs: Vec<Message>) {
+        match self.inner.peers.get(&to) {
+            Some(peer) => peer.enqueue(msgs, self.inner.config.max_frame_bytes),
             None => {
-                self.inner.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(to = msg.to, "message for a node that is not a peer dropped");
+                let n = msgs.len() as u64;
+                self.inner.counters.unknown_peer.fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(to, "message for a node that is not a peer dropped");
             }
         }
     }

@@ -80,88 +80,98 @@ impl Peer {
         }
     }
 
-    /// Sends a message: straight to the socket from the caller's thread when nothing is queued
-    /// or being written and the socket takes it without blocking (which spares a thread
-    /// wake-up on every message of a lightly loaded node); otherwise queues it for the writer,
-    /// or drops it (counted) if its queue is full.
-    pub(crate) fn enqueue(&self, msg: Message, max_frame_bytes: u32) {
-        let bulk = matches!(msg.body, MessageBody::InstallSnapshot(_));
+    /// Sends messages: straight to the socket from the caller's thread, in one write, when
+    /// nothing is queued or being written and the socket takes them without blocking (which
+    /// spares a thread wake-up on every message of a lightly loaded node); otherwise queues
+    /// them for the writer, dropping (and counting) what its queue has no room for.
+    pub(crate) fn enqueue(&self, mut msgs: Vec<Message>, max_frame_bytes: u32) {
+        let bulk = |m: &Message| matches!(m.body, MessageBody::InstallSnapshot(_));
         let mut st = self.state.lock();
         if st.closed {
             return;
         }
-        if !bulk && !st.writing && st.idle() {
+        if !st.writing && st.idle() && !msgs.iter().any(bulk) {
             if let Some(conn) = &st.conn {
                 let (stream, generation) = (conn.stream.clone(), conn.generation);
                 st.writing = true;
                 drop(st);
-                self.send_now(&msg, &stream, generation, max_frame_bytes);
+                self.send_now(&msgs, &stream, generation, max_frame_bytes);
                 return;
             }
         }
         let was_idle = st.control.is_empty() && st.bulk.is_empty();
-        let (queue, capacity) = if bulk {
-            (&mut st.bulk, self.bulk_capacity)
-        } else {
-            (&mut st.control, self.queue_capacity)
-        };
-        if queue.len() >= capacity {
-            drop(st);
-            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(peer = self.id, dropped, "send queue full: dropping messages");
+        let mut dropped = 0u64;
+        for msg in msgs.drain(..) {
+            let (queue, capacity) = if bulk(&msg) {
+                (&mut st.bulk, self.bulk_capacity)
+            } else {
+                (&mut st.control, self.queue_capacity)
+            };
+            if queue.len() >= capacity {
+                dropped += 1;
+            } else {
+                queue.push_back(msg);
             }
-            return;
         }
-        queue.push_back(msg);
+        let queued = !(st.control.is_empty() && st.bulk.is_empty());
         drop(st);
-        if was_idle {
+        if dropped > 0 {
+            let before = self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+            if (before + 1..=before + dropped).any(u64::is_power_of_two) {
+                tracing::warn!(
+                    peer = self.id,
+                    dropped = before + dropped,
+                    "send queue full: dropping messages"
+                );
+            }
+        }
+        if was_idle && queued {
             self.wake.notify_one();
         }
     }
 
-    /// Writes one message without blocking, as the connection's current writer (`writing` is
+    /// Writes messages without blocking, as the connection's current writer (`writing` is
     /// set); what the socket does not take is left for the writer thread.
-    fn send_now(&self, msg: &Message, stream: &TcpStream, generation: u64, max_frame_bytes: u32) {
+    fn send_now(
+        &self,
+        msgs: &[Message],
+        stream: &TcpStream,
+        generation: u64,
+        max_frame_bytes: u32,
+    ) {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            let encoded = encode_frame(msg, buf);
-            let outcome = match encoded {
-                Ok(()) if buf.len() - 8 <= max_frame_bytes as usize => {
-                    Some(send_nonblocking(stream, buf))
+            let mut frames = 0u64;
+            for msg in msgs {
+                let start = buf.len();
+                match encode_frame(msg, buf) {
+                    Ok(()) if buf.len() - start - 8 <= max_frame_bytes as usize => frames += 1,
+                    result => {
+                        buf.truncate(start);
+                        self.count_oversized(msg, result, max_frame_bytes);
+                    }
                 }
-                result => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        peer = self.id,
-                        kind = msg.body.name(),
-                        ?result,
-                        max = max_frame_bytes,
-                        "message too large for a frame: dropped"
-                    );
-                    None
-                }
-            };
+            }
+            let outcome = if buf.is_empty() { Ok(0) } else { send_nonblocking(stream, buf) };
             let mut st = self.state.lock();
             st.writing = false;
             let mut lost = false;
             match outcome {
-                Some(Ok(n)) => {
-                    self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                Ok(n) => {
+                    self.counters.frames_sent.fetch_add(frames, Ordering::Relaxed);
                     self.counters.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     if n < buf.len() {
                         st.leftover.extend_from_slice(&buf[n..]);
                         st.leftover_generation = generation;
                     }
                 }
-                Some(Err(err)) => {
+                Err(err) => {
                     tracing::info!(peer = self.id, %err, "connection lost while writing");
                     lost = true;
                 }
-                None => {}
             }
             let wake = !st.idle();
             drop(st);
@@ -174,6 +184,23 @@ impl Peer {
                 *buf = Vec::new(); // Do not keep a large append's buffer.
             }
         });
+    }
+
+    /// Counts and logs a message too large for a frame (dropped).
+    fn count_oversized(
+        &self,
+        msg: &Message,
+        result: Result<(), crate::frame::FrameError>,
+        max_frame_bytes: u32,
+    ) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            peer = self.id,
+            kind = msg.body.name(),
+            ?result,
+            max = max_frame_bytes,
+            "message too large for a frame: dropped"
+        );
     }
 
     /// Makes `stream` the peer's connection, closing any earlier one. Returns the connection's
@@ -354,14 +381,7 @@ pub(crate) fn writer_loop(inner: &Arc<Inner>, peer: &Arc<Peer>) {
                         }
                         result => {
                             buf.truncate(start);
-                            peer.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(
-                                peer = peer.id,
-                                kind = msg.body.name(),
-                                ?result,
-                                max = config.max_frame_bytes,
-                                "message too large for a frame: dropped"
-                            );
+                            peer.count_oversized(&msg, result, config.max_frame_bytes);
                         }
                     }
                 }

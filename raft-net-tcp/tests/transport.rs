@@ -448,3 +448,49 @@ fn bad_configurations_are_refused() {
     let err = TcpTransport::start(c, Arc::new(Collector::default())).unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
+
+/// `send_all` with messages for several peers (and one that is not a peer) interleaved: each
+/// peer gets its own messages, in order, and every frame is counted once.
+#[test]
+fn send_all_delivers_each_peers_messages_in_order() {
+    let (transports, collectors, _) = start_all(12, 3);
+    // Connect both links first, so the burst below goes out by the direct path.
+    transports[0].send(heartbeat(1, 1, 2, 0));
+    transports[0].send(heartbeat(1, 1, 3, 0));
+    collectors[1].wait_for(1);
+    collectors[2].wait_for(1);
+    let mut burst = Vec::new();
+    for i in 1..=300u64 {
+        let to = match i % 7 {
+            0 => 9, // Not a peer: dropped and counted.
+            1..=3 => 2,
+            _ => 3,
+        };
+        burst.push(heartbeat(1, 1, to, i));
+    }
+    let expected = |to: NodeId| -> Vec<u64> {
+        std::iter::once(0)
+            .chain(burst.iter().filter(|m| m.to == to).map(|m| match m.body {
+                MessageBody::Heartbeat(h) => h.commit,
+                _ => unreachable!("only heartbeats were sent"),
+            }))
+            .collect()
+    };
+    let (want2, want3) = (expected(2), expected(3));
+    let unknown = burst.iter().filter(|m| m.to == 9).count() as u64;
+    transports[0].send_all(burst);
+    for (to, want) in [(2u64, want2), (3, want3)] {
+        let got: Vec<u64> = collectors[(to - 1) as usize]
+            .wait_for(want.len())
+            .iter()
+            .map(|m| match m.body {
+                MessageBody::Heartbeat(h) => h.commit,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(got, want, "peer {to} got its messages in order, each once");
+    }
+    assert_eq!(transports[0].unknown_peer_messages(), unknown);
+    let sent: u64 = transports[0].metrics().iter().map(|m| m.frames_sent).sum();
+    assert_eq!(sent, 300 - unknown + 2);
+}

@@ -102,6 +102,9 @@ pub(crate) struct Core<M: StateMachine> {
     /// Proposals of this round, for the apply stage (queued before this round's Readies).
     registered: Vec<(Index, Term, Waiter<M>)>,
     snapshot_tx: Option<Sender<SnapshotJob>>,
+    /// Messages of this round's Readies, sent together at its end (a transport can write the
+    /// messages for one peer at once).
+    outbox: Vec<Message>,
     stopped: bool,
 }
 
@@ -178,6 +181,7 @@ where
         persist_done: 0,
         registered: Vec::new(),
         snapshot_tx,
+        outbox: Vec::new(),
         stopped: false,
     };
     let persister = Persister { round: Vec::new(), written: None, deferred: None, failed: false };
@@ -291,12 +295,17 @@ where
                 return Round::Continue;
             }
         }
-        while core.raft.has_ready() {
+        let mut carried = true;
+        while carried && core.raft.has_ready() {
             let ready = core.raft.ready();
-            if !self.carry_out(core, ready) {
-                self.stop(core);
-                return Round::Continue;
-            }
+            carried = self.carry_out(core, ready);
+        }
+        if !core.outbox.is_empty() {
+            self.transport.send_all(std::mem::take(&mut core.outbox));
+        }
+        if !carried {
+            self.stop(core);
+            return Round::Continue;
         }
         self.shared.publish(&core.raft);
         Round::Continue
@@ -371,9 +380,7 @@ where
             snapshot_reads,
             snapshot_chunks,
         } = ready;
-        if !messages.is_empty() {
-            self.transport.send_all(messages);
-        }
+        core.outbox.extend(messages);
         let must_persist = compact.is_some() || hard_state.is_some() || !entries.is_empty();
         let writes_pending = core.persist_sent > core.persist_done;
         if must_persist || (!persisted_messages.is_empty() && writes_pending) {
@@ -390,8 +397,8 @@ where
                 return false;
             }
             core.persist_sent = number;
-        } else if !persisted_messages.is_empty() {
-            self.transport.send_all(persisted_messages);
+        } else {
+            core.outbox.extend(persisted_messages);
         }
         if restore_snapshot.is_some() || !committed_entries.is_empty() || snapshot_request.is_some()
         {
@@ -503,11 +510,13 @@ where
             return Round::Continue;
         }
         let mut last = 0;
+        let mut messages = Vec::new();
         for job in p.round.drain(..) {
             last = job.number;
-            if !job.messages.is_empty() {
-                self.transport.send_all(job.messages);
-            }
+            messages.extend(job.messages);
+        }
+        if !messages.is_empty() {
+            self.transport.send_all(messages);
         }
         if self.core.push(Input::Persisted { number: last }) {
             self.drive();
