@@ -4,11 +4,15 @@
 //! read barrier. An entry is `tag u8` followed by length-prefixed (u32, little endian)
 //! arguments.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use raft_core::{Entry, EntryKind, StateMachine};
+use raft_core::{Entry, EntryKind, SnapshotView, StateMachine};
+
+/// The map: keys and values share the bytes of the log entries that wrote them (no copy when
+/// applying, and a snapshot view is a copy of the table, not of the data). hashbrown's default
+/// hasher is fast and seeded per process, which matters for a map whose keys clients choose.
+type Map = hashbrown::HashMap<Bytes, Bytes>;
 
 /// A write command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,19 +20,19 @@ pub enum KvWrite {
     /// Set `key` to `value`.
     Set {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes,
         /// The value.
-        value: Vec<u8>,
+        value: Bytes,
     },
     /// Delete keys; answers how many existed.
     Del {
         /// The keys.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes>,
     },
     /// Add `by` to the integer at `key` (0 if absent); answers the new value.
     IncrBy {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes,
         /// The increment.
         by: i64,
     },
@@ -41,9 +45,9 @@ const TAG_INCRBY: u8 = 3;
 impl KvWrite {
     /// The command as a log entry's data.
     pub fn encode(&self) -> Bytes {
-        let (tag, args): (u8, Vec<&[u8]>) = match self {
+        let (tag, args): (u8, Vec<&Bytes>) = match self {
             KvWrite::Set { key, value } => (TAG_SET, vec![key, value]),
-            KvWrite::Del { keys } => (TAG_DEL, keys.iter().map(Vec::as_slice).collect()),
+            KvWrite::Del { keys } => (TAG_DEL, keys.iter().collect()),
             KvWrite::IncrBy { key, .. } => (TAG_INCRBY, vec![key]),
         };
         let by = match self {
@@ -63,23 +67,26 @@ impl KvWrite {
         buf.freeze()
     }
 
-    /// Decodes a log entry's data; `None` if it is not a command of this machine.
-    pub fn decode(data: &[u8]) -> Option<KvWrite> {
-        let (&tag, mut rest) = data.split_first()?;
+    /// Decodes a log entry's data; `None` if it is not a command of this machine. The keys and
+    /// values are slices of `data` (no copy).
+    pub fn decode(data: &Bytes) -> Option<KvWrite> {
+        let (&tag, _) = data.split_first()?;
+        let mut at = 1;
         let by = if tag == TAG_INCRBY {
-            let (b, r) = rest.split_at_checked(8)?;
-            rest = r;
+            let b = data.get(at..at + 8)?;
+            at += 8;
             Some(i64::from_le_bytes(b.try_into().ok()?))
         } else {
             None
         };
         let mut args = Vec::new();
-        while !rest.is_empty() {
-            let (len, r) = rest.split_at_checked(4)?;
+        while at < data.len() {
+            let len = data.get(at..at + 4)?;
             let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-            let (arg, r) = r.split_at_checked(len)?;
-            args.push(arg.to_vec());
-            rest = r;
+            let start = at + 4;
+            let end = start.checked_add(len).filter(|&e| e <= data.len())?;
+            args.push(data.slice(start..end));
+            at = end;
         }
         match (tag, by) {
             (TAG_SET, None) if args.len() == 2 => {
@@ -110,13 +117,13 @@ pub enum Output {
 /// The key-value map.
 #[derive(Debug, Default)]
 pub struct KvMachine {
-    map: HashMap<Vec<u8>, Vec<u8>>,
+    map: Map,
 }
 
 impl KvMachine {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(Vec::as_slice)
+        self.map.get(key).map(|v| &v[..])
     }
 
     /// How many keys exist.
@@ -154,13 +161,44 @@ impl KvMachine {
                 };
                 match current.checked_add(by) {
                     Some(n) => {
-                        self.map.insert(key, n.to_string().into_bytes());
+                        self.map.insert(key, Bytes::from(n.to_string()));
                         Output::Integer(n)
                     }
                     None => Output::Error("ERR increment or decrement would overflow".into()),
                 }
             }
         }
+    }
+}
+
+/// Writes a map as a snapshot: `count u64`, then per key in sorted order `len u32, key,
+/// len u32, value`, so the same map always gives the same bytes.
+fn write_snapshot(map: &Map, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut keys: Vec<&Bytes> = map.keys().collect();
+    keys.sort_unstable();
+    let mut buf = Vec::with_capacity(64 << 10);
+    buf.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for key in keys {
+        let value = &map[key];
+        for field in [key, value] {
+            buf.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            buf.extend_from_slice(field);
+        }
+        if buf.len() >= 64 << 10 {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    out.write_all(&buf)
+}
+
+/// A copy of the map's table: the keys and values are shared, not copied, so taking one costs
+/// a reference count per key, and the machine goes on applying while it is written.
+struct MapView(Map);
+
+impl SnapshotView for MapView {
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
+        write_snapshot(&self.0, out)
     }
 }
 
@@ -178,25 +216,13 @@ impl StateMachine for KvMachine {
         }
     }
 
-    /// `count u64`, then per key in sorted order `len u32, key, len u32, value`: the same map
-    /// always gives the same bytes.
+    /// See [`write_snapshot`] for the format.
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut keys: Vec<&Vec<u8>> = self.map.keys().collect();
-        keys.sort_unstable();
-        let mut buf = Vec::with_capacity(64 << 10);
-        buf.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-        for key in keys {
-            let value = &self.map[key];
-            for field in [key, value] {
-                buf.extend_from_slice(&(field.len() as u32).to_le_bytes());
-                buf.extend_from_slice(field);
-            }
-            if buf.len() >= 64 << 10 {
-                out.write_all(&buf)?;
-                buf.clear();
-            }
-        }
-        out.write_all(&buf)
+        write_snapshot(&self.map, out)
+    }
+
+    fn snapshot_view(&mut self) -> Option<Box<dyn SnapshotView>> {
+        Some(Box::new(MapView(self.map.clone())))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
@@ -204,8 +230,8 @@ impl StateMachine for KvMachine {
         let mut word = [0u8; 8];
         input.read_exact(&mut word)?;
         let count = u64::from_le_bytes(word);
-        let mut map = HashMap::new();
-        let field = |input: &mut std::io::BufReader<&mut dyn Read>| -> std::io::Result<Vec<u8>> {
+        let mut map = Map::new();
+        let field = |input: &mut std::io::BufReader<&mut dyn Read>| -> std::io::Result<Bytes> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len)?;
             let len = u32::from_le_bytes(len) as u64;
@@ -217,7 +243,7 @@ impl StateMachine for KvMachine {
                     "snapshot ends inside a field",
                 ));
             }
-            Ok(data)
+            Ok(Bytes::from(data))
         };
         for _ in 0..count {
             let key = field(&mut input)?;
@@ -233,17 +259,24 @@ impl StateMachine for KvMachine {
 mod tests {
     use super::*;
 
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
     #[test]
     fn commands_round_trip() {
         for w in [
-            KvWrite::Set { key: b"k".to_vec(), value: b"".to_vec() },
-            KvWrite::Del { keys: vec![b"a".to_vec(), b"b".to_vec()] },
-            KvWrite::IncrBy { key: b"n".to_vec(), by: -3 },
+            KvWrite::Set { key: b(b"k"), value: b(b"") },
+            KvWrite::Del { keys: vec![b(b"a"), b(b"b")] },
+            KvWrite::IncrBy { key: b(b"n"), by: -3 },
         ] {
             assert_eq!(KvWrite::decode(&w.encode()), Some(w));
         }
-        assert_eq!(KvWrite::decode(b""), None);
-        assert_eq!(KvWrite::decode(&[TAG_SET, 9, 0, 0, 0, b'x']), None);
+        assert_eq!(KvWrite::decode(&b(b"")), None);
+        assert_eq!(KvWrite::decode(&b(&[TAG_SET, 9, 0, 0, 0, b'x'])), None);
+        // A length that runs past the end, even one that would overflow.
+        assert_eq!(KvWrite::decode(&b(&[TAG_SET, 0xff, 0xff, 0xff, 0xff])), None);
+        assert_eq!(KvWrite::decode(&b(&[TAG_INCRBY, 1, 2, 3])), None);
     }
 
     #[test]
@@ -251,15 +284,12 @@ mod tests {
         let mut kv = KvMachine::default();
         for i in 0..1000 {
             kv.execute(KvWrite::Set {
-                key: format!("k{i}").into_bytes(),
-                value: vec![i as u8; i % 50],
+                key: Bytes::from(format!("k{i}")),
+                value: Bytes::from(vec![i as u8; i % 50]),
             });
         }
-        assert_eq!(kv.execute(KvWrite::IncrBy { key: b"n".to_vec(), by: 5 }), Output::Integer(5));
-        assert!(matches!(
-            kv.execute(KvWrite::IncrBy { key: b"k3".to_vec(), by: 1 }),
-            Output::Error(_)
-        ));
+        assert_eq!(kv.execute(KvWrite::IncrBy { key: b(b"n"), by: 5 }), Output::Integer(5));
+        assert!(matches!(kv.execute(KvWrite::IncrBy { key: b(b"k3"), by: 1 }), Output::Error(_)));
         let mut bytes = Vec::new();
         kv.snapshot(&mut bytes).expect("snapshot");
         let mut again = Vec::new();
@@ -269,5 +299,15 @@ mod tests {
         restored.restore(&mut &bytes[..]).expect("restore");
         assert_eq!(restored.map, kv.map);
         assert!(KvMachine::default().restore(&mut &bytes[..bytes.len() - 1]).is_err());
+        // A view taken now writes the same bytes later, whatever is applied in between.
+        let view = kv.snapshot_view().expect("the map offers a view");
+        kv.execute(KvWrite::Set { key: b(b"k1"), value: b(b"changed") });
+        kv.execute(KvWrite::Del { keys: vec![b(b"k2")] });
+        let mut from_view = Vec::new();
+        view.write_to(&mut from_view).expect("write the view");
+        assert_eq!(from_view, bytes, "the view is frozen");
+        let mut now = Vec::new();
+        kv.snapshot(&mut now).expect("snapshot");
+        assert_ne!(now, bytes, "the machine moved on");
     }
 }

@@ -81,12 +81,13 @@ pub use raft::{EntryId, InitialState, Raft, Status};
 pub use ready::{FetchPurpose, FetchRequest, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
 pub use rng::Rng;
 pub use snapshot::{
-    restore_snapshot, serve_snapshot_read, take_snapshot, validate_meta, MemSnapshotStore,
-    SnapshotReader, SnapshotReceiver, SnapshotStore, SnapshotStream, SnapshotWriter,
+    restore_snapshot, serve_snapshot_read, take_snapshot, take_snapshot_view, validate_meta,
+    MemSnapshotStore, SnapshotReader, SnapshotReceiver, SnapshotStore, SnapshotStream,
+    SnapshotWriter,
 };
 pub use storage::{
     load_initial_state, serve_fetch, validate_append, LogState, LogStore, LogWrite, Lsn,
-    StateMachine,
+    SnapshotView, StateMachine,
 };
 pub use tracker::{PeerProgress, ProgressState};
 pub use transport::{Inbound, Router, Transport};

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 use crate::error::SnapshotError;
 use crate::ready::{SnapshotChunk, SnapshotRead, SnapshotRequest};
-use crate::storage::StateMachine;
+use crate::storage::{SnapshotView, StateMachine};
 use crate::types::{GroupId, SnapshotMeta};
 
 /// Durable storage for snapshots of many groups.
@@ -146,6 +146,19 @@ pub fn take_snapshot<M: StateMachine + ?Sized>(
 ) -> Result<SnapshotMeta, SnapshotError> {
     let mut writer = store.create(request)?;
     machine.snapshot(&mut writer)?;
+    writer.flush()?;
+    writer.finish()
+}
+
+/// Writes the snapshot `request` asks for from a [`SnapshotView`] (see
+/// [`StateMachine::snapshot_view`]) and finishes it in the store.
+pub fn take_snapshot_view(
+    view: Box<dyn SnapshotView>,
+    store: &dyn SnapshotStore,
+    request: &SnapshotRequest,
+) -> Result<SnapshotMeta, SnapshotError> {
+    let mut writer = store.create(request)?;
+    view.write_to(&mut writer)?;
     writer.flush()?;
     writer.finish()
 }

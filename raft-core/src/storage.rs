@@ -167,6 +167,26 @@ pub trait StateMachine {
     /// [`snapshot`](StateMachine::snapshot), possibly on another node). The next entry applied
     /// follows the snapshot's index.
     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()>;
+
+    /// A frozen view of the state reached so far, which writes the same bytes as
+    /// [`snapshot`](StateMachine::snapshot) would now, on another thread, while this machine
+    /// goes on applying entries. A machine whose state can be copied cheaply (shared,
+    /// reference-counted or copy-on-write data) offers one, so that writing a large snapshot
+    /// does not hold up every client for as long as the write takes.
+    ///
+    /// `None`, the default, means the node driver calls `snapshot` instead, between two
+    /// applies.
+    fn snapshot_view(&mut self) -> Option<Box<dyn SnapshotView>> {
+        None
+    }
+}
+
+/// A frozen copy of a state machine's state, written as a snapshot away from the thread that
+/// applies entries (see [`StateMachine::snapshot_view`]).
+pub trait SnapshotView: Send {
+    /// Writes the snapshot: the bytes [`StateMachine::snapshot`] would have written when the
+    /// view was taken.
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
 
 /// Builds a node's [`InitialState`] from what `store` holds for `group` and its newest complete

@@ -432,3 +432,112 @@ fn a_failed_sync_stops_the_node_without_acknowledging() {
     assert!(node.propose(put(3).encode(), TIMEOUT).is_err());
     node.shutdown();
 }
+
+/// A counter whose snapshot view waits for a gate before it writes: the node must go on
+/// applying (and answering) while the view's snapshot is being written.
+struct GatedCounter {
+    count: u64,
+    gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    views: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct GatedView {
+    count: u64,
+    gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+}
+
+impl raft_core::SnapshotView for GatedView {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let (open, opened) = &*self.gate;
+        let mut open = open.lock();
+        while !*open {
+            opened.wait(&mut open);
+        }
+        out.write_all(&self.count.to_le_bytes())
+    }
+}
+
+impl raft_core::StateMachine for GatedCounter {
+    type Output = u64;
+    fn apply(&mut self, entry: &Entry) -> u64 {
+        if !entry.data.is_empty() {
+            self.count += 1;
+        }
+        self.count
+    }
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.count.to_le_bytes())
+    }
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let mut b = [0; 8];
+        input.read_exact(&mut b)?;
+        self.count = u64::from_le_bytes(b);
+        Ok(())
+    }
+    fn snapshot_view(&mut self) -> Option<Box<dyn raft_core::SnapshotView>> {
+        self.views.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Box::new(GatedView { count: self.count, gate: self.gate.clone() }))
+    }
+}
+
+#[test]
+fn writing_a_snapshot_from_a_view_does_not_hold_up_applying() {
+    struct Nowhere;
+    impl Transport for Nowhere {
+        fn send(&self, _msg: Message) {}
+    }
+    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+    let views = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let snapshots = Arc::new(MemSnapshotStore::new(2));
+    let mut options = NodeOptions::new(1, 3, vec![1]);
+    options.tick = Duration::from_millis(2);
+    options.raft.snapshot_entries = 10;
+    let machine = GatedCounter { count: 0, gate: gate.clone(), views: views.clone() };
+    let node = Node::start(
+        options,
+        Arc::new(MemLogStore::new()),
+        Some(snapshots.clone() as Arc<dyn SnapshotStore>),
+        Arc::new(Nowhere),
+        machine,
+    )
+    .expect("start");
+    while !node.is_leader() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Well past the threshold: the first snapshot's view is taken, and its write waits at the
+    // gate while every proposal is still applied and answered.
+    let mut last = 0;
+    for _ in 0..50 {
+        last = node.propose(Bytes::from_static(b"+"), TIMEOUT).expect("applied while writing");
+    }
+    assert_eq!(last, 50);
+    assert_eq!(views.load(std::sync::atomic::Ordering::SeqCst), 1, "one snapshot at a time");
+    assert!(snapshots.latest(3).expect("latest").is_none(), "the gated snapshot is unfinished");
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+    let deadline = Instant::now() + TIMEOUT;
+    let first = loop {
+        // The oldest one kept: once the gated one is done, the next may follow at once.
+        if let Some(meta) = snapshots.list(3).into_iter().min_by_key(|m| m.index) {
+            break meta;
+        }
+        assert!(Instant::now() < deadline, "the snapshot was never finished");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // The gated snapshot holds the state at its own index (one no-op entry of the leader's
+    // term comes first), not the state when it finished.
+    assert!(first.index < 50, "{first:?}");
+    let mut reader = snapshots.open(&first).expect("open");
+    let data = reader.read_at(0, 8).expect("read");
+    assert_eq!(u64::from_le_bytes(data[..8].try_into().expect("8 bytes")), first.index - 1);
+    // Later snapshots follow once the first is done.
+    for _ in 0..30 {
+        node.propose(Bytes::from_static(b"+"), TIMEOUT).expect("applied");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while views.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "no second snapshot");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node.shutdown();
+}

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use raft_core::node::{Batch, Node, NodeError, NodeOptions};
 use raft_core::{NodeId, Router, SnapshotStore};
@@ -403,15 +404,22 @@ impl Server {
             }
             "SET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let write = match (name.as_str(), argc) {
-                    ("SET", 2) => KvWrite::Set { key: args[1].clone(), value: args[2].clone() },
+                    ("SET", 2) => KvWrite::Set {
+                        key: Bytes::copy_from_slice(&args[1]),
+                        value: Bytes::copy_from_slice(&args[2]),
+                    },
                     ("SET", n) if n > 2 => {
                         return done(&|r| {
                             resp::error(r, "ERR syntax error (SET options are not supported)")
                         })
                     }
-                    ("DEL", n) if n >= 1 => KvWrite::Del { keys: args[1..].to_vec() },
-                    ("INCR", 1) => KvWrite::IncrBy { key: args[1].clone(), by: 1 },
-                    ("DECR", 1) => KvWrite::IncrBy { key: args[1].clone(), by: -1 },
+                    ("DEL", n) if n >= 1 => KvWrite::Del {
+                        keys: args[1..].iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+                    },
+                    ("INCR", 1) => KvWrite::IncrBy { key: Bytes::copy_from_slice(&args[1]), by: 1 },
+                    ("DECR", 1) => {
+                        KvWrite::IncrBy { key: Bytes::copy_from_slice(&args[1]), by: -1 }
+                    }
                     ("INCRBY" | "DECRBY", 2) => {
                         let Some(by) =
                             std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<i64>().ok())
@@ -425,7 +433,7 @@ impl Server {
                         } else {
                             by
                         };
-                        KvWrite::IncrBy { key: args[1].clone(), by }
+                        KvWrite::IncrBy { key: Bytes::copy_from_slice(&args[1]), by }
                     }
                     _ => return wrong_arity(),
                 };

@@ -22,9 +22,10 @@ use crate::message::Message;
 use crate::raft::Raft;
 use crate::ready::{Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
 use crate::snapshot::{
-    restore_snapshot, take_snapshot, SnapshotReader, SnapshotReceiver, SnapshotStore,
+    restore_snapshot, take_snapshot, take_snapshot_view, SnapshotReader, SnapshotReceiver,
+    SnapshotStore,
 };
-use crate::storage::{serve_fetch, LogStore, LogWrite, StateMachine};
+use crate::storage::{serve_fetch, LogStore, LogWrite, SnapshotView, StateMachine};
 use crate::transport::Transport;
 use crate::types::{Entry, GroupId, HardState, Index, SnapshotMeta, Term};
 
@@ -119,11 +120,16 @@ pub(crate) struct Persister {
     failed: bool,
 }
 
+/// A snapshot to write from a state machine's view, for the snapshot writer thread.
+type ViewJob = (Box<dyn SnapshotView>, SnapshotRequest);
+
 /// The apply stage's state: the state machine and the requests waiting for their entries.
 pub(crate) struct Applier<M: StateMachine> {
     machine: M,
     applied: Index,
     waiting: BTreeMap<Index, (Term, Waiter<M>)>,
+    /// Where snapshots from a [`SnapshotView`] are written (with a snapshot store).
+    view_tx: Option<Sender<ViewJob>>,
     stopped: bool,
 }
 
@@ -168,13 +174,8 @@ where
     let id = raft.id();
     let group = raft.group();
     let name = |what: &str| format!("raft-{group}-{id}-{what}");
-    let (snapshot_tx, snapshot_rx) = match parts.snapshots {
-        Some(_) => {
-            let (tx, rx) = mpsc::channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
-    };
+    let (snapshot_tx, snapshot_rx) = channel_if(parts.snapshots.is_some());
+    let (view_tx, view_rx) = channel_if(parts.snapshots.is_some());
     let core = Core {
         raft,
         persist_sent: 0,
@@ -185,7 +186,7 @@ where
         stopped: false,
     };
     let persister = Persister { round: Vec::new(), written: None, deferred: None, failed: false };
-    let applier = Applier { machine, applied, waiting: BTreeMap::new(), stopped: false };
+    let applier = Applier { machine, applied, waiting: BTreeMap::new(), view_tx, stopped: false };
     let driver = Arc::new(Driver {
         core: Stage::new(core),
         persist: Stage::new(persister),
@@ -213,7 +214,21 @@ where
         let d = driver.clone();
         threads.push(spawn_one("snapshot", Box::new(move || d.snapshot_loop(store, rx)))?);
     }
+    if let (Some(store), Some(rx)) = (driver.snapshots.clone(), view_rx) {
+        let d = driver.clone();
+        threads.push(spawn_one("snapwrite", Box::new(move || d.snapshot_writer(store, rx)))?);
+    }
     Ok((driver, threads))
+}
+
+/// A channel, if `wanted`.
+fn channel_if<T>(wanted: bool) -> (Option<Sender<T>>, Option<Receiver<T>>) {
+    if wanted {
+        let (tx, rx) = mpsc::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    }
 }
 
 impl<M> Driver<M>
@@ -550,6 +565,7 @@ where
                 }
                 ApplyJob::Stop => {
                     a.stopped = true;
+                    a.view_tx = None; // The snapshot writer finishes its snapshot and ends.
                     for (_, (_, waiter)) in std::mem::take(&mut a.waiting) {
                         waiter.fail(NodeError::Stopped);
                     }
@@ -579,21 +595,45 @@ where
                     }
                     self.apply_entries(a, entries);
                     if let Some(request) = snapshot {
-                        let result = match self.snapshots.as_deref() {
-                            Some(store) => take_snapshot(&mut a.machine, store, &request),
-                            None => Err(SnapshotError::NotFound {
-                                group: request.group,
-                                index: request.index,
-                                term: request.term,
-                            }),
-                        };
-                        self.core.push(Input::SnapshotTaken(result));
-                        self.core.call_worker();
+                        self.take_snapshot(a, request);
                     }
                 }
             }
         }
         Round::Continue
+    }
+
+    /// Takes the snapshot the core asked for: from a view of the state, written by the snapshot
+    /// writer thread while applying goes on, if the machine offers one; else here and now.
+    fn take_snapshot(&self, a: &mut Applier<M>, request: SnapshotRequest) {
+        let Some(store) = self.snapshots.as_deref() else {
+            let missing = SnapshotError::NotFound {
+                group: request.group,
+                index: request.index,
+                term: request.term,
+            };
+            self.core.push(Input::SnapshotTaken(Err(missing)));
+            self.core.call_worker();
+            return;
+        };
+        let request = match (a.machine.snapshot_view(), &a.view_tx) {
+            (Some(view), Some(tx)) => match tx.send((view, request)) {
+                Ok(()) => return,
+                Err(mpsc::SendError((_, request))) => request,
+            },
+            _ => request,
+        };
+        let result = take_snapshot(&mut a.machine, store, &request);
+        self.core.push(Input::SnapshotTaken(result));
+        self.core.call_worker();
+    }
+
+    /// The snapshot writer thread: writes snapshots from state machine views.
+    fn snapshot_writer(&self, store: Arc<dyn SnapshotStore>, jobs: Receiver<ViewJob>) {
+        while let Ok((view, request)) = jobs.recv() {
+            let result = take_snapshot_view(view, store.as_ref(), &request);
+            self.deliver(Input::SnapshotTaken(result));
+        }
     }
 
     fn restore(&self, a: &mut Applier<M>, meta: &SnapshotMeta) -> Result<(), String> {
