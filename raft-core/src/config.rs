@@ -52,6 +52,12 @@ pub struct Config {
     /// Ask for a snapshot once this many bytes of entries were applied since the last one (0:
     /// never by size).
     pub snapshot_bytes: u64,
+    /// Ask for a snapshot (by count or by size) only once the bytes of entries applied since the
+    /// last snapshot reach this percentage of that snapshot's size (0: no such floor). A large
+    /// state is then snapshotted less often than a small one, so that writing snapshots costs
+    /// the disk at most `100 / snapshot_log_ratio_pct` times what writing the log does: with
+    /// 100, a snapshot is taken once the log since the last one is as large as it.
+    pub snapshot_log_ratio_pct: u64,
     /// After a snapshot at index `i`, compact the log through `i - log_keep_entries` only, so
     /// followers that lag by fewer entries catch up from the log rather than by a snapshot.
     pub log_keep_entries: u64,
@@ -86,6 +92,7 @@ impl Default for Config {
             log_cache_bytes_max: 64 << 20,
             snapshot_entries: 0,
             snapshot_bytes: 64 << 20,
+            snapshot_log_ratio_pct: 0,
             log_keep_entries: 1024,
             snapshot_chunk_bytes: 1 << 20,
             seed: 0,

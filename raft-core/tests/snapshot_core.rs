@@ -344,3 +344,46 @@ fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_s
     let rd = r.ready();
     assert_eq!(rd.hard_state, Some(HardState { term: 5, vote: None, commit: 100 }));
 }
+
+/// A single-node group that proposes one 100-byte entry at a time; returns the index of the
+/// first snapshot request, if one comes within `max` entries.
+fn next_snapshot_request(r: &mut Raft, max: u64) -> Option<raft_core::SnapshotRequest> {
+    let start = r.last_index();
+    while r.last_index() < start + max {
+        r.propose(Bytes::from(vec![b'x'; 100])).unwrap();
+        while r.has_ready() {
+            let rd = r.ready();
+            r.on_persisted(rd.number);
+            if let Some(req) = rd.snapshot_request {
+                return Some(req);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_large_snapshot_is_not_retaken_until_the_log_since_it_is_as_large() {
+    let cfg = Config { id: 1, snapshot_entries: 5, snapshot_log_ratio_pct: 100, ..config(1) };
+    let mut r = Raft::new(cfg, InitialState::new_group(vec![1])).unwrap();
+    while !r.is_leader() {
+        r.tick();
+        while r.has_ready() {
+            let rd = r.ready();
+            r.on_persisted(rd.number);
+        }
+    }
+    // With no snapshot yet, the count alone decides.
+    let first = next_snapshot_request(&mut r, 20).expect("a first snapshot");
+    assert!(first.index <= 6, "{first:?}");
+    // A snapshot of 50 entries' worth of bytes: the next one waits for 50 entries more, not 5.
+    let entry_bytes = Entry::normal(1, 1, Bytes::from(vec![b'x'; 100])).size_bytes();
+    r.on_snapshot_taken(Ok(first.meta_with(50 * entry_bytes, 1)));
+    let second = next_snapshot_request(&mut r, 200).expect("a second snapshot");
+    let gap = second.index - first.index;
+    assert!((50..=52).contains(&gap), "asked for again after {gap} entries");
+    // A small snapshot lets the count decide again.
+    r.on_snapshot_taken(Ok(second.meta_with(entry_bytes, 2)));
+    let third = next_snapshot_request(&mut r, 200).expect("a third snapshot");
+    assert!(third.index - second.index <= 6, "{third:?}");
+}

@@ -92,7 +92,8 @@ OPTIONS:
                             interval:MS: fsync every MS milliseconds;
                             never: no fsync (a power loss can lose acknowledged writes)
     --request-timeout-ms N  how long a command waits before -TIMEOUT [default: 3000]
-    --snapshot-entries N    snapshot every N applied entries [default: 100000]
+    --snapshot-entries N    snapshot every N applied entries, and no sooner than the log
+                            since the last snapshot is as large as it [default: 100000]
     --tick-ms N             Raft tick; heartbeats every 2 ticks, elections after 10-20 [default: 10]
     -h, --help              print this help
 
@@ -300,6 +301,9 @@ impl Server {
         let mut options = NodeOptions::new(args.id, GROUP, voters);
         options.tick = args.tick;
         options.raft.snapshot_entries = args.snapshot_entries;
+        // A large map is snapshotted less often than a small one: writing snapshots then costs
+        // the disk at most what writing the log does.
+        options.raft.snapshot_log_ratio_pct = 100;
         let node = Node::start(
             options,
             Arc::new(wal),

@@ -523,15 +523,21 @@ impl Raft {
         ready
     }
 
-    /// Whether a snapshot should be asked for now: none is being taken, and the entries or
-    /// bytes applied since the last one passed a threshold.
+    /// Whether a snapshot should be asked for now: none is being taken, the entries or bytes
+    /// applied since the last one passed a threshold, and the log since the last one is large
+    /// enough next to it (`snapshot_log_ratio_pct`).
     fn snapshot_due(&self) -> bool {
         if self.snapshot_taking != SnapshotTaking::Idle {
             return false;
         }
         let applied = self.log.applying();
         let since = self.snapshot.as_ref().map_or(0, |s| s.index);
+        let log_large_enough = self.snapshot.as_ref().is_none_or(|s| {
+            self.applied_bytes_since_snapshot.saturating_mul(100)
+                >= s.size.saturating_mul(self.cfg.snapshot_log_ratio_pct)
+        });
         applied > since.max(self.log.base_index())
+            && log_large_enough
             && ((self.cfg.snapshot_entries > 0 && applied - since >= self.cfg.snapshot_entries)
                 || (self.cfg.snapshot_bytes > 0
                     && self.applied_bytes_since_snapshot >= self.cfg.snapshot_bytes))
