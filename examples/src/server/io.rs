@@ -1,9 +1,10 @@
 //! The client side of the server: one event-loop thread (mio) reads and parses every client
-//! connection and starts the commands; whoever finishes a command (the node's apply thread, the
+//! connection and starts the commands, handing each round's commands to the node as one batch
+//! (run on this thread); whoever finishes a command (the thread that applied its entry, the
 //! forwarder, the loop itself) writes its reply straight to the socket, in command order.
 //!
 //! So a write costs no thread wake-up of its own on the way in (the loop reads every connection
-//! that has bytes, then goes back to waiting) nor on the way out (the apply thread answers).
+//! that has bytes, then goes back to waiting) nor on the way out (the applying thread answers).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
