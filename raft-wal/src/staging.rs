@@ -140,6 +140,41 @@ impl Staging {
         None
     }
 
+    /// The staged bytes at segment offsets `at..at + len`, if they lie in one run (every
+    /// payload does: it is copied into one inline run or kept whole as an external one).
+    pub(crate) fn get(&self, at: usize, len: usize) -> Option<&[u8]> {
+        if at < self.at || at + len > self.end() {
+            return None;
+        }
+        let mut file_pos = self.at;
+        let mut inline_pos = 0;
+        for p in &self.pieces {
+            let n = p.len();
+            if at < file_pos + n {
+                if at + len > file_pos + n {
+                    return None; // Spans two runs: not a payload.
+                }
+                let from = at - file_pos;
+                return match p {
+                    Piece::Inline(_) => {
+                        Some(&self.inline[inline_pos + from..inline_pos + from + len])
+                    }
+                    Piece::External(b) => Some(&b[from..from + len]),
+                };
+            }
+            file_pos += n;
+            if let Piece::Inline(_) = p {
+                inline_pos += n;
+            }
+        }
+        None
+    }
+
+    /// Bytes staged.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Writes everything staged to `file` at its segment offset, with as few `pwritev` calls as
     /// the buffers allow. With `start_writeback`, a flush of several MiB asks the kernel to start
     /// writing each MiB to disk once it is in the page cache (`sync_file_range` with
@@ -316,6 +351,21 @@ mod tests {
             assert_eq!(got.len(), want.len(), "the file ends where the staged bytes end");
             assert!(got == want, "file holds the staged bytes in order (writeback {writeback})");
         }
+    }
+
+    #[test]
+    fn staged_payloads_are_read_from_their_run() {
+        let ext: Vec<u8> = (0..9000u32).map(|i| (i % 253) as u8).collect();
+        let (s, want) = staged_bytes(&[(b"header+small", false), (&ext, true), (b"tail", false)]);
+        // Inside the first inline run, the external run, and the last inline run.
+        assert_eq!(s.get(100, 6), Some(&want[..6]));
+        assert_eq!(s.get(100 + 12, 9000), Some(&ext[..]));
+        assert_eq!(s.get(100 + 12 + 100, 50), Some(&ext[100..150]));
+        assert_eq!(s.get(100 + 12 + 9000, 4), Some(&b"tail"[..]));
+        // Across two runs, before the staging, past its end: not a payload here.
+        assert_eq!(s.get(100 + 10, 4), None);
+        assert_eq!(s.get(99, 2), None);
+        assert_eq!(s.get(100 + want.len() - 2, 3), None);
     }
 
     #[test]

@@ -44,6 +44,10 @@ use crate::recovery::RecoveryReport;
 use crate::segment::{self, SegmentFile};
 use crate::staging::{self, Staging};
 
+/// Bytes of records a write may leave staged for the next sync to write (see
+/// `Shared::maybe_flush_staged`); past this the writer writes them itself.
+const STAGED_MAX: usize = 1 << 20;
+
 /// A segment in use.
 pub(crate) struct Segment {
     pub(crate) file: SegmentFile,
@@ -404,7 +408,7 @@ impl Shared {
                 ),
             })
         });
-        let written = written.and_then(|()| flush_staged(&mut st));
+        let written = written.and_then(|()| self.maybe_flush_staged(&mut st));
         let lsn = st.next_seq - 1;
         drop(st);
         if let Err(e) = written {
@@ -417,6 +421,22 @@ impl Shared {
             self.sync_to(lsn)?;
         }
         Ok(lsn)
+    }
+
+    /// Writes the staged records to the file now, or leaves them for the next sync to write in
+    /// the same call as everyone else's: in the syncing modes a write is only acknowledged by a
+    /// sync, which writes what is staged first, so concurrent appenders make one `pwritev`
+    /// instead of one each (and hold the state lock for an encode, not a system call). Records
+    /// left staged are read from memory until then. `Never` and `Interval` write at once, so
+    /// that a crash of the process alone loses nothing the OS had been given; so does any
+    /// write that leaves [`STAGED_MAX`] or more staged.
+    fn maybe_flush_staged(&self, st: &mut State) -> Result<(), WalError> {
+        let syncing =
+            matches!(self.config.durability, Durability::Always | Durability::GroupCommit { .. });
+        if syncing && st.staging.len() < STAGED_MAX {
+            return Ok(());
+        }
+        flush_staged(st)
     }
 
     fn check_entry_sizes(&self, st: &State, batch: &[LogWrite<'_>]) -> Result<(), WalError> {
@@ -780,6 +800,9 @@ impl Shared {
     fn flush(&self) -> Result<DurablePosition, WalError> {
         let (end, files) = {
             let mut st = self.state.write();
+            // What writers left staged goes to the file with one call (see
+            // `maybe_flush_staged`); a failure poisons the instance like a failed sync.
+            flush_staged(&mut st)?;
             let mut files = std::mem::take(&mut st.unsynced_sealed);
             if let Some(seg) = st.segments.get(&st.active) {
                 files.push(Arc::clone(&seg.file.file));
@@ -904,7 +927,7 @@ impl Shared {
                 |p, _| format::encode_compact(p, group, through, term),
             )?;
             end_batch(&mut st);
-            if let Err(e) = flush_staged(&mut st) {
+            if let Err(e) = self.maybe_flush_staged(&mut st) {
                 drop(st);
                 self.poison(format!("writing a compaction record failed: {e}"));
                 return Err(e);
@@ -1234,6 +1257,13 @@ fn read_payload(st: &State, group: GroupId, index: Index, loc: Loc) -> Result<By
     };
     let start = loc.offset as usize;
     let end = start + loc.data_len();
+    if loc.segment as u64 == st.active && !st.staging.is_empty() && start >= st.staging.at() {
+        // Written by a call that left it for the next sync to write.
+        return match st.staging.get(start, end - start) {
+            Some(data) => Ok(Bytes::copy_from_slice(data)),
+            None => Err(corrupt(format!("payload {start}..{end} is not in the staged records"))),
+        };
+    }
     let Some(data) = seg.file.bytes().get(start..end) else {
         return Err(corrupt(format!("payload {start}..{end} is outside segment {}", loc.segment)));
     };

@@ -384,3 +384,39 @@ fn large_and_small_payloads_in_one_batch_read_back_exactly() {
         assert_eq!(all(&wal, 1), written, "{durability:?}: read back after reopening");
     }
 }
+
+/// In the syncing modes a write leaves its records staged for the next sync to write (one
+/// `pwritev` for every concurrent writer): they are read back from memory until then, small and
+/// large payloads alike, and from the file afterwards and after a reopen.
+#[test]
+fn records_left_for_the_next_sync_are_read_from_memory_until_written() {
+    for durability in [Durability::Always, Durability::group_commit()] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { durability, ..config() };
+        let (wal, _) = Wal::open(dir.path(), config.clone()).unwrap();
+        let file_len = |wal: &Wal| {
+            let seq = wal.durable_position().segment;
+            let bytes = std::fs::read(segment_path(dir.path(), seq.max(1))).unwrap();
+            // The segment is pre-written with zeros: count up to the last non-zero byte.
+            bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
+        };
+        let es: Vec<Entry> = (1..=6u64)
+            .map(|i| {
+                let len = if i % 2 == 0 { 9000 } else { 30 };
+                Entry::normal(1, i, Bytes::from(vec![i as u8; len]))
+            })
+            .collect();
+        let lsn = wal.write(&[LogWrite { group: 1, hard_state: None, entries: &es }]).unwrap();
+        if durability != Durability::Always {
+            // Not synced yet: nothing of it is in the file, and it reads back all the same.
+            let before = file_len(&wal);
+            assert_eq!(all(&wal, 1), es, "{durability:?}: read from the staged records");
+            wal.sync(lsn).unwrap();
+            assert!(file_len(&wal) > before + 3 * 9000, "{durability:?}: the sync wrote them");
+        }
+        assert_eq!(all(&wal, 1), es, "{durability:?}: read from the file");
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), config).unwrap();
+        assert_eq!(all(&wal, 1), es, "{durability:?}: read after reopening");
+    }
+}
