@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -88,26 +88,19 @@ pub(crate) struct State {
     pub(crate) start_writeback: bool,
 }
 
-/// Group commit bookkeeping.
-struct SyncState {
+/// What is durable, written by sync leaders and read by `durable_position`.
+struct Durable {
     /// Highest record `seq` known durable.
-    durable: u64,
+    seq: u64,
     /// Where the durable log ends: (segment, offset).
-    durable_end: (u64, u64),
-    /// A sync is running. One at a time: on ext4 two fdatasyncs of one file take longer
-    /// together than one after the other.
-    syncing: bool,
-    /// A leader is waiting to gather more writes before syncing.
-    gathering: bool,
-    /// While gathering: the number of parked callers that completes the gathering (arrivals
-    /// before that do not wake the leader; `usize::MAX` when it waits for bytes, not callers).
-    gather_want: usize,
+    end: (u64, u64),
+    /// Why the WAL is poisoned, once it is.
     poison: Option<String>,
-    /// Callers parked until a sync covers their record. The leader takes off exactly those its
-    /// sync covered and rings the doorbell once, so they return without touching this lock
-    /// again (a wake-up chain through one mutex, or one unpark call per caller on the leader,
-    /// would cost a context switch or a system call per caller, one after another).
-    parked: Vec<Parked>,
+}
+
+/// What only the current sync leader touches: how the previous round went.
+#[derive(Default)]
+struct LeaderNotes {
     /// Callers waiting when the previous sync ended (covered or not), its leader included: how
     /// many the next sync waits for.
     last_round: usize,
@@ -115,11 +108,47 @@ struct SyncState {
     last_sync: Duration,
 }
 
-/// A caller of `sync_to` waiting for a sync.
-struct Parked {
-    /// The record it waits for.
-    lsn: u64,
-    thread: std::thread::ThreadId,
+/// Callers waiting for a sync, counted by the doorbell ring they arrived after (high 32 bits:
+/// the ring; low 32: how many arrived since it). A leader gathering for the next sync counts
+/// only callers that arrived after the last ring, not those that ring woke and that have not
+/// run yet.
+struct Arrivals(AtomicU64);
+
+impl Arrivals {
+    /// Counts a caller that read ring `seen` before deciding to wait; returns how many arrived
+    /// since that ring (0 if a newer ring came meanwhile: its wait returns at once).
+    fn arrive(&self, seen: u32) -> u32 {
+        let mut v = self.0.load(Ordering::Acquire);
+        loop {
+            let (ring, n) = ((v >> 32) as u32, v as u32);
+            let next = if ring == seen {
+                n.saturating_add(1)
+            } else if (seen.wrapping_sub(ring) as i32) > 0 {
+                1 // The first to arrive after ring `seen`.
+            } else {
+                return 0; // A newer ring already came: not waiting for long.
+            };
+            match self.0.compare_exchange_weak(
+                v,
+                (u64::from(seen) << 32) | u64::from(next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return next,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// How many arrived after ring `ring`.
+    fn since(&self, ring: u32) -> u32 {
+        let v = self.0.load(Ordering::Acquire);
+        if (v >> 32) as u32 == ring {
+            v as u32
+        } else {
+            0
+        }
+    }
 }
 
 /// State shared by the `Wal` handle and its background threads.
@@ -127,12 +156,24 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) config: WalConfig,
     pub(crate) state: RwLock<State>,
-    sync: Mutex<SyncState>,
-    /// Wakes a leader that is gathering writers before it syncs.
-    gather_cv: Condvar,
-    /// Wakes the callers parked for a sync when it ends.
+    /// Group commit, without a lock on the callers' path: a caller whose record is not durable
+    /// either becomes the leader (`leading`, one at a time: on ext4 two fdatasyncs of one file
+    /// take longer together than one after the other) or waits for the `bell`, which the
+    /// leader rings once when its sync ends. Every waiter reads the ring before it looks at
+    /// `durable_seq`, so it cannot miss the ring that covers it.
+    leading: AtomicBool,
+    /// A leader is gathering before it syncs: arrivals that complete the gathering ring the
+    /// `gather_bell`.
+    gathering: AtomicBool,
+    /// How many arrivals complete the gathering (`u32::MAX` when it waits for bytes).
+    gather_want: AtomicU32,
+    gather_bell: Doorbell,
+    arrivals: Arrivals,
+    /// Wakes the callers waiting for a sync when it ends.
     bell: Doorbell,
-    /// Mirror of `SyncState::durable`, read without the sync lock.
+    durable: Mutex<Durable>,
+    leader_notes: Mutex<LeaderNotes>,
+    /// Mirror of `Durable::seq`, read without a lock.
     durable_seq: AtomicU64,
     /// Syncs completed.
     syncs: AtomicU64,
@@ -214,19 +255,18 @@ impl Wal {
             durable_seq: AtomicU64::new(durable.seq),
             syncs: AtomicU64::new(0),
 
-            sync: Mutex::new(SyncState {
-                durable: durable.seq,
-                durable_end: (durable.segment, durable.offset),
-                syncing: false,
-                gathering: false,
+            leading: AtomicBool::new(false),
+            gathering: AtomicBool::new(false),
+            gather_want: AtomicU32::new(u32::MAX),
+            gather_bell: Doorbell::new(),
+            arrivals: Arrivals(AtomicU64::new(0)),
+            durable: Mutex::new(Durable {
+                seq: durable.seq,
+                end: (durable.segment, durable.offset),
                 poison: None,
-                parked: Vec::new(),
-                last_round: 0,
-                gather_want: 0,
-                last_sync: Duration::ZERO,
             }),
+            leader_notes: Mutex::new(LeaderNotes::default()),
             state: RwLock::new(state),
-            gather_cv: Condvar::new(),
             bell: Doorbell::new(),
             pending_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
@@ -281,8 +321,8 @@ impl Wal {
 
     /// Where the durable log ends.
     pub fn durable_position(&self) -> DurablePosition {
-        let s = self.shared.sync.lock();
-        DurablePosition { seq: s.durable, segment: s.durable_end.0, offset: s.durable_end.1 }
+        let d = self.shared.durable.lock();
+        DurablePosition { seq: d.seq, segment: d.end.0, offset: d.end.1 }
     }
 
     /// Counters, including the memory the index takes.
@@ -348,24 +388,19 @@ fn batch_bytes_bound(batch: &[LogWrite<'_>]) -> usize {
 impl Shared {
     fn check_poison(&self) -> Result<(), WalError> {
         if self.poisoned.load(Ordering::Acquire) {
-            let msg = self.sync.lock().poison.clone().unwrap_or_default();
+            let msg = self.durable.lock().poison.clone().unwrap_or_default();
             return Err(WalError::Poisoned(msg));
         }
         Ok(())
     }
 
-    fn poison(&self, why: String) {
-        self.poison_locked(&mut self.sync.lock(), why);
-    }
-
     /// Poisons the WAL for good and wakes everyone waiting on a sync to see it.
-    fn poison_locked(&self, s: &mut SyncState, why: String) {
+    fn poison(&self, why: String) {
         tracing::error!(dir = %self.dir.display(), %why, "WAL poisoned");
-        s.poison.get_or_insert(why);
+        self.durable.lock().poison.get_or_insert(why);
         self.poisoned.store(true, Ordering::Release);
-        s.parked.clear();
         self.bell.ring();
-        self.gather_cv.notify_all();
+        self.gather_bell.ring();
     }
 
     pub(crate) fn write(&self, batch: &[LogWrite<'_>]) -> Result<u64, WalError> {
@@ -597,8 +632,8 @@ impl Shared {
     fn account(&self, total: usize) {
         let pending = self.pending_bytes.fetch_add(total as u64, Ordering::AcqRel) + total as u64;
         if let Durability::GroupCommit { max_bytes, .. } = self.config.durability {
-            if pending >= max_bytes && self.sync.lock().gathering {
-                self.gather_cv.notify_all();
+            if pending >= max_bytes && self.gathering.load(Ordering::Acquire) {
+                self.gather_bell.ring();
             }
         }
     }
@@ -684,116 +719,105 @@ impl Shared {
     /// Waits until every record up to `lsn` is durable; `force` syncs even in the modes where
     /// callers do not (`Never`, `Interval`).
     fn wait_durable(&self, lsn: u64, force: bool) -> Result<(), WalError> {
-        if self.durable_seq.load(Ordering::Acquire) >= lsn && !self.poisoned.load(Ordering::Acquire)
-        {
-            return Ok(());
-        }
-        let mut s = self.sync.lock();
         loop {
-            if let Some(p) = &s.poison {
-                return Err(WalError::Poisoned(p.clone()));
-            }
-            if s.durable >= lsn {
+            // The ring first: a sync that ends after this read rings again, so the wait below
+            // returns (see `leading`).
+            let seen = self.bell.seen();
+            self.check_poison()?;
+            if self.durable_seq.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
             let timeout = match self.config.durability {
                 Durability::Never if !force => return Ok(()),
                 // The background thread syncs; look again now and then in case it stopped.
                 Durability::Interval(_) if !force => Some(Duration::from_millis(50)),
-                _ if !s.syncing && !s.gathering => {
-                    self.lead_sync(&mut s);
-                    continue;
+                _ => {
+                    if self.try_lead() {
+                        self.lead_sync();
+                        continue;
+                    }
+                    None
                 }
-                _ => None,
             };
-            let id = std::thread::current().id();
-            s.parked.push(Parked { lsn, thread: id });
-            if s.gathering && s.parked.len() >= s.gather_want {
-                self.gather_cv.notify_one();
+            let arrived = self.arrivals.arrive(seen);
+            if arrived >= self.gather_want.load(Ordering::Acquire) {
+                self.gather_bell.ring();
             }
-            // Read under the sync lock, which the leader holds when it rings: no ring is missed.
-            let seen = self.bell.seen();
-            drop(s);
             self.bell.wait(seen, timeout);
-            if self.durable_seq.load(Ordering::Acquire) >= lsn
-                && !self.poisoned.load(Ordering::Acquire)
-            {
-                // The sync that covered us took us off the list before ringing; after a
-                // spurious wake-up the next sync drops the stale entry.
-                return Ok(());
-            }
-            // Not covered by the ring (maybe the next leader), woken spuriously, timed out or
-            // poisoned: look again.
-            s = self.sync.lock();
-            s.parked.retain(|p| p.thread != id);
         }
     }
 
-    /// Runs one sync as the leader, releasing the sync lock `s` during the I/O; then wakes the
-    /// callers now durable, and with them those left waiting, the first of which leads next.
+    /// Becomes the sync leader, unless another thread is.
+    fn try_lead(&self) -> bool {
+        self.leading.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Runs one sync as the leader (the caller won `try_lead`); then publishes what is durable
+    /// and rings once, which wakes every waiter: the covered return, and the first of the rest
+    /// to look leads the next sync.
     ///
     /// Gathering: a leader that started the moment the previous sync returned would cover only
     /// the callers quickest to write again, and the rest would wait a whole extra sync. So, when
     /// several callers were waiting as the previous sync ended, the leader first waits (at most
     /// as long as the previous sync took, and never more than 500 us) until as many wait again;
-    /// only the last arrival wakes it. A lone writer never waits. With an explicit `max_delay`,
-    /// it waits up to that long or until `max_bytes` are pending instead.
-    fn lead_sync(&self, s: &mut parking_lot::MutexGuard<'_, SyncState>) {
+    /// only the arrival that completes the count wakes it. A lone writer never waits. With an
+    /// explicit `max_delay`, it waits up to that long or until `max_bytes` are pending instead.
+    fn lead_sync(&self) {
+        let mut notes = self.leader_notes.lock();
+        let ring = self.bell.seen();
         match self.config.durability {
             Durability::GroupCommit { max_delay, max_bytes } if !max_delay.is_zero() => {
-                s.gathering = true;
-                s.gather_want = usize::MAX;
-                let deadline = Instant::now() + max_delay;
-                while self.pending_bytes.load(Ordering::Acquire) < max_bytes {
-                    if self.gather_cv.wait_until(s, deadline).timed_out() {
-                        break;
-                    }
-                }
-                s.gathering = false;
+                self.gather_until(u32::MAX, Instant::now() + max_delay, || {
+                    self.pending_bytes.load(Ordering::Acquire) >= max_bytes
+                });
             }
-            Durability::Always | Durability::GroupCommit { .. } if s.last_round > 1 => {
-                let want = s.last_round;
-                if s.parked.len() + 1 < want {
-                    s.gathering = true;
-                    s.gather_want = want - 1;
-                    let wait = s.last_sync.min(Duration::from_micros(500));
-                    let deadline = Instant::now() + wait;
-                    while s.parked.len() + 1 < want {
-                        if self.gather_cv.wait_until(s, deadline).timed_out() {
-                            break;
-                        }
-                    }
-                    s.gathering = false;
-                }
+            Durability::Always | Durability::GroupCommit { .. } if notes.last_round > 1 => {
+                let want = (notes.last_round - 1).min(u32::MAX as usize - 1) as u32;
+                let deadline = Instant::now() + notes.last_sync.min(Duration::from_micros(500));
+                self.gather_until(want, deadline, || self.arrivals.since(ring) >= want);
             }
             _ => {}
         }
-        s.syncing = true;
         let started = Instant::now();
-        let result = parking_lot::MutexGuard::unlocked(s, || self.flush());
-        s.syncing = false;
-        s.last_sync = started.elapsed();
+        let result = self.flush();
+        notes.last_sync = started.elapsed();
         match result {
             Ok(end) => {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
-                if end.seq > s.durable {
-                    s.durable = end.seq;
-                    s.durable_end = (end.segment, end.offset);
+                let mut d = self.durable.lock();
+                if end.seq > d.seq {
+                    d.seq = end.seq;
+                    d.end = (end.segment, end.offset);
                     self.durable_seq.store(end.seq, Ordering::Release);
                 }
             }
-            Err(e) => self.poison_locked(s, format!("sync failed: {e}")),
+            Err(e) => self.poison(format!("sync failed: {e}")),
         }
-        let durable = s.durable;
-        let before = s.parked.len();
-        s.parked.retain(|p| p.lsn > durable);
-        s.last_round = before + 1;
-        // One ring wakes everyone parked: the covered return; whoever is left arrived during
-        // the sync, and the first of them to take the lock leads the next (in `Interval` mode
-        // they look again and wait for the background sync).
-        if before > 0 {
-            self.bell.ring();
+        // Everyone who arrived during this round waits now, covered or not.
+        notes.last_round = self.arrivals.since(ring) as usize + 1;
+        drop(notes);
+        self.leading.store(false, Ordering::Release);
+        self.bell.ring();
+    }
+
+    /// The leader's wait before a sync: until `done()`, the deadline, or poison. Arrivals
+    /// counted to `want` (or `account`, past the byte limit) ring the gather bell.
+    fn gather_until(&self, want: u32, deadline: Instant, done: impl Fn() -> bool) {
+        self.gather_want.store(want, Ordering::Release);
+        self.gathering.store(true, Ordering::Release);
+        loop {
+            let seen = self.gather_bell.seen();
+            if done() || self.poisoned.load(Ordering::Acquire) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.gather_bell.wait(seen, Some(deadline - now));
         }
+        self.gathering.store(false, Ordering::Release);
+        self.gather_want.store(u32::MAX, Ordering::Release);
     }
 
     /// Makes everything written so far durable; returns where the durable log then ends.
@@ -859,9 +883,8 @@ impl Shared {
                 return;
             }
             let written = self.state.read().next_seq - 1;
-            let mut s = self.sync.lock();
-            if s.durable < written && !s.syncing {
-                self.lead_sync(&mut s);
+            if self.durable_seq.load(Ordering::Acquire) < written && self.try_lead() {
+                self.lead_sync();
             }
         }
     }
