@@ -5,14 +5,31 @@
 //! arguments.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use raft_core::{Entry, EntryKind, SnapshotView, StateMachine};
 
-/// The map: keys and values share the bytes of the log entries that wrote them (no copy when
-/// applying, and a snapshot view is a copy of the table, not of the data). hashbrown's default
-/// hasher is fast and seeded per process, which matters for a map whose keys clients choose.
+/// One shard of the map: keys and values share the bytes of the log entries that wrote them (no
+/// copy when applying). hashbrown's default hasher is fast and seeded per process, which
+/// matters for a map whose keys clients choose.
 type Map = hashbrown::HashMap<Bytes, Bytes>;
+
+/// Shards of the map. A snapshot view shares every shard; the first write to a shard after a
+/// view copies that shard alone (its table, not its data), so taking a view costs microseconds
+/// and the copying is spread over later writes, a 256th of the map at a time.
+const SHARDS: usize = 256;
+
+/// The shard a key lives in: the same on every replica (unlike the maps' seeded hasher), so
+/// that snapshots, written shard by shard, are the same bytes everywhere.
+fn shard_of(key: &[u8]) -> usize {
+    // FNV-1a: cheap, deterministic, and spreads keys well enough for picking a shard.
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in key {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (h as usize) % SHARDS
+}
 
 /// A write command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,38 +132,62 @@ pub enum Output {
 }
 
 /// The key-value map.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvMachine {
-    map: Map,
+    shards: Vec<Arc<Map>>,
+    len: usize,
+}
+
+impl Default for KvMachine {
+    fn default() -> KvMachine {
+        KvMachine { shards: (0..SHARDS).map(|_| Arc::new(Map::new())).collect(), len: 0 }
+    }
 }
 
 impl KvMachine {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(|v| &v[..])
+        self.shards[shard_of(key)].get(key).map(|v| &v[..])
     }
 
     /// How many keys exist.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether the map is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) {
+        let shard = Arc::make_mut(&mut self.shards[shard_of(&key)]);
+        if shard.insert(key, value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        let shard = &mut self.shards[shard_of(key)];
+        if !shard.contains_key(key) {
+            return false; // Leaves a shard a view shares alone.
+        }
+        Arc::make_mut(shard).remove(key);
+        self.len -= 1;
+        true
     }
 
     fn execute(&mut self, write: KvWrite) -> Output {
         match write {
             KvWrite::Set { key, value } => {
-                self.map.insert(key, value);
+                self.insert(key, value);
                 Output::Ok
             }
             KvWrite::Del { keys } => {
-                Output::Integer(keys.iter().filter(|k| self.map.remove(*k).is_some()).count() as i64)
+                Output::Integer(keys.iter().filter(|k| self.remove(k)).count() as i64)
             }
             KvWrite::IncrBy { key, by } => {
-                let current = match self.map.get(&key) {
+                let current = match self.get(&key) {
                     None => 0,
                     Some(v) => {
                         match std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()) {
@@ -161,7 +202,7 @@ impl KvMachine {
                 };
                 match current.checked_add(by) {
                     Some(n) => {
-                        self.map.insert(key, Bytes::from(n.to_string()));
+                        self.insert(key, Bytes::from(n.to_string()));
                         Output::Integer(n)
                     }
                     None => Output::Error("ERR increment or decrement would overflow".into()),
@@ -171,34 +212,40 @@ impl KvMachine {
     }
 }
 
-/// Writes a map as a snapshot: `count u64`, then per key in sorted order `len u32, key,
-/// len u32, value`, so the same map always gives the same bytes.
-fn write_snapshot(map: &Map, out: &mut dyn Write) -> std::io::Result<()> {
-    let mut keys: Vec<&Bytes> = map.keys().collect();
-    keys.sort_unstable();
+/// Writes the map as a snapshot: `count u64`, then shard by shard, per key in sorted order,
+/// `len u32, key, len u32, value`, so the same map always gives the same bytes.
+fn write_snapshot(shards: &[Arc<Map>], len: usize, out: &mut dyn Write) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(64 << 10);
-    buf.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-    for key in keys {
-        let value = &map[key];
-        for field in [key, value] {
-            buf.extend_from_slice(&(field.len() as u32).to_le_bytes());
-            buf.extend_from_slice(field);
-        }
-        if buf.len() >= 64 << 10 {
-            out.write_all(&buf)?;
-            buf.clear();
+    buf.extend_from_slice(&(len as u64).to_le_bytes());
+    let mut keys: Vec<&Bytes> = Vec::new();
+    for shard in shards {
+        keys.clear();
+        keys.extend(shard.keys());
+        keys.sort_unstable();
+        for &key in &keys {
+            let value = &shard[key];
+            for field in [key, value] {
+                buf.extend_from_slice(&(field.len() as u32).to_le_bytes());
+                buf.extend_from_slice(field);
+            }
+            if buf.len() >= 64 << 10 {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
         }
     }
     out.write_all(&buf)
 }
 
-/// A copy of the map's table: the keys and values are shared, not copied, so taking one costs
-/// a reference count per key, and the machine goes on applying while it is written.
-struct MapView(Map);
+/// The map's shards as they were: shared with the machine until it writes to them.
+struct MapView {
+    shards: Vec<Arc<Map>>,
+    len: usize,
+}
 
 impl SnapshotView for MapView {
     fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
-        write_snapshot(&self.0, out)
+        write_snapshot(&self.shards, self.len, out)
     }
 }
 
@@ -218,11 +265,11 @@ impl StateMachine for KvMachine {
 
     /// See [`write_snapshot`] for the format.
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
-        write_snapshot(&self.map, out)
+        write_snapshot(&self.shards, self.len, out)
     }
 
     fn snapshot_view(&mut self) -> Option<Box<dyn SnapshotView>> {
-        Some(Box::new(MapView(self.map.clone())))
+        Some(Box::new(MapView { shards: self.shards.clone(), len: self.len }))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
@@ -230,7 +277,7 @@ impl StateMachine for KvMachine {
         let mut word = [0u8; 8];
         input.read_exact(&mut word)?;
         let count = u64::from_le_bytes(word);
-        let mut map = Map::new();
+        let mut restored = KvMachine::default();
         let field = |input: &mut std::io::BufReader<&mut dyn Read>| -> std::io::Result<Bytes> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len)?;
@@ -248,9 +295,9 @@ impl StateMachine for KvMachine {
         for _ in 0..count {
             let key = field(&mut input)?;
             let value = field(&mut input)?;
-            map.insert(key, value);
+            restored.insert(key, value);
         }
-        self.map = map;
+        *self = restored;
         Ok(())
     }
 }
@@ -297,7 +344,7 @@ mod tests {
         assert_eq!(bytes, again, "deterministic");
         let mut restored = KvMachine::default();
         restored.restore(&mut &bytes[..]).expect("restore");
-        assert_eq!(restored.map, kv.map);
+        assert_eq!(restored, kv);
         assert!(KvMachine::default().restore(&mut &bytes[..bytes.len() - 1]).is_err());
         // A view taken now writes the same bytes later, whatever is applied in between.
         let view = kv.snapshot_view().expect("the map offers a view");
@@ -309,5 +356,36 @@ mod tests {
         let mut now = Vec::new();
         kv.snapshot(&mut now).expect("snapshot");
         assert_ne!(now, bytes, "the machine moved on");
+    }
+
+    #[test]
+    fn a_view_shares_every_shard_until_it_is_written() {
+        let mut kv = KvMachine::default();
+        for i in 0..5000 {
+            kv.execute(KvWrite::Set { key: Bytes::from(format!("k{i}")), value: b(b"v") });
+        }
+        let view = MapView { shards: kv.shards.clone(), len: kv.len };
+        kv.execute(KvWrite::Set { key: b(b"k1"), value: b(b"new") });
+        kv.execute(KvWrite::Del { keys: vec![b(b"absent")] });
+        let copied: Vec<usize> =
+            (0..SHARDS).filter(|&i| !Arc::ptr_eq(&kv.shards[i], &view.shards[i])).collect();
+        assert_eq!(copied, vec![shard_of(b"k1")], "only the shard written to was copied");
+    }
+
+    #[test]
+    fn the_same_state_snapshots_to_the_same_bytes_whatever_the_order_of_writes() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("key-{}", i * 7919 % 3001)).collect();
+        let (mut a, mut b2) = (KvMachine::default(), KvMachine::default());
+        for k in &keys {
+            a.execute(KvWrite::Set { key: Bytes::from(k.clone()), value: Bytes::from(k.clone()) });
+        }
+        for k in keys.iter().rev() {
+            b2.execute(KvWrite::Set { key: Bytes::from(k.clone()), value: Bytes::from(k.clone()) });
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        a.snapshot(&mut x).expect("snapshot");
+        b2.snapshot(&mut y).expect("snapshot");
+        assert!(x == y, "replicas with the same state write the same snapshot");
+        assert_eq!(a.len(), 3000);
     }
 }
