@@ -144,10 +144,7 @@ pub fn take_snapshot<M: StateMachine + ?Sized>(
     store: &dyn SnapshotStore,
     request: &SnapshotRequest,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    let mut writer = store.create(request)?;
-    machine.snapshot(&mut writer)?;
-    writer.flush()?;
-    writer.finish()
+    write_snapshot(store, request, |out| machine.snapshot(out))
 }
 
 /// Writes the snapshot `request` asks for from a [`SnapshotView`] (see
@@ -157,8 +154,17 @@ pub fn take_snapshot_view(
     store: &dyn SnapshotStore,
     request: &SnapshotRequest,
 ) -> Result<SnapshotMeta, SnapshotError> {
+    write_snapshot(store, request, |out| view.write_to(out))
+}
+
+/// Creates the snapshot in the store, lets `write` fill it, and finishes it.
+fn write_snapshot(
+    store: &dyn SnapshotStore,
+    request: &SnapshotRequest,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<SnapshotMeta, SnapshotError> {
     let mut writer = store.create(request)?;
-    view.write_to(&mut writer)?;
+    write(&mut writer)?;
     writer.flush()?;
     writer.finish()
 }

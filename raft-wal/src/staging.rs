@@ -113,61 +113,51 @@ impl Staging {
         self.pieces.push(Piece::External(bytes));
     }
 
-    /// The staged bytes from segment offset `at` to the end of the inline run holding it, if
-    /// `at` lies in an inline run. Every record header is encoded inline.
-    pub(crate) fn inline_at(&mut self, at: usize) -> Option<&mut [u8]> {
+    /// The run holding segment offset `at`: its index, where it starts in the file, and where
+    /// it starts in the inline buffer (meaningful for inline runs).
+    fn locate(&self, at: usize) -> Option<(usize, usize, usize)> {
         if at < self.at || at >= self.end() {
             return None;
         }
         let mut file_pos = self.at;
         let mut inline_pos = 0;
-        for p in &self.pieces {
-            let n = p.len();
-            if at < file_pos + n {
-                return match p {
-                    Piece::Inline(_) => {
-                        let from = inline_pos + (at - file_pos);
-                        Some(&mut self.inline[from..inline_pos + n])
-                    }
-                    Piece::External(_) => None,
-                };
+        for (i, p) in self.pieces.iter().enumerate() {
+            if at < file_pos + p.len() {
+                return Some((i, file_pos, inline_pos));
             }
-            file_pos += n;
-            if let Piece::Inline(_) = p {
+            file_pos += p.len();
+            if let Piece::Inline(n) = p {
                 inline_pos += n;
             }
         }
         None
     }
 
+    /// The staged bytes from segment offset `at` to the end of the inline run holding it, if
+    /// `at` lies in an inline run. Every record header is encoded inline.
+    pub(crate) fn inline_at(&mut self, at: usize) -> Option<&mut [u8]> {
+        let (i, file_pos, inline_pos) = self.locate(at)?;
+        match self.pieces[i] {
+            Piece::Inline(n) => {
+                Some(&mut self.inline[inline_pos + (at - file_pos)..inline_pos + n])
+            }
+            Piece::External(_) => None,
+        }
+    }
+
     /// The staged bytes at segment offsets `at..at + len`, if they lie in one run (every
     /// payload does: it is copied into one inline run or kept whole as an external one).
     pub(crate) fn get(&self, at: usize, len: usize) -> Option<&[u8]> {
-        if at < self.at || at + len > self.end() {
-            return None;
+        let (i, file_pos, inline_pos) = self.locate(at)?;
+        let piece = &self.pieces[i];
+        let from = at - file_pos;
+        if from + len > piece.len() {
+            return None; // Spans two runs, or runs past the end: not a payload.
         }
-        let mut file_pos = self.at;
-        let mut inline_pos = 0;
-        for p in &self.pieces {
-            let n = p.len();
-            if at < file_pos + n {
-                if at + len > file_pos + n {
-                    return None; // Spans two runs: not a payload.
-                }
-                let from = at - file_pos;
-                return match p {
-                    Piece::Inline(_) => {
-                        Some(&self.inline[inline_pos + from..inline_pos + from + len])
-                    }
-                    Piece::External(b) => Some(&b[from..from + len]),
-                };
-            }
-            file_pos += n;
-            if let Piece::Inline(_) = p {
-                inline_pos += n;
-            }
+        match piece {
+            Piece::Inline(_) => Some(&self.inline[inline_pos + from..inline_pos + from + len]),
+            Piece::External(b) => Some(&b[from..from + len]),
         }
-        None
     }
 
     /// Bytes staged.
