@@ -263,7 +263,8 @@ impl StateMachine for KvMachine {
         }
     }
 
-    /// See [`write_snapshot`] for the format.
+    /// `count u64`, then shard by shard (a key's shard is a fixed hash of it), per key in
+    /// sorted order, `len u32, key, len u32, value`: the same map always gives the same bytes.
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
         write_snapshot(&self.shards, self.len, out)
     }
