@@ -41,7 +41,7 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
 /// Where a transport delivers what it received.
 ///
 /// A delivery may do the node's work on the delivering thread (the node driver runs its core
-/// there, syncs an acknowledgement the sender waits for, applies what commits), which saves a
+/// there and applies what commits, but never waits for a disk), which saves a
 /// hand-off between threads per message: a transport delivers from its own threads, never while
 /// holding a lock its senders need.
 pub trait Inbound: Send + Sync {

@@ -541,3 +541,105 @@ fn writing_a_snapshot_from_a_view_does_not_hold_up_applying() {
     }
     node.shutdown();
 }
+
+/// A log store whose syncs take `delay_ms` (a stalled disk).
+struct SlowStore {
+    inner: MemLogStore,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LogStore for SlowStore {
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        self.inner.write(batch)
+    }
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        let ms = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.inner.sync(lsn)
+    }
+    fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
+        self.inner.compact(group, through, term)
+    }
+    fn entries(
+        &self,
+        g: GroupId,
+        lo: Index,
+        hi: Index,
+        max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(g, lo, hi, max)
+    }
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
+        self.inner.term(group, index)
+    }
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
+        self.inner.log_state(group)
+    }
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        self.inner.groups()
+    }
+}
+
+/// Every sync of one follower takes three election timeouts: the thread that delivers the
+/// leader's messages must not be the one waiting for that disk, or the follower stops hearing
+/// heartbeats and calls an election over its own stall.
+#[test]
+fn a_follower_with_a_stalled_disk_does_not_depose_its_leader() {
+    let net = Arc::new(LocalNet::default());
+    let stores: Vec<Arc<SlowStore>> = (0..3)
+        .map(|_| {
+            Arc::new(SlowStore {
+                inner: MemLogStore::new(),
+                delay_ms: std::sync::atomic::AtomicU64::new(0),
+            })
+        })
+        .collect();
+    let nodes: Vec<Node<KvStore>> = (1..=3u64)
+        .map(|id| {
+            let mut options = NodeOptions::new(id, 7, vec![1, 2, 3]);
+            options.tick = Duration::from_millis(5); // Elections after 50-100 ms.
+            let node = Node::start(
+                options,
+                stores[(id - 1) as usize].clone(),
+                None,
+                Arc::new(Port { net: net.clone(), from: id }),
+                KvStore::default(),
+            )
+            .expect("start");
+            net.inboxes.write().insert(id, node.inbound());
+            node
+        })
+        .collect();
+    let deadline = Instant::now() + TIMEOUT;
+    let leader = loop {
+        if let Some(n) = nodes.iter().find(|n| n.is_leader()) {
+            break n.id();
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let term = nodes[(leader - 1) as usize].term();
+    let slow = (1..=3).find(|&id| id != leader).expect("a follower");
+    stores[(slow - 1) as usize].delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
+    // Writes go on (the other follower makes the quorum) for many election timeouts.
+    for i in 0..100u64 {
+        let cmd = Command {
+            client: 1,
+            op_id: i,
+            op: KvOp::Put { key: "k".into(), value: i.to_string() },
+        };
+        nodes[(leader - 1) as usize].propose(cmd.encode(), TIMEOUT).expect("committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in &nodes {
+        assert_eq!(n.term(), term, "node {} moved to another term", n.id());
+    }
+    assert!(nodes[(leader - 1) as usize].is_leader());
+    stores[(slow - 1) as usize].delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    for n in nodes {
+        n.shutdown();
+    }
+}

@@ -19,16 +19,17 @@
 //!   installed snapshots, takes the snapshots the core asks for, and answers each client when
 //!   its entry is applied.
 //!
-//! A stage is run by the thread that brings it work whenever no other thread is running it: a
-//! transport thread that delivers messages runs the core, a follower's acknowledgement is
-//! synced and sent from that same thread, and the thread that learns of a commit applies it and
-//! answers the client. On a virtual machine each hand-off between threads costs tens of
-//! microseconds, so a write that crosses none it need not is faster and cheaper. Each stage also
-//! has its own thread, which runs what callers leave: the **raft loop** ticks the core on its own
-//! timer and runs it for requests made without lending a thread; the **persist** thread syncs a
-//! leader's own writes (they overlap with replication, so the thread that queued them goes back
-//! to its own work); the **apply** thread restores and takes snapshots. A **snapshot** thread
-//! reads chunks to send and writes received ones (only started with a snapshot store).
+//! The core and applying are run by the thread that brings them work whenever no other thread is
+//! running them: a transport thread that delivers messages runs the core, and the thread that
+//! learns of a commit applies it and answers the client. On a virtual machine each hand-off
+//! between threads costs tens of microseconds, so a write that crosses none it need not is
+//! faster and cheaper. Syncs are the exception: the **persist** thread does every one, because
+//! a sync can take a stalled disk hundreds of milliseconds and a transport thread held in it
+//! would stop reading its leader's heartbeats (the follower would call an election over its own
+//! disk). The **raft loop** thread ticks the core on its own timer and runs it for requests made
+//! without lending a thread; the **apply** thread restores and takes snapshots. A **snapshot**
+//! thread reads chunks to send and writes received ones, and a **snapshot writer** writes
+//! snapshots from state machine views (both only with a snapshot store).
 //!
 //! # Requests and their outcomes
 //!
@@ -375,8 +376,8 @@ where
     /// Where the transport delivers this node's messages.
     ///
     /// Delivering runs the node's work on the delivering thread when no other thread is running
-    /// it (see the [module docs](self)): the core, a sync the sender waits for, applying
-    /// committed entries and answering their clients. A transport should deliver from its own
+    /// it (see the [module docs](self)): the core, applying committed entries and answering
+    /// their clients (never a disk sync). A transport should deliver from its own
     /// threads, and hand over what it received together with
     /// [`Inbound::deliver_all`].
     pub fn inbound(&self) -> Arc<dyn Inbound> {

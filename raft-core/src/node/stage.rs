@@ -100,11 +100,6 @@ impl<S, J> Stage<S, J> {
         true
     }
 
-    /// Whether any queued job satisfies `f` (jobs a runner has taken are not looked at).
-    pub(crate) fn any_queued(&self, f: impl Fn(&J) -> bool) -> bool {
-        self.queue.lock().jobs.iter().any(f)
-    }
-
     /// Whether nothing is queued.
     pub(crate) fn is_idle(&self) -> bool {
         self.queue.lock().jobs.is_empty()

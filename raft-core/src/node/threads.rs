@@ -32,8 +32,6 @@ use crate::types::{Entry, GroupId, HardState, Index, SnapshotMeta, Term};
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
 /// (so a transport reader or a server's event loop gets back to its own work).
 const CORE_ROUNDS_INLINE: usize = 16;
-/// Syncs an inline runner does before it leaves the rest to the persist thread.
-const PERSIST_ROUNDS_INLINE: usize = 4;
 /// Rounds of applying an inline runner does before it leaves the rest to the apply thread.
 const APPLY_ROUNDS_INLINE: usize = 16;
 /// Most Readies' writes in one store call and one sync.
@@ -235,14 +233,14 @@ impl<M> Driver<M>
 where
     M: StateMachine,
 {
-    /// Runs the core on this thread if no other thread is running it, then whatever it left
-    /// for the other stages that is worth running here:
+    /// Runs the core on this thread if no other thread is running it, then the applying it left
+    /// (the client waiting for an entry is answered from this thread), except restoring or
+    /// taking a snapshot, which the apply thread does.
     ///
-    /// - writes that someone waits for over the network (a follower's append acknowledgement,
-    ///   a vote) are synced here at once; a leader's own writes go to the persist thread, since
-    ///   they overlap with replication and this thread has its own work to get back to;
-    /// - committed entries are applied here (the client waiting for one is answered from this
-    ///   thread), except restoring or taking a snapshot, which the apply thread does.
+    /// Writes always go to the persist thread, never a caller's: a sync can take a slow disk
+    /// hundreds of milliseconds, and a transport thread held in it would stop reading the
+    /// leader's heartbeats, so the follower would call an election over its own disk's stall
+    /// (seen with three nodes on one disk: a follower deposed a healthy leader).
     pub(crate) fn drive(&self) {
         self.run_core(Take::Try { max_rounds: CORE_ROUNDS_INLINE });
         self.follow_up();
@@ -253,10 +251,7 @@ where
     }
 
     fn follow_up(&self) {
-        if self.persist.any_queued(|job| !job.messages.is_empty()) {
-            let take = Take::Try { max_rounds: PERSIST_ROUNDS_INLINE };
-            self.persist.run(take, &mut |p, jobs| self.persist_round(p, jobs));
-        } else if !self.persist.is_idle() {
+        if !self.persist.is_idle() {
             self.persist.call_worker();
         }
         if !self.apply.is_idle() {
