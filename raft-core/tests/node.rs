@@ -357,10 +357,12 @@ fn a_lagging_follower_is_caught_up_by_snapshot() {
     assert!(cluster.states().windows(2).all(|w| w[0] == w[1]), "replicas differ after restart");
 }
 
-/// A log store whose syncs start failing on demand.
+/// A log store whose syncs start failing, or taking `delay_ms` (a stalled disk), on demand.
+#[derive(Default)]
 struct FailingStore {
     inner: MemLogStore,
     fail: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl LogStore for FailingStore {
@@ -368,6 +370,8 @@ impl LogStore for FailingStore {
         self.inner.write(batch)
     }
     fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        let ms = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(ms));
         if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StorageError::Io(std::io::Error::other("injected sync failure")));
         }
@@ -405,10 +409,7 @@ fn a_failed_sync_stops_the_node_without_acknowledging() {
     impl Transport for Nowhere {
         fn send(&self, _msg: Message) {}
     }
-    let store = Arc::new(FailingStore {
-        inner: MemLogStore::new(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FailingStore::default());
     let mut options = NodeOptions::new(1, 0, vec![1]);
     options.tick = Duration::from_millis(2);
     let node = Node::start(options, store.clone(), None, Arc::new(Nowhere), KvStore::default())
@@ -542,61 +543,13 @@ fn writing_a_snapshot_from_a_view_does_not_hold_up_applying() {
     node.shutdown();
 }
 
-/// A log store whose syncs take `delay_ms` (a stalled disk).
-struct SlowStore {
-    inner: MemLogStore,
-    delay_ms: std::sync::atomic::AtomicU64,
-}
-
-impl LogStore for SlowStore {
-    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
-        self.inner.write(batch)
-    }
-    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
-        let ms = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(ms));
-        self.inner.sync(lsn)
-    }
-    fn durable_lsn(&self) -> Lsn {
-        self.inner.durable_lsn()
-    }
-    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
-        self.inner.compact(group, through, term)
-    }
-    fn entries(
-        &self,
-        g: GroupId,
-        lo: Index,
-        hi: Index,
-        max: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(g, lo, hi, max)
-    }
-    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
-        self.inner.term(group, index)
-    }
-    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
-        self.inner.log_state(group)
-    }
-    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
-        self.inner.groups()
-    }
-}
-
 /// Every sync of one follower takes three election timeouts: the thread that delivers the
 /// leader's messages must not be the one waiting for that disk, or the follower stops hearing
 /// heartbeats and calls an election over its own stall.
 #[test]
 fn a_follower_with_a_stalled_disk_does_not_depose_its_leader() {
     let net = Arc::new(LocalNet::default());
-    let stores: Vec<Arc<SlowStore>> = (0..3)
-        .map(|_| {
-            Arc::new(SlowStore {
-                inner: MemLogStore::new(),
-                delay_ms: std::sync::atomic::AtomicU64::new(0),
-            })
-        })
-        .collect();
+    let stores: Vec<Arc<FailingStore>> = (0..3).map(|_| Arc::default()).collect();
     let nodes: Vec<Node<KvStore>> = (1..=3u64)
         .map(|id| {
             let mut options = NodeOptions::new(id, 7, vec![1, 2, 3]);
