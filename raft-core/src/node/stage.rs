@@ -234,21 +234,11 @@ impl<S, J> Stage<S, J> {
         }
     }
 
-    /// The worker thread's loop: waits to be called (or until `deadline()` passes, when `tick`
-    /// runs first), then runs the stage until its queue is empty; returns once the stage is
-    /// closed and drained.
-    pub(crate) fn work(
-        &self,
-        mut deadline: impl FnMut() -> Option<Instant>,
-        mut tick: impl FnMut(),
-        round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round,
-    ) {
-        loop {
-            match self.wait_called(deadline()) {
-                Called::Closed => return,
-                Called::Deadline => tick(),
-                Called::Yes => {}
-            }
+    /// The worker thread's loop: waits to be called, then runs the stage until its queue is
+    /// empty; returns once the stage is closed and drained. (The raft loop, which also ticks,
+    /// writes its own loop with [`Stage::wait_called`].)
+    pub(crate) fn work(&self, round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round) {
+        while self.wait_called(None) != Called::Closed {
             self.run(Take::Wait, round);
         }
     }
@@ -353,7 +343,7 @@ mod tests {
         };
         let worker = {
             let (stage, mut round) = (stage.clone(), round.clone());
-            std::thread::spawn(move || stage.work(|| None, || {}, &mut round))
+            std::thread::spawn(move || stage.work(&mut round))
         };
         let pushers: Vec<_> = (0..THREADS)
             .map(|t| {

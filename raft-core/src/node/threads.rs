@@ -464,7 +464,7 @@ where
     /// The persist thread: runs the writes nobody synced inline; at shutdown, once every queued
     /// write is done, writes the commit index it held back.
     fn persist_worker(&self) {
-        self.persist.work(|| None, || {}, &mut |p, jobs| self.persist_round(p, jobs));
+        self.persist.work(&mut |p, jobs| self.persist_round(p, jobs));
         let deferred = self.persist.with_state(|p| if p.failed { None } else { p.deferred.take() });
         if let Some(hs) = deferred {
             let job = PersistJob {
@@ -536,7 +536,7 @@ where
 
     /// The apply thread: applies what no inline runner did, restores and takes snapshots.
     fn apply_worker(&self) {
-        self.apply.work(|| None, || {}, &mut |a, jobs| self.apply_round(a, jobs, false));
+        self.apply.work(&mut |a, jobs| self.apply_round(a, jobs, false));
     }
 
     /// Applies committed entries and answers their waiters. `inline` rounds (on a thread that
