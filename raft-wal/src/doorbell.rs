@@ -5,14 +5,24 @@
 //! caller: with 16 callers per round that serial chain was longer than the fdatasync itself.
 //! Ringing wakes them all with a single `FUTEX_WAKE`, which lets the kernel queue every wake-up
 //! for a CPU behind one interrupt. Those a ring did not cover look again and wait for the next.
+//!
+//! A waiter that expects the ring soon can first yield the CPU in a loop
+//! ([`Doorbell::wait_spinning`]). On a virtual machine a CPU with nothing to run halts, and
+//! waking a thread there costs an interrupt through the hypervisor: tens of microseconds per
+//! thread, paid while the disk has nothing to do. A ring with nobody asleep makes no system call.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Threads wait for the ring after the one they saw; a ring wakes all of them.
 pub(crate) struct Doorbell {
     /// Rings so far (wrapping); the futex word.
     rings: AtomicU32,
+    /// Threads in (or about to enter) `FUTEX_WAIT`; a ring that reads zero after counting
+    /// itself skips the system call. Both sides use `SeqCst`: a waiter counts itself before the
+    /// kernel compares `rings`, a ringer counts the ring before it reads `sleepers`, so either
+    /// the ringer sees the sleeper or the sleeper's compare sees the ring.
+    sleepers: AtomicU32,
     #[cfg(not(target_os = "linux"))]
     fallback: (parking_lot::Mutex<()>, parking_lot::Condvar),
 }
@@ -21,6 +31,7 @@ impl Doorbell {
     pub(crate) fn new() -> Doorbell {
         Doorbell {
             rings: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
             #[cfg(not(target_os = "linux"))]
             fallback: (parking_lot::Mutex::new(()), parking_lot::Condvar::new()),
         }
@@ -34,7 +45,10 @@ impl Doorbell {
 
     /// Wakes every waiter.
     pub(crate) fn ring(&self) {
-        self.rings.fetch_add(1, Ordering::AcqRel);
+        self.rings.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         #[cfg(target_os = "linux")]
         // SAFETY: FUTEX_WAKE only reads the address as a key to find waiters; `rings` is a
         // live, aligned u32 for as long as `self` is borrowed. The extra arguments are ignored
@@ -60,6 +74,32 @@ impl Doorbell {
     /// Waits until a ring after `seen`, or `timeout`, or a spurious wake-up: the caller looks
     /// at what it waits for again either way.
     pub(crate) fn wait(&self, seen: u32, timeout: Option<Duration>) {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        self.sleep(seen, timeout);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Like [`Doorbell::wait`] until `deadline`, but first yields the CPU in a loop for up to
+    /// `spin`, and sleeps only if the ring has not come by then.
+    pub(crate) fn wait_spinning(&self, seen: u32, spin: Duration, deadline: Option<Instant>) {
+        if !spin.is_zero() {
+            let start = Instant::now();
+            let until = deadline.map_or(start + spin, |d| d.min(start + spin));
+            while self.seen() == seen {
+                if Instant::now() >= until {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let now = Instant::now();
+        if self.seen() != seen || deadline.is_some_and(|d| d <= now) {
+            return;
+        }
+        self.wait(seen, deadline.map(|d| d - now));
+    }
+
+    fn sleep(&self, seen: u32, timeout: Option<Duration>) {
         #[cfg(target_os = "linux")]
         {
             let ts = timeout.map(|t| libc::timespec {
@@ -135,6 +175,70 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(woken.load(Ordering::Acquire), 8);
+    }
+
+    /// Two threads hand a turn back and forth through two bells, many times, sleeping and
+    /// spinning in turn: a ring that skipped its system call while the other side was about to
+    /// sleep would leave both waiting, and the watchdog fails the test.
+    #[test]
+    fn no_ring_is_lost_when_nobody_seems_asleep() {
+        const ROUNDS: u32 = 20_000;
+        let bells = Arc::new([Doorbell::new(), Doorbell::new()]);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let players: Vec<_> = (0..2usize)
+            .map(|me| {
+                let (bells, done_tx) = (Arc::clone(&bells), done_tx.clone());
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        if me == 1 || round > 0 {
+                            // Wait for the other's ring number `round + (me == 1)`.
+                            let want = round + u32::from(me == 1);
+                            loop {
+                                let seen = bells[me].seen();
+                                if seen >= want {
+                                    break;
+                                }
+                                if round % 2 == 0 {
+                                    bells[me].wait(seen, None);
+                                } else {
+                                    bells[me].wait_spinning(seen, Duration::from_micros(5), None);
+                                }
+                            }
+                        }
+                        bells[1 - me].ring();
+                    }
+                    done_tx.send(()).unwrap();
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            done_rx.recv_timeout(Duration::from_secs(60)).expect("a ring was lost: both wait");
+        }
+        players.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn a_spinning_wait_returns_on_the_ring_or_at_its_deadline() {
+        let bell = Arc::new(Doorbell::new());
+        let seen = bell.seen();
+        let ringer = {
+            let bell = Arc::clone(&bell);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                bell.ring();
+            })
+        };
+        // Spins 1 ms, then sleeps until the ring (no deadline).
+        while bell.seen() == seen {
+            bell.wait_spinning(seen, Duration::from_millis(1), None);
+        }
+        ringer.join().unwrap();
+        let t0 = Instant::now();
+        let seen = bell.seen();
+        bell.wait_spinning(seen, Duration::from_secs(5), Some(t0 + Duration::from_millis(20)));
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(20), "returned before its deadline: {took:?}");
+        assert!(took < Duration::from_secs(5), "spun past its deadline: {took:?}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ mod staging;
 pub mod testkit;
 mod wal;
 
-pub use config::{AppendVia, Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN};
+pub use config::{AppendVia, Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN, SPIN_WAIT_MAX};
 pub use error::WalError;
 pub use recovery::{RecoveryReport, TailCut};
 pub use wal::{DurablePosition, Wal, WalStats};

@@ -175,6 +175,9 @@ pub(crate) struct Shared {
     leader_notes: Mutex<LeaderNotes>,
     /// Mirror of `Durable::seq`, read without a lock.
     durable_seq: AtomicU64,
+    /// How long the last sync took, in nanoseconds: whether waiting for the next is worth a spin
+    /// (see [`WalConfig::spin_wait`]).
+    last_sync_ns: AtomicU64,
     /// Syncs completed.
     syncs: AtomicU64,
 
@@ -253,6 +256,7 @@ impl Wal {
             dir: dir.as_ref().to_path_buf(),
             config,
             durable_seq: AtomicU64::new(durable.seq),
+            last_sync_ns: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
 
             leading: AtomicBool::new(false),
@@ -743,7 +747,24 @@ impl Shared {
             if arrived >= self.gather_want.load(Ordering::Acquire) {
                 self.gather_bell.ring();
             }
-            self.bell.wait(seen, timeout);
+            match timeout {
+                // Another thread leads a sync that ends soon.
+                None => self.bell.wait_spinning(seen, self.spin(), None),
+                Some(_) => self.bell.wait(seen, timeout),
+            }
+        }
+    }
+
+    /// How long a thread waiting for a sync, or a leader gathering, yields before it sleeps:
+    /// [`WalConfig::spin_wait`] while syncs take no longer than that, else nothing (a thread
+    /// that would spin through most of a slow sync only burns the CPU).
+    fn spin(&self) -> Duration {
+        let limit = self.config.spin_wait;
+        let last = Duration::from_nanos(self.last_sync_ns.load(Ordering::Relaxed));
+        if last <= limit {
+            limit
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -781,6 +802,7 @@ impl Shared {
         let started = Instant::now();
         let result = self.flush();
         notes.last_sync = started.elapsed();
+        self.last_sync_ns.store(notes.last_sync.as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(end) => {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -810,11 +832,10 @@ impl Shared {
             if done() || self.poisoned.load(Ordering::Acquire) {
                 break;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
-            self.gather_bell.wait(seen, Some(deadline - now));
+            self.gather_bell.wait_spinning(seen, self.spin(), Some(deadline));
         }
         self.gathering.store(false, Ordering::Release);
         self.gather_want.store(u32::MAX, Ordering::Release);

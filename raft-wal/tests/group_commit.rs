@@ -17,13 +17,12 @@ fn payload(group: u64, index: u64) -> Bytes {
 }
 
 fn run(durability: Durability) {
+    run_with(WalConfig { durability, ..WalConfig::default() });
+}
+
+fn run_with(config: WalConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let config = WalConfig {
-        segment_size_bytes: 256 << 10,
-        durability,
-        prepared_segments: 1,
-        ..WalConfig::default()
-    };
+    let config = WalConfig { segment_size_bytes: 256 << 10, prepared_segments: 1, ..config };
     let wal = Arc::new(Wal::open(dir.path(), config.clone()).unwrap().0);
     let threads: Vec<_> = (1..=THREADS)
         .map(|group| {
@@ -62,6 +61,27 @@ fn concurrent_appenders_always() {
 #[test]
 fn concurrent_appenders_group_commit() {
     run(Durability::group_commit());
+}
+
+/// Waiters that sleep at once (no spinning) are woken by the rings that cover them, and
+/// leaders that gather sleep until the arrival that completes the count.
+#[test]
+fn concurrent_appenders_group_commit_without_spinning() {
+    run_with(WalConfig {
+        durability: Durability::group_commit(),
+        spin_wait: std::time::Duration::ZERO,
+        ..WalConfig::default()
+    });
+}
+
+/// Waiters that spin through whole syncs (the longest spin accepted).
+#[test]
+fn concurrent_appenders_group_commit_spinning_long() {
+    run_with(WalConfig {
+        durability: Durability::group_commit(),
+        spin_wait: raft_wal::SPIN_WAIT_MAX,
+        ..WalConfig::default()
+    });
 }
 
 #[test]

@@ -199,6 +199,8 @@ fn unusable_directories_get_typed_errors() {
 
     let bad = WalConfig { segment_size_bytes: 1000, ..config() };
     assert!(matches!(Wal::open(dir.path(), bad), Err(WalError::InvalidConfig(_))));
+    let bad = WalConfig { spin_wait: raft_wal::SPIN_WAIT_MAX * 2, ..config() };
+    assert!(matches!(Wal::open(dir.path(), bad), Err(WalError::InvalidConfig(_))));
 }
 
 #[test]
