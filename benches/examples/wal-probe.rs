@@ -1,8 +1,8 @@
 //! One WAL configuration in a tight loop, for profilers and syscall tracers:
-//! `cargo run --release -p raftkit-benches --example wal-probe -- always 64 5000 [appenders]`.
+//! `cargo run --release -p raftkit-benches --example wal-probe -- always 64 5000 [appenders] [batch]`.
 //!
-//! Each appender thread writes its own group, one entry per write, and waits for it to be
-//! durable before the next. Prints appends per second, latency percentiles and how many appends
+//! Each appender thread writes its own group, `batch` entries (default 1) per write, and waits
+//! for them to be durable before the next. Prints appends per second, latency percentiles and how many appends
 //! each sync covered.
 #![allow(missing_docs, clippy::print_stdout)]
 
@@ -23,6 +23,7 @@ fn main() {
     let size: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
     let n: u64 = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(5000);
     let appenders: u64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let batch: u64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir_in(
         std::env::var_os("RAFTKIT_BENCH_DIR").unwrap_or_else(|| "/tmp".into()),
     )
@@ -39,8 +40,10 @@ fn main() {
             let payload = payload.clone();
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(n as usize);
-                for i in 1..=n {
-                    let e = [Entry::normal(1, i, payload.clone())];
+                for i in 0..n {
+                    let e: Vec<Entry> = (1..=batch)
+                        .map(|k| Entry::normal(1, i * batch + k, payload.clone()))
+                        .collect();
                     let t0 = Instant::now();
                     let lsn = wal
                         .write(&[LogWrite { group: t + 1, hard_state: None, entries: &e }])
@@ -56,6 +59,7 @@ fn main() {
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     let stats = wal.stats();
+
     println!(
         "{:.0} appends/s, p50 {} us, p99 {} us, {:.2} appends per sync",
         lat.len() as f64 / secs,

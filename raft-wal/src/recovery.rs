@@ -34,7 +34,7 @@ use crate::format::{
     self, HeaderError, Kind, RecordHeader, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::index::{GroupIndex, Loc};
-use crate::segment::{self, SegmentFile};
+use crate::segment::{self, Mapping, SegmentFile};
 use crate::staging::Staging;
 use crate::wal::{drop_live, DurablePosition, Segment, State};
 
@@ -216,7 +216,7 @@ pub(crate) fn recover(
     let mut empty_last: Option<u64> = None;
     for (i, (seq, path)) in run.iter().enumerate() {
         let is_last = i + 1 == run.len();
-        let file = SegmentFile::open(path, *seq, false)?;
+        let file = SegmentFile::open(path, *seq, Mapping::for_appends(config.append_via, false))?;
         match SegmentHeader::decode(file.bytes()) {
             Ok(h) if h.seq != *seq && is_last && stop.is_none() => {
                 // A recycled file renamed into place whose header was not rewritten yet: its old
@@ -412,7 +412,7 @@ pub(crate) fn recover(
         if let Some(file) = files.get_mut(&s.segment) {
             let until = s.zero_until.min(file.len());
             if until > s.offset {
-                file.bytes_mut()[s.offset..until].fill(0);
+                file.zero(s.offset..until)?;
                 file.file.sync_data().map_err(|e| WalError::io(&file.path, e))?;
             }
         }
@@ -474,7 +474,7 @@ pub(crate) fn recover(
         let next_seq = state.next_seq;
         if let Some(seg) = state.segments.get_mut(&seq) {
             let header = SegmentHeader { seq, first_seq: next_seq, size: seg.file.len() as u64 };
-            header.encode(&mut seg.file.bytes_mut()[..SEGMENT_HEADER_LEN]);
+            crate::wal::write_header(&mut seg.file, &header)?;
             seg.verified = true;
         }
         state.offset = SEGMENT_HEADER_LEN;
@@ -786,9 +786,9 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
     };
     let dest = dir.join(segment::segment_name(1));
     std::fs::rename(&path, &dest).map_err(|e| WalError::io(&dest, e))?;
-    let mut file = SegmentFile::open(&dest, 1, true)?;
+    let mut file = SegmentFile::open(&dest, 1, Mapping::for_appends(config.append_via, true))?;
     let header = SegmentHeader { seq: 1, first_seq: 1, size: file.len() as u64 };
-    header.encode(&mut file.bytes_mut()[..SEGMENT_HEADER_LEN]);
+    crate::wal::write_header(&mut file, &header)?;
     state.segments.insert(1, Segment { file, live: 0, verified: true });
     state.active = 1;
     state.offset = SEGMENT_HEADER_LEN;

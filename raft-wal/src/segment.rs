@@ -18,8 +18,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
+use crate::config::AppendVia;
 use crate::error::WalError;
 
 /// The file name of segment `seq`.
@@ -97,13 +98,43 @@ pub(crate) fn recycle(dir: &Path, old: &Path, n: u64) -> Result<PathBuf, WalErro
     Ok(done)
 }
 
+/// How a segment file is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// Read-only, through a read-only descriptor, for a WAL that appends with write calls.
+    /// Writeback of a dirty page looks for it in every shared writable mapping of the file
+    /// (to write-protect it), at each fdatasync; a mapping made from a read-only descriptor is
+    /// not one of them.
+    ReadOnly,
+    /// Writable, for appends through the mapping; `populate` faults every page in at once.
+    Writable {
+        /// Map every page now rather than at first touch.
+        populate: bool,
+    },
+}
+
+impl Mapping {
+    /// The mapping a WAL appending `via` needs.
+    pub(crate) fn for_appends(via: AppendVia, populate: bool) -> Mapping {
+        match via {
+            AppendVia::Write => Mapping::ReadOnly,
+            AppendVia::Mmap => Mapping::Writable { populate },
+        }
+    }
+}
+
+enum Map {
+    ReadOnly(Mmap),
+    Writable(MmapMut),
+}
+
 /// An open segment file and its mapping.
 pub(crate) struct SegmentFile {
     pub(crate) seq: u64,
     pub(crate) path: PathBuf,
-    /// A handle for fdatasync, independent of the mapping.
+    /// A read-write handle for positional writes and fdatasync, independent of the mapping.
     pub(crate) file: Arc<File>,
-    pub(crate) map: MmapMut,
+    map: Map,
 }
 
 impl std::fmt::Debug for SegmentFile {
@@ -113,8 +144,8 @@ impl std::fmt::Debug for SegmentFile {
 }
 
 impl SegmentFile {
-    /// Maps an existing segment file (read and write: the WAL owns its directory).
-    pub(crate) fn open(path: &Path, seq: u64, populate: bool) -> Result<SegmentFile, WalError> {
+    /// Opens an existing segment file for writing and maps it as `mapping` says.
+    pub(crate) fn open(path: &Path, seq: u64, mapping: Mapping) -> Result<SegmentFile, WalError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -129,28 +160,62 @@ impl SegmentFile {
             });
         }
         let mut opts = MmapOptions::new();
-        if populate {
-            opts.populate();
-        }
-        // SAFETY: the mapping is of a regular file in a directory this process holds the WAL
-        // lock on; the WAL never truncates or resizes a mapped segment, and other processes
-        // are excluded by the lock, so the mapped bytes stay backed for the mapping's life.
-        // Bytes may still change underneath (another program ignoring the lock); the decoders
-        // treat every byte as untrusted input and never rely on it for memory safety.
-        let map = unsafe { opts.map_mut(&file) }.map_err(|e| WalError::io(path, e))?;
+        // SAFETY (both mappings): the mapping is of a regular file in a directory this process
+        // holds the WAL lock on; the WAL never truncates or resizes a mapped segment, and other
+        // processes are excluded by the lock, so the mapped bytes stay backed for the mapping's
+        // life. Bytes may still change underneath (another program ignoring the lock); the
+        // decoders treat every byte as untrusted input and never rely on it for memory safety.
+        let map = match mapping {
+            Mapping::ReadOnly => {
+                let reader = File::open(path).map_err(|e| WalError::io(path, e))?;
+                Map::ReadOnly(unsafe { opts.map(&reader) }.map_err(|e| WalError::io(path, e))?)
+            }
+            Mapping::Writable { populate } => {
+                if populate {
+                    opts.populate();
+                }
+                Map::Writable(unsafe { opts.map_mut(&file) }.map_err(|e| WalError::io(path, e))?)
+            }
+        };
         Ok(SegmentFile { seq, path: path.to_path_buf(), file: Arc::new(file), map })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.bytes().len()
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+        match &self.map {
+            Map::ReadOnly(m) => m,
+            Map::Writable(m) => m,
+        }
     }
 
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+    /// The mapping, if it is writable.
+    pub(crate) fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match &mut self.map {
+            Map::ReadOnly(_) => None,
+            Map::Writable(m) => Some(m),
+        }
+    }
+
+    /// Writes `bytes` at `offset` with positional writes (seen through either mapping: the
+    /// page cache is shared).
+    pub(crate) fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), WalError> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, offset as u64).map_err(|e| WalError::io(&self.path, e))
+    }
+
+    /// Overwrites `range` with zeros.
+    pub(crate) fn zero(&self, range: std::ops::Range<usize>) -> Result<(), WalError> {
+        let zeros = vec![0u8; range.len().min(1 << 20)];
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min(zeros.len());
+            self.write_at(at, &zeros[..n])?;
+            at += n;
+        }
+        Ok(())
     }
 }
 
@@ -166,5 +231,22 @@ mod tests {
         assert_eq!(parse_segment_name("0000000000000000004x.wal"), None);
         assert!(is_prepared_name("prepared-000001.tmp"));
         assert!(is_partial_name("prepared-000001.partial"));
+    }
+
+    /// A read-only mapping cannot be written through, and sees what positional writes put in
+    /// the file (the WAL reads records back through it).
+    #[test]
+    fn a_read_only_mapping_sees_positional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = prepare_new(dir.path(), 1, 64 << 10).unwrap();
+        let mut ro = SegmentFile::open(&path, 1, Mapping::ReadOnly).unwrap();
+        assert!(ro.bytes_mut().is_none());
+        ro.write_at(4090, b"across a page").unwrap();
+        assert_eq!(&ro.bytes()[4090..4103], b"across a page");
+        ro.zero(4095..4100).unwrap();
+        assert_eq!(&ro.bytes()[4090..4103], b"acros\0\0\0\0\0age");
+        let mut rw = SegmentFile::open(&path, 1, Mapping::Writable { populate: true }).unwrap();
+        rw.bytes_mut().unwrap()[0..5].copy_from_slice(b"hello");
+        assert_eq!(&ro.bytes()[0..5], b"hello", "one page cache behind both mappings");
     }
 }

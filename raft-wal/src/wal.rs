@@ -41,7 +41,7 @@ use crate::format::{
 };
 use crate::index::{GroupIndex, Loc};
 use crate::recovery::RecoveryReport;
-use crate::segment::{self, SegmentFile};
+use crate::segment::{self, Mapping, SegmentFile};
 use crate::staging::{self, Staging};
 
 /// Bytes of records a write may leave staged for the next sync to write (see
@@ -677,8 +677,7 @@ impl Shared {
         }));
         // Appends through the mapping want its pages present; appends by write calls only read
         // through it, and populating a recycled (cold) file would read it all from disk.
-        let populate = st.append_via == AppendVia::Mmap;
-        let mut file = SegmentFile::open(&dest, new, populate)?;
+        let mut file = SegmentFile::open(&dest, new, Mapping::for_appends(st.append_via, true))?;
         if file.len() as u64 != self.config.segment_size_bytes {
             return Err(WalError::Corrupt {
                 path: dest,
@@ -691,7 +690,7 @@ impl Shared {
             });
         }
         let header = SegmentHeader { seq: new, first_seq: st.next_seq, size: file.len() as u64 };
-        write_header(&mut file, &header, st.append_via)?;
+        write_header(&mut file, &header)?;
         st.segments.insert(new, Segment { file, live: 0, verified: true });
         st.active = new;
         st.offset = SEGMENT_HEADER_LEN;
@@ -1113,7 +1112,10 @@ pub(crate) fn put_record(
     };
     let segment_seq = seg.file.seq;
     let buf = match st.append_via {
-        AppendVia::Mmap => &mut seg.file.bytes_mut()[at..at + total],
+        AppendVia::Mmap => match seg.file.bytes_mut() {
+            Some(map) => &mut map[at..at + total],
+            None => unreachable!("segments of a WAL appending through the mapping map writable"),
+        },
         AppendVia::Write => {
             if st.staging.is_empty() {
                 st.staging.reset(at);
@@ -1226,7 +1228,9 @@ fn record_mut(st: &mut State, segment: u64, at: usize) -> Option<(u64, &mut [u8]
     if staged_here {
         Some((seq, st.staging.inline_at(at)?))
     } else {
-        Some((seq, &mut seg.file.bytes_mut()[at..]))
+        // Only appends through the mapping leave a batch's last record unstaged (writes through
+        // write calls stay staged until the batch is complete), and their mapping is writable.
+        Some((seq, seg.file.bytes_mut()?.get_mut(at..)?))
     }
 }
 
@@ -1246,22 +1250,15 @@ pub(crate) fn flush_staged(st: &mut State) -> Result<(), WalError> {
 }
 
 /// Writes a segment header the way records are appended (a write call, or the mapping).
-pub(crate) fn write_header(
-    file: &mut SegmentFile,
-    header: &SegmentHeader,
-    via: AppendVia,
-) -> Result<(), WalError> {
+pub(crate) fn write_header(file: &mut SegmentFile, header: &SegmentHeader) -> Result<(), WalError> {
     let mut bytes = [0u8; SEGMENT_HEADER_LEN];
     header.encode(&mut bytes);
-    match via {
-        AppendVia::Mmap => {
-            file.bytes_mut()[..SEGMENT_HEADER_LEN].copy_from_slice(&bytes);
+    match file.bytes_mut() {
+        Some(map) => {
+            map[..SEGMENT_HEADER_LEN].copy_from_slice(&bytes);
             Ok(())
         }
-        AppendVia::Write => {
-            use std::os::unix::fs::FileExt;
-            file.file.write_all_at(&bytes, 0).map_err(|e| WalError::io(&file.path, e))
-        }
+        None => file.write_at(0, &bytes),
     }
 }
 
@@ -1269,9 +1266,9 @@ pub(crate) fn write_header(
 /// end is on disk.
 pub(crate) fn end_batch(st: &mut State) {
     let (segment, at) = st.last_record;
-    if let Some((seq, record)) = record_mut(st, segment, at) {
-        format::mark_batch_end(record, seq);
-    }
+    let marked =
+        record_mut(st, segment, at).map(|(seq, record)| format::mark_batch_end(record, seq));
+    debug_assert!(marked.is_some(), "a batch's last record is staged or in a writable mapping");
 }
 
 /// Writes a CHECKPOINT of every group's metadata at the write position; returns its length.
