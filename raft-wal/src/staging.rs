@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use bytes::Bytes;
 
 /// Payloads at least this long are written from the caller's buffer instead of being copied.
-pub(crate) const EXTERNAL_MIN: usize = 4096;
+pub(crate) const EXTERNAL_MIN: usize = 1024;
 
 /// Flushes at least this long start writeback as they go (see [`Staging::write_to`]).
 const WRITEBACK_FLUSH_MIN: usize = 2 << 20;
