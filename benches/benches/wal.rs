@@ -6,6 +6,8 @@
 //!   fio run right before each run of a synced cell (the disk's rate drifts within minutes);
 //! - the same matrix on a plain file (write + fdatasync per batch), the baseline, and, with
 //!   `--features compare`, on tikv's raft-engine (default settings, no compression);
+//! - every synced one-appender cell against a bare write + fdatasync of the same payload bytes
+//!   on a pre-written file, taken turn about append by append (immune to the disk's drift);
 //! - group commit with 16 appenders against `Always` with one (1 KiB), in alternating runs;
 //! - a multi-group run: 16 appenders over 1,000 groups;
 //! - recovery of a 1 GiB WAL (warm page cache) and the index's bytes per entry;
@@ -14,7 +16,8 @@
 //! `cargo bench -p raftkit-benches --bench wal` (about 10 minutes).
 //! `RAFTKIT_BENCH_DIR` picks the disk (default: the system temp dir), `RAFTKIT_BENCH_SECS` the
 //! seconds per run (default 1), `RAFTKIT_BENCH_PARTS` a comma-separated subset of
-//! `fio,matrix,pair,plain,raft-engine,multigroup,recovery,read`, `RAFTKIT_BENCH_FILTER` matrix cells
+//! `fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read`,
+//! `RAFTKIT_BENCH_FILTER` matrix (and interleaved) cells
 //! as `backend-or-mode/entry/batch/appenders` patterns (`*` for any), comma-separated; backends
 //! are `plain`, `raft-engine`, `raft-engine-nosync`, modes `always`, `group`, `interval-2ms`,
 //! `never`.
@@ -29,8 +32,8 @@ use bytes::Bytes;
 use raft_core::{Entry, LogStore, LogWrite};
 use raft_wal::{Durability, Wal, WalConfig};
 use raftkit_benches::wal_matrix::{
-    fio_limit, median, median_fio, run_cell, settle, AdjacentFio, Backend, Cell, CellStats,
-    FioLimit, PlainFileBackend, WalBackend,
+    fio_limit, median, median_fio, run_cell, run_interleaved, settle, AdjacentFio, Backend, Cell,
+    CellStats, FioLimit, PlainFileBackend, RawFile, WalBackend,
 };
 
 const ENTRY_SIZES: [usize; 3] = [64, 1024, 16 * 1024];
@@ -44,7 +47,9 @@ fn bench_dir() -> PathBuf {
 
 fn parts() -> Vec<String> {
     std::env::var("RAFTKIT_BENCH_PARTS")
-        .unwrap_or_else(|_| "fio,matrix,pair,plain,raft-engine,multigroup,recovery,read".into())
+        .unwrap_or_else(|_| {
+            "fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read".into()
+        })
         .split(',')
         .map(str::to_owned)
         .collect()
@@ -297,6 +302,65 @@ fn main() {
             }
         }
         println!();
+    }
+
+    // ---- one appender against a bare file, turn about ----
+    if has("interleaved") {
+        println!("## one appender vs a bare write + fdatasync, taken turn about\n");
+        println!("Each append (returning once durable) is followed by one write + fdatasync of the same payload bytes at the next offset of a pre-written file; both see the same disk.\n");
+        println!("| mode | entry | batch | p50 us | bare p50 us | p50 / bare | rate / bare |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut rates = Vec::new();
+        let mut p50s = Vec::new();
+        for mode in [Durability::Always, Durability::group_commit()] {
+            let wal_dir = tempfile::tempdir_in(&dir).expect("bench dir");
+            let backend = WalBackend::open(wal_dir.path(), mode, 64 << 20);
+            let mut raw = RawFile::create(wal_dir.path(), 256 << 20);
+            let mut group = 0u64;
+            for entry_bytes in ENTRY_SIZES {
+                for batch in BATCHES {
+                    let cell = Cell { entry_bytes, batch, appenders: 1 };
+                    if !wanted(mode_name(mode), cell) {
+                        continue;
+                    }
+                    settle(&dir);
+                    group += 1;
+                    let r = run_interleaved(&backend, &mut raw, cell, secs() * 2, group);
+                    let p50_ratio = r.backend_p50_us / r.raw_p50_us.max(f64::MIN_POSITIVE);
+                    rates.push(r.rate_ratio);
+                    if mode == Durability::Always {
+                        p50s.push(p50_ratio);
+                    }
+                    println!(
+                        "| {} | {entry_bytes} | {batch} | {:.0} | {:.0} | {p50_ratio:.2} | {:.2} |",
+                        mode_name(mode),
+                        r.backend_p50_us,
+                        r.raw_p50_us,
+                        r.rate_ratio
+                    );
+                }
+            }
+        }
+        println!();
+        for v in [&mut rates, &mut p50s] {
+            v.sort_by(f64::total_cmp);
+        }
+        if !rates.is_empty() {
+            println!(
+                "rate vs bare: min {:.2}, median {:.2}, {} of {} cells at 0.85 or more",
+                rates[0],
+                rates[rates.len() / 2],
+                rates.iter().filter(|&&r| r >= 0.85).count(),
+                rates.len()
+            );
+        }
+        if !p50s.is_empty() {
+            println!(
+                "always p50 vs bare write + fdatasync p50: max {:.2}, median {:.2}\n",
+                p50s[p50s.len() - 1],
+                p50s[p50s.len() / 2]
+            );
+        }
     }
 
     // ---- baselines ----

@@ -249,6 +249,98 @@ pub fn run_cell(
     }
 }
 
+/// A pre-written file for the bare baseline of [`run_interleaved`]: each write goes at the next
+/// offset (wrapping), followed by `fdatasync`, as fio's jobs do.
+pub struct RawFile {
+    file: std::fs::File,
+    size: u64,
+    at: u64,
+}
+
+impl RawFile {
+    /// Creates `dir/raw-baseline` of `size` bytes, every block written and synced.
+    pub fn create(dir: &Path, size: u64) -> RawFile {
+        use std::io::Write;
+        let path = dir.join("raw-baseline");
+        let mut file = std::fs::File::create(&path).expect("create raw baseline file");
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..size.div_ceil(zeros.len() as u64) {
+            file.write_all(&zeros).expect("fill raw baseline file");
+        }
+        file.sync_all().expect("sync raw baseline file");
+        RawFile { file, size: size.div_ceil(1 << 20) << 20, at: 0 }
+    }
+
+    /// Writes `bytes` at the next offset and makes them durable.
+    pub fn write_sync(&mut self, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        if self.at + bytes.len() as u64 > self.size {
+            self.at = 0;
+        }
+        self.file.write_all_at(bytes, self.at).expect("raw write");
+        self.file.sync_data().expect("raw fdatasync");
+        self.at += bytes.len() as u64;
+    }
+}
+
+/// What [`run_interleaved`] measured: the backend's appends and the bare writes, taken turn
+/// about, so both saw the same disk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interleaved {
+    /// Median append-to-durable latency of the backend, microseconds.
+    pub backend_p50_us: f64,
+    /// Median write + fdatasync latency of the bare file, microseconds.
+    pub raw_p50_us: f64,
+    /// Time the bare writes took over time the appends took: the backend's rate as a fraction
+    /// of the bare file's.
+    pub rate_ratio: f64,
+}
+
+/// One appender (group `group`) against a bare file, turn about for `duration`: an append of
+/// `cell.batch` entries of `cell.entry_bytes` to `backend` (returning once durable), then one
+/// write + fdatasync of the same payload bytes to `raw`. A virtual disk's speed drifts within
+/// seconds; alternating append by append cancels that drift out of the comparison, which runs
+/// taken one after the other (as against fio) cannot.
+pub fn run_interleaved(
+    backend: &dyn Backend,
+    raw: &mut RawFile,
+    cell: Cell,
+    duration: Duration,
+    group: u64,
+) -> Interleaved {
+    let payload = Bytes::from(vec![0x5Au8; cell.entry_bytes]);
+    let bare = vec![0x5Au8; cell.entry_bytes * cell.batch];
+    let keep = (RETAINED_BYTES / cell.entry_bytes).max(cell.batch) as u64;
+    let (mut first, mut next) = (1u64, 1u64);
+    let (mut wal_lat, mut raw_lat) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        let entries: Vec<Entry> = (next..next + cell.batch as u64)
+            .map(|i| Entry::normal(1, i, payload.clone()))
+            .collect();
+        let t0 = Instant::now();
+        backend.append(group, &entries).expect("append");
+        wal_lat.push(t0.elapsed());
+        let t0 = Instant::now();
+        raw.write_sync(&bare);
+        raw_lat.push(t0.elapsed());
+        next += cell.batch as u64;
+        if next - first > 2 * keep {
+            let through = next - 1 - keep;
+            backend.compact(group, through, 1).expect("compact");
+            first = through + 1;
+        }
+    }
+    backend.compact(group, next - 1, 1).expect("compact");
+    let total = |l: &[Duration]| l.iter().sum::<Duration>().as_secs_f64();
+    let rate_ratio = total(&raw_lat) / total(&wal_lat).max(f64::MIN_POSITIVE);
+    let p50 = |l: &mut Vec<Duration>| {
+        l.sort_unstable();
+        l.get(l.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Interleaved { backend_p50_us: p50(&mut wal_lat), raw_p50_us: p50(&mut raw_lat), rate_ratio }
+}
+
 /// The median of each field over several runs.
 pub fn median(runs: &[CellStats]) -> CellStats {
     let m = |f: fn(&CellStats) -> f64| {
