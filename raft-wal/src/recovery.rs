@@ -781,7 +781,7 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
         None => {
             let id = state.next_prepared_id;
             state.next_prepared_id += 1;
-            segment::prepare_new(dir, id, config.segment_size_bytes)?
+            segment::prepare_new(dir, id, config.segment_size_bytes, segment::Fill::Zeros)?
         }
     };
     let dest = dir.join(segment::segment_name(1));

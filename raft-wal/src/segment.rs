@@ -51,8 +51,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     d.sync_all().map_err(|e| WalError::io(dir, e))
 }
 
-/// Writes a new prepared segment file of `size` zero bytes at `dir/prepared-<n>.tmp`.
-pub(crate) fn prepare_new(dir: &Path, n: u64, size: u64) -> Result<PathBuf, WalError> {
+/// How a new segment file gets its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Zeros written to every block: appends into it sync as cheaply as into any written file.
+    /// Takes as long as writing the file; for the preparer thread, off the writer's path.
+    Zeros,
+    /// Blocks allocated (`fallocate`) but not written: takes milliseconds, and a full disk still
+    /// fails here rather than later, but each sync that first writes into an unwritten extent
+    /// also updates the file's extent tree. For a writer that found no prepared file ready.
+    /// Falls back to zeros where the filesystem cannot allocate.
+    Allocate,
+}
+
+/// Creates a new prepared segment file of `size` bytes at `dir/prepared-<n>.tmp`, its blocks
+/// filled as `fill` says.
+pub(crate) fn prepare_new(dir: &Path, n: u64, size: u64, fill: Fill) -> Result<PathBuf, WalError> {
     let partial = dir.join(format!("prepared-{n:06}.partial"));
     let done = dir.join(format!("prepared-{n:06}.tmp"));
     let result = (|| {
@@ -66,15 +80,17 @@ pub(crate) fn prepare_new(dir: &Path, n: u64, size: u64) -> Result<PathBuf, WalE
             .truncate(true)
             .open(&partial)
             .map_err(|e| WalError::io(&partial, e))?;
-        // Write every block (not fallocate): a write into an unwritten extent is a metadata
-        // change that costs each fdatasync, and a sparse file could fault with SIGBUS on a
-        // full disk when written through a mapping.
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(|e| WalError::io(&partial, e))?;
-            left -= n as u64;
+        // Never sparse: a sparse file could fault with SIGBUS on a full disk when written
+        // through a mapping. Zeros by default: a write into an unwritten (merely allocated)
+        // extent is a metadata change that costs each fdatasync.
+        if fill == Fill::Zeros || !allocate(&f, size).map_err(|e| WalError::io(&partial, e))? {
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n]).map_err(|e| WalError::io(&partial, e))?;
+                left -= n as u64;
+            }
         }
         f.sync_data().map_err(|e| WalError::io(&partial, e))?;
         std::fs::rename(&partial, &done).map_err(|e| WalError::io(&done, e))?;
@@ -89,6 +105,32 @@ pub(crate) fn prepare_new(dir: &Path, n: u64, size: u64) -> Result<PathBuf, WalE
         }
         other => other,
     })
+}
+
+/// Allocates `size` bytes of blocks for `file` without writing them; false if the filesystem
+/// (or the OS) cannot.
+fn allocate(file: &File, size: u64) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is open for
+        // writing and owned by `file`, which outlives the call.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, size);
+        Ok(false)
+    }
 }
 
 /// Turns a retired segment file into a prepared one (its blocks are written already).
@@ -238,7 +280,7 @@ mod tests {
     #[test]
     fn a_read_only_mapping_sees_positional_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = prepare_new(dir.path(), 1, 64 << 10).unwrap();
+        let path = prepare_new(dir.path(), 1, 64 << 10, Fill::Zeros).unwrap();
         let mut ro = SegmentFile::open(&path, 1, Mapping::ReadOnly).unwrap();
         assert!(ro.bytes_mut().is_none());
         ro.write_at(4090, b"across a page").unwrap();

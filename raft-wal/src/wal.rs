@@ -502,11 +502,23 @@ impl Shared {
 
     /// Makes sure `n` prepared segment files are ready, creating them now if the background
     /// thread has not.
+    /// Makes sure `n` prepared segments are ready, creating any missing ones now. The writer
+    /// holds the state lock here, so it allocates rather than zero-fills them (milliseconds
+    /// rather than the time to write a whole segment, during which no one could append or read):
+    /// syncs into those segments cost more until they are recycled.
     fn reserve_prepared(&self, st: &mut State, n: usize) -> Result<(), WalError> {
+        if st.prepared.len() < n {
+            tracing::debug!(
+                ready = st.prepared.len(),
+                needed = n,
+                "no prepared segment ready: allocating"
+            );
+        }
         while st.prepared.len() < n {
             let id = st.next_prepared_id;
             st.next_prepared_id += 1;
-            let path = segment::prepare_new(&self.dir, id, self.config.segment_size_bytes)?;
+            let size = self.config.segment_size_bytes;
+            let path = segment::prepare_new(&self.dir, id, size, segment::Fill::Allocate)?;
             st.prepared.push_back(path);
         }
         Ok(())
@@ -923,7 +935,8 @@ impl Shared {
                 }
             };
             if let Some(id) = id {
-                match segment::prepare_new(&self.dir, id, self.config.segment_size_bytes) {
+                let size = self.config.segment_size_bytes;
+                match segment::prepare_new(&self.dir, id, size, segment::Fill::Zeros) {
                     Ok(path) => {
                         self.state.write().prepared.push_back(path);
                         continue;

@@ -422,3 +422,34 @@ fn records_left_for_the_next_sync_are_read_from_memory_until_written() {
         assert_eq!(all(&wal, 1), es, "{durability:?}: read after reopening");
     }
 }
+
+/// With no segment prepared ahead (the preparer kept none, as when it falls behind), the writer
+/// allocates each new segment itself: full size, blocks allocated rather than sparse, and its
+/// records read back like any others after a reopen.
+#[test]
+fn segments_the_writer_allocates_itself_hold_records_like_prepared_ones() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { prepared_segments: 0, ..config() };
+    let (wal, _) = Wal::open(dir.path(), config.clone()).unwrap();
+    for b in 0..400 {
+        append(&wal, 1, b * 5 + 1, b * 5 + 5);
+    }
+    let written = all(&wal, 1);
+    assert_eq!(written.len(), 2000);
+    drop(wal);
+    let segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    assert!(segments.len() >= 3, "the log rolled: {segments:?}");
+    for p in &segments {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!(m.len(), config.segment_size_bytes, "{}", p.display());
+        assert!(m.blocks() * 512 >= m.len(), "{} is sparse", p.display());
+    }
+    let (wal, report) = Wal::open(dir.path(), config).unwrap();
+    assert!(report.torn_tail.is_none(), "{report:?}");
+    assert_eq!(all(&wal, 1), written);
+}
