@@ -183,6 +183,48 @@ pub struct CellStats {
 /// share once it holds twice that, as a running system compacts after its snapshots.
 pub const RETAINED_BYTES: usize = 32 << 20;
 
+/// One appender's group: appends batches of the next entries, and compacts the group back to
+/// its share of log bytes once it holds twice that, as a running system compacts after its
+/// snapshots.
+struct Appender {
+    group: u64,
+    batch: u64,
+    payload: Bytes,
+    /// Entries kept after a compaction.
+    keep: u64,
+    first: u64,
+    next: u64,
+}
+
+impl Appender {
+    fn new(group: u64, cell: Cell, payload: Bytes, share_bytes: usize) -> Appender {
+        let keep = (share_bytes / cell.entry_bytes).max(cell.batch) as u64;
+        Appender { group, batch: cell.batch as u64, payload, keep, first: 1, next: 1 }
+    }
+
+    /// Appends one batch; returns how long it took to be durable.
+    fn append(&mut self, backend: &dyn Backend) -> Duration {
+        let entries: Vec<Entry> = (self.next..self.next + self.batch)
+            .map(|i| Entry::normal(1, i, self.payload.clone()))
+            .collect();
+        let t0 = Instant::now();
+        backend.append(self.group, &entries).expect("append");
+        let took = t0.elapsed();
+        self.next += self.batch;
+        if self.next - self.first > 2 * self.keep {
+            let through = self.next - 1 - self.keep;
+            backend.compact(self.group, through, 1).expect("compact");
+            self.first = through + 1;
+        }
+        took
+    }
+
+    /// Compacts the whole group, so a backend that recycles log space gets it back.
+    fn finish(&self, backend: &dyn Backend) {
+        backend.compact(self.group, self.next - 1, 1).expect("compact");
+    }
+}
+
 /// Runs `cell` against `backend` for `duration`; appenders own groups `group_base + 1 ..=
 /// group_base + appenders`, keep their share of [`RETAINED_BYTES`], and compact their group
 /// completely at the end, so a backend that recycles log space gets it back for the next run.
@@ -201,28 +243,15 @@ pub fn run_cell(
             let payload = payload.clone();
             std::thread::spawn(move || {
                 let group = group_base + t as u64 + 1;
-                let mut next = 1u64;
                 let mut lat = Vec::new();
                 let mut batches = 0u64;
-                let keep =
-                    (RETAINED_BYTES / cell.appenders / cell.entry_bytes).max(cell.batch) as u64;
-                let mut first = 1u64;
+                let mut appender =
+                    Appender::new(group, cell, payload, RETAINED_BYTES / cell.appenders);
                 while Instant::now() < deadline {
-                    let entries: Vec<Entry> = (next..next + cell.batch as u64)
-                        .map(|i| Entry::normal(1, i, payload.clone()))
-                        .collect();
-                    let t0 = Instant::now();
-                    backend.append(group, &entries).expect("append");
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                    next += cell.batch as u64;
+                    lat.push(appender.append(&*backend).as_nanos() as u64);
                     batches += 1;
-                    if next - first > 2 * keep {
-                        let through = next - 1 - keep;
-                        backend.compact(group, through, 1).expect("compact");
-                        first = through + 1;
-                    }
                 }
-                backend.compact(group, next - 1, 1).expect("compact");
+                appender.finish(&*backend);
                 (batches, lat)
             })
         })
@@ -310,28 +339,16 @@ pub fn run_interleaved(
 ) -> Interleaved {
     let payload = Bytes::from(vec![0x5Au8; cell.entry_bytes]);
     let bare = vec![0x5Au8; cell.entry_bytes * cell.batch];
-    let keep = (RETAINED_BYTES / cell.entry_bytes).max(cell.batch) as u64;
-    let (mut first, mut next) = (1u64, 1u64);
+    let mut appender = Appender::new(group, cell, payload, RETAINED_BYTES);
     let (mut wal_lat, mut raw_lat) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + duration;
     while Instant::now() < deadline {
-        let entries: Vec<Entry> = (next..next + cell.batch as u64)
-            .map(|i| Entry::normal(1, i, payload.clone()))
-            .collect();
-        let t0 = Instant::now();
-        backend.append(group, &entries).expect("append");
-        wal_lat.push(t0.elapsed());
+        wal_lat.push(appender.append(backend));
         let t0 = Instant::now();
         raw.write_sync(&bare);
         raw_lat.push(t0.elapsed());
-        next += cell.batch as u64;
-        if next - first > 2 * keep {
-            let through = next - 1 - keep;
-            backend.compact(group, through, 1).expect("compact");
-            first = through + 1;
-        }
     }
-    backend.compact(group, next - 1, 1).expect("compact");
+    appender.finish(backend);
     let total = |l: &[Duration]| l.iter().sum::<Duration>().as_secs_f64();
     let rate_ratio = total(&raw_lat) / total(&wal_lat).max(f64::MIN_POSITIVE);
     let p50 = |l: &mut Vec<Duration>| {
