@@ -500,8 +500,6 @@ impl Shared {
         len.saturating_sub(st.offset + format::SEAL_RECORD_LEN)
     }
 
-    /// Makes sure `n` prepared segment files are ready, creating them now if the background
-    /// thread has not.
     /// Makes sure `n` prepared segments are ready, creating any missing ones now. The writer
     /// holds the state lock here, so it allocates rather than zero-fills them (milliseconds
     /// rather than the time to write a whole segment, during which no one could append or read):
