@@ -104,8 +104,6 @@ struct LeaderNotes {
     /// Callers waiting when the previous sync ended (covered or not), its leader included: how
     /// many the next sync waits for.
     last_round: usize,
-    /// How long the previous sync took.
-    last_sync: Duration,
 }
 
 /// Callers waiting for a sync, counted by the doorbell ring they arrived after (high 32 bits:
@@ -175,8 +173,8 @@ pub(crate) struct Shared {
     leader_notes: Mutex<LeaderNotes>,
     /// Mirror of `Durable::seq`, read without a lock.
     durable_seq: AtomicU64,
-    /// How long the last sync took, in nanoseconds: whether waiting for the next is worth a spin
-    /// (see [`WalConfig::spin_wait`]).
+    /// How long the last sync took, in nanoseconds: how long the next leader gathers, and
+    /// whether waiting for a sync is worth a spin (see [`WalConfig::spin_wait`]).
     last_sync_ns: AtomicU64,
     /// Syncs completed.
     syncs: AtomicU64,
@@ -769,12 +767,16 @@ impl Shared {
     /// that would spin through most of a slow sync only burns the CPU).
     fn spin(&self) -> Duration {
         let limit = self.config.spin_wait;
-        let last = Duration::from_nanos(self.last_sync_ns.load(Ordering::Relaxed));
-        if last <= limit {
+        if self.last_sync() <= limit {
             limit
         } else {
             Duration::ZERO
         }
+    }
+
+    /// How long the last sync took.
+    fn last_sync(&self) -> Duration {
+        Duration::from_nanos(self.last_sync_ns.load(Ordering::Relaxed))
     }
 
     /// Becomes the sync leader, unless another thread is.
@@ -803,15 +805,14 @@ impl Shared {
             }
             Durability::Always | Durability::GroupCommit { .. } if notes.last_round > 1 => {
                 let want = (notes.last_round - 1).min(u32::MAX as usize - 1) as u32;
-                let deadline = Instant::now() + notes.last_sync.min(Duration::from_micros(500));
+                let deadline = Instant::now() + self.last_sync().min(Duration::from_micros(500));
                 self.gather_until(want, deadline, || self.arrivals.since(ring) >= want);
             }
             _ => {}
         }
         let started = Instant::now();
         let result = self.flush();
-        notes.last_sync = started.elapsed();
-        self.last_sync_ns.store(notes.last_sync.as_nanos() as u64, Ordering::Relaxed);
+        self.last_sync_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(end) => {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
