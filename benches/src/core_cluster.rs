@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use raft_core::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
 use raft_core::{
-    serve_fetch, Config, EntryKind, InitialState, LogStore, LogWrite, MemLogStore, Message, Raft,
-    Ready,
+    serve_fetch, Config, Entry, EntryKind, FetchRequest, InitialState, MemLogStore, Message, Raft,
+    SnapshotChunk, SnapshotError, SnapshotMeta, SnapshotRead, StorageError,
 };
 
 /// What one run measured.
@@ -49,6 +50,8 @@ impl RunStats {
 /// A three-node group in one thread.
 pub struct Cluster {
     nodes: Vec<Raft>,
+    executors: Vec<Executor>,
+    writers: Vec<LogWriter>,
     stores: Vec<MemLogStore>,
     /// Messages waiting to be stepped into each node.
     inboxes: Vec<Vec<Message>>,
@@ -68,6 +71,8 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             nodes,
+            executors: vec![Executor::new(); 3],
+            writers: vec![LogWriter::new(); 3],
             stores: (0..3).map(|_| MemLogStore::new()).collect(),
             inboxes: vec![Vec::new(); 3],
             leader: 0,
@@ -105,51 +110,23 @@ impl Cluster {
             if self.inboxes[i].is_empty() {
                 self.inboxes[i] = inbox;
             }
-            while self.nodes[i].has_ready() {
-                let ready = self.nodes[i].ready();
-                self.carry_out(i, ready, on_commit);
+            if self.nodes[i].has_ready() {
+                let mut io = NodeIo {
+                    inboxes: &mut self.inboxes,
+                    store: &self.stores[i],
+                    writer: &mut self.writers[i],
+                    leader: i == self.leader,
+                    committed: 0,
+                };
+                let done = self.executors[i].run(&mut self.nodes[i], &mut io);
+                done.expect("in-memory store never fails");
+                if io.committed > 0 {
+                    on_commit(io.committed);
+                }
                 moved = true;
             }
         }
         moved
-    }
-
-    fn carry_out(&mut self, i: usize, ready: Ready, on_commit: &mut dyn FnMut(usize)) {
-        let Ready {
-            number,
-            group,
-            hard_state,
-            entries,
-            messages,
-            persisted_messages,
-            committed_entries,
-            fetches,
-            // Snapshots are off in this cluster (see `new`).
-            ..
-        } = ready;
-        for msg in messages {
-            self.inboxes[(msg.to - 1) as usize].push(msg);
-        }
-        if hard_state.is_some() || !entries.is_empty() {
-            // The in-memory store is durable on acceptance: no sync to wait for.
-            self.stores[i]
-                .write(&[LogWrite { group, hard_state, entries: &entries }])
-                .expect("in-memory write");
-            self.nodes[i].on_persisted(number);
-        }
-        for msg in persisted_messages {
-            self.inboxes[(msg.to - 1) as usize].push(msg);
-        }
-        if i == self.leader {
-            let n = committed_entries.iter().filter(|e| e.kind == EntryKind::Normal).count();
-            if n > 0 {
-                on_commit(n);
-            }
-        }
-        for fetch in fetches {
-            let result = serve_fetch(&self.stores[i], &fetch);
-            self.nodes[i].on_fetched(fetch, result);
-        }
     }
 
     /// Proposes `total` entries of `payload`, keeping `in_flight` uncommitted at a time, and
@@ -183,5 +160,76 @@ impl Cluster {
         let allocations = crate::alloc::allocations() - allocations_before;
         latencies_ns.sort_unstable();
         RunStats { committed, elapsed, latencies_ns, allocations }
+    }
+}
+
+/// How a bench node carries out its Readies: messages into the peers' inboxes, writes to the
+/// in-memory store (durable on acceptance, so every write is acknowledged at once), committed
+/// entries counted on the leader.
+struct NodeIo<'a> {
+    inboxes: &'a mut [Vec<Message>],
+    store: &'a MemLogStore,
+    writer: &'a mut LogWriter,
+    leader: bool,
+    /// Client entries the leader committed in this pass.
+    committed: usize,
+}
+
+impl ReadyHandler for NodeIo<'_> {
+    type Error = StorageError;
+
+    fn send(&mut self, messages: Vec<Message>) -> Result<(), StorageError> {
+        for msg in messages {
+            self.inboxes[(msg.to - 1) as usize].push(msg);
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        _raft: &Raft,
+        mut write: PersistWrite,
+    ) -> Result<Option<Vec<Message>>, StorageError> {
+        self.writer.write(self.store, std::slice::from_mut(&mut write))?;
+        Ok(Some(std::mem::take(&mut write.messages)))
+    }
+
+    fn apply(
+        &mut self,
+        work: ApplyWork,
+    ) -> Result<Option<Result<SnapshotMeta, SnapshotError>>, StorageError> {
+        if self.leader {
+            self.committed += work.entries.iter().filter(|e| e.kind == EntryKind::Normal).count();
+        }
+        Ok(None) // Snapshots are off in this cluster (see `Cluster::new`).
+    }
+
+    fn fetch(
+        &mut self,
+        request: &FetchRequest,
+    ) -> Result<Option<Result<Vec<Entry>, StorageError>>, StorageError> {
+        Ok(Some(serve_fetch(self.store, request)))
+    }
+
+    fn read_snapshot(
+        &mut self,
+        read: &SnapshotRead,
+    ) -> Result<Option<Result<bytes::Bytes, SnapshotError>>, StorageError> {
+        Ok(Some(Err(SnapshotError::NotFound {
+            group: read.meta.group,
+            index: read.meta.index,
+            term: read.meta.term,
+        })))
+    }
+
+    fn write_snapshot_chunk(
+        &mut self,
+        chunk: &SnapshotChunk,
+    ) -> Result<Option<Result<(), SnapshotError>>, StorageError> {
+        Ok(Some(Err(SnapshotError::NotFound {
+            group: chunk.meta.group,
+            index: chunk.meta.index,
+            term: chunk.meta.term,
+        })))
     }
 }

@@ -273,7 +273,7 @@ fn clients_on_every_node_stay_linearizable_while_the_leader_is_killed() {
 
 fn redis_tool(name: &str) -> Command {
     let found = Command::new(name).arg("--version").output().is_ok();
-    assert!(found, "{name} is not installed: apt-get install redis-tools (.ci/run does)");
+    assert!(found, "{name} is not installed: scripts/test.sh installs redis-tools");
     Command::new(name)
 }
 

@@ -103,6 +103,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The default settings for node `id`.
+    pub fn new(id: NodeId) -> Config {
+        Config { id, ..Config::default() }
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_ticks == 0 {

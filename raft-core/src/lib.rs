@@ -10,49 +10,15 @@
 //! same inputs always produce the same outputs and every run of the simulator replays from its
 //! seed. The [`ready`] module documents the order in which a caller must carry out a `Ready`.
 //!
-//! A minimal driver for a single-node group:
-//!
-//! ```
-//! use raft_core::{serve_fetch, Config, InitialState, LogStore, LogWrite, MemLogStore, Raft};
-//!
-//! let store = MemLogStore::new();
-//! let config = Config { id: 1, ..Config::default() };
-//! let mut node = Raft::new(config, InitialState::new_group(vec![1])).unwrap();
-//! let mut applied = Vec::new();
-//! for tick in 0..40 {
-//!     node.tick(); // once per tick interval: the driver owns the clock
-//!     if tick == 30 {
-//!         node.propose("set x 1".into()).unwrap();
-//!     }
-//!     while node.has_ready() {
-//!         let ready = node.ready();
-//!         // 1. Send ready.messages to their peers (none in a one-node group).
-//!         // 2. Persist hard state and entries as one ordered write, and wait until durable.
-//!         if ready.must_persist() {
-//!             let write =
-//!                 LogWrite { group: ready.group, hard_state: ready.hard_state, entries: &ready.entries };
-//!             let lsn = store.write(&[write]).unwrap();
-//!             store.sync(lsn).unwrap();
-//!         }
-//!         // 3. Then send ready.persisted_messages, and acknowledge.
-//!         node.on_persisted(ready.number);
-//!         // 4. Apply committed entries in order.
-//!         applied.extend(ready.committed_entries);
-//!         // 5. Serve the reads the core asks for.
-//!         for fetch in ready.fetches {
-//!             let entries = serve_fetch(&store, &fetch);
-//!             node.on_fetched(fetch, entries);
-//!         }
-//!     }
-//! }
-//! assert!(node.is_leader());
-//! assert_eq!(applied.last().map(|e| &e.data[..]), Some(&b"set x 1"[..]));
-//! ```
+//! Most users run a node with the threaded driver in [`node`]. A runtime of one's own carries
+//! out Readies with [`execute::Executor`] (the contract of [`ready`] as code), supplying how each
+//! duty is done through [`execute::ReadyHandler`]; the driver and the simulator do the same.
 
 #![deny(missing_docs)]
 
 mod config;
 mod error;
+pub mod execute;
 mod log;
 mod mem;
 mod message;

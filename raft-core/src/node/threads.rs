@@ -18,16 +18,17 @@ use super::reply::Reply;
 use super::stage::{Called, Round, Stage, Take};
 use super::{is_read_barrier, NodeError, NodeOptions, NodeStatus, Shared, Waiter};
 use crate::error::{ProposeError, SnapshotError, StorageError};
+use crate::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
 use crate::message::Message;
 use crate::raft::Raft;
-use crate::ready::{Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
+use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead, SnapshotRequest};
 use crate::snapshot::{
     restore_snapshot, take_snapshot, take_snapshot_view, SnapshotReader, SnapshotReceiver,
     SnapshotStore,
 };
-use crate::storage::{serve_fetch, LogStore, LogWrite, SnapshotView, StateMachine};
+use crate::storage::{serve_fetch, LogStore, SnapshotView, StateMachine};
 use crate::transport::Transport;
-use crate::types::{Entry, GroupId, HardState, Index, SnapshotMeta, Term};
+use crate::types::{Entry, GroupId, Index, SnapshotMeta, Term};
 
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
 /// (so a transport reader or a server's event loop gets back to its own work).
@@ -61,17 +62,6 @@ pub(crate) enum Input<M: StateMachine> {
     Shutdown,
 }
 
-/// One Ready's writes, for the persist stage.
-pub(crate) struct PersistJob {
-    number: u64,
-    group: GroupId,
-    compact: Option<(Index, Term)>,
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    /// Sent once this job and every earlier one are durable.
-    messages: Vec<Message>,
-}
-
 /// Work for the apply stage, in the order the core produced it.
 pub(crate) enum ApplyJob<M: StateMachine> {
     /// Run a query on the state machine as it is now (a local, possibly stale read).
@@ -94,10 +84,8 @@ enum SnapshotJob {
 /// The core stage's state: the Raft core and what the driver tracks about its Readies.
 pub(crate) struct Core<M: StateMachine> {
     raft: Raft,
-    /// The number of the last Ready handed to the persist stage.
-    persist_sent: u64,
-    /// The number of the last Ready reported durable.
-    persist_done: u64,
+    /// Carries out the core's Readies, and knows which are durable.
+    executor: Executor,
     /// Proposals of this round, for the apply stage (queued before this round's Readies).
     registered: Vec<(Index, Term, Waiter<M>)>,
     snapshot_tx: Option<Sender<SnapshotJob>>,
@@ -109,11 +97,9 @@ pub(crate) struct Core<M: StateMachine> {
 
 /// The persist stage's state.
 pub(crate) struct Persister {
-    round: Vec<PersistJob>,
-    /// The hard state last written.
-    written: Option<HardState>,
-    /// A hard state that only moves the commit index, waiting for the next write.
-    deferred: Option<HardState>,
+    round: Vec<PersistWrite>,
+    /// Writes the round, holding back hard states that only move the commit index.
+    writer: LogWriter,
     /// A write or sync failed: nothing more is written or acknowledged.
     failed: bool,
 }
@@ -134,7 +120,7 @@ pub(crate) struct Applier<M: StateMachine> {
 /// Everything a node's threads share.
 pub(crate) struct Driver<M: StateMachine> {
     pub(crate) core: Stage<Core<M>, Input<M>>,
-    persist: Stage<Persister, PersistJob>,
+    persist: Stage<Persister, PersistWrite>,
     pub(crate) apply: Stage<Applier<M>, ApplyJob<M>>,
     group: GroupId,
     pub(crate) shared: Arc<Shared>,
@@ -176,14 +162,13 @@ where
     let (view_tx, view_rx) = channel_if(parts.snapshots.is_some());
     let core = Core {
         raft,
-        persist_sent: 0,
-        persist_done: 0,
+        executor: Executor::new(),
         registered: Vec::new(),
         snapshot_tx,
         outbox: Vec::new(),
         stopped: false,
     };
-    let persister = Persister { round: Vec::new(), written: None, deferred: None, failed: false };
+    let persister = Persister { round: Vec::new(), writer: LogWriter::new(), failed: false };
     let applier = Applier { machine, applied, waiting: BTreeMap::new(), view_tx, stopped: false };
     let driver = Arc::new(Driver {
         core: Stage::new(core),
@@ -305,15 +290,13 @@ where
                 return Round::Continue;
             }
         }
-        let mut carried = true;
-        while carried && core.raft.has_ready() {
-            let ready = core.raft.ready();
-            carried = self.carry_out(core, ready);
-        }
+        let Core { raft, executor, snapshot_tx, outbox, .. } = core;
+        let mut io = CoreIo { driver: self, outbox, snapshot_tx: snapshot_tx.as_ref() };
+        let carried = executor.run(raft, &mut io);
         if !core.outbox.is_empty() {
             self.transport.send_all(std::mem::take(&mut core.outbox));
         }
-        if !carried {
+        if carried.is_err() {
             self.stop(core);
             return Round::Continue;
         }
@@ -352,10 +335,7 @@ where
                 }
             },
             Input::Tick => core.raft.tick(),
-            Input::Persisted { number } => {
-                core.persist_done = core.persist_done.max(number);
-                core.raft.on_persisted(number);
-            }
+            Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
             Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),
             Input::SnapshotRead(read, result) => core.raft.on_snapshot_read(read, result),
             Input::SnapshotChunk(chunk, result) => core.raft.on_snapshot_chunk(chunk, result),
@@ -373,87 +353,6 @@ where
         true
     }
 
-    /// Carries out one Ready (see [`crate::ready`] for the order); false means stop.
-    fn carry_out(&self, core: &mut Core<M>, ready: Ready) -> bool {
-        let Ready {
-            number,
-            group,
-            hard_state,
-            entries,
-            messages,
-            persisted_messages,
-            committed_entries,
-            fetches,
-            compact,
-            restore_snapshot,
-            snapshot_request,
-            snapshot_reads,
-            snapshot_chunks,
-        } = ready;
-        core.outbox.extend(messages);
-        let must_persist = compact.is_some() || hard_state.is_some() || !entries.is_empty();
-        let writes_pending = core.persist_sent > core.persist_done;
-        if must_persist || (!persisted_messages.is_empty() && writes_pending) {
-            // Persisted messages wait behind every write not yet durable, this one included.
-            let job = PersistJob {
-                number,
-                group,
-                compact,
-                hard_state,
-                entries,
-                messages: persisted_messages,
-            };
-            if !self.persist.push(job) {
-                return false;
-            }
-            core.persist_sent = number;
-        } else {
-            core.outbox.extend(persisted_messages);
-        }
-        if restore_snapshot.is_some() || !committed_entries.is_empty() || snapshot_request.is_some()
-        {
-            let job = ApplyJob::Apply {
-                restore: restore_snapshot,
-                entries: committed_entries,
-                snapshot: snapshot_request,
-            };
-            if !self.apply.push(job) {
-                return false;
-            }
-        }
-        for fetch in fetches {
-            let result = serve_fetch(self.log.as_ref(), &fetch);
-            core.raft.on_fetched(fetch, result);
-        }
-        for read in snapshot_reads {
-            match &core.snapshot_tx {
-                Some(tx) => {
-                    if tx.send(SnapshotJob::Read(read)).is_err() {
-                        return false;
-                    }
-                }
-                None => {
-                    let missing = missing_snapshot(&read.meta);
-                    core.raft.on_snapshot_read(read, Err(missing));
-                }
-            }
-        }
-        for chunk in snapshot_chunks {
-            match &core.snapshot_tx {
-                Some(tx) => {
-                    if tx.send(SnapshotJob::Chunk(chunk)).is_err() {
-                        return false;
-                    }
-                }
-                None => {
-                    let missing = missing_snapshot(&chunk.meta);
-                    core.raft.on_snapshot_chunk(chunk, Err(missing));
-                }
-            }
-        }
-        true
-    }
-
     /// A worker failed: record why, and stop the core (from whichever thread gets to it).
     fn fail(&self, what: String) {
         self.shared.fail(what);
@@ -465,53 +364,32 @@ where
     /// write is done, writes the commit index it held back.
     fn persist_worker(&self) {
         self.persist.work(&mut |p, jobs| self.persist_round(p, jobs));
-        let deferred = self.persist.with_state(|p| if p.failed { None } else { p.deferred.take() });
-        if let Some(hs) = deferred {
-            let job = PersistJob {
-                number: 0,
-                group: self.group,
-                compact: None,
-                hard_state: Some(hs),
-                entries: Vec::new(),
-                messages: Vec::new(),
-            };
-            if let Err(err) = persist(self.log.as_ref(), &[job]) {
-                self.shared.fail(format!("log store: {err}"));
+        let failure = self.persist.with_state(|p| {
+            if p.failed {
+                return Ok(());
             }
+            p.writer.flush(self.log.as_ref(), self.group)
+        });
+        if let Err(err) = failure {
+            self.shared.fail(format!("log store: {err}"));
         }
     }
 
-    /// Writes every queued job as one ordered batch, syncs once, then releases the jobs'
-    /// messages, reports them durable and runs the core (here, if it is free).
-    ///
-    /// A hard state that only moves the commit index is not worth a sync of its own (the commit
-    /// index is persisted only to spare a restarted node some waiting; losing it is safe): it is
-    /// deferred and written with the next write that must be durable anyway, or at shutdown.
-    /// That halves the syncs per committed write, since every commit changes the hard state.
-    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistJob>) -> Round {
+    /// Writes every queued job as one ordered batch (see [`LogWriter`]), syncs once, then
+    /// releases the jobs' messages, reports them durable and runs the core (here, if it is free).
+    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistWrite>) -> Round {
         if p.failed {
             jobs.clear(); // Never written, never acknowledged.
             return Round::Continue;
         }
         let take = jobs.len().min(PERSIST_JOBS_MAX);
         p.round.extend(jobs.drain(..take));
-        for job in &mut p.round {
-            let Some(hs) = job.hard_state else {
-                if p.deferred.is_some() && (!job.entries.is_empty() || job.compact.is_some()) {
-                    job.hard_state = p.deferred.take();
-                    p.written = job.hard_state;
-                }
-                continue;
-            };
-            let commit_only = p.written.is_some_and(|w| w.term == hs.term && w.vote == hs.vote);
-            if commit_only && job.entries.is_empty() && job.compact.is_none() {
-                p.deferred = job.hard_state.take();
-            } else {
-                p.deferred = None; // This one is newer.
-                p.written = Some(hs);
-            }
-        }
-        if let Err(err) = persist(self.log.as_ref(), &p.round) {
+        let log = self.log.as_ref();
+        let written = p.writer.write(log, &mut p.round).and_then(|lsn| match lsn {
+            Some(lsn) => log.sync(lsn),
+            None => Ok(()),
+        });
+        if let Err(err) = written {
             // Nothing of this round is acknowledged: its messages are never sent.
             p.failed = true;
             p.round.clear();
@@ -738,32 +616,82 @@ fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
     SnapshotError::NotFound { group: meta.group, index: meta.index, term: meta.term }
 }
 
-/// One round of the persist stage: compactions and writes in Ready order, consecutive writes
-/// in one store call, then one sync covering all of them.
-fn persist(log: &dyn LogStore, round: &[PersistJob]) -> Result<(), StorageError> {
-    let mut last = None;
-    let mut batch: Vec<LogWrite<'_>> = Vec::new();
-    for job in round {
-        if let Some((index, term)) = job.compact {
-            if !batch.is_empty() {
-                log.write(&batch)?;
-                batch.clear();
+/// The core stopped: a stage it hands work to has closed.
+struct Stopped;
+
+/// How the core stage carries out a Ready: messages into the round's outbox, writes to the
+/// persist stage, state machine work to the apply stage, fetches inline (the log store's reads
+/// of recent entries do not wait for a disk), snapshot chunks to the snapshot thread.
+struct CoreIo<'a, M: StateMachine> {
+    driver: &'a Driver<M>,
+    outbox: &'a mut Vec<Message>,
+    snapshot_tx: Option<&'a Sender<SnapshotJob>>,
+}
+
+impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
+    type Error = Stopped;
+
+    fn send(&mut self, messages: Vec<Message>) -> Result<(), Stopped> {
+        self.outbox.extend(messages);
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        _raft: &Raft,
+        write: PersistWrite,
+    ) -> Result<Option<Vec<Message>>, Stopped> {
+        if self.driver.persist.push(write) {
+            Ok(None)
+        } else {
+            Err(Stopped)
+        }
+    }
+
+    fn apply(
+        &mut self,
+        work: ApplyWork,
+    ) -> Result<Option<Result<SnapshotMeta, SnapshotError>>, Stopped> {
+        let job = ApplyJob::Apply {
+            restore: work.restore,
+            entries: work.entries,
+            snapshot: work.snapshot,
+        };
+        if self.driver.apply.push(job) {
+            Ok(None)
+        } else {
+            Err(Stopped)
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        request: &FetchRequest,
+    ) -> Result<Option<Result<Vec<Entry>, StorageError>>, Stopped> {
+        Ok(Some(serve_fetch(self.driver.log.as_ref(), request)))
+    }
+
+    fn read_snapshot(
+        &mut self,
+        read: &SnapshotRead,
+    ) -> Result<Option<Result<Bytes, SnapshotError>>, Stopped> {
+        match self.snapshot_tx {
+            Some(tx) => {
+                tx.send(SnapshotJob::Read(read.clone())).map(|()| None).map_err(|_| Stopped)
             }
-            last = Some(log.compact(job.group, index, term)?);
-        }
-        if job.hard_state.is_some() || !job.entries.is_empty() {
-            batch.push(LogWrite {
-                group: job.group,
-                hard_state: job.hard_state,
-                entries: &job.entries,
-            });
+            None => Ok(Some(Err(missing_snapshot(&read.meta)))),
         }
     }
-    if !batch.is_empty() {
-        last = Some(log.write(&batch)?);
+
+    fn write_snapshot_chunk(
+        &mut self,
+        chunk: &SnapshotChunk,
+    ) -> Result<Option<Result<(), SnapshotError>>, Stopped> {
+        match self.snapshot_tx {
+            Some(tx) => {
+                tx.send(SnapshotJob::Chunk(chunk.clone())).map(|()| None).map_err(|_| Stopped)
+            }
+            None => Ok(Some(Err(missing_snapshot(&chunk.meta)))),
+        }
     }
-    if let Some(lsn) = last {
-        log.sync(lsn)?;
-    }
-    Ok(())
 }

@@ -16,15 +16,16 @@ use super::checks::{SafetyChecker, Violation};
 use super::kv::{Command, KvOp, KvStore};
 use super::linearizability::Operation;
 use super::CrashableStore;
-use crate::error::ProposeError;
+use crate::error::{ProposeError, SnapshotError, StorageError};
+use crate::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
 use crate::message::{AppendResponse, Message, MessageBody};
 use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
 use crate::snapshot::{
     restore_snapshot, serve_snapshot_read, take_snapshot, MemSnapshotStore, SnapshotReceiver,
     SnapshotStore,
 };
-use crate::storage::{load_initial_state, serve_fetch, LogWrite, Lsn, StateMachine};
-use crate::types::{Entry, GroupId, Index, NodeId, RoleKind, Term};
+use crate::storage::{load_initial_state, serve_fetch, Lsn, StateMachine};
+use crate::types::{Entry, GroupId, Index, NodeId, RoleKind, SnapshotMeta, Term};
 use crate::{Config, MemLogStore, Raft, Rng};
 
 /// How the network misbehaves.
@@ -212,12 +213,14 @@ enum Event {
         msg: Message,
         sender_epoch: u64,
     },
-    /// The node's disk finished everything queued before this event: sync up to the write
-    /// (if any), acknowledge the Ready, and send the messages that waited for durability.
+    /// The node's disk finished everything queued before this event: sync up to `lsn` (if the
+    /// Ready wrote anything), acknowledge Ready `number`, and send the messages that waited for
+    /// durability.
     DiskDone {
         node: NodeId,
         epoch: u64,
-        write: Option<DiskWrite>,
+        lsn: Option<Lsn>,
+        number: u64,
         messages: Vec<Ack>,
     },
     FetchDone {
@@ -277,13 +280,6 @@ impl Ord for Scheduled {
         // BinaryHeap is a max-heap: the earliest event must compare greatest.
         (other.at, other.seq).cmp(&(self.at, self.seq))
     }
-}
-
-/// A write handed to a node's store, waiting for its simulated disk.
-#[derive(Debug)]
-struct DiskWrite {
-    lsn: Lsn,
-    ready_number: u64,
 }
 
 /// What a write changes in the durable model once the store reports it durable.
@@ -364,6 +360,10 @@ struct Pending {
 struct SimNode {
     id: NodeId,
     raft: Option<Raft>,
+    /// Carries out the node's Readies (process state: reset at every start).
+    executor: Executor,
+    /// Writes the node's Readies to its store (process state: reset at every start).
+    writer: LogWriter,
     store: Box<dyn CrashableStore>,
     /// Grows at every crash, so completions from before it are ignored.
     epoch: u64,
@@ -381,7 +381,7 @@ struct SimNode {
     snapshot_disk_free_at: u64,
     pending: HashMap<Index, Pending>,
     disk_free_at: u64,
-    /// Writes accepted by the store whose durability event has not happened yet.
+    /// Writes handed to the disk whose durability event has not happened yet.
     writes_in_flight: u64,
     durable: DurableModel,
     /// Writes accepted by the store and not yet reported durable by it, oldest first. A store
@@ -490,6 +490,8 @@ impl Cluster {
             nodes.push(SimNode {
                 id,
                 raft: None,
+                executor: Executor::new(),
+                writer: LogWriter::new(),
                 store,
                 epoch: 0,
                 kv: KvStore::default(),
@@ -555,6 +557,8 @@ impl Cluster {
         let raft = Raft::new(config, state).unwrap_or_else(|e| panic!("node {id}: {e}"));
         node.applied_index = raft.applied_index();
         node.raft = Some(raft);
+        node.executor = Executor::new();
+        node.writer = LogWriter::new();
         node.kv = kv;
         node.applied.clear();
         node.applied_base = node.applied_index;
@@ -652,41 +656,39 @@ impl Cluster {
                     }
                 }
             }
-            Event::DiskDone { node, epoch, write, messages } => {
+            Event::DiskDone { node, epoch, lsn, number, messages } => {
                 let n = &mut self.nodes[(node - 1) as usize];
-                if n.epoch != epoch || n.raft.is_none() {
-                    None
-                } else {
-                    tracing::trace!(now = self.now, node, ?write, "disk done");
-                    if let Some(write) = write {
+                match n.raft.as_mut() {
+                    Some(raft) if n.epoch == epoch => {
+                        tracing::trace!(now = self.now, node, ?lsn, number, "disk done");
                         n.writes_in_flight -= 1;
-                        if let Err(err) = n.store.sync(write.lsn) {
-                            return Err(storage_violation(node, err));
-                        }
-                        let durable = n.store.durable_lsn();
-                        if durable < write.lsn {
-                            return Err(Violation {
-                                property: "storage",
-                                detail: format!(
-                                    "node {node}: sync({:?}) returned but the store reports {durable:?} durable",
-                                    write.lsn
-                                ),
-                            });
-                        }
-                        while n.unsynced.front().is_some_and(|w| w.lsn <= durable) {
-                            if let Some(w) = n.unsynced.pop_front() {
-                                n.durable.apply(&w);
+                        if let Some(lsn) = lsn {
+                            if let Err(err) = n.store.sync(lsn) {
+                                return Err(storage_violation(node, err));
+                            }
+                            let durable = n.store.durable_lsn();
+                            if durable < lsn {
+                                return Err(Violation {
+                                    property: "storage",
+                                    detail: format!(
+                                        "node {node}: sync({lsn:?}) returned but the store reports {durable:?} durable"
+                                    ),
+                                });
+                            }
+                            while n.unsynced.front().is_some_and(|w| w.lsn <= durable) {
+                                if let Some(w) = n.unsynced.pop_front() {
+                                    n.durable.apply(&w);
+                                }
                             }
                         }
-                        if let Some(raft) = n.raft.as_mut() {
-                            raft.on_persisted(write.ready_number);
+                        n.executor.on_persisted(raft, number);
+                        for ack in messages {
+                            self.check_acknowledgement(&ack)?;
+                            self.send(ack.msg);
                         }
+                        Some(node)
                     }
-                    for ack in messages {
-                        self.check_acknowledgement(&ack)?;
-                        self.send(ack.msg);
-                    }
-                    Some(node)
+                    _ => None,
                 }
             }
             Event::FetchDone { node, epoch, request } => {
@@ -774,195 +776,16 @@ impl Cluster {
         self.nodes.iter().map(|n| leading(n).unwrap_or(0)).collect()
     }
 
-    /// Carries out every Ready the node has, following the contract in [`crate::ready`].
+    /// Carries out every Ready the node has, with the executor every runtime uses.
     fn drain(&mut self, id: NodeId) -> Result<(), Violation> {
         let idx = (id - 1) as usize;
-        loop {
-            let Some(raft) = self.nodes[idx].raft.as_mut() else { return Ok(()) };
-            if !raft.has_ready() {
-                return Ok(());
-            }
-            // Record what this node committed before it applies and compacts it away.
-            self.checker.observe_commit(raft)?;
-            let ready = raft.ready();
-            tracing::trace!(now = self.now, node = id, ?ready, "ready");
-            for m in ready.messages {
-                self.send(m);
-            }
-            let mut write = None;
-            let raft = self.nodes[idx].raft.as_ref().expect("node is up");
-            let acks: Vec<Ack> = ready
-                .persisted_messages
-                .into_iter()
-                .map(|msg| {
-                    let claims = match msg.body {
-                        MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
-                            // Below the log's start the snapshot holds the entry, durably.
-                            raft.term_at(match_index).map(|term| (match_index, term))
-                        }
-                        _ => None,
-                    };
-                    Ack { msg, claims }
-                })
-                .collect();
-            if let Some((index, term)) = ready.compact {
-                let node = &mut self.nodes[idx];
-                let lsn = node
-                    .store
-                    .compact(ready.group, index, term)
-                    .map_err(|e| storage_violation(id, e))?;
-                node.unsynced.push_back(ModelWrite {
-                    lsn,
-                    compact: Some((index, term)),
-                    hard_state: None,
-                    entries: None,
-                });
-                if ready.hard_state.is_none() && ready.entries.is_empty() {
-                    // A compaction alone still becomes durable with the node's next sync.
-                    write = Some(DiskWrite { lsn, ready_number: ready.number });
-                }
-            }
-            let raft = self.nodes[idx].raft.as_ref().expect("node is up");
-            if ready.hard_state.is_some() || !ready.entries.is_empty() {
-                let node = &self.nodes[idx];
-                let group = ready.group;
-                let last =
-                    node.store.log_state(group).map_err(|e| storage_violation(id, e))?.last_index;
-                self.checker
-                    .check_write(raft, &ready.entries, last, |i| node.store.term(group, i).ok())?;
-                let batch =
-                    LogWrite { group, hard_state: ready.hard_state, entries: &ready.entries };
-                let lsn = node.store.write(&[batch]).map_err(|e| storage_violation(id, e))?;
-                self.stats.disk_writes += 1;
-                let model = ModelWrite {
-                    lsn,
-                    compact: None,
-                    hard_state: ready.hard_state,
-                    entries: ready
-                        .entries
-                        .first()
-                        .map(|e| (e.index, ready.entries.iter().map(|e| e.term).collect())),
-                };
-                self.nodes[idx].unsynced.push_back(model);
-                write = Some(DiskWrite { lsn, ready_number: ready.number });
-            }
-            let disk_busy = self.nodes[idx].writes_in_flight > 0;
-            if write.is_some() || (disk_busy && !acks.is_empty()) {
-                // Persisted messages wait behind every write not yet durable, this one included.
-                let d = &self.opts.disk;
-                let mut latency = if write.is_some() {
-                    self.rng.range(d.latency_min_us, d.latency_max_us.max(d.latency_min_us))
-                } else {
-                    0
-                };
-                if write.is_some() && self.rng.chance(d.slow) {
-                    latency += self.rng.range(0, d.slow_max_us);
-                }
-                let node = &mut self.nodes[idx];
-                node.writes_in_flight += u64::from(write.is_some());
-                // The disk completes writes in order.
-                let done_at = (self.now + latency).max(node.disk_free_at);
-                node.disk_free_at = done_at;
-                let event = Event::DiskDone { node: id, epoch: node.epoch, write, messages: acks };
-                self.schedule(done_at - self.now, event);
-            } else {
-                for ack in acks {
-                    self.check_acknowledgement(&ack)?;
-                    self.send(ack.msg);
-                }
-            }
-            if let Some(meta) = &ready.restore_snapshot {
-                self.checker.check_snapshot(id, meta.index, meta.term)?;
-                let node = &mut self.nodes[idx];
-                restore_snapshot(&mut node.kv, &node.snapshots, meta, 4096).map_err(|e| {
-                    Violation { property: "snapshot", detail: format!("node {id}: restore: {e}") }
-                })?;
-                node.applied_index = meta.index;
-                node.applied.clear();
-                node.applied_base = meta.index;
-                // Proposals covered by the snapshot cannot be told apart any more: their clients
-                // time out (outcome unknown), which is always a correct answer.
-                node.pending.retain(|&index, _| index > meta.index);
-                self.stats.snapshots_installed += 1;
-            }
-            for entry in ready.committed_entries {
-                self.apply(idx, entry)?;
-            }
-            if let Some(request) = &ready.snapshot_request {
-                let node = &mut self.nodes[idx];
-                if node.applied_index != request.index {
-                    return Err(Violation {
-                        property: "snapshot",
-                        detail: format!(
-                            "node {id}: asked for a snapshot at {} with {} applied",
-                            request.index, node.applied_index
-                        ),
-                    });
-                }
-                let result = take_snapshot(&mut node.kv, &node.snapshots, request);
-                self.stats.snapshots_taken += 1;
-                if let Ok(meta) = &result {
-                    self.checker.check_snapshot_taken(id, meta.index, meta.term, meta.checksum)?;
-                }
-                if let Some(raft) = node.raft.as_mut() {
-                    raft.on_snapshot_taken(result);
-                }
-            }
-            for request in ready.fetches {
-                let delay = self.rng.range(0, self.opts.fetch_delay_max_us);
-                let epoch = self.nodes[idx].epoch;
-                self.schedule(delay, Event::FetchDone { node: id, epoch, request });
-            }
-            for read in ready.snapshot_reads {
-                let delay = self.rng.range(0, self.opts.fetch_delay_max_us);
-                let epoch = self.nodes[idx].epoch;
-                self.schedule(delay, Event::SnapshotReadDone { node: id, epoch, read });
-            }
-            for chunk in ready.snapshot_chunks {
-                // The snapshot disk writes chunks in order.
-                let d = &self.opts.disk;
-                let latency =
-                    self.rng.range(d.latency_min_us, d.latency_max_us.max(d.latency_min_us));
-                let node = &mut self.nodes[idx];
-                let done_at = (self.now + latency).max(node.snapshot_disk_free_at);
-                node.snapshot_disk_free_at = done_at;
-                let epoch = node.epoch;
-                self.schedule(
-                    done_at - self.now,
-                    Event::SnapshotChunkDone { node: id, epoch, chunk },
-                );
-            }
-            let node = &self.nodes[idx];
-            if let Ok(state) = node.store.log_state(self.opts.raft.group) {
-                let len = state.last_index + 1 - state.first_index;
-                self.stats.max_log_len = self.stats.max_log_len.max(len);
-            }
-        }
-    }
-
-    fn apply(&mut self, idx: usize, entry: Entry) -> Result<(), Violation> {
+        let Some(mut raft) = self.nodes[idx].raft.take() else { return Ok(()) };
+        let mut executor = self.nodes[idx].executor;
+        let result = executor.run(&mut raft, &mut NodeIo { cluster: self, id, idx });
         let node = &mut self.nodes[idx];
-        let id = node.id;
-        self.checker.check_apply(id, &entry, node.applied_index + 1)?;
-        let output = node.kv.apply(&entry);
-        let index = entry.index;
-        let term = entry.term;
-        node.applied_index = index;
-        node.applied.push(entry);
-        if let Some(p) = node.pending.remove(&index) {
-            let reply = match output {
-                Some((cmd, result))
-                    if p.term == term && cmd.client == p.client && cmd.op_id == p.op_id =>
-                {
-                    Reply::Done(result)
-                }
-                // Another entry took the index: this proposal was overwritten and will never
-                // apply, so the client may safely resend it.
-                _ => Reply::Failed,
-            };
-            self.reply(p.client, p.op_id, reply);
-        }
-        Ok(())
+        node.raft = Some(raft);
+        node.executor = executor;
+        result
     }
 
     /// Persist before acknowledge: when a node tells a leader that its log matches up to an
@@ -1475,4 +1298,249 @@ fn recovered_model(store: &dyn CrashableStore, group: GroupId) -> Result<Durable
 
 fn storage_violation(id: NodeId, err: crate::StorageError) -> Violation {
     Violation { property: "storage", detail: format!("node {id}: {err}") }
+}
+
+/// How a simulated node carries out its Readies: messages onto the faulty network, writes to its
+/// store and then its simulated disk, state machine work at once (with the safety checks), log
+/// and snapshot reads and snapshot chunk writes after a simulated delay.
+struct NodeIo<'a> {
+    cluster: &'a mut Cluster,
+    id: NodeId,
+    idx: usize,
+}
+
+impl NodeIo<'_> {
+    fn node(&mut self) -> &mut SimNode {
+        &mut self.cluster.nodes[self.idx]
+    }
+
+    /// Writes to the store what `write` asks, checks it first, and records what it changes in
+    /// the durable model once the store reports it durable. Returns the position to sync.
+    ///
+    /// A compaction goes to the store on its own first, so the check of the entries that follow
+    /// sees the store they are written to.
+    fn write(&mut self, raft: &Raft, write: &mut PersistWrite) -> Result<Option<Lsn>, Violation> {
+        let mut last = None;
+        if write.compact.is_some() && !write.entries.is_empty() {
+            let mut compaction = PersistWrite {
+                number: write.number,
+                group: write.group,
+                ..PersistWrite::default()
+            };
+            compaction.compact = write.compact.take();
+            last = self.write_checked(raft, &mut compaction)?;
+        }
+        Ok(self.write_checked(raft, write)?.or(last))
+    }
+
+    fn write_checked(
+        &mut self,
+        raft: &Raft,
+        write: &mut PersistWrite,
+    ) -> Result<Option<Lsn>, Violation> {
+        let (id, group) = (self.id, write.group);
+        let cluster = &mut *self.cluster;
+        let node = &mut cluster.nodes[self.idx];
+        if !write.entries.is_empty() {
+            let last =
+                node.store.log_state(group).map_err(|e| storage_violation(id, e))?.last_index;
+            let store = &node.store;
+            cluster
+                .checker
+                .check_write(raft, &write.entries, last, |i| store.term(group, i).ok())?;
+        }
+        let lsn = node
+            .writer
+            .write(&*node.store, std::slice::from_mut(write))
+            .map_err(|e| storage_violation(id, e))?;
+        let Some(lsn) = lsn else { return Ok(None) };
+        cluster.stats.disk_writes += 1;
+        node.unsynced.push_back(ModelWrite {
+            lsn,
+            compact: write.compact,
+            hard_state: write.hard_state,
+            entries: write
+                .entries
+                .first()
+                .map(|e| (e.index, write.entries.iter().map(|e| e.term).collect())),
+        });
+        if let Ok(state) = node.store.log_state(group) {
+            let len = (state.last_index + 1).saturating_sub(state.first_index);
+            cluster.stats.max_log_len = cluster.stats.max_log_len.max(len);
+        }
+        Ok(Some(lsn))
+    }
+
+    fn apply_entry(&mut self, entry: Entry) -> Result<(), Violation> {
+        let cluster = &mut *self.cluster;
+        let node = &mut cluster.nodes[self.idx];
+        cluster.checker.check_apply(self.id, &entry, node.applied_index + 1)?;
+        let output = node.kv.apply(&entry);
+        let index = entry.index;
+        let term = entry.term;
+        node.applied_index = index;
+        node.applied.push(entry);
+        if let Some(p) = node.pending.remove(&index) {
+            let reply = match output {
+                Some((cmd, result))
+                    if p.term == term && cmd.client == p.client && cmd.op_id == p.op_id =>
+                {
+                    Reply::Done(result)
+                }
+                // Another entry took the index: this proposal was overwritten and will never
+                // apply, so the client may safely resend it.
+                _ => Reply::Failed,
+            };
+            cluster.reply(p.client, p.op_id, reply);
+        }
+        Ok(())
+    }
+
+    /// Schedules `event` after a random delay of at most the fetch delay.
+    fn after_fetch_delay(&mut self, event: Event) {
+        let delay = self.cluster.rng.range(0, self.cluster.opts.fetch_delay_max_us);
+        self.cluster.schedule(delay, event);
+    }
+}
+
+impl ReadyHandler for NodeIo<'_> {
+    type Error = Violation;
+
+    fn before_ready(&mut self, raft: &Raft) -> Result<(), Violation> {
+        // Record what this node committed before it applies and compacts it away.
+        self.cluster.checker.observe_commit(raft)
+    }
+
+    fn send(&mut self, messages: Vec<Message>) -> Result<(), Violation> {
+        for msg in messages {
+            self.cluster.send(msg);
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        raft: &Raft,
+        mut write: PersistWrite,
+    ) -> Result<Option<Vec<Message>>, Violation> {
+        let acks: Vec<Ack> = std::mem::take(&mut write.messages)
+            .into_iter()
+            .map(|msg| {
+                let claims = match msg.body {
+                    MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                        // Below the log's start the snapshot holds the entry, durably.
+                        raft.term_at(match_index).map(|term| (match_index, term))
+                    }
+                    _ => None,
+                };
+                Ack { msg, claims }
+            })
+            .collect();
+        let lsn = self.write(raft, &mut write)?;
+        if lsn.is_none() && self.node().writes_in_flight == 0 {
+            // Nothing written (or only a commit index held back) and nothing in flight: durable.
+            for ack in &acks {
+                self.cluster.check_acknowledgement(ack)?;
+            }
+            return Ok(Some(acks.into_iter().map(|ack| ack.msg).collect()));
+        }
+        // The disk completes writes in order; messages wait behind every write before them.
+        let d = &self.cluster.opts.disk;
+        let (min, max, slow, slow_max) =
+            (d.latency_min_us, d.latency_max_us, d.slow, d.slow_max_us);
+        let mut latency = 0;
+        if lsn.is_some() {
+            latency = self.cluster.rng.range(min, max.max(min));
+            if self.cluster.rng.chance(slow) {
+                latency += self.cluster.rng.range(0, slow_max);
+            }
+        }
+        let now = self.cluster.now;
+        let (id, number) = (self.id, write.number);
+        let node = self.node();
+        node.writes_in_flight += 1;
+        let done_at = (now + latency).max(node.disk_free_at);
+        node.disk_free_at = done_at;
+        let event = Event::DiskDone { node: id, epoch: node.epoch, lsn, number, messages: acks };
+        self.cluster.schedule(done_at - now, event);
+        Ok(None)
+    }
+
+    fn apply(
+        &mut self,
+        work: ApplyWork,
+    ) -> Result<Option<Result<SnapshotMeta, SnapshotError>>, Violation> {
+        let id = self.id;
+        if let Some(meta) = &work.restore {
+            self.cluster.checker.check_snapshot(id, meta.index, meta.term)?;
+            let node = self.node();
+            restore_snapshot(&mut node.kv, &node.snapshots, meta, 4096).map_err(|e| Violation {
+                property: "snapshot",
+                detail: format!("node {id}: restore: {e}"),
+            })?;
+            node.applied_index = meta.index;
+            node.applied.clear();
+            node.applied_base = meta.index;
+            // Proposals covered by the snapshot cannot be told apart any more: their clients
+            // time out (outcome unknown), which is always a correct answer.
+            node.pending.retain(|&index, _| index > meta.index);
+            self.cluster.stats.snapshots_installed += 1;
+        }
+        for entry in work.entries {
+            self.apply_entry(entry)?;
+        }
+        let Some(request) = &work.snapshot else { return Ok(None) };
+        let node = self.node();
+        if node.applied_index != request.index {
+            return Err(Violation {
+                property: "snapshot",
+                detail: format!(
+                    "node {id}: asked for a snapshot at {} with {} applied",
+                    request.index, node.applied_index
+                ),
+            });
+        }
+        let result = take_snapshot(&mut node.kv, &node.snapshots, request);
+        self.cluster.stats.snapshots_taken += 1;
+        if let Ok(meta) = &result {
+            self.cluster.checker.check_snapshot_taken(id, meta.index, meta.term, meta.checksum)?;
+        }
+        Ok(Some(result))
+    }
+
+    fn fetch(
+        &mut self,
+        request: &FetchRequest,
+    ) -> Result<Option<Result<Vec<Entry>, StorageError>>, Violation> {
+        let (node, epoch, request) = (self.id, self.node().epoch, *request);
+        self.after_fetch_delay(Event::FetchDone { node, epoch, request });
+        Ok(None)
+    }
+
+    fn read_snapshot(
+        &mut self,
+        read: &SnapshotRead,
+    ) -> Result<Option<Result<Bytes, SnapshotError>>, Violation> {
+        let (node, epoch, read) = (self.id, self.node().epoch, read.clone());
+        self.after_fetch_delay(Event::SnapshotReadDone { node, epoch, read });
+        Ok(None)
+    }
+
+    fn write_snapshot_chunk(
+        &mut self,
+        chunk: &SnapshotChunk,
+    ) -> Result<Option<Result<(), SnapshotError>>, Violation> {
+        // The snapshot disk writes chunks in order.
+        let d = &self.cluster.opts.disk;
+        let (min, max) = (d.latency_min_us, d.latency_max_us);
+        let latency = self.cluster.rng.range(min, max.max(min));
+        let now = self.cluster.now;
+        let id = self.id;
+        let node = self.node();
+        let done_at = (now + latency).max(node.snapshot_disk_free_at);
+        node.snapshot_disk_free_at = done_at;
+        let event = Event::SnapshotChunkDone { node: id, epoch: node.epoch, chunk: chunk.clone() };
+        self.cluster.schedule(done_at - now, event);
+        Ok(None)
+    }
 }
