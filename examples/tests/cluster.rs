@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use raft_core::sim::kv::KvOp;
-use raft_core::sim::linearizability::{
-    check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel, Operation,
-};
+use raft_core::sim::kv::{prune_unobserved_unknown_writes, KvModel, KvOp};
+use raft_core::sim::linearizability::{check_history, CheckOutcome, Operation};
 use raft_core::NodeId;
 use raftkit_examples::client::{info_field, Client};
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};

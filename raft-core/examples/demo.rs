@@ -8,11 +8,10 @@
 
 use std::process::ExitCode;
 
-use raft_core::sim::linearizability::{
-    check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel,
-};
+use raft_core::sim::kv::{prune_unobserved_unknown_writes, KvModel, KvWorkload};
+use raft_core::sim::linearizability::{check_history, CheckOutcome};
 use raft_core::sim::{Cluster, NetFaults, SimOptions, WorkloadOptions};
-use raft_core::NodeId;
+use raft_core::{MemLogStore, NodeId};
 
 const MS: u64 = 1_000;
 
@@ -54,19 +53,11 @@ fn demo(seed: u64) -> Result<(), String> {
         "raftkit demo: 3 nodes, 8 clients, simulated network (0.1-2 ms) and disks, seed {seed}"
     );
     println!("(virtual time: the run takes a fraction of a second of real time)\n");
-    let mut c = Cluster::new(SimOptions {
-        nodes: 3,
-        seed,
-        net: NetFaults::default(),
-        ..SimOptions::default()
-    });
-    c.start_workload(WorkloadOptions {
-        clients: 8,
-        keys: 10,
-        think_max_us: 2 * MS,
-        timeout_us: 300 * MS,
-        ..WorkloadOptions::default()
-    });
+    let opts = SimOptions { nodes: 3, seed, net: NetFaults::default(), ..SimOptions::default() };
+    let workload = KvWorkload { keys: 10, ..KvWorkload::default() };
+    let mut c =
+        Cluster::with_workload(opts, workload, |_| Box::new(MemLogStore::with_explicit_sync()));
+    c.start_workload(WorkloadOptions { clients: 8, think_max_us: 2 * MS, timeout_us: 300 * MS });
     run(&mut c, 2_000, 250)?;
 
     let old = c.leader().ok_or("no leader after 2 s")?;

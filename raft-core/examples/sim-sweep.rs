@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 10000
+//! cargo run --release -p raft-core --features sim --example sim-sweep -- --machine bank --seeds 10000
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 500..1000
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
 //! RUST_LOG=trace cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
@@ -15,11 +16,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use raft_core::sim::chaos::{options_for_seed, run_seed, ChaosOptions};
+use raft_core::sim::chaos::{
+    bank_workload, options_for_seed, run_seed, run_seed_with, ChaosFailure, ChaosOptions,
+    ChaosReport,
+};
+use raft_core::MemLogStore;
+
+/// Which example machine the sweep runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Machine {
+    Kv,
+    Bank,
+}
+
+fn run(machine: Machine, seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
+    match machine {
+        Machine::Kv => run_seed(seed, opts),
+        Machine::Bank => {
+            run_seed_with(
+                seed,
+                opts,
+                bank_workload,
+                |_| Box::new(MemLogStore::with_explicit_sync()),
+            )
+        }
+    }
+}
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim-sweep [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS] [--break-commit-rule]"
+        "usage: sim-sweep [--machine kv|bank] [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS] [--break-commit-rule]"
     );
     ExitCode::from(2)
 }
@@ -30,6 +56,7 @@ fn main() -> ExitCode {
     let mut single = false;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut opts = ChaosOptions::default();
+    let mut machine = Machine::Kv;
     while let Some(arg) = args.next() {
         if arg == "--break-commit-rule" {
             // The checker's self-test: every run should fail.
@@ -55,6 +82,11 @@ fn main() -> ExitCode {
                 Ok(t) if t > 0 => threads = t,
                 _ => return usage(),
             },
+            "--machine" => match value.as_str() {
+                "kv" => machine = Machine::Kv,
+                "bank" => machine = Machine::Bank,
+                _ => return usage(),
+            },
             "--fault-ms" => match value.parse::<u64>() {
                 Ok(ms) => opts.fault_us = ms * 1000,
                 Err(_) => return usage(),
@@ -73,7 +105,7 @@ fn main() -> ExitCode {
         }
         let seed = range.start;
         println!("seed {seed}: {:#?}", options_for_seed(seed));
-        return match run_seed(seed, &opts) {
+        return match run(machine, seed, &opts) {
             Ok(report) => {
                 println!("passed: {report:#?}");
                 ExitCode::SUCCESS
@@ -103,7 +135,7 @@ fn main() -> ExitCode {
                 if seed >= range.end {
                     break;
                 }
-                match run_seed(seed, &opts) {
+                match run(machine, seed, &opts) {
                     Ok(report) => {
                         ops.fetch_add(report.history_ops as u64, Ordering::Relaxed);
                         taken.fetch_add(report.snapshots_taken, Ordering::Relaxed);

@@ -66,12 +66,6 @@ pub struct Config {
     /// Seed of the node's private random generator (election timeouts). Deterministic
     /// simulation depends on it; a real deployment should draw it from the OS.
     pub seed: u64,
-    /// Simulator-only fault: count replicas for entries of any term when committing, which
-    /// Raft §5.4.2 (Figure 8) forbids. It exists so a test can prove the simulator catches a
-    /// broken commit rule.
-    #[cfg(feature = "sim")]
-    #[doc(hidden)]
-    pub fault_commit_any_term: bool,
 }
 
 impl Default for Config {
@@ -96,8 +90,6 @@ impl Default for Config {
             log_keep_entries: 1024,
             snapshot_chunk_bytes: 1 << 20,
             seed: 0,
-            #[cfg(feature = "sim")]
-            fault_commit_any_term: false,
         }
     }
 }

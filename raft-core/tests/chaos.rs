@@ -1,11 +1,16 @@
 //! The chaos sweep: the randomized fault scenario over hundreds of seeds, every run checked for
 //! safety after every event and for linearizability at the end. Deeper sweeps run outside CI
 //! with `cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 10000`;
-//! `RAFTKIT_CHAOS_SEEDS` sets how many seeds this test runs (default 300).
+//! `RAFTKIT_CHAOS_SEEDS` sets how many seeds this test runs (default 300), for each of the two
+//! example machines: the key-value map and the bank (`--machine bank` in the sweep).
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use raft_core::sim::chaos::{run_seed, ChaosOptions};
+use bytes::Bytes;
+use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
+use raft_core::sim::chaos::{bank_workload, run_seed, run_seed_with, ChaosOptions};
+use raft_core::sim::Workload;
+use raft_core::{Entry, MemLogStore, Rng, StateMachine};
 
 fn seed_count() -> u64 {
     std::env::var("RAFTKIT_CHAOS_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
@@ -17,6 +22,19 @@ fn sweep(shard: u64, shards: u64) {
     let failures: Vec<String> = (0..seed_count())
         .filter(|seed| seed % shards == shard)
         .filter_map(|seed| run_seed(seed, &opts).err())
+        .map(|f| f.to_string())
+        .collect();
+    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The same for the bank: transfers between accounts, whose total is checked after every entry
+/// any node applies, and whose history is checked as one partition.
+fn sweep_bank(shard: u64, shards: u64) {
+    let opts = ChaosOptions::default();
+    let store = |_| Box::new(MemLogStore::with_explicit_sync()) as _;
+    let failures: Vec<String> = (0..seed_count())
+        .filter(|seed| seed % shards == shard)
+        .filter_map(|seed| run_seed_with(seed, &opts, bank_workload, store).err())
         .map(|f| f.to_string())
         .collect();
     assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
@@ -40,6 +58,16 @@ fn chaos_sweep_shard_2() {
 #[test]
 fn chaos_sweep_shard_3() {
     sweep(3, 4);
+}
+
+#[test]
+fn bank_sweep_shard_0() {
+    sweep_bank(0, 2);
+}
+
+#[test]
+fn bank_sweep_shard_1() {
+    sweep_bank(1, 2);
 }
 
 #[test]
@@ -84,5 +112,95 @@ fn regression_seeds() {
         if let Err(failure) = run_seed(seed, &opts) {
             panic!("{failure}");
         }
+    }
+}
+
+/// A user's machine with a bug the bank's invariant must catch: every 40th entry it applies
+/// credits a unit that no account paid for (the same on every node, so only the invariant, not
+/// the replicas' agreement, can tell).
+struct LeakyBank {
+    bank: Bank,
+    minted: u64,
+}
+
+impl StateMachine for LeakyBank {
+    type Output = Option<BankReply>;
+
+    fn apply(&mut self, entry: &Entry) -> Option<BankReply> {
+        if entry.index.is_multiple_of(40) {
+            self.minted += 1;
+        }
+        self.bank.apply(entry)
+    }
+
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.minted.to_le_bytes())?;
+        self.bank.snapshot(out)
+    }
+
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let mut word = [0u8; 8];
+        input.read_exact(&mut word)?;
+        self.minted = u64::from_le_bytes(word);
+        self.bank.restore(input)
+    }
+}
+
+struct LeakyWorkload(BankWorkload);
+
+impl Workload for LeakyWorkload {
+    type Machine = LeakyBank;
+    type Op = BankOp;
+    type Output = BankReply;
+    type Model = BankModel;
+
+    fn machine(&self) -> LeakyBank {
+        LeakyBank { bank: self.0.machine(), minted: 0 }
+    }
+    fn model(&self) -> BankModel {
+        self.0.model()
+    }
+    fn next_op(&self, client: u64, op_id: u64, rng: &mut Rng) -> BankOp {
+        self.0.next_op(client, op_id, rng)
+    }
+    fn encode(&self, client: u64, op_id: u64, op: &BankOp) -> Bytes {
+        self.0.encode(client, op_id, op)
+    }
+    fn output(&self, applied: Option<BankReply>) -> BankReply {
+        self.0.output(applied)
+    }
+    fn is_write(&self, op: &BankOp) -> bool {
+        self.0.is_write(op)
+    }
+    fn retries(&self) -> bool {
+        true
+    }
+    fn check(&self, machine: &LeakyBank) -> Result<(), String> {
+        let opened = self.0.accounts as u128 * u128::from(self.0.opening);
+        let held = machine.bank.total() + u128::from(machine.minted);
+        if held == opened {
+            Ok(())
+        } else {
+            Err(format!("the bank holds {held} but opened with {opened}"))
+        }
+    }
+}
+
+#[test]
+fn a_machine_that_makes_money_is_caught_by_its_invariant() {
+    let opts = ChaosOptions { fault_us: 3_000_000, ..ChaosOptions::default() };
+    let store = |_| Box::new(MemLogStore::with_explicit_sync()) as _;
+    let leaky = |rng: &mut Rng| LeakyWorkload(bank_workload(rng));
+    let failures: Vec<String> = (0..10)
+        .filter_map(|seed| run_seed_with(seed, &opts, leaky, store).err())
+        .map(|f| f.reason)
+        .collect();
+    assert!(
+        failures.len() >= 8,
+        "only {} of 10 seeds caught the leak: {failures:?}",
+        failures.len()
+    );
+    for reason in &failures {
+        assert!(reason.contains("state machine invariant"), "{reason}");
     }
 }

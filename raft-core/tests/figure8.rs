@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use bytes::Bytes;
-use raft_core::sim::{Cluster, CrashableStore, SimOptions};
+use raft_core::sim::{Cluster, CrashableStore, Faults, SimOptions};
 use raft_core::{Config, Entry, HardState, LogStore, LogWrite, MemLogStore};
 
 const MS: u64 = 1_000;
@@ -34,7 +34,6 @@ fn figure_8(broken_commit_rule: bool) -> Result<(), String> {
         inflight_msgs_max: 1,
         pre_vote: false,
         check_quorum: false,
-        fault_commit_any_term: broken_commit_rule,
         ..Config::default()
     };
     let opts = SimOptions { nodes: 5, seed: 8, raft, ..SimOptions::default() };
@@ -45,6 +44,9 @@ fn figure_8(broken_commit_rule: bool) -> Result<(), String> {
         3 | 4 => store(&[1], HardState { term: 3, vote: Some(5), commit: 1 }),
         _ => store(&[1, 3], HardState { term: 3, vote: Some(5), commit: 1 }),
     });
+    if broken_commit_rule {
+        cluster.set_faults(Faults::commit_any_term());
+    }
     cluster.crash(5);
     cluster.crash(2);
     // (c): S1 is the only one that can win (its log is the most up to date among S1, S3, S4).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use raft_core::node::{Node, NodeError, NodeOptions};
-use raft_core::sim::kv::{Command, KvOp, KvStore};
+use raft_core::sim::kv::{KvOp, KvStore};
 use raft_core::{
     Entry, GroupId, Inbound, Index, LogState, LogStore, LogWrite, Lsn, MemLogStore,
     MemSnapshotStore, Message, NodeId, RoleKind, SnapshotStore, StorageError, Term, Transport,
@@ -120,14 +120,13 @@ impl Cluster {
     }
 
     /// Writes through whichever node leads, retrying while no leader is known.
-    fn put(&self, key: &str, value: &str, op_id: u64) -> String {
-        let command =
-            Command { client: 1, op_id, op: KvOp::Put { key: key.into(), value: value.into() } };
+    fn put(&self, key: &str, value: &str) -> String {
+        let command = KvOp::Put { key: key.into(), value: value.into() };
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let leader = self.leader();
             match self.node(leader).propose(command.encode(), TIMEOUT) {
-                Ok(Some((_, out))) => return out,
+                Ok(Some(out)) => return out,
                 Ok(None) => panic!("a put produced no output"),
                 Err(err) if err.nothing_done() && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -178,7 +177,7 @@ fn three_nodes_replicate_and_agree() {
     let cluster = Cluster::new(3, |_| {});
     let leader = cluster.leader();
     for i in 0..100u64 {
-        let out = cluster.put(&format!("k{}", i % 10), &format!("v{i}"), i);
+        let out = cluster.put(&format!("k{}", i % 10), &format!("v{i}"));
         assert_eq!(out, "", "a put answers with the empty string");
     }
     assert_eq!(cluster.get("k3").as_deref(), Some("v93"));
@@ -210,14 +209,10 @@ fn callbacks_answer_every_request_exactly_once() {
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Result<String, NodeError>)>();
     for i in 0..200u64 {
-        let command = Command {
-            client: 2,
-            op_id: i,
-            op: KvOp::Put { key: format!("c{i}"), value: "x".into() },
-        };
+        let command = KvOp::Put { key: format!("c{i}"), value: "x".into() };
         let tx = tx.clone();
         cluster.node(leader).propose_with(command.encode(), move |r| {
-            let _ = tx.send((i, r.map(|out| out.map(|(_, s)| s).unwrap_or_default())));
+            let _ = tx.send((i, r.map(|out| out.unwrap_or_default())));
         });
     }
     let tx2 = tx.clone();
@@ -284,7 +279,7 @@ fn concurrent_clients_share_syncs_and_all_commit() {
             std::thread::spawn(move || {
                 for i in 0..50u64 {
                     let value = format!("c{client}-{i}");
-                    cluster.put(&format!("k{client}"), &value, client * 1000 + i);
+                    cluster.put(&format!("k{client}"), &value);
                 }
             })
         })
@@ -307,14 +302,14 @@ fn concurrent_clients_share_syncs_and_all_commit() {
 fn leader_stop_elects_a_new_one_and_the_old_one_catches_up() {
     let mut cluster = Cluster::new(3, |_| {});
     for i in 0..20 {
-        cluster.put(&format!("k{i}"), "before", i);
+        cluster.put(&format!("k{i}"), "before");
     }
     let old = cluster.leader();
     cluster.stop(old);
     let new = cluster.leader();
     assert_ne!(new, old);
     for i in 0..20 {
-        cluster.put(&format!("k{i}"), "after", 100 + i);
+        cluster.put(&format!("k{i}"), "after");
     }
     cluster.start(old);
     let commit = cluster.node(new).commit_index();
@@ -336,7 +331,7 @@ fn a_lagging_follower_is_caught_up_by_snapshot() {
     let lagging = (1..=3).find(|&id| id != leader).expect("a follower");
     cluster.net.cut.lock().insert(lagging);
     for i in 0..150 {
-        cluster.put(&format!("k{}", i % 40), &format!("value-{i}"), i);
+        cluster.put(&format!("k{}", i % 40), &format!("value-{i}"));
     }
     // The leader compacted its log past what the follower holds.
     let status = cluster.node(leader).status().expect("status");
@@ -417,11 +412,7 @@ fn a_failed_sync_stops_the_node_without_acknowledging() {
     while !node.is_leader() {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let put = |i: u64| Command {
-        client: 1,
-        op_id: i,
-        op: KvOp::Put { key: "k".into(), value: format!("{i}") },
-    };
+    let put = |i: u64| KvOp::Put { key: "k".into(), value: format!("{i}") };
     assert!(node.propose(put(1).encode(), TIMEOUT).is_ok());
     store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
     let err = node.propose(put(2).encode(), TIMEOUT).unwrap_err();
@@ -579,11 +570,7 @@ fn a_follower_with_a_stalled_disk_does_not_depose_its_leader() {
     stores[(slow - 1) as usize].delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
     // Writes go on (the other follower makes the quorum) for many election timeouts.
     for i in 0..100u64 {
-        let cmd = Command {
-            client: 1,
-            op_id: i,
-            op: KvOp::Put { key: "k".into(), value: i.to_string() },
-        };
+        let cmd = KvOp::Put { key: "k".into(), value: i.to_string() };
         nodes[(leader - 1) as usize].propose(cmd.encode(), TIMEOUT).expect("committed");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -9,11 +9,10 @@
 mod common;
 
 use common::*;
-use raft_core::sim::linearizability::{
-    check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel,
-};
+use raft_core::sim::kv::{prune_unobserved_unknown_writes, KvModel, KvWorkload};
+use raft_core::sim::linearizability::{check_history, CheckOutcome};
 use raft_core::sim::{Cluster, NetFaults, SimOptions, WorkloadOptions};
-use raft_core::{Config, NodeId, Rng};
+use raft_core::{Config, MemLogStore, NodeId, Rng};
 
 const SNAPSHOT_ENTRIES: u64 = 10;
 const KEEP: u64 = 2;
@@ -30,7 +29,9 @@ fn snapshot_cluster(seed: u64, net: NetFaults) -> Cluster {
         snapshot_chunk_bytes: 64,
         ..Config::default()
     };
-    Cluster::new(SimOptions { nodes: 3, seed, raft, net, ..SimOptions::default() })
+    let opts = SimOptions { nodes: 3, seed, raft, net, ..SimOptions::default() };
+    let workload = KvWorkload { keys: 4, read_pct: 30 };
+    Cluster::with_workload(opts, workload, |_| Box::new(MemLogStore::with_explicit_sync()))
 }
 
 /// Runs `ms` in steps, asserting after each that no node's log outgrew the bound.
@@ -59,13 +60,7 @@ fn scenario(seed: u64, net: NetFaults, fault: Option<Fault>) {
     let round_ms = if net.loss > 0.0 { 2_000 } else { 600 };
     let mut c = snapshot_cluster(seed, net);
     let mut rng = Rng::new(seed ^ 0x2D);
-    c.start_workload(WorkloadOptions {
-        clients: 5,
-        keys: 4,
-        timeout_us: 1_000_000,
-        think_max_us: 2_000,
-        read_pct: 30,
-    });
+    c.start_workload(WorkloadOptions { clients: 5, timeout_us: 1_000_000, think_max_us: 2_000 });
     for _ in 0..8 {
         let victim: NodeId = rng.range(1, 3);
         match fault {
@@ -94,7 +89,7 @@ fn scenario(seed: u64, net: NetFaults, fault: Option<Fault>) {
     run_bounded(&mut c, 100);
     // Every replica holds the same state, however it got there.
     for id in c.ids().skip(1) {
-        assert_eq!(c.kv(id), c.kv(1), "node {id} and node 1 disagree");
+        assert_eq!(c.machine(id), c.machine(1), "node {id} and node 1 disagree");
     }
     let stats = c.stats().clone();
     assert!(stats.snapshots_taken > 0, "no snapshot was taken");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use raft_core::node::{Node, NodeOptions};
-use raft_core::sim::kv::{Command, KvOp, KvStore};
+use raft_core::sim::kv::{KvOp, KvStore};
 use raft_core::{Inbound, Message, NodeId, Transport};
 use raft_wal::{Durability, Wal, WalConfig};
 
@@ -59,8 +59,8 @@ fn leader(nodes: &[Node<KvStore>]) -> &Node<KvStore> {
     }
 }
 
-fn put(nodes: &[Node<KvStore>], key: String, value: String, op_id: u64) {
-    let command = Command { client: 1, op_id, op: KvOp::Put { key, value } };
+fn put(nodes: &[Node<KvStore>], key: String, value: String) {
+    let command = KvOp::Put { key, value };
     loop {
         match leader(nodes).propose(command.encode(), TIMEOUT) {
             Ok(_) => return,
@@ -82,12 +82,7 @@ fn a_wal_backed_cluster_survives_a_full_restart() {
                 let nodes = &nodes;
                 s.spawn(move || {
                     for i in 0..50u64 {
-                        put(
-                            nodes,
-                            format!("k{client}-{}", i % 5),
-                            format!("v{i}"),
-                            client * 100 + i,
-                        );
+                        put(nodes, format!("k{client}-{}", i % 5), format!("v{i}"));
                     }
                 });
             }

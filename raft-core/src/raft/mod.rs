@@ -217,6 +217,9 @@ pub struct Raft {
     id: NodeId,
     group: GroupId,
     cfg: Config,
+    /// Faults the simulator injects into this node's algorithm (never set outside it).
+    #[cfg(feature = "sim")]
+    faults: crate::sim::Faults,
     /// Sorted voting members, this node included.
     voters: Vec<NodeId>,
     /// **Invariant:** never decreases.
@@ -332,6 +335,8 @@ impl Raft {
             id: config.id,
             group: config.group,
             cfg: config,
+            #[cfg(feature = "sim")]
+            faults: crate::sim::Faults::default(),
             voters,
             term,
             vote,
@@ -814,6 +819,12 @@ impl Raft {
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
+    }
+
+    /// Injects simulator faults into this node's algorithm.
+    #[cfg(feature = "sim")]
+    pub(crate) fn set_faults(&mut self, faults: crate::sim::Faults) {
+        self.faults = faults;
     }
 
     /// Checks every invariant of this node's state; panics naming the one that broke. Runs

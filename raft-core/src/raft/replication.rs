@@ -349,7 +349,7 @@ impl Raft {
         }
         let of_this_term = self.log.term(quorum_index) == Some(term);
         #[cfg(feature = "sim")]
-        let of_this_term = of_this_term || self.cfg.fault_commit_any_term;
+        let of_this_term = of_this_term || self.faults.commit_any_term;
         if !of_this_term {
             // Counting replicas of an older term's entry is not enough: a later leader may
             // still overwrite it (Figure 8). It commits with the first entry of this term.

@@ -5,11 +5,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::cluster::{Cluster, DiskModel, NetFaults, SimOptions, WorkloadOptions};
-use super::linearizability::{
-    check_history, prune_unobserved_unknown_writes, CheckOutcome, KvModel,
-};
-use super::CrashableStore;
+use super::bank::BankWorkload;
+use super::kv::KvWorkload;
+use super::linearizability::{check_history, CheckOutcome};
+use super::workload::Workload;
+use super::{Cluster, CrashableStore, DiskModel, Faults, NetFaults, SimOptions, WorkloadOptions};
 use crate::types::NodeId;
 use crate::{Config, MemLogStore, Rng};
 
@@ -74,6 +74,8 @@ pub struct ChaosReport {
 pub struct ChaosFailure {
     /// The seed.
     pub seed: u64,
+    /// The workload's name ([`Workload::name`]).
+    pub machine: &'static str,
     /// What broke.
     pub reason: String,
 }
@@ -81,10 +83,12 @@ pub struct ChaosFailure {
 impl ChaosFailure {
     /// The one command that replays this seed.
     pub fn replay_command(&self) -> String {
-        format!(
-            "cargo run --release -p raft-core --features sim --example sim-sweep -- --seed {}",
-            self.seed
-        )
+        let sweep = "cargo run --release -p raft-core --features sim --example sim-sweep --";
+        match self.machine {
+            "kv" => format!("{sweep} --seed {}", self.seed),
+            "bank" => format!("{sweep} --machine bank --seed {}", self.seed),
+            _ => format!("chaos::run_seed_with(seed {}, ..) with the same workload", self.seed),
+        }
     }
 }
 
@@ -152,21 +156,47 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
     }
 }
 
-/// Runs the chaos scenario for `seed`, turning panics (broken internal invariants) into
-/// failures too.
+/// The key-value workload a seed picks: a few keys, some share of reads.
+pub fn kv_workload(rng: &mut Rng) -> KvWorkload {
+    KvWorkload { keys: rng.range(2, 8) as usize, read_pct: rng.range(20, 60) }
+}
+
+/// The bank workload a seed picks: a few accounts, some share of whole-bank reads.
+pub fn bank_workload(rng: &mut Rng) -> BankWorkload {
+    BankWorkload { accounts: rng.range(2, 6) as usize, opening: 100, read_pct: rng.range(10, 50) }
+}
+
+/// Runs the chaos scenario for `seed` on the key-value machine, turning panics (broken
+/// internal invariants) into failures too.
 pub fn run_seed(seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, ChaosFailure> {
     run_seed_with_stores(seed, opts, |_| Box::new(MemLogStore::with_explicit_sync()))
 }
 
-/// Runs the chaos scenario for `seed` with the log stores `make_store` builds (one per node):
-/// the simulator then also checks that every crash leaves each store holding exactly what it
-/// reported durable.
+/// Runs the chaos scenario for `seed` on the key-value machine with the log stores
+/// `make_store` builds (one per node): the simulator then also checks that every crash leaves
+/// each store holding exactly what it reported durable.
 pub fn run_seed_with_stores(
     seed: u64,
     opts: &ChaosOptions,
     make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
 ) -> Result<ChaosReport, ChaosFailure> {
-    match catch_unwind(AssertUnwindSafe(|| run_seed_inner(seed, opts, make_store))) {
+    run_seed_with(seed, opts, kv_workload, make_store)
+}
+
+/// Runs the chaos scenario for `seed` on any machine: `make_workload` builds the workload from
+/// the seed's generator (so a seed picks its settings), `make_store` each node's log store.
+/// Every check runs as for the key-value machine, with linearizability against the workload's
+/// model and the workload's invariant after every applied entry.
+pub fn run_seed_with<W: Workload>(
+    seed: u64,
+    opts: &ChaosOptions,
+    make_workload: impl FnOnce(&mut Rng) -> W,
+    make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
+) -> Result<ChaosReport, ChaosFailure> {
+    let mut machine = "custom";
+    let run = || run_seed_inner(seed, opts, make_workload, make_store, &mut machine);
+    let outcome = catch_unwind(AssertUnwindSafe(run));
+    match outcome {
         Ok(result) => result,
         Err(panic) => {
             let message = panic
@@ -174,32 +204,38 @@ pub fn run_seed_with_stores(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(ChaosFailure { seed, reason: format!("panic: {message}") })
+            Err(ChaosFailure { seed, machine, reason: format!("panic: {message}") })
         }
     }
 }
 
-fn run_seed_inner(
+fn run_seed_inner<W: Workload>(
     seed: u64,
     opts: &ChaosOptions,
+    make_workload: impl FnOnce(&mut Rng) -> W,
     make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
+    machine: &mut &'static str,
 ) -> Result<ChaosReport, ChaosFailure> {
-    let fail = |reason: String| ChaosFailure { seed, reason };
-    let mut sim_opts = options_for_seed(seed);
-    sim_opts.raft.fault_commit_any_term = opts.break_commit_rule;
+    let sim_opts = options_for_seed(seed);
     let n = sim_opts.nodes as NodeId;
     let mut rng = Rng::new(seed ^ 0xFA17_5EED);
-    let mut cluster = Cluster::with_stores(sim_opts, make_store);
-    let workload = WorkloadOptions {
+    let clients = WorkloadOptions {
         clients: rng.range(2, 6) as usize,
-        keys: rng.range(2, 8) as usize,
         timeout_us: rng.range(500_000, 1_500_000),
         think_max_us: rng.range(1_000, 50_000),
-        read_pct: rng.range(20, 60),
     };
-    cluster.start_workload(workload);
+    let workload = make_workload(&mut rng);
+    *machine = workload.name();
+    let name = workload.name();
+    let fail = |reason: String| ChaosFailure { seed, machine: name, reason };
+    let mut cluster = Cluster::with_workload(sim_opts, workload, make_store);
+    if opts.break_commit_rule {
+        cluster.set_faults(Faults::commit_any_term());
+    }
+    cluster.start_workload(clients);
     let mut faults = 0;
-    let run = |cluster: &mut Cluster, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
+    let run =
+        |cluster: &mut Cluster<W>, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
 
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
@@ -269,13 +305,13 @@ fn run_seed_inner(
     // Let clients finish, then let the followers learn the final commit index.
     cluster.stop_workload();
     let idle = cluster
-        .run_until(5_000_000, 50_000, Cluster::clients_idle)
+        .run_until(5_000_000, 50_000, Cluster::<W>::clients_idle)
         .map_err(|e| fail(e.to_string()))?;
     if !idle {
         return Err(fail("clients still busy 5 s after the workload stopped".into()));
     }
     // Every node must catch up (at whatever pace the seed's limits allow).
-    let converged = |c: &Cluster| {
+    let converged = |c: &Cluster<W>| {
         let top = c.max_committed();
         (1..=n).all(|id| {
             c.raft(id).is_some_and(|r| r.commit_index() == top && c.applied_len(id) as u64 == top)
@@ -296,8 +332,8 @@ fn run_seed_inner(
     }
 
     let mut history = cluster.history();
-    prune_unobserved_unknown_writes(&mut history);
-    match check_history(&KvModel, &history, opts.checker_budget) {
+    cluster.workload().prepare_history(&mut history);
+    match check_history(&cluster.workload().model(), &history, opts.checker_budget) {
         CheckOutcome::Linearizable => {}
         other => return Err(fail(format!("client history of {} ops: {other:?}", history.len()))),
     }

@@ -1,11 +1,14 @@
-//! A small key-value state machine and its command encoding, used by the simulator's workload
-//! and by the linearizability checker's model.
+//! A small key-value state machine, its operation encoding, its sequential model and the
+//! workload the chaos scenario runs on it.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::linearizability::{Model, Operation};
+use super::workload::Workload;
+use crate::rng::Rng;
 use crate::storage::StateMachine;
 use crate::types::{Entry, EntryKind};
 
@@ -47,39 +50,28 @@ impl KvOp {
     }
 }
 
-/// A client command as carried in a log entry: who sent it, and the operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Command {
-    /// The sending client.
-    pub client: u64,
-    /// The client's operation number.
-    pub op_id: u64,
-    /// The operation.
-    pub op: KvOp,
-}
-
-/// A command that could not be decoded.
+/// An operation that could not be decoded.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("malformed KV command: {0}")]
+#[error("malformed KV operation: {0}")]
 pub struct DecodeError(&'static str);
 
 // Layout, little endian:
 //
 // ```text
-// +-----+------------+------------+---------+-----------+-------------+
-// | tag | client u64 | op_id u64  | key u16 | key bytes | value bytes |
-// +-----+------------+------------+---------+-----------+-------------+
-//   1B       8B           8B          2B        len        rest
+// +-----+---------+-----------+-------------+
+// | tag | key u16 | key bytes | value bytes |
+// +-----+---------+-----------+-------------+
+//   1B      2B        len          rest
 // ```
 const TAG_GET: u8 = 1;
 const TAG_PUT: u8 = 2;
 const TAG_APPEND: u8 = 3;
-const HEADER: usize = 1 + 8 + 8 + 2;
+const HEADER: usize = 1 + 2;
 
-impl Command {
-    /// Encodes the command for a log entry.
+impl KvOp {
+    /// Encodes the operation for a log entry.
     pub fn encode(&self) -> Bytes {
-        let (tag, key, value) = match &self.op {
+        let (tag, key, value) = match self {
             KvOp::Get { key } => (TAG_GET, key, ""),
             KvOp::Put { key, value } => (TAG_PUT, key, value.as_str()),
             KvOp::Append { key, value } => (TAG_APPEND, key, value.as_str()),
@@ -88,27 +80,18 @@ impl Command {
         let key = &key.as_bytes()[..key_len as usize];
         let mut buf = BytesMut::with_capacity(HEADER + key.len() + value.len());
         buf.put_u8(tag);
-        buf.put_u64_le(self.client);
-        buf.put_u64_le(self.op_id);
         buf.put_u16_le(key_len);
         buf.put_slice(key);
         buf.put_slice(value.as_bytes());
         buf.freeze()
     }
 
-    /// Decodes a command, rejecting anything malformed.
-    pub fn decode(data: &[u8]) -> Result<Command, DecodeError> {
+    /// Decodes an operation, rejecting anything malformed.
+    pub fn decode(data: &[u8]) -> Result<KvOp, DecodeError> {
         if data.len() < HEADER {
             return Err(DecodeError("shorter than the header"));
         }
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&data[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let client = u64_at(1);
-        let op_id = u64_at(9);
-        let key_len = u16::from_le_bytes([data[17], data[18]]) as usize;
+        let key_len = u16::from_le_bytes([data[1], data[2]]) as usize;
         let rest = &data[HEADER..];
         if rest.len() < key_len {
             return Err(DecodeError("key runs past the end"));
@@ -118,13 +101,12 @@ impl Command {
         let value =
             std::str::from_utf8(&rest[key_len..]).map_err(|_| DecodeError("value is not UTF-8"))?;
         let (key, value) = (key.to_owned(), value.to_owned());
-        let op = match data[0] {
-            TAG_GET => KvOp::Get { key },
-            TAG_PUT => KvOp::Put { key, value },
-            TAG_APPEND => KvOp::Append { key, value },
-            _ => return Err(DecodeError("unknown operation tag")),
-        };
-        Ok(Command { client, op_id, op })
+        match data[0] {
+            TAG_GET => Ok(KvOp::Get { key }),
+            TAG_PUT => Ok(KvOp::Put { key, value }),
+            TAG_APPEND => Ok(KvOp::Append { key, value }),
+            _ => Err(DecodeError("unknown operation tag")),
+        }
     }
 }
 
@@ -168,17 +150,16 @@ impl KvStore {
 }
 
 impl StateMachine for KvStore {
-    /// The decoded command and what executing it returned; `None` for no-ops and for entries
-    /// that do not decode (which are skipped, identically on every replica).
-    type Output = Option<(Command, String)>;
+    /// What executing the operation returned; `None` for no-ops and for entries that do not
+    /// decode (which are skipped, identically on every replica).
+    type Output = Option<String>;
 
     fn apply(&mut self, entry: &Entry) -> Self::Output {
         if entry.kind != EntryKind::Normal {
             return None;
         }
-        let command = Command::decode(&entry.data).ok()?;
-        let out = self.execute(&command.op);
-        Some((command, out))
+        let op = KvOp::decode(&entry.data).ok()?;
+        Some(self.execute(&op))
     }
 
     /// The map as `count u64`, then per key in order `key_len u32, key, value_len u32, value`
@@ -228,32 +209,156 @@ impl StateMachine for KvStore {
     }
 }
 
+/// The model of the simulator's key-value store, partitioned by key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvModel;
+
+impl Model for KvModel {
+    type State = String;
+    type Input = KvOp;
+    type Output = String;
+    type Partition = String;
+
+    fn init(&self) -> String {
+        String::new()
+    }
+
+    fn step(&self, state: &String, input: &KvOp, output: &String) -> Option<String> {
+        match input {
+            KvOp::Get { .. } => (output == state).then(|| state.clone()),
+            KvOp::Put { value, .. } => Some(value.clone()),
+            KvOp::Append { value, .. } => Some(format!("{state}{value}")),
+        }
+    }
+
+    fn partition(&self, input: &KvOp) -> String {
+        input.key().to_owned()
+    }
+}
+
+/// Drops writes with unknown outcome whose value no read ever returned, from a key-value
+/// history in which every written value is unique and no value contains another.
+///
+/// Sound: if the remaining history is linearizable, placing the dropped write after every
+/// other operation (its return time is unbounded) keeps it so, since nothing reads after it;
+/// conversely, in any linearization that includes such a write, no read falls between it and
+/// the next put of its key (that read would have returned its value), so removing it changes
+/// no read's result. Timed-out writes are what make the search explode (each may take effect
+/// at any later point), and most of them are never observed.
+pub fn prune_unobserved_unknown_writes(history: &mut Vec<Operation<KvOp, String>>) {
+    let reads: Vec<&str> = history
+        .iter()
+        .filter(|op| matches!(op.input, KvOp::Get { .. }))
+        .map(|op| op.output.as_str())
+        .collect();
+    let observed = |value: &str| reads.iter().any(|r| r.contains(value));
+    let keep: Vec<bool> = history
+        .iter()
+        .map(|op| match &op.input {
+            KvOp::Put { value, .. } | KvOp::Append { value, .. } if op.ret == u64::MAX => {
+                observed(value)
+            }
+            _ => true,
+        })
+        .collect();
+    let mut i = 0;
+    history.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+/// The key-value workload of the chaos scenario: clients put, append and get values on a few
+/// keys, each written value unique (`[client.op]`), checked against [`KvModel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvWorkload {
+    /// Keys the operations spread over.
+    pub keys: usize,
+    /// Percentage of reads; the rest are half puts, half appends.
+    pub read_pct: u64,
+}
+
+impl Default for KvWorkload {
+    fn default() -> KvWorkload {
+        KvWorkload { keys: 5, read_pct: 40 }
+    }
+}
+
+impl Workload for KvWorkload {
+    type Machine = KvStore;
+    type Op = KvOp;
+    type Output = String;
+    type Model = KvModel;
+
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn machine(&self) -> KvStore {
+        KvStore::default()
+    }
+
+    fn model(&self) -> KvModel {
+        KvModel
+    }
+
+    fn next_op(&self, client: u64, op_id: u64, rng: &mut Rng) -> KvOp {
+        let key = format!("k{}", rng.below(self.keys.max(1) as u64));
+        let roll = rng.below(100);
+        let value = format!("[{client}.{op_id}]");
+        if roll < self.read_pct {
+            KvOp::Get { key }
+        } else if roll.is_multiple_of(2) {
+            KvOp::Put { key, value }
+        } else {
+            KvOp::Append { key, value }
+        }
+    }
+
+    fn encode(&self, _client: u64, _op_id: u64, op: &KvOp) -> Bytes {
+        op.encode()
+    }
+
+    fn output(&self, applied: Option<String>) -> String {
+        applied.unwrap_or_default()
+    }
+
+    fn is_write(&self, op: &KvOp) -> bool {
+        op.is_write()
+    }
+
+    fn prepare_history(&self, history: &mut Vec<Operation<KvOp, String>>) {
+        prune_unobserved_unknown_writes(history);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn commands_round_trip() {
+    fn operations_round_trip() {
         for op in [
             KvOp::Get { key: "k".into() },
             KvOp::Put { key: "key".into(), value: "v1".into() },
             KvOp::Append { key: "".into(), value: "tail".into() },
         ] {
-            let c = Command { client: 7, op_id: 99, op };
-            assert_eq!(Command::decode(&c.encode()), Ok(c));
+            assert_eq!(KvOp::decode(&op.encode()), Ok(op));
         }
     }
 
     #[test]
-    fn malformed_commands_are_errors() {
-        assert!(Command::decode(b"").is_err());
-        let mut bad =
-            Command { client: 1, op_id: 1, op: KvOp::Get { key: "abc".into() } }.encode().to_vec();
+    fn malformed_operations_are_errors() {
+        assert!(KvOp::decode(b"").is_err());
+        let mut bad = KvOp::Get { key: "abc".into() }.encode().to_vec();
         bad[0] = 42;
-        assert!(Command::decode(&bad).is_err());
+        assert!(KvOp::decode(&bad).is_err());
         bad[0] = TAG_GET;
         bad.truncate(HEADER + 1);
-        assert!(Command::decode(&bad).is_err());
+        assert!(KvOp::decode(&bad).is_err());
+        let mut not_utf8 = KvOp::Put { key: "k".into(), value: "v".into() }.encode().to_vec();
+        not_utf8[HEADER] = 0xff;
+        assert!(KvOp::decode(&not_utf8).is_err());
     }
 
     #[test]

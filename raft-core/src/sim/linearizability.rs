@@ -16,8 +16,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 
-use super::kv::KvOp;
-
 /// A sequential specification of the system under test.
 pub trait Model {
     /// The state the operations act on.
@@ -77,65 +75,6 @@ pub enum CheckOutcome {
         /// The partition that was being checked.
         partition: String,
     },
-}
-
-/// The model of the simulator's key-value store, partitioned by key.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KvModel;
-
-impl Model for KvModel {
-    type State = String;
-    type Input = KvOp;
-    type Output = String;
-    type Partition = String;
-
-    fn init(&self) -> String {
-        String::new()
-    }
-
-    fn step(&self, state: &String, input: &KvOp, output: &String) -> Option<String> {
-        match input {
-            KvOp::Get { .. } => (output == state).then(|| state.clone()),
-            KvOp::Put { value, .. } => Some(value.clone()),
-            KvOp::Append { value, .. } => Some(format!("{state}{value}")),
-        }
-    }
-
-    fn partition(&self, input: &KvOp) -> String {
-        input.key().to_owned()
-    }
-}
-
-/// Drops writes with unknown outcome whose value no read ever returned, from a key-value
-/// history in which every written value is unique and no value contains another.
-///
-/// Sound: if the remaining history is linearizable, placing the dropped write after every
-/// other operation (its return time is unbounded) keeps it so, since nothing reads after it;
-/// conversely, in any linearization that includes such a write, no read falls between it and
-/// the next put of its key (that read would have returned its value), so removing it changes
-/// no read's result. Timed-out writes are what make the search explode (each may take effect
-/// at any later point), and most of them are never observed.
-pub fn prune_unobserved_unknown_writes(history: &mut Vec<Operation<KvOp, String>>) {
-    let reads: Vec<&str> = history
-        .iter()
-        .filter(|op| matches!(op.input, KvOp::Get { .. }))
-        .map(|op| op.output.as_str())
-        .collect();
-    let observed = |value: &str| reads.iter().any(|r| r.contains(value));
-    let keep: Vec<bool> = history
-        .iter()
-        .map(|op| match &op.input {
-            KvOp::Put { value, .. } | KvOp::Append { value, .. } if op.ret == u64::MAX => {
-                observed(value)
-            }
-            _ => true,
-        })
-        .collect();
-    let mut i = 0;
-    history.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
 }
 
 /// Checks a whole history, partition by partition, spending at most `step_budget` search
@@ -292,6 +231,7 @@ fn unlift(events: &mut [Event], call: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::kv::{KvModel, KvOp};
 
     fn op(client: u64, input: KvOp, output: &str, call: u64, ret: u64) -> Operation<KvOp, String> {
         Operation { client, input, output: output.into(), call, ret }

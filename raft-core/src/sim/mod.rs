@@ -1,23 +1,51 @@
-//! A deterministic simulator of whole Raft clusters (feature `sim`).
+//! A deterministic simulator of whole Raft clusters (feature `sim`), for raft-core's own tests
+//! and for users' state machines and log stores.
 //!
 //! [`Cluster`] runs N nodes over a simulated network and simulated disks in virtual time, with
 //! every random choice drawn from one seed: message loss, duplication, delay and reordering,
 //! symmetric and asymmetric partitions, crashes that lose every write not yet durable, slow
-//! disks and clock drift. After every event it checks the Raft safety properties
-//! ([`checks`]); clients run a key-value workload whose history
-//! [`linearizability::check_history`] verifies at the end. [`chaos::run_seed`] puts it all
-//! together as one randomized scenario per seed.
+//! disks and clock drift. Each node carries out its Readies with the same
+//! [`Executor`](crate::execute::Executor) and [`LogWriter`](crate::execute::LogWriter) the node
+//! driver uses, so what the simulator checks is the path users run. After every event it checks
+//! the Raft safety properties ([`checks`]) and the durability of every acknowledgement against
+//! its own model of each disk; clients run a [`Workload`] whose history
+//! [`linearizability::check_history`] verifies against the workload's sequential model at the
+//! end. [`chaos::run_seed_with`] puts it all together as one randomized scenario per seed.
 //!
-//! Users can plug their own log store into the simulator ([`Cluster::with_stores`] with a
-//! [`CrashableStore`]) to check that it keeps exactly what it promised across crashes.
+//! The state machine is the user's: [`workload`] says how to run your own (a [`Workload`]: the
+//! machine, its operations, its model, and an invariant checked after every applied entry).
+//! Two come with the simulator: a key-value map ([`kv`], the default) and a bank whose
+//! transfers must conserve its total ([`bank`]). Users can also plug their own log store in
+//! ([`Cluster::with_workload`] with a [`CrashableStore`]) to check that it keeps exactly what
+//! it promised across crashes. Faults in the algorithm itself, which prove the checks work,
+//! are injected with [`Cluster::set_faults`].
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `cluster` | [`Cluster`]: the event queue, nodes, network, crashes and restarts, observation |
+//! | `node_io` | how a simulated node carries out a Ready (the simulator's `ReadyHandler`) |
+//! | `clients` | the clients: requests, retries, timeouts, the recorded history |
+//! | `durable` | the model of each node's durable log that acknowledgements and recoveries are checked against |
+//! | `options` | [`SimOptions`], [`NetFaults`], [`DiskModel`], [`SimError`], [`SimStats`] |
+//! | [`workload`], [`kv`], [`bank`] | the workload trait and the two example machines |
+//! | [`checks`], [`linearizability`], [`chaos`] | safety checks, the history checker, the scenario |
 
+pub mod bank;
 pub mod chaos;
 pub mod checks;
+mod clients;
 mod cluster;
+mod durable;
 pub mod kv;
 pub mod linearizability;
+mod node_io;
+mod options;
+pub mod workload;
 
-pub use cluster::{Cluster, DiskModel, NetFaults, SimError, SimOptions, SimStats, WorkloadOptions};
+pub use clients::WorkloadOptions;
+pub use cluster::Cluster;
+pub use options::{DiskModel, NetFaults, SimError, SimOptions, SimStats};
+pub use workload::Workload;
 
 use crate::error::StorageError;
 use crate::storage::LogStore;
@@ -34,5 +62,28 @@ impl CrashableStore for MemLogStore {
     fn power_loss(&mut self) -> Result<(), StorageError> {
         self.crash();
         Ok(())
+    }
+}
+
+/// Faults the simulator injects into the algorithm itself, to prove its checks catch them.
+/// They exist only under the `sim` feature and are set through [`Cluster::set_faults`], never
+/// through [`Config`](crate::Config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {
+    /// Count replicas for entries of any term when committing, which Raft §5.4.2 (Figure 8)
+    /// forbids.
+    pub commit_any_term: bool,
+}
+
+impl Faults {
+    /// No fault: the algorithm as written.
+    pub fn none() -> Faults {
+        Faults::default()
+    }
+
+    /// The broken commit rule: replicas of entries of any term are counted.
+    pub fn commit_any_term() -> Faults {
+        Faults { commit_any_term: true }
     }
 }

@@ -1,0 +1,176 @@
+//! The simulator's settings and what it reports: network faults, disk latencies, cluster
+//! options, errors and counters.
+
+use std::collections::BTreeMap;
+
+use super::checks::Violation;
+use crate::Config;
+
+/// How the network misbehaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetFaults {
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Shortest one-way delay.
+    pub delay_min_us: u64,
+    /// Longest usual one-way delay; random delays reorder messages.
+    pub delay_max_us: u64,
+    /// Probability that a message is held back much longer.
+    pub long_delay: f64,
+    /// Longest such delay.
+    pub long_delay_max_us: u64,
+}
+
+impl NetFaults {
+    /// A network that delivers everything once, quickly and in order per link.
+    pub fn reliable() -> NetFaults {
+        NetFaults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min_us: 100,
+            delay_max_us: 100,
+            long_delay: 0.0,
+            long_delay_max_us: 0,
+        }
+    }
+
+    /// A network that loses, duplicates and reorders (the 6.824 "unreliable" network).
+    pub fn unreliable() -> NetFaults {
+        NetFaults {
+            loss: 0.1,
+            duplicate: 0.05,
+            delay_min_us: 100,
+            delay_max_us: 5_000,
+            long_delay: 0.02,
+            long_delay_max_us: 300_000,
+        }
+    }
+}
+
+impl Default for NetFaults {
+    fn default() -> NetFaults {
+        NetFaults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min_us: 100,
+            delay_max_us: 2_000,
+            long_delay: 0.0,
+            long_delay_max_us: 0,
+        }
+    }
+}
+
+/// How long each node's disk takes to make a write durable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskModel {
+    /// Shortest write-to-durable latency.
+    pub latency_min_us: u64,
+    /// Longest usual latency.
+    pub latency_max_us: u64,
+    /// Probability that a write is slow (a stalled disk).
+    pub slow: f64,
+    /// Longest slow latency.
+    pub slow_max_us: u64,
+}
+
+impl Default for DiskModel {
+    fn default() -> DiskModel {
+        DiskModel { latency_min_us: 50, latency_max_us: 1_000, slow: 0.0, slow_max_us: 0 }
+    }
+}
+
+/// Settings of a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Number of nodes (ids `1..=nodes`).
+    pub nodes: usize,
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// The Raft settings of every node (`id` and `seed` are set per node).
+    pub raft: Config,
+    /// Virtual microseconds per tick.
+    pub tick_us: u64,
+    /// Each node's clock runs up to this many percent fast or slow.
+    pub clock_drift_pct: u64,
+    /// Network faults.
+    pub net: NetFaults,
+    /// Disk latencies.
+    pub disk: DiskModel,
+    /// Longest time a log fetch takes.
+    pub fetch_delay_max_us: u64,
+    /// Run every node's own invariant check after each event it handles.
+    pub check_node_invariants: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            nodes: 3,
+            seed: 0,
+            raft: Config { election_ticks: 10, heartbeat_ticks: 2, ..Config::default() },
+            tick_us: 10_000,
+            clock_drift_pct: 0,
+            net: NetFaults::default(),
+            disk: DiskModel::default(),
+            fetch_delay_max_us: 500,
+            check_node_invariants: true,
+        }
+    }
+}
+
+/// A safety violation (or a protocol error) found during a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimError {
+    /// Virtual time of the failing event.
+    pub time_us: u64,
+    /// What broke.
+    pub violation: Violation,
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at {} us: {}", self.time_us, self.violation)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Counters of what happened during a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Messages the nodes sent, by kind.
+    pub sent: BTreeMap<&'static str, u64>,
+    /// Messages delivered to a live node.
+    pub delivered: u64,
+    /// Messages lost (fault, partition, or a down receiver).
+    pub dropped: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Disk writes.
+    pub disk_writes: u64,
+    /// Log fetches served.
+    pub fetches: u64,
+    /// Snapshots taken by nodes of their own state machines.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Snapshot chunks written by receivers.
+    pub snapshot_chunks: u64,
+    /// The longest log (entries held by a store) seen on any node.
+    pub max_log_len: u64,
+    /// Client operations that completed with an answer.
+    pub ops_completed: u64,
+    /// Client operations abandoned after a timeout (outcome unknown).
+    pub ops_timed_out: u64,
+    /// Client operations sent again after a timeout (workloads that deduplicate).
+    pub ops_retried: u64,
+}
+
+impl SimStats {
+    /// All messages sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.values().sum()
+    }
+}
