@@ -102,6 +102,9 @@ impl Config {
 
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroNodeId);
+        }
         if self.heartbeat_ticks == 0 {
             return Err(ConfigError::ZeroHeartbeat);
         }

@@ -26,6 +26,10 @@ pub enum ConfigError {
         /// The setting's name.
         name: &'static str,
     },
+    /// Node id 0 is reserved: it stands for "no node" (no leader known, no vote) in the
+    /// driver's status and in metrics, so no node may have it.
+    #[error("node id 0 is reserved for \"no node\"; ids start at 1")]
+    ZeroNodeId,
     /// The voter set is empty.
     #[error("the group has no voters")]
     NoVoters,

@@ -35,6 +35,7 @@ pub mod testkit;
 mod tracker;
 mod transport;
 mod types;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{ConfigError, ProposeError, SnapshotError, StepError, StorageError};

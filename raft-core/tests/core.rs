@@ -79,6 +79,8 @@ fn configuration_errors_are_typed() {
         Raft::new(config(1), InitialState::new_group(voters)).expect_err("invalid")
     };
     assert_eq!(new(vec![]), ConfigError::NoVoters);
+    assert_eq!(bad(config(0)), ConfigError::ZeroNodeId);
+    assert_eq!(new(vec![0, 1]), ConfigError::ZeroNodeId);
     assert_eq!(new(vec![1, 2, 2]), ConfigError::DuplicateVoter(2));
     assert!(matches!(new(vec![2, 3]), ConfigError::NotAVoter { id: 1, .. }));
     // A log whose terms run past the hard state's term is inconsistent.

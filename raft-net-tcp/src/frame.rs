@@ -2,23 +2,27 @@
 //!
 //! ```text
 //! hello (dialer -> acceptor), 32 bytes:
-//!   magic "RKNT" | version u16 | reserved u16 | cluster id u64 | from node u64 | to node u64
+//!   magic "RKNT" | version u16 | message format u16 | cluster id u64 | from node u64 | to node u64
 //! answer (acceptor -> dialer), 24 bytes:
 //!   magic "RKNT" | version u16 | code u16 | cluster id u64 | node id u64
 //! frame:
-//!   payload length u32 | CRC32C of the payload u32 | payload (bincode of a raft-core Message)
+//!   payload length u32 | CRC32C of the payload u32 | payload (one raft-core Message)
 //! ```
 //!
-//! Integers are little endian. The handshake is fixed-size and free of bincode so that a peer
-//! of any later version can still read it and say why it refuses.
+//! Integers are little endian. `version` is this transport's own protocol (the handshake and
+//! the framing); `message format` is raft-core's [`MESSAGE_FORMAT_VERSION`](raft_core::wire::MESSAGE_FORMAT_VERSION), the encoding of the
+//! payload, whose layout is drawn in [`raft_core::wire`] next to its encoder. The acceptor
+//! refuses a dialer that differs in either. The handshake is fixed-size and free of the payload
+//! encoding so that a peer of any later version can still read it and say why it refuses.
 
 use std::io::{self, Read};
 
-use bincode::Options;
+use raft_core::wire;
 use raft_core::{Message, NodeId};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The transport protocol version this build speaks (handshake and framing). Version 2 added
+/// the message format to the hello.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The first bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"RKNT";
 /// Bytes of a frame's header (length and checksum).
@@ -56,20 +60,11 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// The encoding of frame payloads: bincode with variable-length integers, at most `max` bytes
-/// read, and trailing bytes rejected. The limit also bounds every length inside a payload, so a
-/// hostile length prefix cannot make the decoder allocate more than the frame holds.
-fn codec(max: u32) -> impl Options {
-    bincode::DefaultOptions::new().with_limit(u64::from(max)).reject_trailing_bytes()
-}
-
 /// Appends one framed message to `out`.
 pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    codec(u32::MAX)
-        .serialize_into(&mut *out, msg)
-        .map_err(|e| FrameError::Decode(format!("encoding: {e}")))?;
+    wire::encode(msg, out).map_err(|e| FrameError::Decode(e.to_string()))?;
     let payload = &out[start + FRAME_HEADER_LEN..];
     let len = u32::try_from(payload.len())
         .map_err(|_| FrameError::TooLarge { len: u32::MAX, max: u32::MAX })?;
@@ -114,7 +109,7 @@ pub fn read_frame(
 
 /// Decodes a frame's payload. Never panics, whatever the bytes.
 pub fn decode_payload(payload: &[u8], max: u32) -> Result<Message, FrameError> {
-    codec(max).deserialize(payload).map_err(|e| FrameError::Decode(e.to_string()))
+    wire::decode(payload, u64::from(max)).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 /// The dialer's opening of a connection.
@@ -122,6 +117,8 @@ pub fn decode_payload(payload: &[u8], max: u32) -> Result<Message, FrameError> {
 pub struct Hello {
     /// The protocol version the dialer speaks.
     pub version: u16,
+    /// The message format the dialer speaks ([`MESSAGE_FORMAT_VERSION`](raft_core::wire::MESSAGE_FORMAT_VERSION)).
+    pub format: u16,
     /// The dialer's cluster.
     pub cluster: u64,
     /// The dialer's node id.
@@ -136,6 +133,7 @@ impl Hello {
         let mut b = [0u8; HELLO_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&self.format.to_le_bytes());
         b[8..16].copy_from_slice(&self.cluster.to_le_bytes());
         b[16..24].copy_from_slice(&self.from.to_le_bytes());
         b[24..32].copy_from_slice(&self.to.to_le_bytes());
@@ -149,6 +147,7 @@ impl Hello {
         }
         Some(Hello {
             version: u16::from_le_bytes([b[4], b[5]]),
+            format: u16::from_le_bytes([b[6], b[7]]),
             cluster: u64_at(b, 8),
             from: u64_at(b, 16),
             to: u64_at(b, 24),
@@ -167,6 +166,8 @@ pub enum Verdict {
     WrongVersion,
     /// The dialer's node id is not among the acceptor's peers.
     UnknownNode,
+    /// The dialer encodes messages in another format ([`MESSAGE_FORMAT_VERSION`](raft_core::wire::MESSAGE_FORMAT_VERSION)).
+    WrongMessageFormat,
     /// The dialer addressed another node (a stale address).
     WrongTarget,
     /// The dialer should be the one accepting: the lower id of a pair dials.
@@ -184,6 +185,7 @@ impl Verdict {
             Verdict::UnknownNode => 3,
             Verdict::WrongTarget => 4,
             Verdict::WrongDirection => 5,
+            Verdict::WrongMessageFormat => 6,
             Verdict::Other(code) => code,
         }
     }
@@ -196,6 +198,7 @@ impl Verdict {
             3 => Verdict::UnknownNode,
             4 => Verdict::WrongTarget,
             5 => Verdict::WrongDirection,
+            6 => Verdict::WrongMessageFormat,
             other => Verdict::Other(other),
         }
     }
@@ -249,6 +252,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_core::wire::MESSAGE_FORMAT_VERSION;
     use raft_core::{Heartbeat, MessageBody};
 
     fn heartbeat() -> Message {
@@ -312,7 +316,13 @@ mod tests {
 
     #[test]
     fn handshakes_round_trip() {
-        let hello = Hello { version: PROTOCOL_VERSION, cluster: 77, from: 1, to: 3 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            format: MESSAGE_FORMAT_VERSION,
+            cluster: 77,
+            from: 1,
+            to: 3,
+        };
         assert_eq!(Hello::decode(&hello.encode()), Some(hello));
         let answer = Answer {
             version: PROTOCOL_VERSION,

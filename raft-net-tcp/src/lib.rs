@@ -9,7 +9,7 @@
 //!   its protocol version; the acceptor answers with a verdict. A peer of another cluster or
 //!   version, or an unknown node, is refused with a clear reason on both sides (logged and
 //!   counted) and never gets a message into the node.
-//! - **Frames**: length, CRC32C, payload (bincode of a [`Message`]); see [`frame`]. A frame over
+//! - **Frames**: length, CRC32C, payload (a [`Message`] in raft-core's [`wire`](raft_core::wire) encoding); see [`frame`]. A frame over
 //!   the maximum or with a bad checksum closes the connection and is counted; the claimed length
 //!   is never allocated up front; decoding never panics.
 //! - **Queues**: each peer has a bounded queue and a writer thread that sends everything queued
@@ -52,6 +52,7 @@ use raft_core::{Inbound, Message, NodeId, Transport};
 
 use frame::{Answer, Hello, Verdict, ANSWER_LEN, HELLO_LEN, PROTOCOL_VERSION};
 use peer::Peer;
+use raft_core::wire::MESSAGE_FORMAT_VERSION;
 
 /// Transport settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -390,6 +391,8 @@ fn answer_hello(inner: &Arc<Inner>, mut stream: TcpStream) -> Option<(Arc<Peer>,
     let peer = inner.peers.get(&hello.from).cloned();
     let verdict = if hello.version != PROTOCOL_VERSION {
         Verdict::WrongVersion
+    } else if hello.format != MESSAGE_FORMAT_VERSION {
+        Verdict::WrongMessageFormat
     } else if hello.cluster != config.cluster_id {
         Verdict::WrongCluster
     } else if peer.is_none() {
@@ -421,8 +424,10 @@ fn answer_hello(inner: &Arc<Inner>, mut stream: TcpStream) -> Option<(Arc<Peer>,
             their_node = hello.from,
             their_cluster = hello.cluster,
             their_version = hello.version,
+            their_message_format = hello.format,
             our_cluster = config.cluster_id,
             our_version = PROTOCOL_VERSION,
+            our_message_format = MESSAGE_FORMAT_VERSION,
             "refused a peer's connection"
         );
         let _ = stream.shutdown(Shutdown::Both);
@@ -446,6 +451,7 @@ fn dial(inner: &Inner, peer: &Peer) -> Result<TcpStream, String> {
     let _ = stream.set_read_timeout(Some(config.connect_timeout));
     let hello = Hello {
         version: PROTOCOL_VERSION,
+        format: MESSAGE_FORMAT_VERSION,
         cluster: config.cluster_id,
         from: config.node_id,
         to: peer.id,
@@ -457,8 +463,8 @@ fn dial(inner: &Inner, peer: &Peer) -> Result<TcpStream, String> {
     if answer.verdict != Verdict::Accepted {
         peer.count_refused();
         return Err(format!(
-            "refused by the peer: {:?} (peer node {}, cluster {}, version {}; ours: cluster {}, version {})",
-            answer.verdict, answer.node, answer.cluster, answer.version, config.cluster_id, PROTOCOL_VERSION
+            "refused by the peer: {:?} (peer node {}, cluster {}, version {}; ours: cluster {}, version {}, message format {})",
+            answer.verdict, answer.node, answer.cluster, answer.version, config.cluster_id, PROTOCOL_VERSION, MESSAGE_FORMAT_VERSION
         ));
     }
     if answer.node != peer.id || answer.cluster != config.cluster_id {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
+use raft_core::wire::MESSAGE_FORMAT_VERSION;
 use raft_core::{
     AppendRequest, Entry, Heartbeat, Inbound, InstallSnapshot, Message, MessageBody, NodeId,
     Router, SnapshotMeta, Transport,
@@ -204,18 +205,24 @@ fn a_peer_of_another_cluster_is_refused() {
 }
 
 #[test]
-fn a_wrong_version_or_unknown_node_is_refused_with_a_reason() {
+fn a_wrong_version_or_message_format_or_unknown_node_is_refused_with_a_reason() {
     let (transports, collectors, addrs) = start_all(3, 2);
     // The lower id of a pair dials, so node 2 accepts connections from node 1 only: dial it by
     // hand with bad hellos.
     let target = addrs[1];
+    let good = Hello {
+        version: PROTOCOL_VERSION,
+        format: MESSAGE_FORMAT_VERSION,
+        cluster: 3,
+        from: 1,
+        to: 2,
+    };
     for (hello, expected) in [
-        (
-            Hello { version: PROTOCOL_VERSION + 1, cluster: 3, from: 1, to: 2 },
-            Verdict::WrongVersion,
-        ),
-        (Hello { version: PROTOCOL_VERSION, cluster: 3, from: 9, to: 2 }, Verdict::UnknownNode),
-        (Hello { version: PROTOCOL_VERSION, cluster: 3, from: 1, to: 5 }, Verdict::WrongTarget),
+        (Hello { version: PROTOCOL_VERSION + 1, ..good }, Verdict::WrongVersion),
+        (Hello { format: MESSAGE_FORMAT_VERSION + 1, ..good }, Verdict::WrongMessageFormat),
+        (Hello { format: 0, ..good }, Verdict::WrongMessageFormat),
+        (Hello { from: 9, ..good }, Verdict::UnknownNode),
+        (Hello { to: 5, ..good }, Verdict::WrongTarget),
     ] {
         let mut s = TcpStream::connect(target).expect("connect");
         s.write_all(&hello.encode()).expect("hello");
@@ -241,7 +248,13 @@ fn a_wrong_version_or_unknown_node_is_refused_with_a_reason() {
 /// Dials node 2 as node 1 by hand, then sends `bytes` after the handshake.
 fn impersonate_node_1(target: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(target).expect("connect");
-    let hello = Hello { version: PROTOCOL_VERSION, cluster: 4, from: 1, to: 2 };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        format: MESSAGE_FORMAT_VERSION,
+        cluster: 4,
+        from: 1,
+        to: 2,
+    };
     s.write_all(&hello.encode()).expect("hello");
     let mut answer = [0u8; ANSWER_LEN];
     s.read_exact(&mut answer).expect("answer");

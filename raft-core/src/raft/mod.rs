@@ -258,6 +258,9 @@ impl Raft {
             return Err(ConfigError::NoVoters);
         }
         voters.sort_unstable();
+        if voters.first() == Some(&0) {
+            return Err(ConfigError::ZeroNodeId);
+        }
         if let Some(pair) = voters.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateVoter(pair[0]));
         }
