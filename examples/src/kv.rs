@@ -298,6 +298,14 @@ impl StateMachine for KvMachine {
             let value = field(&mut input)?;
             restored.insert(key, value);
         }
+        // A snapshot with bytes after its last key is not one this machine wrote: refuse it
+        // rather than restore a state that may be missing what the extra bytes held.
+        if input.read(&mut [0u8; 1])? != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "trailing bytes after the snapshot's last key",
+            ));
+        }
         *self = restored;
         Ok(())
     }

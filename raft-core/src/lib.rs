@@ -21,6 +21,7 @@ mod error;
 pub mod execute;
 mod log;
 mod mem;
+mod mem_transport;
 mod message;
 pub mod node;
 mod raft;
@@ -40,6 +41,7 @@ pub mod wire;
 pub use config::Config;
 pub use error::{ConfigError, ProposeError, SnapshotError, StepError, StorageError};
 pub use mem::MemLogStore;
+pub use mem_transport::{MemNetwork, MemTransport};
 pub use message::{
     AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse, Message,
     MessageBody, SnapshotStatus, VoteRequest, VoteResponse,

@@ -1,30 +1,5 @@
-//! The conformance suite for [`LogStore`] implementations (feature `testkit`).
-//!
-//! Every backend, ours or a user's, proves itself with the same tests: implement
-//! [`StoreHarness`] (how to open the store, and reopen it to check what survives), then expand
-//! [`log_store_conformance!`](crate::log_store_conformance) in a test file:
-//!
-//! ```
-//! use std::sync::Arc;
-//! use raft_core::{testkit::StoreHarness, MemLogStore};
-//!
-//! /// Reopening returns the same in-memory store; a file-backed harness would reopen its
-//! /// directory.
-//! struct MyHarness(Arc<MemLogStore>);
-//!
-//! impl StoreHarness for MyHarness {
-//!     type Store = Arc<MemLogStore>;
-//!     fn open(&mut self) -> Arc<MemLogStore> {
-//!         Arc::clone(&self.0)
-//!     }
-//! }
-//!
-//! // In a test file: one #[test] per conformance case, in module `my_store`.
-//! raft_core::log_store_conformance!(my_store, crate::MyHarness(Default::default()));
-//! # fn main() {}
-//! ```
-//!
-//! Each case is also a public function here, for harnesses that need their own test layout.
+//! The [`LogStore`] conformance suite: [`StoreHarness`] and
+//! [`log_store_conformance!`](crate::log_store_conformance).
 
 use std::collections::BTreeMap;
 
