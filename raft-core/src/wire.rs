@@ -56,9 +56,11 @@ pub enum WireError {
     Encode(String),
 }
 
-/// The codec: bincode with variable-length integers, at most `max` bytes read, and trailing
-/// bytes rejected. The limit also bounds every length inside a payload, so a hostile length
-/// prefix cannot make the decoder allocate more than the payload holds.
+/// The codec: bincode with variable-length integers, a byte limit, and trailing bytes rejected.
+/// Decoding reads from the payload slice, so it never reads past it; a length prefix inside
+/// that claims more than the payload holds fails when the bytes run out (serde preallocates at
+/// most a small, fixed number of items whatever a prefix claims). Transports bound the payload
+/// itself before decoding (raft-net-tcp checks the frame length first).
 fn codec(max: u64) -> impl Options {
     bincode::DefaultOptions::new().with_limit(max).reject_trailing_bytes()
 }
@@ -73,9 +75,13 @@ pub fn encoded_len(msg: &Message) -> Result<u64, WireError> {
     codec(u64::MAX).serialized_size(msg).map_err(|e| WireError::Encode(e.to_string()))
 }
 
-/// Decodes one message from `payload`, reading at most `max_bytes` (no length inside it may
-/// claim more). Never panics, whatever the bytes.
+/// Decodes one message from `payload` (at most `max_bytes` long). Never panics and never
+/// allocates much more than the payload, whatever the bytes.
 pub fn decode(payload: &[u8], max_bytes: u64) -> Result<Message, WireError> {
+    if payload.len() as u64 > max_bytes {
+        let len = payload.len();
+        return Err(WireError::Decode(format!("payload of {len} bytes exceeds {max_bytes}")));
+    }
     codec(max_bytes).deserialize(payload).map_err(|e| WireError::Decode(e.to_string()))
 }
 
@@ -84,7 +90,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::message::{Heartbeat, MessageBody};
+    use bytes::Bytes;
+
+    use crate::message::{AppendRequest, Heartbeat, MessageBody};
+    use crate::types::Entry;
 
     #[test]
     fn round_trip_and_garbage() {
@@ -106,5 +115,21 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer, 1 << 20).is_err(), "trailing bytes");
         assert!(decode(&bytes, 3).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn a_lying_length_prefix_is_refused() {
+        let entries = (1..=10).map(|i| Entry::normal(1, i, Bytes::from(vec![7u8; 100]))).collect();
+        let append = AppendRequest { prev_index: 0, prev_term: 0, entries, commit: 0 };
+        let msg = Message { group: 1, from: 1, to: 2, term: 1, body: MessageBody::Append(append) };
+        let mut bytes = Vec::new();
+        encode(&msg, &mut bytes).unwrap();
+        assert_eq!(decode(&bytes, bytes.len() as u64).unwrap(), msg);
+        // A length prefix that claims far more than is there fails without allocating it: the
+        // entries' count (after the seven one-byte fields before it) says 2^60.
+        let mut lying = bytes[..7].to_vec();
+        lying.push(253);
+        lying.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode(&lying, 1 << 20).is_err());
     }
 }
