@@ -110,20 +110,19 @@ impl Cluster {
             if self.inboxes[i].is_empty() {
                 self.inboxes[i] = inbox;
             }
-            if self.nodes[i].has_ready() {
-                let mut io = NodeIo {
-                    inboxes: &mut self.inboxes,
-                    store: &self.stores[i],
-                    writer: &mut self.writers[i],
-                    leader: i == self.leader,
-                    committed: 0,
-                };
-                let done = self.executors[i].run(&mut self.nodes[i], &mut io);
-                done.expect("in-memory store never fails");
-                if io.committed > 0 {
-                    on_commit(io.committed);
-                }
+            let mut io = NodeIo {
+                inboxes: &mut self.inboxes,
+                store: &self.stores[i],
+                writer: &mut self.writers[i],
+                leader: i == self.leader,
+                committed: 0,
+            };
+            let carried = self.executors[i].run(&mut self.nodes[i], &mut io);
+            if carried.expect("in-memory store never fails") > 0 {
                 moved = true;
+            }
+            if io.committed > 0 {
+                on_commit(io.committed);
             }
         }
         moved

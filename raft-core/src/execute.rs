@@ -202,21 +202,26 @@ impl Executor {
     }
 
     /// Carries out every Ready the core has, until it has none (a result handed back at once
-    /// may produce another). Stops at the handler's first error.
+    /// may produce another), and returns how many it carried out. Stops at the handler's first
+    /// error.
+    #[inline]
     pub fn run<H: ReadyHandler>(
         &mut self,
         raft: &mut Raft,
         handler: &mut H,
-    ) -> Result<(), H::Error> {
+    ) -> Result<usize, H::Error> {
+        let mut carried = 0;
         while raft.has_ready() {
             handler.before_ready(raft)?;
             let ready = raft.ready();
             self.carry_out(raft, ready, handler)?;
+            carried += 1;
         }
-        Ok(())
+        Ok(carried)
     }
 
     /// Carries out one Ready, in the contract's order.
+    #[inline]
     pub fn carry_out<H: ReadyHandler>(
         &mut self,
         raft: &mut Raft,
@@ -246,38 +251,43 @@ impl Executor {
         // 2 and 3. The write, compaction first. Messages that promise durability wait for it,
         //    and, with nothing to write, for the writes still in flight: an acknowledgement of a
         //    duplicated append promises entries an earlier Ready wrote.
-        let write = PersistWrite {
-            number,
-            group,
-            compact,
-            hard_state,
-            entries,
-            messages: persisted_messages,
-        };
-        if !write.is_empty() || self.handed > self.durable {
+        if compact.is_some()
+            || hard_state.is_some()
+            || !entries.is_empty()
+            || self.handed > self.durable
+        {
             debug_assert!(
                 number > self.handed,
                 "Ready numbers grow: {number} after {}",
                 self.handed
             );
             self.handed = number;
+            let write = PersistWrite {
+                number,
+                group,
+                compact,
+                hard_state,
+                entries,
+                messages: persisted_messages,
+            };
             if let Some(messages) = handler.persist(raft, write)? {
                 self.on_persisted(raft, number);
                 if !messages.is_empty() {
                     handler.send(messages)?;
                 }
             }
-        } else if !write.messages.is_empty() {
-            handler.send(write.messages)?;
+        } else if !persisted_messages.is_empty() {
+            handler.send(persisted_messages)?;
         }
         // 4. The state machine: entries committed are durable locally already, so this may run
         //    beside the write.
-        let work = ApplyWork {
-            restore: restore_snapshot,
-            entries: committed_entries,
-            snapshot: snapshot_request,
-        };
-        if !work.is_empty() {
+        if restore_snapshot.is_some() || !committed_entries.is_empty() || snapshot_request.is_some()
+        {
+            let work = ApplyWork {
+                restore: restore_snapshot,
+                entries: committed_entries,
+                snapshot: snapshot_request,
+            };
             if let Some(taken) = handler.apply(work)? {
                 raft.on_snapshot_taken(taken);
             }
@@ -303,6 +313,7 @@ impl Executor {
 
     /// Every write handed up to Ready `number` is durable: tells the core. Numbers that go
     /// backwards are ignored.
+    #[inline]
     pub fn on_persisted(&mut self, raft: &mut Raft, number: u64) {
         if number > self.durable {
             self.durable = number;
@@ -319,6 +330,24 @@ impl Executor {
     pub fn durable(&self) -> u64 {
         self.durable
     }
+}
+
+/// Writes one Ready's compaction, then its hard state and entries.
+#[inline]
+fn write_one<L: LogStore + ?Sized>(
+    log: &L,
+    write: &PersistWrite,
+) -> Result<Option<Lsn>, StorageError> {
+    let mut last = None;
+    if let Some((index, term)) = write.compact {
+        last = Some(log.compact(write.group, index, term)?);
+    }
+    if write.hard_state.is_some() || !write.entries.is_empty() {
+        let one =
+            LogWrite { group: write.group, hard_state: write.hard_state, entries: &write.entries };
+        last = Some(log.write(&[one])?);
+    }
+    Ok(last)
 }
 
 /// Writes [`PersistWrite`]s to a [`LogStore`] in order, as few store calls as their order allows,
@@ -350,9 +379,10 @@ impl LogWriter {
     ///
     /// Hard states it holds back or attaches are changed in place, so `writes` afterwards say
     /// what was written.
-    pub fn write(
+    #[inline]
+    pub fn write<L: LogStore + ?Sized>(
         &mut self,
-        log: &dyn LogStore,
+        log: &L,
         writes: &mut [PersistWrite],
     ) -> Result<Option<Lsn>, StorageError> {
         for write in writes.iter_mut() {
@@ -371,6 +401,11 @@ impl LogWriter {
                 self.deferred = None; // This one is newer.
                 self.written = Some(hs);
             }
+        }
+        if let [write] = &*writes {
+            // One Ready (the simulator's and the benchmarks' case, and a quiet node's): no
+            // batch to gather, so no allocation on the write path.
+            return write_one(log, write);
         }
         let mut last = None;
         let mut batch: Vec<LogWrite<'_>> = Vec::new();
@@ -397,7 +432,11 @@ impl LogWriter {
     }
 
     /// Writes and syncs the hard state held back, if any (at shutdown).
-    pub fn flush(&mut self, log: &dyn LogStore, group: GroupId) -> Result<(), StorageError> {
+    pub fn flush<L: LogStore + ?Sized>(
+        &mut self,
+        log: &L,
+        group: GroupId,
+    ) -> Result<(), StorageError> {
         let Some(hs) = self.deferred.take() else { return Ok(()) };
         let lsn = log.write(&[LogWrite { group, hard_state: Some(hs), entries: &[] }])?;
         self.written = Some(hs);

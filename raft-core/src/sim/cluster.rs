@@ -537,7 +537,7 @@ impl<W: Workload> Cluster<W> {
         let node = &mut self.nodes[idx];
         node.raft = Some(raft);
         node.executor = executor;
-        result
+        result.map(|_| ())
     }
 
     /// Persist before acknowledge: when a node tells a leader that its log matches up to an
