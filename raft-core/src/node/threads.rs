@@ -6,7 +6,7 @@
 //! for, for work that must not run on a caller's thread, and for ticks.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,13 +28,26 @@ use crate::snapshot::{
 };
 use crate::storage::{serve_fetch, LogStore, SnapshotView, StateMachine};
 use crate::transport::Transport;
-use crate::types::{Entry, GroupId, Index, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, GroupId, Index, SnapshotMeta, Term};
 
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
 /// (so a transport reader or a server's event loop gets back to its own work).
 const CORE_ROUNDS_INLINE: usize = 16;
 /// Rounds of applying an inline runner does before it leaves the rest to the apply thread.
 const APPLY_ROUNDS_INLINE: usize = 16;
+/// A thread that brought other work (a transport reader delivering messages of every group on
+/// its connection, a server's event loop) applies entries inline only while they are known to
+/// cost at most this much each; a slower state machine is applied by its own apply thread, so
+/// it never holds up the messages of other groups.
+const INLINE_APPLY_ENTRY_NS_MAX: u64 = 50_000;
+/// Most time an inline runner spends applying before it leaves the rest to the apply thread.
+const INLINE_APPLY_BUDGET: Duration = Duration::from_millis(1);
+/// The apply cost estimate before anything was measured: unknown, so nothing is applied inline
+/// until the apply thread has timed some entries.
+const APPLY_COST_UNKNOWN: u64 = u64::MAX;
+/// Client entries a machine must have been timed on before it may be applied inline (a leader's
+/// no-ops and read barriers, which the machine does not really work on, do not count).
+const INLINE_APPLY_TRUST_ENTRIES: u64 = 32;
 /// Most Readies' writes in one store call and one sync.
 const PERSIST_JOBS_MAX: usize = 4096;
 
@@ -130,6 +143,11 @@ pub(crate) struct Driver<M: StateMachine> {
     restore_chunk_bytes: usize,
     tick: Duration,
     max_inputs: usize,
+    /// Estimated nanoseconds to apply one client entry ([`Driver::note_apply_cost`]): jumps to
+    /// any slower sample at once, comes down slowly.
+    apply_cost_ns: AtomicU64,
+    /// Client entries timed so far (saturating at [`INLINE_APPLY_TRUST_ENTRIES`]).
+    apply_timed: AtomicU64,
 }
 
 /// What [`spawn`] needs besides the core and the state machine.
@@ -182,6 +200,8 @@ where
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
         tick: options.tick.max(Duration::from_micros(100)),
         max_inputs: options.max_inputs_per_round.max(1),
+        apply_cost_ns: AtomicU64::new(APPLY_COST_UNKNOWN),
+        apply_timed: AtomicU64::new(0),
     });
     let spawn_one = |what: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name(what)).spawn(f)
@@ -235,13 +255,53 @@ where
         self.core.run(take, &mut |core, inputs| self.core_round(core, inputs));
     }
 
+    /// Hands writes to the persist thread, and applies here what is cheap to apply (else the
+    /// apply thread does it).
+    ///
+    /// Applying inline saves the hand-off to the apply thread on the path that answers a
+    /// client, but the thread that runs it may carry other groups' messages (a transport
+    /// reader serves every group on its connection): one group's slow state machine must not
+    /// delay them. So only a machine whose entries are known to be cheap is applied inline,
+    /// for at most [`INLINE_APPLY_BUDGET`] per call.
     fn follow_up(&self) {
         if !self.persist.is_idle() {
             self.persist.call_worker();
         }
         if !self.apply.is_idle() {
-            let take = Take::Try { max_rounds: APPLY_ROUNDS_INLINE };
-            self.apply.run(take, &mut |a, jobs| self.apply_round(a, jobs, true));
+            if self.apply_is_cheap() {
+                let take = Take::Try { max_rounds: APPLY_ROUNDS_INLINE };
+                self.apply.run(take, &mut |a, jobs| self.apply_round(a, jobs, true));
+            } else {
+                self.apply.call_worker();
+            }
+        }
+    }
+
+    /// Whether applying is known to be cheap enough to run on a thread that brought other work:
+    /// timed on enough client entries, and each costs little.
+    fn apply_is_cheap(&self) -> bool {
+        self.apply_timed.load(Ordering::Relaxed) >= INLINE_APPLY_TRUST_ENTRIES
+            && self.apply_cost_ns.load(Ordering::Relaxed) <= INLINE_APPLY_ENTRY_NS_MAX
+    }
+
+    /// Folds the time one apply call took for `entries` client entries into the estimate: a slower
+    /// sample replaces it at once (one slow entry is enough to stop applying inline), a faster
+    /// one moves it an eighth of the way (a machine must be fast for a while to be trusted).
+    fn note_apply_cost(&self, elapsed: Duration, entries: usize) {
+        if entries == 0 {
+            return;
+        }
+        let sample = u64::try_from(elapsed.as_nanos() / entries as u128).unwrap_or(u64::MAX - 1);
+        let old = self.apply_cost_ns.load(Ordering::Relaxed);
+        let new = if old == APPLY_COST_UNKNOWN || sample >= old {
+            sample
+        } else {
+            old - (old - sample) / 8
+        };
+        self.apply_cost_ns.store(new, Ordering::Relaxed);
+        let timed = self.apply_timed.load(Ordering::Relaxed);
+        if timed < INLINE_APPLY_TRUST_ENTRIES {
+            self.apply_timed.store(timed + entries as u64, Ordering::Relaxed);
         }
     }
 
@@ -425,7 +485,12 @@ where
         jobs: &mut VecDeque<ApplyJob<M>>,
         inline: bool,
     ) -> Round {
+        let started = inline.then(Instant::now);
         while let Some(job) = jobs.pop_front() {
+            if started.is_some_and(|t| t.elapsed() > INLINE_APPLY_BUDGET) {
+                jobs.push_front(job);
+                return Round::HandOff;
+            }
             if a.stopped {
                 jobs.clear(); // Dropped requests answer Stopped.
                 return Round::Continue;
@@ -526,6 +591,8 @@ where
     }
 
     fn apply_entries(&self, a: &mut Applier<M>, entries: Vec<Entry>) {
+        let started = Instant::now();
+        let mut timed = 0;
         for entry in entries {
             let index = entry.index;
             let term = entry.term;
@@ -533,6 +600,7 @@ where
                 a.machine.apply(&Entry::noop(term, index));
                 None
             } else {
+                timed += usize::from(entry.kind == EntryKind::Normal);
                 Some(a.machine.apply(&entry))
             };
             a.applied = index;
@@ -549,6 +617,7 @@ where
             }
         }
         self.shared.applied.store(a.applied, Ordering::Relaxed);
+        self.note_apply_cost(started.elapsed(), timed);
     }
 
     /// Reads chunks for followers and writes received chunks, off the core's threads.
