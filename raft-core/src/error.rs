@@ -44,6 +44,9 @@ pub enum ConfigError {
         /// The configured voters.
         voters: Vec<NodeId>,
     },
+    /// Something a node needs was not given (to [`NodeBuilder`](crate::node::NodeBuilder)).
+    #[error("missing {0}")]
+    Missing(&'static str),
     /// The restored state contradicts itself (for example a commit index beyond the log).
     #[error("inconsistent restored state: {0}")]
     InconsistentState(String),

@@ -583,3 +583,55 @@ fn a_follower_with_a_stalled_disk_does_not_depose_its_leader() {
         n.shutdown();
     }
 }
+
+#[test]
+fn the_builder_wires_a_node_and_names_what_is_missing() {
+    use raft_core::node::NodeBuilder;
+    use raft_core::{ConfigError, MemNetwork, Router};
+    let router = Arc::new(Router::new());
+    let network = MemNetwork::new(64);
+    let transport = Arc::new(network.join(4, router.clone()).expect("join"));
+    let missing = |b: NodeBuilder| match b.start(KvStore::default()) {
+        Err(NodeError::Config(ConfigError::Missing(what))) => what,
+        other => panic!("expected a missing part, got {:?}", other.map(|n| n.id())),
+    };
+    assert_eq!(
+        missing(NodeBuilder::new(4).voters([4]).transport(transport.clone())),
+        "a log store"
+    );
+    assert_eq!(missing(NodeBuilder::new(4).voters([4]).log(MemLogStore::new())), "a transport");
+    let refused =
+        NodeBuilder::new(4).voters([1, 2]).log(MemLogStore::new()).transport(transport.clone());
+    assert!(matches!(
+        refused.start(KvStore::default()),
+        Err(NodeError::Config(ConfigError::NotAVoter { .. }))
+    ));
+    // A one-node group: the builder registers it with the router, and settings adjusted through
+    // `config` and `options` keep the id, group and voters given to the builder.
+    let node = NodeBuilder::new(4)
+        .group(9)
+        .voters([4])
+        .config(|c| {
+            c.id = 99;
+            c.group = 98;
+            c.pre_vote = false;
+        })
+        .options(|o| o.voters = vec![7])
+        .tick(Duration::from_millis(2))
+        .log(MemLogStore::new())
+        .transport(transport)
+        .router(router.clone())
+        .start(KvStore::default())
+        .expect("start");
+    assert_eq!(node.id(), 4);
+    let put = KvOp::Put { key: "k".into(), value: "v".into() };
+    let deadline = Instant::now() + TIMEOUT;
+    while !node.is_leader() {
+        assert!(Instant::now() < deadline, "a one-node group elects itself");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node.propose(put.encode(), TIMEOUT).expect("committed");
+    assert_eq!(node.status().expect("status").raft.group, 9);
+    assert_eq!(router.unroutable(), 0);
+    node.shutdown();
+}

@@ -99,6 +99,27 @@ impl TcpConfig {
         }
     }
 
+    /// Settings for node `node_id` of a cluster whose every node's address is in `nodes`
+    /// (this node's included): it listens on its own address, and the others are its peers. So
+    /// one map of the cluster, shared by every node, configures them all.
+    ///
+    /// # Errors
+    /// [`NetError::Config`] if `node_id` is not in `nodes`.
+    pub fn for_cluster(
+        cluster_id: u64,
+        node_id: NodeId,
+        nodes: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Result<TcpConfig, NetError> {
+        let Some(&listen) = nodes.get(&node_id) else {
+            let known: Vec<NodeId> = nodes.keys().copied().collect();
+            return Err(NetError::Config(format!("node {node_id} is not among {known:?}")));
+        };
+        let mut config = TcpConfig::new(cluster_id, node_id, listen);
+        config.peers =
+            nodes.iter().filter(|(&id, _)| id != node_id).map(|(&id, &a)| (id, a)).collect();
+        Ok(config)
+    }
+
     fn validate(&self) -> Result<(), NetError> {
         let bad = |what: String| Err(NetError::Config(what));
         if self.node_id == 0 {

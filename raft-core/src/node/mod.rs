@@ -48,6 +48,7 @@
 //! A server answering many clients from one event loop gathers a round's requests in a
 //! [`Batch`] ([`Node::batch`]): they share one round of the core, and the loop's thread runs it.
 
+mod builder;
 mod reply;
 mod stage;
 mod threads;
@@ -69,6 +70,7 @@ use crate::storage::{load_initial_state, LogStore, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
 
+pub use builder::NodeBuilder;
 pub use reply::Pending;
 use reply::{reply_pair, Reply};
 use threads::{ApplyJob, Driver, Input, Parts};
