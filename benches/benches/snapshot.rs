@@ -214,7 +214,12 @@ fn leader(meta: &SnapshotMeta) -> Raft {
         applied: meta.index,
         snapshot: Some(meta.clone()),
     };
-    let cfg = Config { id: 1, snapshot_chunk_bytes: CHUNK, ..Config::default() };
+    let cfg = {
+        let mut c = Config::default();
+        c.id = 1;
+        c.snapshot_chunk_bytes = CHUNK;
+        c
+    };
     let mut r = Raft::new(cfg, state).unwrap();
     while r.role() == RoleKind::Follower {
         r.tick();
@@ -241,7 +246,12 @@ fn stream_child(size: u64, dir: &Path) {
     let meta = write_snapshot(&src, size);
     let mut leader = leader(&meta);
     let mut follower = Raft::new(
-        Config { id: 2, snapshot_chunk_bytes: CHUNK, ..Config::default() },
+        {
+            let mut c = Config::default();
+            c.id = 2;
+            c.snapshot_chunk_bytes = CHUNK;
+            c
+        },
         InitialState::new_group(vec![1, 2, 3]),
     )
     .unwrap();

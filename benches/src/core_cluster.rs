@@ -65,7 +65,13 @@ impl Cluster {
         let nodes: Vec<Raft> = voters
             .iter()
             .map(|&id| {
-                let cfg = Config { id, seed: id, snapshot_bytes: 0, ..config.clone() };
+                let cfg = {
+                    let mut c = config.clone();
+                    c.id = id;
+                    c.seed = id;
+                    c.snapshot_bytes = 0;
+                    c
+                };
                 Raft::new(cfg, InitialState::new_group(voters.clone())).expect("valid config")
             })
             .collect();

@@ -5,12 +5,17 @@ use crate::types::{GroupId, NodeId};
 
 /// Settings of one node in one group. Every limit is named with its unit last.
 ///
+/// New settings come with new releases, so a `Config` is made with [`Config::new`] (or
+/// `default`) and then adjusted field by field:
+///
 /// ```
 /// use raft_core::Config;
-/// let config = Config { id: 1, ..Config::default() };
-/// config.validate().expect("defaults are valid");
+/// let mut config = Config::new(1);
+/// config.pre_vote = false;
+/// config.validate().expect("valid");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// This node's id.
     pub id: NodeId,

@@ -26,6 +26,7 @@ pub struct Message {
 
 /// The kinds of message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum MessageBody {
     /// Leader to follower: entries to append after `(prev_index, prev_term)`.
     Append(AppendRequest),
@@ -79,6 +80,7 @@ pub struct AppendRequest {
 
 /// The answer to an [`AppendRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AppendResponse {
     /// The follower's log now matches the leader's up to and including `match_index`, and
     /// those entries are durable on the follower.
@@ -159,6 +161,7 @@ pub struct InstallSnapshotResponse {
 
 /// Where a follower stands with a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SnapshotStatus {
     /// The follower holds the snapshot's bytes up to `offset` and wants the chunk that starts
     /// there.

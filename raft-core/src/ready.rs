@@ -46,6 +46,7 @@ use crate::types::{Entry, GroupId, HardState, Index, NodeId, SnapshotMeta, Term}
 
 /// One batch of work for the caller. See the [module docs](self) for the order to do it in.
 #[derive(Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Ready {
     /// Identifies this Ready; pass it to [`Raft::on_persisted`](crate::Raft::on_persisted)
     /// once its writes are durable. Numbers grow by one per Ready.
@@ -100,6 +101,7 @@ impl Ready {
 
 /// Why the core needs entries read from the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FetchPurpose {
     /// Committed entries to apply (after a restart, or when apply fell behind the cache).
     Apply,

@@ -233,6 +233,7 @@ impl Progress {
 
 /// The follower progress a leader exposes in [`Status`](crate::Status).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerProgress {
     /// The follower.
     pub id: NodeId,

@@ -18,6 +18,7 @@ pub type Index = u64;
 
 /// What a log entry carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum EntryKind {
     /// A command proposed by a client, handed to the state machine when committed.
     Normal,
@@ -82,6 +83,7 @@ pub struct HardState {
 
 /// The role a node plays in its group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RoleKind {
     /// Follows a leader (or waits for one).
     Follower,

@@ -12,7 +12,10 @@ use raft_core::{
 };
 
 fn config(id: u64) -> Config {
-    Config { id, election_ticks: 10, heartbeat_ticks: 2, ..Config::default() }
+    let mut c = Config::new(id);
+    c.election_ticks = 10;
+    c.heartbeat_ticks = 2;
+    c
 }
 
 fn node(id: u64, voters: &[u64]) -> Raft {
@@ -66,13 +69,29 @@ fn leader_of_three() -> Raft {
 #[test]
 fn configuration_errors_are_typed() {
     let bad = |c: Config| c.validate().expect_err("invalid");
-    assert_eq!(bad(Config { heartbeat_ticks: 0, ..config(1) }), ConfigError::ZeroHeartbeat);
     assert_eq!(
-        bad(Config { election_ticks: 2, heartbeat_ticks: 2, ..config(1) }),
+        bad({
+            let mut c = config(1);
+            c.heartbeat_ticks = 0;
+            c
+        }),
+        ConfigError::ZeroHeartbeat
+    );
+    assert_eq!(
+        bad({
+            let mut c = config(1);
+            c.election_ticks = 2;
+            c.heartbeat_ticks = 2;
+            c
+        }),
         ConfigError::ElectionNotAboveHeartbeat { election_ticks: 2, heartbeat_ticks: 2 }
     );
     assert_eq!(
-        bad(Config { inflight_msgs_max: 0, ..config(1) }),
+        bad({
+            let mut c = config(1);
+            c.inflight_msgs_max = 0;
+            c
+        }),
         ConfigError::ZeroLimit { name: "inflight_msgs_max" }
     );
     let new = |voters: Vec<u64>| {
@@ -144,9 +163,15 @@ fn a_vote_leaves_only_after_it_is_persisted() {
 
 #[test]
 fn a_candidate_asks_for_votes_only_after_persisting_its_term() {
-    let mut c =
-        Raft::new(Config { pre_vote: false, ..config(1) }, InitialState::new_group(vec![1, 2, 3]))
-            .expect("valid");
+    let mut c = Raft::new(
+        {
+            let mut c = config(1);
+            c.pre_vote = false;
+            c
+        },
+        InitialState::new_group(vec![1, 2, 3]),
+    )
+    .expect("valid");
     let rd = tick_until_campaign(&mut c);
     assert_eq!(c.role(), RoleKind::Candidate);
     assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: Some(1), commit: 0 }));
@@ -246,7 +271,15 @@ fn entries_of_an_earlier_term_do_not_commit_by_counting() {
         term_runs: vec![(1, 1)],
         ..InitialState::new_group(vec![1, 2, 3])
     };
-    let mut l = Raft::new(Config { pre_vote: false, ..config(1) }, state).expect("valid");
+    let mut l = Raft::new(
+        {
+            let mut c = config(1);
+            c.pre_vote = false;
+            c
+        },
+        state,
+    )
+    .expect("valid");
     let rd = tick_until_campaign(&mut l);
     l.on_persisted(rd.number);
     let vote = MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true });
@@ -406,7 +439,15 @@ fn a_restarted_node_fetches_committed_entries_to_apply() {
         term_runs: vec![(1, 1), (4, 2)],
         ..InitialState::new_group(vec![1, 2, 3])
     };
-    let mut r = Raft::new(Config { apply_bytes_max: 1 << 20, ..config(1) }, state).expect("valid");
+    let mut r = Raft::new(
+        {
+            let mut c = config(1);
+            c.apply_bytes_max = 1 << 20;
+            c
+        },
+        state,
+    )
+    .expect("valid");
     let rd = r.ready();
     assert!(rd.committed_entries.is_empty());
     assert_eq!(rd.fetches.len(), 1);
@@ -456,7 +497,11 @@ fn lost_and_failed_fetches_are_asked_again() {
 fn a_lagging_follower_is_served_from_the_store() {
     // A leader whose cache keeps nothing beyond what is unapplied.
     let mut l = Raft::new(
-        Config { log_cache_bytes_max: 0, ..config(1) },
+        {
+            let mut c = config(1);
+            c.log_cache_bytes_max = 0;
+            c
+        },
         InitialState::new_group(vec![1, 2, 3]),
     )
     .expect("valid");
@@ -502,7 +547,11 @@ fn a_restart_replays_the_log_in_large_reads_and_small_apply_batches() {
         term_runs: vec![(1, 1)],
         ..InitialState::new_group(vec![1, 2, 3])
     };
-    let cfg = Config { apply_bytes_max: 100, ..config(1) };
+    let cfg = {
+        let mut c = config(1);
+        c.apply_bytes_max = 100;
+        c
+    };
     let mut r = Raft::new(cfg, state).expect("valid");
     let rd = r.ready();
     let fetch = rd.fetches[0];

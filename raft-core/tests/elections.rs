@@ -8,10 +8,15 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use raft_core::sim::{Cluster, CrashableStore, SimOptions};
-use raft_core::{Config, Entry, HardState, LogStore, LogWrite, MemLogStore, RoleKind};
+use raft_core::{Entry, HardState, LogStore, LogWrite, MemLogStore, RoleKind};
 
 fn cluster_with(n: usize, seed: u64, pre_vote: bool, check_quorum: bool) -> Cluster {
-    let raft = Config { pre_vote, check_quorum, ..SimOptions::default().raft };
+    let raft = {
+        let mut c = SimOptions::default().raft;
+        c.pre_vote = pre_vote;
+        c.check_quorum = check_quorum;
+        c
+    };
     Cluster::new(SimOptions { nodes: n, seed, raft, ..SimOptions::default() })
 }
 

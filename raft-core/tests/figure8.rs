@@ -27,14 +27,15 @@ fn store(terms: &[u64], hard_state: HardState) -> Box<dyn CrashableStore> {
 
 /// Runs the Figure 8 schedule; returns the simulator's verdict.
 fn figure_8(broken_commit_rule: bool) -> Result<(), String> {
-    let raft = Config {
-        // One entry per message and one message in flight: the old entry and the new leader's
-        // no-op travel separately, which is the window Figure 8 needs.
-        append_entries_max: 1,
-        inflight_msgs_max: 1,
-        pre_vote: false,
-        check_quorum: false,
-        ..Config::default()
+    let raft = {
+        let mut c = Config::default();
+        c.// One entry per message and one message in flight = the old entry and the new leader's
+        // no-op travel separately; c.which is the window Figure 8 needs.
+        append_entries_max = 1;
+        c.inflight_msgs_max = 1;
+        c.pre_vote = false;
+        c.check_quorum = false;
+        c
     };
     let opts = SimOptions { nodes: 5, seed: 8, raft, ..SimOptions::default() };
     // (a)-(b): S1 led term 2 and reached S2 with entry 2; S5 led term 3 with its own entry 2,

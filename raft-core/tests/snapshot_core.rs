@@ -13,13 +13,13 @@ use raft_core::{
 const SIZE: u64 = 10;
 
 fn config(id: u64) -> Config {
-    Config {
-        id,
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        snapshot_chunk_bytes: 4,
-        log_keep_entries: 0,
-        ..Config::default()
+    {
+        let mut c = Config::new(id);
+        c.election_ticks = 10;
+        c.heartbeat_ticks = 2;
+        c.snapshot_chunk_bytes = 4;
+        c.log_keep_entries = 0;
+        c
     }
 }
 
@@ -280,7 +280,13 @@ fn malformed_chunks_are_rejected_before_anything_changes() {
 fn a_snapshot_taken_compacts_the_log_and_a_restart_finishes_an_interrupted_compaction() {
     // A single-node group applies 20 entries and asks for a snapshot at 20 every 20 entries.
     let store = MemLogStore::new();
-    let cfg = Config { id: 1, snapshot_entries: 20, log_keep_entries: 5, ..config(1) };
+    let cfg = {
+        let mut c = config(1);
+        c.id = 1;
+        c.snapshot_entries = 20;
+        c.log_keep_entries = 5;
+        c
+    };
     let mut r = Raft::new(cfg.clone(), InitialState::new_group(vec![1])).unwrap();
     let mut request = None;
     for tick in 0..200 {
@@ -364,7 +370,13 @@ fn next_snapshot_request(r: &mut Raft, max: u64) -> Option<raft_core::SnapshotRe
 
 #[test]
 fn a_large_snapshot_is_not_retaken_until_the_log_since_it_is_as_large() {
-    let cfg = Config { id: 1, snapshot_entries: 5, snapshot_log_ratio_pct: 100, ..config(1) };
+    let cfg = {
+        let mut c = config(1);
+        c.id = 1;
+        c.snapshot_entries = 5;
+        c.snapshot_log_ratio_pct = 100;
+        c
+    };
     let mut r = Raft::new(cfg, InitialState::new_group(vec![1])).unwrap();
     while !r.is_leader() {
         r.tick();

@@ -21,13 +21,14 @@ const KEEP: u64 = 2;
 const LOG_BOUND: u64 = SNAPSHOT_ENTRIES + KEEP + 40;
 
 fn snapshot_cluster(seed: u64, net: NetFaults) -> Cluster {
-    let raft = Config {
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        snapshot_entries: SNAPSHOT_ENTRIES,
-        log_keep_entries: KEEP,
-        snapshot_chunk_bytes: 64,
-        ..Config::default()
+    let raft = {
+        let mut c = Config::default();
+        c.election_ticks = 10;
+        c.heartbeat_ticks = 2;
+        c.snapshot_entries = SNAPSHOT_ENTRIES;
+        c.log_keep_entries = KEEP;
+        c.snapshot_chunk_bytes = 64;
+        c
     };
     let opts = SimOptions { nodes: 3, seed, raft, net, ..SimOptions::default() };
     let workload = KvWorkload { keys: 4, read_pct: 30 };

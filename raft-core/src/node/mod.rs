@@ -174,6 +174,7 @@ impl NodeOptions {
 
 /// A node's status: the core's view plus what the driver knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeStatus {
     /// The core's status: role, term, leader, log bounds, commit index, per-follower progress.
     pub raft: Status,

@@ -76,6 +76,7 @@ pub struct EntryId {
 
 /// A snapshot of a node's state, for metrics, tests and operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Status {
     /// This node.
     pub id: NodeId,
@@ -198,7 +199,7 @@ struct Outbox {
 ///
 /// ```
 /// use raft_core::{Config, InitialState, Raft};
-/// let config = Config { id: 1, ..Config::default() };
+/// let config = Config::new(1);
 /// let mut node = Raft::new(config, InitialState::new_group(vec![1])).unwrap();
 /// // A single-node group elects itself after an election timeout.
 /// while !node.is_leader() {
