@@ -43,6 +43,7 @@ mod index;
 mod recovery;
 mod segment;
 mod staging;
+mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod wal;
@@ -50,4 +51,5 @@ mod wal;
 pub use config::{AppendVia, Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN, SPIN_WAIT_MAX};
 pub use error::WalError;
 pub use recovery::{RecoveryReport, TailCut};
-pub use wal::{DurablePosition, Wal, WalStats};
+pub use state::DurablePosition;
+pub use wal::{Wal, WalStats};

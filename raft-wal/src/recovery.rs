@@ -36,7 +36,7 @@ use crate::format::{
 use crate::index::{GroupIndex, Loc};
 use crate::segment::{self, Mapping, SegmentFile};
 use crate::staging::Staging;
-use crate::wal::{drop_live, DurablePosition, Segment, State};
+use crate::state::{drop_live, DurablePosition, Segment, State};
 
 /// What opening the WAL found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -106,11 +106,17 @@ fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> WalError {
     WalError::Corrupt { path: path.to_path_buf(), offset, detail: detail.into() }
 }
 
+/// What recovery found, and what the WAL is built from: the write state (segments, index,
+/// where the next record goes), the directory lock, the report, and where the durable log ends.
+pub(crate) struct Recovered {
+    pub(crate) state: State,
+    pub(crate) lock: File,
+    pub(crate) report: RecoveryReport,
+    pub(crate) durable: DurablePosition,
+}
+
 /// Checks the directory, takes its lock, and recovers what it holds.
-pub(crate) fn recover(
-    dir: &Path,
-    config: &WalConfig,
-) -> Result<(State, File, RecoveryReport, DurablePosition), WalError> {
+pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Recovered, WalError> {
     let started = Instant::now();
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -193,7 +199,7 @@ pub(crate) fn recover(
         report.segments = 1;
         report.elapsed = started.elapsed();
         let end = DurablePosition { seq: 0, segment: state.active, offset: state.offset as u64 };
-        return Ok((state, lock, report, end));
+        return Ok(Recovered { state, lock, report, durable: end });
     }
 
     // The log is the contiguous run of segments ending at the newest; anything before a hole
@@ -474,7 +480,7 @@ pub(crate) fn recover(
         let next_seq = state.next_seq;
         if let Some(seg) = state.segments.get_mut(&seq) {
             let header = SegmentHeader { seq, first_seq: next_seq, size: seg.file.len() as u64 };
-            crate::wal::write_header(&mut seg.file, &header)?;
+            crate::state::write_header(&mut seg.file, &header)?;
             seg.verified = true;
         }
         state.offset = SEGMENT_HEADER_LEN;
@@ -514,7 +520,7 @@ pub(crate) fn recover(
         elapsed_ms = report.elapsed.as_millis() as u64,
         "WAL recovered"
     );
-    Ok((state, lock, report, end))
+    Ok(Recovered { state, lock, report, durable: end })
 }
 
 /// Reads a segment's records from offset 64, expecting `seq` first. Returns how many valid
@@ -788,7 +794,7 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
     std::fs::rename(&path, &dest).map_err(|e| WalError::io(&dest, e))?;
     let mut file = SegmentFile::open(&dest, 1, Mapping::for_appends(config.append_via, true))?;
     let header = SegmentHeader { seq: 1, first_seq: 1, size: file.len() as u64 };
-    crate::wal::write_header(&mut file, &header)?;
+    crate::state::write_header(&mut file, &header)?;
     state.segments.insert(1, Segment { file, live: 0, verified: true });
     state.active = 1;
     state.offset = SEGMENT_HEADER_LEN;
@@ -804,7 +810,7 @@ fn create_first_segment(dir: &Path, config: &WalConfig, state: &mut State) -> Re
 fn write_checkpoint_at_open(state: &mut State) -> Result<(), WalError> {
     let durable = state.next_seq.saturating_sub(1);
     state.staging.reset(state.offset);
-    crate::wal::put_checkpoint(state, durable);
-    crate::wal::end_batch(state);
-    crate::wal::flush_staged(state)
+    crate::state::put_checkpoint(state, durable);
+    crate::state::end_batch(state);
+    crate::state::flush_staged(state)
 }
