@@ -21,9 +21,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use raft_core::message::{AppendResponse, MessageBody, VoteResponse};
+use raft_core::ready::SnapshotRequest;
+use raft_core::snapshot::SnapshotReceiver;
 use raft_core::{
-    AppendResponse, Config, HardState, InitialState, Message, MessageBody, Raft, RoleKind,
-    SnapshotMeta, SnapshotReceiver, SnapshotRequest, SnapshotStore, VoteResponse,
+    Config, HardState, InitialState, Message, Raft, RoleKind, SnapshotMeta, SnapshotStore,
 };
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
 

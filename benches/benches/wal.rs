@@ -634,7 +634,7 @@ fn recovery_and_reads(dir: &Path, recovery: bool, read: bool) {
             entries as f64 / secs,
             bytes as f64 / secs / 1e6
         );
-        let mut rng = raft_core::Rng::new(9);
+        let mut rng = raft_core::rng::Rng::new(9);
         let n = 200_000;
         let start = Instant::now();
         for _ in 0..n {

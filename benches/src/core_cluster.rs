@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
+use raft_core::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+use raft_core::storage::serve_fetch;
 use raft_core::{
-    serve_fetch, Config, Entry, EntryKind, FetchRequest, InitialState, MemLogStore, Message, Raft,
-    SnapshotChunk, SnapshotError, SnapshotMeta, SnapshotRead, StorageError,
+    Config, Entry, EntryKind, InitialState, MemLogStore, Message, Raft, SnapshotError,
+    SnapshotMeta, StorageError,
 };
 
 /// What one run measured.

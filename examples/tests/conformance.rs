@@ -3,8 +3,8 @@
 //! at, damaged snapshots refused.
 
 use bytes::Bytes;
+use raft_core::rng::Rng;
 use raft_core::testkit::state_machine::MachineHarness;
-use raft_core::Rng;
 use raftkit_examples::kv::{KvMachine, KvWrite};
 
 struct KvMachineHarness;

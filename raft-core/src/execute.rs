@@ -9,8 +9,10 @@
 //!
 //! ```
 //! use raft_core::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
-//! use raft_core::{serve_fetch, Config, Entry, FetchRequest, InitialState, LogStore, MemLogStore,
-//!     Message, Raft, SnapshotChunk, SnapshotError, SnapshotMeta, SnapshotRead, StorageError};
+//! use raft_core::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+//! use raft_core::storage::serve_fetch;
+//! use raft_core::{Config, Entry, InitialState, LogStore, MemLogStore, Message, Raft,
+//!     SnapshotError, SnapshotMeta, StorageError};
 //!
 //! /// Writes and syncs on the spot, and collects what it applies.
 //! struct Inline { store: MemLogStore, writer: LogWriter, applied: Vec<Entry> }

@@ -22,15 +22,15 @@ pub mod execute;
 mod log;
 mod mem;
 mod mem_transport;
-mod message;
+pub mod message;
 pub mod node;
 mod raft;
 pub mod ready;
-mod rng;
+pub mod rng;
 #[cfg(feature = "sim")]
 pub mod sim;
-mod snapshot;
-mod storage;
+pub mod snapshot;
+pub mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tracker;
@@ -38,26 +38,20 @@ mod transport;
 mod types;
 pub mod wire;
 
+// The crate root holds what a node is wired with: the core and its settings, the log entry and
+// the message a transport carries, the four seams and their in-memory implementations, and the
+// errors. Helpers for writing a runtime of one's own live in their modules: `execute` (carrying
+// out Readies), `ready` (its work items), `storage` and `snapshot` (serving reads, loading state,
+// taking and restoring snapshots), `message` (message bodies), `wire` (their encoding).
 pub use config::Config;
 pub use error::{ConfigError, ProposeError, SnapshotError, StepError, StorageError};
 pub use mem::MemLogStore;
 pub use mem_transport::{MemNetwork, MemTransport};
-pub use message::{
-    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse, Message,
-    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
-};
+pub use message::Message;
 pub use raft::{EntryId, InitialState, Raft, Status};
-pub use ready::{FetchPurpose, FetchRequest, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
-pub use rng::Rng;
-pub use snapshot::{
-    restore_snapshot, serve_snapshot_read, take_snapshot, take_snapshot_view, validate_meta,
-    MemSnapshotStore, SnapshotReader, SnapshotReceiver, SnapshotStore, SnapshotStream,
-    SnapshotWriter,
-};
-pub use storage::{
-    load_initial_state, serve_fetch, validate_append, LogState, LogStore, LogWrite, Lsn,
-    SnapshotView, StateMachine,
-};
+pub use ready::Ready;
+pub use snapshot::{MemSnapshotStore, SnapshotReader, SnapshotStore, SnapshotWriter};
+pub use storage::{LogState, LogStore, LogWrite, Lsn, SnapshotView, StateMachine};
 pub use tracker::{PeerProgress, ProgressState};
 pub use transport::{Inbound, Router, Transport};
 pub use types::{

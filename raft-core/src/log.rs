@@ -4,7 +4,7 @@
 //! The core never reads the log store on its hot path (the lesson of tikv#11320). It knows the
 //! term of every index it holds through [`TermRuns`], a run-length encoding whose size grows with
 //! the number of leader changes, not with the log; recent entries live in a bounded cache; and
-//! anything older is read by the caller on request (a [`FetchRequest`](crate::FetchRequest)).
+//! anything older is read by the caller on request (a [`FetchRequest`](crate::ready::FetchRequest)).
 //!
 //! ```text
 //!   base_index      cache_first                               last_index

@@ -31,7 +31,7 @@
 //! - Serve [`Ready::snapshot_reads`] from the snapshot store and pass the chunk to
 //!   [`Raft::on_snapshot_read`](crate::Raft::on_snapshot_read) (the leader sends it on).
 //! - Write [`Ready::snapshot_chunks`] to the snapshot store, in order (a
-//!   [`SnapshotReceiver`](crate::SnapshotReceiver) does it), and report each with
+//!   [`SnapshotReceiver`](crate::snapshot::SnapshotReceiver) does it), and report each with
 //!   [`Raft::on_snapshot_chunk`](crate::Raft::on_snapshot_chunk). These writes are independent
 //!   of the log store's.
 //!

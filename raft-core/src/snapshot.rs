@@ -17,7 +17,7 @@
 //! [`Config::log_keep_entries`](crate::Config::log_keep_entries)). A follower that installs a
 //! snapshot from its leader keeps the entries after `index` only if its log holds
 //! `(index, term)`; otherwise its whole log is discarded and continues at `index + 1`. After a
-//! crash, [`load_initial_state`](crate::load_initial_state) finishes a compaction that the
+//! crash, [`load_initial_state`](crate::storage::load_initial_state) finishes a compaction that the
 //! snapshot store shows was due, so the log never has a hole between the snapshot and its
 //! first entry.
 

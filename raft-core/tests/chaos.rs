@@ -7,10 +7,11 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use bytes::Bytes;
+use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
 use raft_core::sim::chaos::{bank_workload, run_seed, run_seed_with, ChaosOptions};
 use raft_core::sim::Workload;
-use raft_core::{Entry, MemLogStore, Rng, StateMachine};
+use raft_core::{Entry, MemLogStore, StateMachine};
 
 fn seed_count() -> u64 {
     std::env::var("RAFTKIT_CHAOS_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)

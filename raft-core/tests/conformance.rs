@@ -8,12 +8,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankCommand, BankOp};
 use raft_core::sim::kv::{KvOp, KvStore};
 use raft_core::testkit::snapshot_store::SnapshotStoreHarness;
 use raft_core::testkit::state_machine::MachineHarness;
 use raft_core::testkit::transport::TransportHarness;
-use raft_core::{Inbound, MemNetwork, MemSnapshotStore, MemTransport, NodeId, Rng};
+use raft_core::{Inbound, MemNetwork, MemSnapshotStore, MemTransport, NodeId};
 
 /// The in-memory snapshot store "survives" a reopen because the harness keeps it.
 struct MemSnapshots(MemSnapshotStore);

@@ -5,10 +5,13 @@
 mod common;
 
 use bytes::Bytes;
+use raft_core::message::{
+    AppendRequest, AppendResponse, Heartbeat, MessageBody, VoteRequest, VoteResponse,
+};
+use raft_core::ready::FetchPurpose;
 use raft_core::{
-    AppendRequest, AppendResponse, Config, ConfigError, Entry, FetchPurpose, HardState, Heartbeat,
-    InitialState, Message, MessageBody, ProposeError, Raft, Ready, RoleKind, StepError,
-    VoteRequest, VoteResponse,
+    Config, ConfigError, Entry, HardState, InitialState, Message, ProposeError, Raft, Ready,
+    RoleKind, StepError,
 };
 
 fn config(id: u64) -> Config {

@@ -7,8 +7,9 @@
 mod common;
 
 use common::*;
+use raft_core::rng::Rng;
 use raft_core::sim::{Cluster, NetFaults};
-use raft_core::{NodeId, Rng};
+use raft_core::NodeId;
 
 const SEEDS: std::ops::Range<u64> = 0..4;
 

@@ -3,11 +3,16 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use bytes::Bytes;
+use raft_core::message::{
+    AppendRequest, AppendResponse, InstallSnapshot, InstallSnapshotResponse, MessageBody,
+    SnapshotStatus, VoteResponse,
+};
+use raft_core::ready::SnapshotChunk;
+use raft_core::storage::load_initial_state;
+use raft_core::ProgressState;
 use raft_core::{
-    load_initial_state, AppendRequest, AppendResponse, Config, Entry, HardState, InitialState,
-    InstallSnapshot, InstallSnapshotResponse, LogStore, LogWrite, MemLogStore, Message,
-    MessageBody, ProgressState, Raft, Ready, RoleKind, SnapshotChunk, SnapshotMeta, SnapshotStatus,
-    StepError, VoteResponse,
+    Config, Entry, HardState, InitialState, LogStore, LogWrite, MemLogStore, Message, Raft, Ready,
+    RoleKind, SnapshotMeta, StepError,
 };
 
 const SIZE: u64 = 10;
@@ -353,7 +358,7 @@ fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_s
 
 /// A single-node group that proposes one 100-byte entry at a time; returns the index of the
 /// first snapshot request, if one comes within `max` entries.
-fn next_snapshot_request(r: &mut Raft, max: u64) -> Option<raft_core::SnapshotRequest> {
+fn next_snapshot_request(r: &mut Raft, max: u64) -> Option<raft_core::ready::SnapshotRequest> {
     let start = r.last_index();
     while r.last_index() < start + max {
         r.propose(Bytes::from(vec![b'x'; 100])).unwrap();

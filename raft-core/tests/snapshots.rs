@@ -9,10 +9,11 @@
 mod common;
 
 use common::*;
+use raft_core::rng::Rng;
 use raft_core::sim::kv::{prune_unobserved_unknown_writes, KvModel, KvWorkload};
 use raft_core::sim::linearizability::{check_history, CheckOutcome};
 use raft_core::sim::{Cluster, NetFaults, SimOptions, WorkloadOptions};
-use raft_core::{Config, MemLogStore, NodeId, Rng};
+use raft_core::{Config, MemLogStore, NodeId};
 
 const SNAPSHOT_ENTRIES: u64 = 10;
 const KEEP: u64 = 2;

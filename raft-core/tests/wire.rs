@@ -8,11 +8,12 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use bytes::Bytes;
-use raft_core::wire::{decode, encode, MESSAGE_FORMAT_VERSION};
-use raft_core::{
-    AppendRequest, AppendResponse, Entry, Heartbeat, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody, SnapshotMeta, SnapshotStatus, VoteRequest, VoteResponse,
+use raft_core::message::{
+    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse,
+    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
 };
+use raft_core::wire::{decode, encode, MESSAGE_FORMAT_VERSION};
+use raft_core::{Entry, Message, SnapshotMeta};
 
 /// One message of every body kind, with values that exercise every varint width.
 fn samples() -> Vec<(&'static str, Message)> {

@@ -252,8 +252,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_core::message::{Heartbeat, MessageBody};
     use raft_core::wire::MESSAGE_FORMAT_VERSION;
-    use raft_core::{Heartbeat, MessageBody};
 
     fn heartbeat() -> Message {
         Message {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use raft_core::{Message, MessageBody, NodeId};
+use raft_core::message::MessageBody;
+use raft_core::{Message, NodeId};
 
 use crate::frame::{encode_frame, read_frame, FrameError};
 use crate::{dial, Inner, PeerMetrics, TcpConfig};

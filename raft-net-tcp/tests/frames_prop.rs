@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raft_core::{
-    AppendRequest, AppendResponse, Entry, EntryKind, Heartbeat, InstallSnapshot,
-    InstallSnapshotResponse, Message, MessageBody, SnapshotMeta, SnapshotStatus, VoteRequest,
-    VoteResponse,
+use raft_core::message::{
+    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse,
+    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
 };
+use raft_core::{Entry, EntryKind, Message, SnapshotMeta};
 use raft_net_tcp::frame::{decode_payload, encode_frame, read_frame, FrameError};
 
 fn entry() -> impl Strategy<Value = Entry> {

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
+use raft_core::message::{AppendRequest, Heartbeat, InstallSnapshot, MessageBody};
 use raft_core::wire::MESSAGE_FORMAT_VERSION;
-use raft_core::{
-    AppendRequest, Entry, Heartbeat, Inbound, InstallSnapshot, Message, MessageBody, NodeId,
-    Router, SnapshotMeta, Transport,
-};
+use raft_core::{Entry, Inbound, Message, NodeId, Router, SnapshotMeta, Transport};
 use raft_net_tcp::frame::{encode_frame, Answer, Hello, Verdict, ANSWER_LEN, PROTOCOL_VERSION};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 

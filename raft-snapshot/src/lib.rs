@@ -20,7 +20,8 @@
 //!
 //! ```
 //! use std::io::Write;
-//! use raft_core::{SnapshotRequest, SnapshotStore};
+//! use raft_core::ready::SnapshotRequest;
+//! use raft_core::SnapshotStore;
 //! use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();

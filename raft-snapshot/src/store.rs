@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use raft_core::ready::SnapshotRequest;
+use raft_core::snapshot::validate_meta;
 use raft_core::{
-    validate_meta, GroupId, SnapshotError, SnapshotMeta, SnapshotReader, SnapshotRequest,
-    SnapshotStore, SnapshotWriter,
+    GroupId, SnapshotError, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter,
 };
 
 use crate::format;

@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_core::{Rng, SnapshotChunk, SnapshotReceiver, SnapshotRequest, SnapshotStore};
+use raft_core::ready::{SnapshotChunk, SnapshotRequest};
+use raft_core::rng::Rng;
+use raft_core::snapshot::SnapshotReceiver;
+use raft_core::SnapshotStore;
 use raft_snapshot::{format, FileSnapshotStore, SnapshotStoreOptions};
 
 const CHILD_DIR: &str = "RAFT_SNAPSHOT_CRASH_CHILD_DIR";

@@ -6,11 +6,10 @@
 use std::io::Write;
 use std::time::Instant;
 
+use raft_core::ready::{SnapshotChunk, SnapshotRequest};
 use raft_core::sim::kv::{KvOp, KvStore};
-use raft_core::{
-    restore_snapshot, take_snapshot, SnapshotChunk, SnapshotError, SnapshotMeta, SnapshotReceiver,
-    SnapshotRequest, SnapshotStore, StateMachine,
-};
+use raft_core::snapshot::{restore_snapshot, take_snapshot, SnapshotReceiver};
+use raft_core::{SnapshotError, SnapshotMeta, SnapshotStore, StateMachine};
 use raft_snapshot::{format, FileSnapshotStore, SnapshotStoreOptions};
 
 fn options() -> SnapshotStoreOptions {

@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics() {
-        let mut rng = raft_core::Rng::new(1);
+        let mut rng = raft_core::rng::Rng::new(1);
         for _ in 0..20_000 {
             let len = rng.below(200) as usize;
             let b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();

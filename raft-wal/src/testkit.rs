@@ -21,7 +21,7 @@ pub enum Leftover {
 /// and in every later segment file) is replaced as `leftover` says. Segment files created
 /// after the durable position keep existing (their creation may have been durable).
 pub fn power_loss(dir: &Path, durable: DurablePosition, leftover: Leftover) -> std::io::Result<()> {
-    let mut rng = raft_core::Rng::new(match leftover {
+    let mut rng = raft_core::rng::Rng::new(match leftover {
         Leftover::Garbage(seed) => seed,
         _ => 0,
     });

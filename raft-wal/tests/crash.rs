@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::{Entry, HardState, LogStore, LogWrite, Rng};
+use raft_core::rng::Rng;
+use raft_core::{Entry, HardState, LogStore, LogWrite};
 use raft_wal::testkit::{power_loss, Leftover};
 use raft_wal::{AppendVia, Durability, DurablePosition, Wal, WalConfig};
 

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raft_core::{Entry, HardState, LogStore, LogWrite, Rng, StorageError};
+use raft_core::rng::Rng;
+use raft_core::{Entry, HardState, LogStore, LogWrite, StorageError};
 use raft_wal::{Durability, RecoveryMode, Wal, WalConfig, WalError};
 
 fn config() -> WalConfig {

@@ -39,7 +39,7 @@ pub struct InitialState {
     /// The last index the store holds.
     pub last_index: Index,
     /// The term of every index in `(base_index, last_index]`, as `(first index, term)` runs with
-    /// growing terms. [`load_initial_state`](crate::load_initial_state) builds them from a store.
+    /// growing terms. [`load_initial_state`](crate::storage::load_initial_state) builds them from a store.
     pub term_runs: Vec<(Index, Term)>,
     /// The index the state machine has already applied (0 for an in-memory state machine that
     /// starts empty).

@@ -10,8 +10,9 @@ use super::kv::KvWorkload;
 use super::linearizability::{check_history, CheckOutcome};
 use super::workload::Workload;
 use super::{Cluster, CrashableStore, DiskModel, Faults, NetFaults, SimOptions, WorkloadOptions};
+use crate::rng::Rng;
 use crate::types::NodeId;
-use crate::{Config, MemLogStore, Rng};
+use crate::{Config, MemLogStore};
 
 /// How long each phase of the scenario runs.
 #[derive(Clone, Debug)]

@@ -24,12 +24,13 @@ use crate::error::{ProposeError, StorageError};
 use crate::execute::{Executor, LogWriter};
 use crate::message::Message;
 use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+use crate::rng::Rng;
 use crate::snapshot::{
     restore_snapshot, serve_snapshot_read, MemSnapshotStore, SnapshotReceiver, SnapshotStore,
 };
 use crate::storage::{load_initial_state, serve_fetch, Lsn};
 use crate::types::{Entry, Index, NodeId, RoleKind, Term};
-use crate::{Config, MemLogStore, Raft, Rng};
+use crate::{Config, MemLogStore, Raft};
 
 /// What a client's request got back.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -323,7 +323,7 @@ mod tests {
     /// them in a real order, each at a random instant inside its call-return window.
     fn generated_history(n: usize, clients: u64, seed: u64) -> Vec<Operation<KvOp, String>> {
         use crate::sim::kv::KvStore;
-        let mut rng = crate::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let mut next_free = vec![0u64; clients as usize];
         let mut planned = Vec::new();
         for i in 0..n {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::error::StorageError;
+use crate::rng::Rng;
 use crate::storage::{LogState, LogStore, LogWrite, Lsn};
 use crate::types::{Entry, GroupId, HardState, Index, Term};
-use crate::Rng;
 
 /// Opens a store under test. Opening again after the previous store was dropped must find
 /// everything that was synced.

@@ -11,7 +11,7 @@
 //! ```
 //! use raft_core::sim::kv::{KvOp, KvStore};
 //! use raft_core::testkit::state_machine::MachineHarness;
-//! use raft_core::{Entry, Rng};
+//! use raft_core::rng::Rng;
 //!
 //! struct KvHarness;
 //!

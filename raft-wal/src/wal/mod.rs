@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
+use raft_core::storage::validate_append;
 use raft_core::{
-    validate_append, Entry, EntryKind, GroupId, HardState, Index, LogState, LogStore, LogWrite,
-    Lsn, StorageError, Term,
+    Entry, EntryKind, GroupId, HardState, Index, LogState, LogStore, LogWrite, Lsn, StorageError,
+    Term,
 };
 
 use crate::config::{Durability, WalConfig};
