@@ -5,7 +5,8 @@
 //! per committed entry (medians over the runs).
 //!
 //! `cargo bench -p raftkit-benches --bench core_throughput`
-//! (`RAFTKIT_BENCH_PROPOSALS=20000` for a quick run).
+//! (`RAFTKIT_BENCH_PROPOSALS=20000` for a quick run; `RAFTKIT_BENCH_CELL=64x1024` runs one cell,
+//! for a profiler or a turn-about comparison of two builds).
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::time::Duration;
@@ -40,6 +41,12 @@ fn core_throughput(c: &mut Criterion) {
         group.warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(2));
         for in_flight in [1u64, 64, 1024] {
+            // RAFTKIT_BENCH_CELL=64x1024 runs one cell (for a profiler).
+            if let Ok(cell) = std::env::var("RAFTKIT_BENCH_CELL") {
+                if cell != format!("{size}x{in_flight}") {
+                    continue;
+                }
+            }
             let mut runs: Vec<RunStats> = Vec::new();
             group.bench_function(BenchmarkId::new("in_flight", in_flight), |b| {
                 b.iter_custom(|iters| {
