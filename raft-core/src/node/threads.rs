@@ -688,6 +688,16 @@ fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
 /// The core stopped: a stage it hands work to has closed.
 struct Stopped;
 
+/// A duty handed to another stage or thread: its result comes later, unless it could not be
+/// handed over because the node is stopping.
+fn later<T>(handed: bool) -> Result<Option<T>, Stopped> {
+    if handed {
+        Ok(None)
+    } else {
+        Err(Stopped)
+    }
+}
+
 /// How the core stage carries out a Ready: messages into the round's outbox, writes to the
 /// persist stage, state machine work to the apply stage, fetches inline (the log store's reads
 /// of recent entries do not wait for a disk), snapshot chunks to the snapshot thread.
@@ -710,11 +720,7 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         _raft: &Raft,
         write: PersistWrite,
     ) -> Result<Option<Vec<Message>>, Stopped> {
-        if self.driver.persist.push(write) {
-            Ok(None)
-        } else {
-            Err(Stopped)
-        }
+        later(self.driver.persist.push(write))
     }
 
     fn apply(
@@ -726,11 +732,7 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
             entries: work.entries,
             snapshot: work.snapshot,
         };
-        if self.driver.apply.push(job) {
-            Ok(None)
-        } else {
-            Err(Stopped)
-        }
+        later(self.driver.apply.push(job))
     }
 
     fn fetch(
@@ -745,9 +747,7 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         read: &SnapshotRead,
     ) -> Result<Option<Result<Bytes, SnapshotError>>, Stopped> {
         match self.snapshot_tx {
-            Some(tx) => {
-                tx.send(SnapshotJob::Read(read.clone())).map(|()| None).map_err(|_| Stopped)
-            }
+            Some(tx) => later(tx.send(SnapshotJob::Read(read.clone())).is_ok()),
             None => Ok(Some(Err(missing_snapshot(&read.meta)))),
         }
     }
@@ -757,9 +757,7 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         chunk: &SnapshotChunk,
     ) -> Result<Option<Result<(), SnapshotError>>, Stopped> {
         match self.snapshot_tx {
-            Some(tx) => {
-                tx.send(SnapshotJob::Chunk(chunk.clone())).map(|()| None).map_err(|_| Stopped)
-            }
+            Some(tx) => later(tx.send(SnapshotJob::Chunk(chunk.clone())).is_ok()),
             None => Ok(Some(Err(missing_snapshot(&chunk.meta)))),
         }
     }
