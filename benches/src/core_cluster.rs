@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
-use raft_core::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+use raft_core::ready::{FetchRequest, ReadState, SnapshotChunk, SnapshotRead};
 use raft_core::storage::serve_fetch;
 use raft_core::{
     Config, Entry, EntryKind, InitialState, MemLogStore, Message, Raft, SnapshotError,
@@ -190,6 +190,10 @@ impl ReadyHandler for NodeIo<'_> {
             self.inboxes[(msg.to - 1) as usize].push(msg);
         }
         Ok(())
+    }
+
+    fn release_reads(&mut self, _reads: Vec<ReadState>) -> Result<(), StorageError> {
+        Ok(()) // The bench proposes; it asks for no reads.
     }
 
     fn persist(

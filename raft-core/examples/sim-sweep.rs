@@ -125,6 +125,9 @@ fn main() -> ExitCode {
     let ops = AtomicU64::new(0);
     let taken = AtomicU64::new(0);
     let installed = AtomicU64::new(0);
+    let reads = AtomicU64::new(0);
+    let follower_reads = AtomicU64::new(0);
+    let transfers = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -140,6 +143,9 @@ fn main() -> ExitCode {
                         ops.fetch_add(report.history_ops as u64, Ordering::Relaxed);
                         taken.fetch_add(report.snapshots_taken, Ordering::Relaxed);
                         installed.fetch_add(report.snapshots_installed, Ordering::Relaxed);
+                        reads.fetch_add(report.reads_served, Ordering::Relaxed);
+                        follower_reads.fetch_add(report.follower_reads, Ordering::Relaxed);
+                        transfers.fetch_add(report.transfers, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -170,6 +176,12 @@ fn main() -> ExitCode {
         "snapshots: {} taken, {} installed from a leader",
         taken.load(Ordering::Relaxed),
         installed.load(Ordering::Relaxed)
+    );
+    println!(
+        "reads without the log: {} served ({} by followers); leadership transfers: {} asked",
+        reads.load(Ordering::Relaxed),
+        follower_reads.load(Ordering::Relaxed),
+        transfers.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");

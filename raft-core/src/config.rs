@@ -33,6 +33,24 @@ pub struct Config {
     /// A leader that has not heard from a quorum within an election timeout steps down
     /// (Raft thesis §6.2), and voters ignore vote requests while they hear from a leader.
     pub check_quorum: bool,
+    /// Let the leader serve reads from its lease, without a round of heartbeats per read (Raft
+    /// thesis §6.4.1). Off by default. Needs `check_quorum`, and must be set on every node of
+    /// the group: the followers keep the lease's promise (they refuse to vote for another
+    /// candidate while they hear from the leader, and for an election timeout after they
+    /// restart).
+    ///
+    /// The lease starts when a heartbeat round that a quorum answered was *sent* and lasts
+    /// `election_ticks - 1 - max_clock_drift_ticks` of the leader's ticks. It is safe as long
+    /// as, over any stretch of one election timeout, no node's ticks run more than
+    /// `max_clock_drift_ticks` ahead of the leader's (a follower whose clock runs fast would
+    /// stop honouring the lease early), and no node stalls between checking the lease and
+    /// serving the read for longer than the slack left. Real clocks drift by parts per million;
+    /// what breaks a lease in practice is a paused process or a virtual machine's stolen time,
+    /// which is what the drift allowance must cover.
+    pub lease_reads: bool,
+    /// How many ticks, over one election timeout, another node's clock may run ahead of this
+    /// one's (see `lease_reads`). Only used for lease reads.
+    pub max_clock_drift_ticks: u32,
     /// Most entries in one append message.
     pub append_entries_max: usize,
     /// Most entry bytes in one append message (at least one entry is always sent).
@@ -82,6 +100,8 @@ impl Default for Config {
             heartbeat_ticks: 2,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
+            max_clock_drift_ticks: 2,
             append_entries_max: 1024,
             append_bytes_max: 1 << 20,
             inflight_msgs_max: 64,
@@ -105,6 +125,14 @@ impl Config {
         Config { id, ..Config::default() }
     }
 
+    /// How many of its own ticks a leader's lease lasts after the heartbeat round that renewed
+    /// it was sent: an election timeout, less one tick (a follower's first tick after hearing
+    /// the leader may come at once), less the allowed clock drift. Zero when that leaves
+    /// nothing.
+    pub fn lease_ticks(&self) -> u32 {
+        self.election_ticks.saturating_sub(1).saturating_sub(self.max_clock_drift_ticks)
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
@@ -118,6 +146,17 @@ impl Config {
                 election_ticks: self.election_ticks,
                 heartbeat_ticks: self.heartbeat_ticks,
             });
+        }
+        if self.lease_reads {
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            if self.lease_ticks() == 0 {
+                return Err(ConfigError::LeaseTooShort {
+                    election_ticks: self.election_ticks,
+                    max_clock_drift_ticks: self.max_clock_drift_ticks,
+                });
+            }
         }
         let limits: [(&'static str, u64); 7] = [
             ("append_entries_max", self.append_entries_max as u64),

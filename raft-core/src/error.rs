@@ -20,6 +20,21 @@ pub enum ConfigError {
         /// The configured heartbeat interval.
         heartbeat_ticks: u32,
     },
+    /// Lease reads were asked for without check-quorum, which is what keeps the lease's
+    /// promise (voters ignore candidates while they hear from a leader).
+    #[error("lease_reads needs check_quorum")]
+    LeaseWithoutCheckQuorum,
+    /// The election timeout less one tick and the clock drift allowance leaves no lease.
+    #[error(
+        "election_ticks ({election_ticks}) leaves no lease after one tick and \
+         max_clock_drift_ticks ({max_clock_drift_ticks})"
+    )]
+    LeaseTooShort {
+        /// The configured election timeout.
+        election_ticks: u32,
+        /// The configured drift allowance.
+        max_clock_drift_ticks: u32,
+    },
     /// A limit that must be positive is zero.
     #[error("{name} must be greater than zero")]
     ZeroLimit {
@@ -71,6 +86,45 @@ pub enum ProposeError {
         /// The configured limit.
         limit_bytes: u64,
     },
+    /// The leader is handing leadership to `to` and takes no proposals meanwhile (for at most
+    /// an election timeout). Retry at the new leader, or here if the transfer is abandoned.
+    #[error("leadership is being transferred to node {to}")]
+    Transferring {
+        /// The node leadership is being handed to.
+        to: NodeId,
+    },
+}
+
+/// Why a read asked for with [`Raft::read_index`](crate::Raft::read_index) cannot be served.
+/// Nothing was read: retrying is always safe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// This node neither leads nor knows a leader to ask; `leader` is a hint if it has one.
+    #[error("no leader to confirm the read (leader hint: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Leadership changed while the read waited, or the leader did not answer within an
+    /// election timeout.
+    #[error("the read was abandoned: leadership changed or the leader did not answer")]
+    Abandoned,
+}
+
+/// Why [`Raft::transfer_leader`](crate::Raft::transfer_leader) refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Only the leader can hand leadership on.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the group.
+    #[error("node {0} is not a voter of the group")]
+    NotAVoter(NodeId),
 }
 
 /// Why a message handed to [`Raft::step`](crate::Raft::step) was dropped. The node's state is

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use raft_core::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
-//! use raft_core::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+//! use raft_core::ready::{FetchRequest, ReadState, SnapshotChunk, SnapshotRead};
 //! use raft_core::storage::serve_fetch;
 //! use raft_core::{Config, Entry, InitialState, LogStore, MemLogStore, Message, Raft,
 //!     SnapshotError, SnapshotMeta, StorageError};
@@ -21,6 +21,9 @@
 //!     type Error = StorageError;
 //!     fn send(&mut self, _messages: Vec<Message>) -> Result<(), StorageError> {
 //!         Ok(()) // A one-node group has nobody to talk to.
+//!     }
+//!     fn release_reads(&mut self, _reads: Vec<ReadState>) -> Result<(), StorageError> {
+//!         Ok(()) // This example asks for no reads.
 //!     }
 //!     fn persist(&mut self, _raft: &Raft, mut write: PersistWrite)
 //!         -> Result<Option<Vec<Message>>, StorageError> {
@@ -67,7 +70,7 @@ use bytes::Bytes;
 use crate::error::{SnapshotError, StorageError};
 use crate::message::Message;
 use crate::raft::Raft;
-use crate::ready::{FetchRequest, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
+use crate::ready::{FetchRequest, ReadState, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
 use crate::storage::{LogStore, LogWrite, Lsn};
 use crate::types::{Entry, GroupId, HardState, Index, SnapshotMeta, Term};
 
@@ -140,6 +143,10 @@ pub trait ReadyHandler {
 
     /// Step 1 (and step 3 for writes that were durable at once): send these messages.
     fn send(&mut self, messages: Vec<Message>) -> Result<(), Self::Error>;
+
+    /// Reads released (or failed): serve each once the state machine has applied its index.
+    /// They wait for no write; a runtime must not hold them behind its disk.
+    fn release_reads(&mut self, reads: Vec<ReadState>) -> Result<(), Self::Error>;
 
     /// Step 2: hand a write to the log store, after every write handed before it.
     ///
@@ -244,11 +251,15 @@ impl Executor {
             snapshot_request,
             snapshot_reads,
             snapshot_chunks,
+            reads,
         } = ready;
         // 1. Messages that promise nothing go out at once: a leader's appends leave while it
-        //    writes the same entries to its own disk.
+        //    writes the same entries to its own disk. Reads wait for no write either.
         if !messages.is_empty() {
             handler.send(messages)?;
+        }
+        if !reads.is_empty() {
+            handler.release_reads(reads)?;
         }
         // 2 and 3. The write, compaction first. Messages that promise durability wait for it,
         //    and, with nothing to write, for the writes still in flight: an acknowledgement of a

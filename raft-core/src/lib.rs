@@ -44,7 +44,9 @@ pub mod wire;
 // out Readies), `ready` (its work items), `storage` and `snapshot` (serving reads, loading state,
 // taking and restoring snapshots), `message` (message bodies), `wire` (their encoding).
 pub use config::Config;
-pub use error::{ConfigError, ProposeError, SnapshotError, StepError, StorageError};
+pub use error::{
+    ConfigError, ProposeError, ReadError, SnapshotError, StepError, StorageError, TransferError,
+};
 pub use mem::MemLogStore;
 pub use mem_transport::{MemNetwork, MemTransport};
 pub use message::Message;

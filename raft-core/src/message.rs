@@ -36,15 +36,24 @@ pub enum MessageBody {
     Vote(VoteRequest),
     /// Voter to candidate: the answer to a [`VoteRequest`].
     VoteResponse(VoteResponse),
-    /// Leader to follower: "I am still leader", with a commit index the follower can use.
+    /// Leader to follower: "I am still leader", with a commit index the follower can use and
+    /// the number of the leader's round of heartbeats (which confirms reads and the lease).
     Heartbeat(Heartbeat),
-    /// Follower to leader: the answer to a [`Heartbeat`].
-    HeartbeatResponse,
+    /// Follower to leader: the answer to a [`Heartbeat`], naming its round.
+    HeartbeatResponse(HeartbeatResponse),
     /// Leader to follower: one chunk of a snapshot, for a follower that needs entries the
     /// leader has compacted away.
     InstallSnapshot(InstallSnapshot),
     /// Follower to leader: how far the follower got with a snapshot.
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// Follower to leader: "tell me an index at which a linearizable read may be served" (a
+    /// follower read, ReadIndex in the Raft thesis §6.4).
+    ReadIndex(ReadIndexRequest),
+    /// Leader to follower: the answer to a [`ReadIndexRequest`].
+    ReadIndexResponse(ReadIndexResponse),
+    /// Leader to the target of a leadership transfer, whose log is up to date: "campaign now"
+    /// (Raft thesis §3.10).
+    TimeoutNow,
 }
 
 impl MessageBody {
@@ -58,9 +67,12 @@ impl MessageBody {
             MessageBody::VoteResponse(v) if v.pre_vote => "pre-vote-response",
             MessageBody::VoteResponse(_) => "vote-response",
             MessageBody::Heartbeat(_) => "heartbeat",
-            MessageBody::HeartbeatResponse => "heartbeat-response",
+            MessageBody::HeartbeatResponse(_) => "heartbeat-response",
             MessageBody::InstallSnapshot(_) => "install-snapshot",
             MessageBody::InstallSnapshotResponse(_) => "install-snapshot-response",
+            MessageBody::ReadIndex(_) => "read-index",
+            MessageBody::ReadIndexResponse(_) => "read-index-response",
+            MessageBody::TimeoutNow => "timeout-now",
         }
     }
 }
@@ -113,6 +125,10 @@ pub struct VoteRequest {
     pub last_index: Index,
     /// The term of the candidate's last log entry.
     pub last_term: Term,
+    /// The candidate campaigns because the leader transferred leadership to it
+    /// ([`MessageBody::TimeoutNow`]): voters grant it even while they hear from that leader,
+    /// which gave up its lease before sending `TimeoutNow`.
+    pub transfer: bool,
 }
 
 /// The answer to a [`VoteRequest`].
@@ -130,6 +146,35 @@ pub struct Heartbeat {
     /// The leader's commit index, capped at what the follower is known to hold, so the
     /// follower never commits an entry it has not matched.
     pub commit: Index,
+    /// The leader's round of heartbeats (numbered from 1 in each term). A quorum answering
+    /// round `r` proves that the leader still led when it sent `r`: reads that arrived before
+    /// `r` was sent may be served, and the lease runs from then.
+    pub round: u64,
+}
+
+/// A follower's answer to a [`Heartbeat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The round of the heartbeat answered.
+    pub round: u64,
+}
+
+/// A follower asks its leader for a read index on behalf of the reads it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// The follower's request number (grows by one per request); the answer names it.
+    pub seq: u64,
+}
+
+/// The leader's answer to a [`ReadIndexRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// The request answered.
+    pub seq: u64,
+    /// The index a read that arrived before the request was sent may be served at, once
+    /// the follower has applied it; `None` if the node asked cannot give one (it does not
+    /// lead).
+    pub index: Option<Index>,
 }
 
 /// One chunk of a snapshot (Raft §7, chunked as in the Raft thesis §5.1).

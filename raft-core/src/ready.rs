@@ -39,6 +39,7 @@
 //! durable (this is how group commit batches many Readies into one sync), as long as writes
 //! reach the store in Ready order and `on_persisted` numbers never go backwards.
 
+use crate::error::ReadError;
 use crate::message::Message;
 use bytes::Bytes;
 
@@ -77,6 +78,10 @@ pub struct Ready {
     pub snapshot_reads: Vec<SnapshotRead>,
     /// Received snapshot chunks to write (follower).
     pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Reads asked for with [`Raft::read_index`](crate::Raft::read_index) that may now be
+    /// served (once the state machine has applied their index) or cannot be. They depend on
+    /// no write of this Ready.
+    pub reads: Vec<ReadState>,
 }
 
 impl Ready {
@@ -96,7 +101,23 @@ impl Ready {
             && self.snapshot_request.is_none()
             && self.snapshot_reads.is_empty()
             && self.snapshot_chunks.is_empty()
+            && self.reads.is_empty()
     }
+}
+
+/// Names a read asked for with [`Raft::read_index`](crate::Raft::read_index): the caller
+/// picks it, unique among its reads in flight.
+pub type ReadId = u64;
+
+/// The outcome of a read asked for with [`Raft::read_index`](crate::Raft::read_index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The read.
+    pub id: ReadId,
+    /// The index to serve the read at: run the query once the state machine has applied every
+    /// entry up to it (it sees every write that completed before the read was asked for). Or
+    /// why the read cannot be served (nothing was read; retrying is safe).
+    pub result: Result<Index, ReadError>,
 }
 
 /// Why the core needs entries read from the store.

@@ -101,6 +101,8 @@ pub(crate) struct Progress {
     pub(crate) fetching: bool,
     /// The snapshot transfer, in snapshot state.
     pub(crate) snapshot: Option<SnapshotSend>,
+    /// The highest round of heartbeats the follower answered in this term.
+    pub(crate) round_ack: u64,
 }
 
 impl Progress {
@@ -115,6 +117,7 @@ impl Progress {
             recent_active: false,
             fetching: false,
             snapshot: None,
+            round_ack: 0,
         }
     }
 

@@ -7,7 +7,7 @@
 //! misreading each other's messages. Any transport may use [`encode`] and [`decode`]; raft-net-tcp
 //! frames their bytes with a length and a CRC32C.
 //!
-//! # Layout (format 1)
+//! # Layout (format 2)
 //!
 //! bincode 1 with variable-length integers: an integer below 251 is one byte; 251, 252 and 253
 //! announce a `u16`, `u32` or `u64` that follows (little endian). An enum is its variant's
@@ -21,13 +21,16 @@
 //!   0 Append                   | prev_index | prev_term | entries: len, Entry* | commit
 //!   1 AppendResponse           | 0 Success  | match_index
 //!                              | 1 Conflict | rejected | hint_index | hint_term
-//!   2 Vote                     | pre_vote u8 | last_index | last_term
+//!   2 Vote                     | pre_vote u8 | last_index | last_term | transfer u8
 //!   3 VoteResponse             | pre_vote u8 | granted u8
-//!   4 Heartbeat                | commit
-//!   5 HeartbeatResponse        | (nothing)
+//!   4 Heartbeat                | commit | round
+//!   5 HeartbeatResponse        | round
 //!   6 InstallSnapshot          | SnapshotMeta | offset | data: len, bytes | done u8
 //!   7 InstallSnapshotResponse  | SnapshotMeta | status: 0 Receiving offset | 1 Installed
 //!                              |              |         2 Stale commit     | 3 Failed
+//!   8 ReadIndex                | seq
+//!   9 ReadIndexResponse        | seq | index: Option
+//!  10 TimeoutNow               | (nothing)
 //! Entry       | term | index | kind: 0 Normal, 1 Noop | data: len, bytes
 //! SnapshotMeta| group | index | term | voters: len, ids | size | checksum (varint u32)
 //! ```
@@ -38,11 +41,12 @@ use bincode::Options;
 
 use crate::message::Message;
 
-/// The version of the message encoding this build speaks. Bump it with any change to
+/// The version of the message encoding this build speaks (2: heartbeat rounds, ReadIndex,
+/// TimeoutNow and the vote's transfer flag; 1: the first). Bump it with any change to
 /// [`Message`] or a type inside it that changes its bytes (a new variant, a new field, a
 /// reordering), and regenerate the golden file (`UPDATE_GOLDEN=1 cargo test -p raft-core
 /// --test wire`).
-pub const MESSAGE_FORMAT_VERSION: u16 = 1;
+pub const MESSAGE_FORMAT_VERSION: u16 = 2;
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +106,7 @@ mod tests {
             from: 1,
             to: 2,
             term: 300,
-            body: MessageBody::Heartbeat(Heartbeat { commit: 70_000 }),
+            body: MessageBody::Heartbeat(Heartbeat { commit: 70_000, round: 12 }),
         };
         let mut bytes = Vec::new();
         encode(&msg, &mut bytes).unwrap();

@@ -6,7 +6,8 @@ mod common;
 
 use bytes::Bytes;
 use raft_core::message::{
-    AppendRequest, AppendResponse, Heartbeat, MessageBody, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, MessageBody, VoteRequest,
+    VoteResponse,
 };
 use raft_core::ready::FetchPurpose;
 use raft_core::{
@@ -127,7 +128,8 @@ fn configuration_errors_are_typed() {
 fn proposals_off_the_leader_fail_fast_with_a_hint() {
     let mut f = node(2, &[1, 2, 3]);
     assert_eq!(f.propose("x".into()), Err(ProposeError::NotLeader { leader: None }));
-    f.step(msg(1, 2, 1, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("heartbeat");
+    f.step(msg(1, 2, 1, MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 })))
+        .expect("heartbeat");
     assert_eq!(f.propose("x".into()), Err(ProposeError::NotLeader { leader: Some(1) }));
     assert_eq!(f.last_index(), 0, "nothing was appended");
 }
@@ -135,7 +137,7 @@ fn proposals_off_the_leader_fail_fast_with_a_hint() {
 #[test]
 fn a_vote_leaves_only_after_it_is_persisted() {
     let mut f = node(2, &[1, 2, 3]);
-    let req = VoteRequest { pre_vote: false, last_index: 0, last_term: 0 };
+    let req = VoteRequest { pre_vote: false, last_index: 0, last_term: 0, transfer: false };
     f.step(msg(1, 2, 5, MessageBody::Vote(req))).expect("vote request");
     let rd = f.ready();
     assert_eq!(rd.hard_state, Some(HardState { term: 5, vote: Some(1), commit: 0 }));
@@ -203,10 +205,11 @@ fn pre_vote_changes_no_state() {
 #[test]
 fn a_node_that_hears_its_leader_ignores_vote_requests() {
     let mut f = node(2, &[1, 2, 3]);
-    f.step(msg(1, 2, 3, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("heartbeat");
+    f.step(msg(1, 2, 3, MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 })))
+        .expect("heartbeat");
     let _ = f.ready();
     for pre_vote in [true, false] {
-        let req = VoteRequest { pre_vote, last_index: 10, last_term: 9 };
+        let req = VoteRequest { pre_vote, last_index: 10, last_term: 9, transfer: false };
         f.step(msg(3, 2, 4, MessageBody::Vote(req))).expect("vote request");
         assert_eq!(f.term(), 3, "the term must not move while the leader is alive");
         let rd = f.ready();
@@ -219,7 +222,7 @@ fn a_node_that_hears_its_leader_ignores_vote_requests() {
     for _ in 0..10 {
         f.tick();
     }
-    let req = VoteRequest { pre_vote: true, last_index: 10, last_term: 9 };
+    let req = VoteRequest { pre_vote: true, last_index: 10, last_term: 9, transfer: false };
     f.step(msg(3, 2, 4, MessageBody::Vote(req))).expect("pre-vote");
     let rd = f.ready();
     assert_eq!(
@@ -237,10 +240,17 @@ fn a_node_that_hears_its_leader_ignores_vote_requests() {
 #[test]
 fn a_stale_leader_is_told_the_newer_term() {
     let mut f = node(2, &[1, 2, 3]);
-    f.step(msg(3, 2, 7, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("new leader");
-    f.step(msg(1, 2, 4, MessageBody::Heartbeat(Heartbeat { commit: 0 }))).expect("old leader");
+    f.step(msg(3, 2, 7, MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 })))
+        .expect("new leader");
+    f.step(msg(1, 2, 4, MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 })))
+        .expect("old leader");
     let rd = f.ready();
-    assert!(rd.messages.contains(&msg(2, 1, 7, MessageBody::HeartbeatResponse)));
+    assert!(rd.messages.contains(&msg(
+        2,
+        1,
+        7,
+        MessageBody::HeartbeatResponse(HeartbeatResponse { round: 0 })
+    )));
 }
 
 #[test]
@@ -320,7 +330,8 @@ fn check_quorum_steps_down_within_an_election_timeout() {
     for _ in 0..50 {
         l.tick();
         let _ = l.ready();
-        l.step(msg(2, 1, 1, MessageBody::HeartbeatResponse)).expect("answer");
+        l.step(msg(2, 1, 1, MessageBody::HeartbeatResponse(HeartbeatResponse { round: 1 })))
+            .expect("answer");
     }
     assert!(l.is_leader());
 }
@@ -328,7 +339,7 @@ fn check_quorum_steps_down_within_an_election_timeout() {
 #[test]
 fn bad_messages_are_refused_without_changing_state() {
     let mut f = node(2, &[1, 2, 3]);
-    let hb = MessageBody::Heartbeat(Heartbeat { commit: 0 });
+    let hb = MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 });
     let wrong_group = Message { group: 9, ..msg(1, 2, 1, hb.clone()) };
     assert_eq!(f.step(wrong_group), Err(StepError::WrongGroup { expected: 0, got: 9 }));
     assert_eq!(f.step(msg(1, 3, 1, hb.clone())), Err(StepError::WrongNode { expected: 2, got: 3 }));

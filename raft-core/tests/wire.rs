@@ -9,8 +9,9 @@
 
 use bytes::Bytes;
 use raft_core::message::{
-    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse,
-    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
+    InstallSnapshotResponse, MessageBody, ReadIndexRequest, ReadIndexResponse, SnapshotStatus,
+    VoteRequest, VoteResponse,
 };
 use raft_core::wire::{decode, encode, MESSAGE_FORMAT_VERSION};
 use raft_core::{Entry, Message, SnapshotMeta};
@@ -53,14 +54,22 @@ fn samples() -> Vec<(&'static str, Message)> {
         ),
         (
             "vote",
-            msg(MessageBody::Vote(VoteRequest { pre_vote: true, last_index: 9, last_term: 2 })),
+            msg(MessageBody::Vote(VoteRequest {
+                pre_vote: true,
+                last_index: 9,
+                last_term: 2,
+                transfer: false,
+            })),
         ),
         (
             "vote-response",
             msg(MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true })),
         ),
-        ("heartbeat", msg(MessageBody::Heartbeat(Heartbeat { commit: 9 }))),
-        ("heartbeat-response", msg(MessageBody::HeartbeatResponse)),
+        ("heartbeat", msg(MessageBody::Heartbeat(Heartbeat { commit: 9, round: 300 }))),
+        (
+            "heartbeat-response",
+            msg(MessageBody::HeartbeatResponse(HeartbeatResponse { round: 70_000 })),
+        ),
         (
             "install-snapshot",
             msg(MessageBody::InstallSnapshot(InstallSnapshot {
@@ -75,6 +84,25 @@ fn samples() -> Vec<(&'static str, Message)> {
             msg(MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
                 meta,
                 status: SnapshotStatus::Stale { commit: 80_000 },
+            })),
+        ),
+        ("read-index", msg(MessageBody::ReadIndex(ReadIndexRequest { seq: 1 << 33 }))),
+        (
+            "read-index-response",
+            msg(MessageBody::ReadIndexResponse(ReadIndexResponse { seq: 5, index: Some(65_536) })),
+        ),
+        (
+            "read-index-refused",
+            msg(MessageBody::ReadIndexResponse(ReadIndexResponse { seq: 6, index: None })),
+        ),
+        ("timeout-now", msg(MessageBody::TimeoutNow)),
+        (
+            "vote-transfer",
+            msg(MessageBody::Vote(VoteRequest {
+                pre_vote: false,
+                last_index: 70_000,
+                last_term: 250,
+                transfer: true,
             })),
         ),
     ]

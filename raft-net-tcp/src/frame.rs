@@ -261,7 +261,7 @@ mod tests {
             from: 1,
             to: 2,
             term: 9,
-            body: MessageBody::Heartbeat(Heartbeat { commit: 4 }),
+            body: MessageBody::Heartbeat(Heartbeat { commit: 4, round: 1 }),
         }
     }
 

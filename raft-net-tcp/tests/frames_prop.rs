@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::message::{
-    AppendRequest, AppendResponse, Heartbeat, InstallSnapshot, InstallSnapshotResponse,
-    MessageBody, SnapshotStatus, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
+    InstallSnapshotResponse, MessageBody, ReadIndexRequest, ReadIndexResponse, SnapshotStatus,
+    VoteRequest, VoteResponse,
 };
 use raft_core::{Entry, EntryKind, Message, SnapshotMeta};
 use raft_net_tcp::frame::{decode_payload, encode_frame, read_frame, FrameError};
@@ -55,16 +56,22 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 hint_term,
             })
         }),
-        (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
-            |(pre_vote, last_index, last_term)| {
-                MessageBody::Vote(VoteRequest { pre_vote, last_index, last_term })
+        (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(pre_vote, last_index, last_term, transfer)| {
+                MessageBody::Vote(VoteRequest { pre_vote, last_index, last_term, transfer })
             }
         ),
         (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted)| MessageBody::VoteResponse(
             VoteResponse { pre_vote, granted }
         )),
-        any::<u64>().prop_map(|commit| MessageBody::Heartbeat(Heartbeat { commit })),
-        Just(MessageBody::HeartbeatResponse),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(commit, round)| MessageBody::Heartbeat(Heartbeat { commit, round })),
+        any::<u64>().prop_map(|round| MessageBody::HeartbeatResponse(HeartbeatResponse { round })),
+        any::<u64>().prop_map(|seq| MessageBody::ReadIndex(ReadIndexRequest { seq })),
+        (any::<u64>(), any::<Option<u64>>()).prop_map(|(seq, index)| {
+            MessageBody::ReadIndexResponse(ReadIndexResponse { seq, index })
+        }),
+        Just(MessageBody::TimeoutNow),
         (meta(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..256), any::<bool>())
             .prop_map(|(meta, offset, data, done)| MessageBody::InstallSnapshot(InstallSnapshot {
                 meta,

@@ -47,7 +47,13 @@ impl Collector {
 }
 
 fn heartbeat(group: u64, from: NodeId, to: NodeId, commit: u64) -> Message {
-    Message { group, from, to, term: 1, body: MessageBody::Heartbeat(Heartbeat { commit }) }
+    Message {
+        group,
+        from,
+        to,
+        term: 1,
+        body: MessageBody::Heartbeat(Heartbeat { commit, round: 1 }),
+    }
 }
 
 fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
@@ -396,7 +402,7 @@ fn large_messages_sent_faster_than_read_arrive_whole_and_in_order() {
     let sent = 400u64;
     for i in 0..sent {
         let body = if i % 3 == 2 {
-            MessageBody::Heartbeat(Heartbeat { commit: i })
+            MessageBody::Heartbeat(Heartbeat { commit: i, round: 1 })
         } else {
             MessageBody::Append(AppendRequest {
                 prev_index: i,

@@ -40,10 +40,28 @@
 //! [`NodeError::Stopped`] mean the outcome is unknown. A success is only ever reported for an
 //! entry that committed and was applied.
 //!
-//! Reads go through the log for now: [`Node::read`] proposes an empty entry (a read barrier) and
-//! runs the query on the state machine when that entry is applied, which makes the read
-//! linearizable at the cost of a log write. The state machine sees each barrier as a
-//! [`EntryKind::Noop`] entry, which is why proposals must not be empty.
+//! # Reads
+//!
+//! [`Node::read`] is linearizable: the query sees every write that completed before the call.
+//! How it gets there is the node's [`ReadMode`] ([`NodeOptions::read_mode`]):
+//!
+//! - [`ReadMode::Index`] (the default): the leader confirms with one round of heartbeats that it
+//!   still leads (many reads share a round) and the query runs once the state machine has
+//!   applied the commit index the read arrived at. On a follower the read asks the leader for
+//!   that index and runs locally (a follower read). Nothing is written; reads never wait for a
+//!   disk.
+//! - [`ReadMode::Lease`]: as `Index`, but while the leader's lease holds it answers without a
+//!   round. Every node of the group must use it, and the clocks must keep the promise
+//!   [`Config::lease_reads`] states.
+//! - [`ReadMode::Log`]: the read proposes an empty entry (a read barrier) and runs when that
+//!   entry is applied: a log write per read, always safe. The state machine sees each barrier
+//!   as an [`EntryKind::Noop`] entry, which is why proposals must not be empty.
+//!
+//! # Leadership transfer
+//!
+//! [`Node::transfer_leader`] hands leadership to another voter: the leader refuses proposals
+//! meanwhile ([`NodeError::Transferring`], nothing done), catches the target up and tells it to
+//! campaign; the call returns once this node follows the new leader.
 //!
 //! A server answering many clients from one event loop gathers a round's requests in a
 //! [`Batch`] ([`Node::batch`]): they share one round of the core, and the loop's thread runs it.
@@ -99,6 +117,27 @@ pub enum NodeError {
     /// take effect. Retrying is safe.
     #[error("leadership changed and the request's entry was replaced; nothing was done")]
     Dropped,
+    /// The leader is handing leadership to `to` and takes no proposals meanwhile (at most an
+    /// election timeout). Nothing was done: retry at `to`, or here a little later.
+    #[error("leadership is being transferred to node {to}; nothing was done")]
+    Transferring {
+        /// The node leadership is being handed to.
+        to: NodeId,
+    },
+    /// A read's leader changed while it waited, or did not answer in time. Nothing was read:
+    /// retrying is safe.
+    #[error("the read was abandoned (leadership changed); nothing was read")]
+    ReadAbandoned,
+    /// A leadership transfer did not finish within an election timeout (the target did not win),
+    /// and the leader took proposals again.
+    #[error("the leadership transfer to node {to} was abandoned")]
+    TransferAbandoned {
+        /// The intended new leader.
+        to: NodeId,
+    },
+    /// The node named is not a voter of the group.
+    #[error("node {0} is not a voter of the group")]
+    NotAVoter(NodeId),
     /// Empty commands are reserved for the driver's read barriers. Nothing was done.
     #[error("empty commands are reserved for read barriers; nothing was done")]
     EmptyCommand,
@@ -136,7 +175,54 @@ impl NodeError {
                 | NodeError::Busy { .. }
                 | NodeError::Dropped
                 | NodeError::EmptyCommand
+                | NodeError::Transferring { .. }
+                | NodeError::ReadAbandoned
+                | NodeError::NotAVoter(_)
         )
+    }
+}
+
+/// How [`Node::read`] makes a read linearizable (see the [module docs](self#reads)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadMode {
+    /// ReadIndex: one round of heartbeats confirms the leader (shared by the reads that
+    /// arrive together); followers ask the leader for the index and serve locally.
+    #[default]
+    Index,
+    /// The leader's lease answers without a round while it holds (needs check-quorum and the
+    /// same mode on every node; see [`Config::lease_reads`]).
+    Lease,
+    /// A read barrier through the log: a write per read, safe whatever the clocks do.
+    Log,
+}
+
+impl ReadMode {
+    /// The mode's name: `index`, `lease` or `log`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Index => "index",
+            ReadMode::Lease => "lease",
+            ReadMode::Log => "log",
+        }
+    }
+}
+
+impl std::str::FromStr for ReadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ReadMode, String> {
+        match s {
+            "index" => Ok(ReadMode::Index),
+            "lease" => Ok(ReadMode::Lease),
+            "log" => Ok(ReadMode::Log),
+            other => Err(format!("unknown read mode {other:?} (expected index, lease or log)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -156,6 +242,9 @@ pub struct NodeOptions {
     pub max_inputs_per_round: usize,
     /// Bytes per read when restoring the state machine from a snapshot.
     pub restore_chunk_bytes: usize,
+    /// How [`Node::read`] makes reads linearizable. [`ReadMode::Lease`] turns on
+    /// [`Config::lease_reads`].
+    pub read_mode: ReadMode,
 }
 
 impl NodeOptions {
@@ -168,6 +257,7 @@ impl NodeOptions {
             tick: Duration::from_millis(10),
             max_inputs_per_round: 4096,
             restore_chunk_bytes: 1 << 20,
+            read_mode: ReadMode::Index,
         }
     }
 }
@@ -185,6 +275,8 @@ pub struct NodeStatus {
     pub rejected_messages: u64,
     /// Why the node stopped working, if a storage or state-machine failure stopped it.
     pub failure: Option<String>,
+    /// How reads are made linearizable.
+    pub read_mode: ReadMode,
 }
 
 /// What every thread of a node shares: cheap views of the core for callers, and failure.
@@ -231,7 +323,7 @@ pub(crate) enum Waiter<M: StateMachine> {
     Read(ReadFn<M>),
 }
 
-/// A query waiting for its read barrier.
+/// A query waiting for its read to be confirmed and its index applied.
 pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M, NodeError>) + Send>;
 
 impl<M: StateMachine> Waiter<M> {
@@ -333,6 +425,7 @@ where
         mut machine: M,
     ) -> Result<Node<M>, NodeError> {
         let mut config = options.raft.clone();
+        config.lease_reads = options.read_mode == ReadMode::Lease;
         config.validate()?;
         if config.seed == 0 {
             config.seed = os_seed();
@@ -439,17 +532,18 @@ where
         }
     }
 
-    /// A linearizable read: runs `query` on the state machine once a read barrier proposed now
-    /// is applied, so it sees every write that completed before the call. Goes through the
-    /// leader's log (ReadIndex will make it cheaper).
-    /// The calling thread runs the node's work while no other thread is.
+    /// A linearizable read: runs `query` on the state machine once it has applied every write
+    /// that completed before the call, by the node's [`ReadMode`] (see the
+    /// [module docs](self#reads)). Works on followers too (except in [`ReadMode::Log`], where
+    /// it answers [`NodeError::NotLeader`]). The calling thread runs the node's work while no
+    /// other thread is.
     pub fn read<R, F>(&self, query: F, timeout: Duration) -> Result<R, NodeError>
     where
         R: Send + 'static,
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
-        self.driver.deliver(read_input(query, reply));
+        self.driver.deliver(read_input(self.driver.read_mode, query, reply));
         pending.wait(timeout)
     }
 
@@ -460,7 +554,7 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
     {
         let (reply, pending) = reply_pair();
-        self.submit(Some(read_input(query, reply)));
+        self.submit(Some(read_input(self.driver.read_mode, query, reply)));
         pending
     }
 
@@ -473,7 +567,11 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
         D: FnOnce(Result<R, NodeError>) + Send + 'static,
     {
-        self.submit(Some(read_input(query, Reply::callback(Box::new(done)))));
+        self.submit(Some(read_input(
+            self.driver.read_mode,
+            query,
+            Reply::callback(Box::new(done)),
+        )));
     }
 
     /// Runs `query` on this node's state machine as it is now, without going through the log:
@@ -504,6 +602,23 @@ where
         if self.driver.apply.push(local_job(query, Reply::callback(Box::new(done)))) {
             self.driver.apply.call_worker();
         }
+    }
+
+    /// Hands leadership to voter `to` and waits up to `timeout` until this node follows it.
+    /// Proposals here fail with [`NodeError::Transferring`] meanwhile. Fails with
+    /// [`NodeError::TransferAbandoned`] if the target did not win within an election timeout
+    /// (proposals resume here), [`NodeError::NotLeader`] on a follower, and
+    /// [`NodeError::NotAVoter`] for a node outside the group. Transferring to this node itself
+    /// cancels a transfer in progress.
+    pub fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        let (reply, pending) = reply_pair();
+        self.driver.deliver(Input::Transfer { to, reply });
+        pending.wait(timeout)
+    }
+
+    /// How this node's reads are made linearizable.
+    pub fn read_mode(&self) -> ReadMode {
+        self.driver.read_mode
     }
 
     /// A full status report from the core (waits up to a second for it).
@@ -659,7 +774,11 @@ where
         F: FnOnce(&M) -> R + Send + 'static,
         D: FnOnce(Result<R, NodeError>) + Send + 'static,
     {
-        self.inputs.push(read_input(query, Reply::callback(Box::new(done))));
+        self.inputs.push(read_input(
+            self.node.driver.read_mode,
+            query,
+            Reply::callback(Box::new(done)),
+        ));
     }
 
     /// How many requests the batch holds.
@@ -699,8 +818,9 @@ fn propose_input<M: StateMachine>(command: Bytes, reply: Reply<M::Output>) -> Op
     }
 }
 
-/// The input for a linearizable read: a read barrier whose waiter runs `query`.
-fn read_input<M, R, F>(query: F, reply: Reply<R>) -> Input<M>
+/// The input for a linearizable read in `mode`: a read the core confirms, or a read barrier,
+/// whose waiter runs `query`.
+fn read_input<M, R, F>(mode: ReadMode, query: F, reply: Reply<R>) -> Input<M>
 where
     M: StateMachine,
     R: Send + 'static,
@@ -710,7 +830,10 @@ where
         Ok(machine) => reply.send(Ok(query(machine))),
         Err(err) => reply.send(Err(err)),
     });
-    Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) }
+    match mode {
+        ReadMode::Log => Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) },
+        ReadMode::Index | ReadMode::Lease => Input::Read(run),
+    }
 }
 
 /// The apply job for a local read.

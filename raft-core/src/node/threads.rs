@@ -5,7 +5,7 @@
 //! [`Driver::drive`]); each stage also has a worker thread for the work nobody brought a thread
 //! for, for work that must not run on a caller's thread, and for ticks.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -16,19 +16,21 @@ use bytes::Bytes;
 
 use super::reply::Reply;
 use super::stage::{Called, Round, Stage, Take};
-use super::{is_read_barrier, NodeError, NodeOptions, NodeStatus, Shared, Waiter};
-use crate::error::{ProposeError, SnapshotError, StorageError};
+use super::{
+    is_read_barrier, NodeError, NodeOptions, NodeStatus, ReadFn, ReadMode, Shared, Waiter,
+};
+use crate::error::{ProposeError, ReadError, SnapshotError, StorageError, TransferError};
 use crate::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
 use crate::message::Message;
 use crate::raft::Raft;
-use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead, SnapshotRequest};
+use crate::ready::{FetchRequest, ReadId, ReadState, SnapshotChunk, SnapshotRead, SnapshotRequest};
 use crate::snapshot::{
     restore_snapshot, take_snapshot, take_snapshot_view, SnapshotReader, SnapshotReceiver,
     SnapshotStore,
 };
 use crate::storage::{serve_fetch, LogStore, SnapshotView, StateMachine};
 use crate::transport::Transport;
-use crate::types::{Entry, EntryKind, GroupId, Index, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, GroupId, Index, NodeId, SnapshotMeta, Term};
 
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
 /// (so a transport reader or a server's event loop gets back to its own work).
@@ -57,6 +59,10 @@ pub(crate) enum Input<M: StateMachine> {
     Message(Message),
     /// A client's command, or a read barrier (empty data).
     Propose { data: Bytes, waiter: Waiter<M> },
+    /// A read the core confirms (ReadIndex, or the lease).
+    Read(ReadFn<M>),
+    /// Hand leadership to `to`; answered once this node follows it, or the transfer fails.
+    Transfer { to: NodeId, reply: Reply<()> },
     /// A tick of the node's clock.
     Tick,
     /// Every Ready up to `number` is durable.
@@ -86,6 +92,8 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     Register(Vec<(Index, Term, Waiter<M>)>),
     /// One Ready's state machine duties.
     Apply { restore: Option<SnapshotMeta>, entries: Vec<Entry>, snapshot: Option<SnapshotRequest> },
+    /// Run a confirmed read once the machine has applied `index`.
+    Read { index: Index, query: ReadFn<M> },
 }
 
 /// Work for the snapshot thread.
@@ -105,6 +113,11 @@ pub(crate) struct Core<M: StateMachine> {
     /// Messages of this round's Readies, sent together at its end (a transport can write the
     /// messages for one peer at once).
     outbox: Vec<Message>,
+    /// Reads handed to the core, by the id they were asked for with.
+    reads: HashMap<ReadId, ReadFn<M>>,
+    next_read: ReadId,
+    /// Leadership transfers asked for, answered when they finish.
+    transfers: Vec<(NodeId, Reply<()>)>,
     stopped: bool,
 }
 
@@ -125,6 +138,8 @@ pub(crate) struct Applier<M: StateMachine> {
     machine: M,
     applied: Index,
     waiting: BTreeMap<Index, (Term, Waiter<M>)>,
+    /// Confirmed reads waiting for the machine to apply their index.
+    reads: BTreeMap<Index, Vec<ReadFn<M>>>,
     /// Where snapshots from a [`SnapshotView`] are written (with a snapshot store).
     view_tx: Option<Sender<ViewJob>>,
     stopped: bool,
@@ -141,6 +156,7 @@ pub(crate) struct Driver<M: StateMachine> {
     snapshots: Option<Arc<dyn SnapshotStore>>,
     transport: Arc<dyn Transport>,
     restore_chunk_bytes: usize,
+    pub(crate) read_mode: ReadMode,
     tick: Duration,
     max_inputs: usize,
     /// Estimated nanoseconds to apply one client entry ([`Driver::note_apply_cost`]): jumps to
@@ -184,10 +200,20 @@ where
         registered: Vec::new(),
         snapshot_tx,
         outbox: Vec::new(),
+        reads: HashMap::new(),
+        next_read: 1,
+        transfers: Vec::new(),
         stopped: false,
     };
     let persister = Persister { round: Vec::new(), writer: LogWriter::new(), failed: false };
-    let applier = Applier { machine, applied, waiting: BTreeMap::new(), view_tx, stopped: false };
+    let applier = Applier {
+        machine,
+        applied,
+        waiting: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        view_tx,
+        stopped: false,
+    };
     let driver = Arc::new(Driver {
         core: Stage::new(core),
         persist: Stage::new(persister),
@@ -198,6 +224,7 @@ where
         snapshots: parts.snapshots,
         transport: parts.transport,
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
+        read_mode: options.read_mode,
         tick: options.tick.max(Duration::from_micros(100)),
         max_inputs: options.max_inputs_per_round.max(1),
         apply_cost_ns: AtomicU64::new(APPLY_COST_UNKNOWN),
@@ -350,8 +377,8 @@ where
                 return Round::Continue;
             }
         }
-        let Core { raft, executor, snapshot_tx, outbox, .. } = core;
-        let mut io = CoreIo { driver: self, outbox, snapshot_tx: snapshot_tx.as_ref() };
+        let Core { raft, executor, snapshot_tx, outbox, reads, .. } = core;
+        let mut io = CoreIo { driver: self, outbox, reads, snapshot_tx: snapshot_tx.as_ref() };
         let carried = executor.run(raft, &mut io);
         if !core.outbox.is_empty() {
             self.transport.send_all(std::mem::take(&mut core.outbox));
@@ -361,6 +388,9 @@ where
             return Round::Continue;
         }
         self.shared.publish(&core.raft);
+        if !core.transfers.is_empty() {
+            settle_transfers(core);
+        }
         Round::Continue
     }
 
@@ -368,6 +398,8 @@ where
     /// persist stage finishes (and syncs) what it was handed; the snapshot thread ends.
     fn stop(&self, core: &mut Core<M>) {
         core.stopped = true;
+        core.reads.clear(); // Their replies answer Stopped.
+        core.transfers.clear();
         core.snapshot_tx = None;
         self.core.close();
         self.apply.push(ApplyJob::Stop);
@@ -393,6 +425,31 @@ where
                 Err(ProposeError::Backpressure { uncommitted_bytes, limit_bytes }) => {
                     waiter.fail(NodeError::Busy { uncommitted_bytes, limit_bytes })
                 }
+                Err(ProposeError::Transferring { to }) => {
+                    waiter.fail(NodeError::Transferring { to })
+                }
+            },
+            Input::Read(query) => {
+                let id = core.next_read;
+                core.next_read += 1;
+                match core.raft.read_index(id) {
+                    Ok(()) => {
+                        core.reads.insert(id, query);
+                    }
+                    Err(err) => query(Err(read_error(err))),
+                }
+            }
+            Input::Transfer { to, reply } => match core.raft.transfer_leader(to) {
+                Ok(()) if to == core.raft.id() => reply.send(Ok(())),
+                Ok(()) => core.transfers.push((to, reply)),
+                Err(TransferError::NotAVoter(id)) => reply.send(Err(NodeError::NotAVoter(id))),
+                Err(TransferError::NotLeader { leader }) => {
+                    if leader == Some(to) {
+                        reply.send(Ok(())); // Already there.
+                    } else {
+                        reply.send(Err(NodeError::NotLeader { leader }));
+                    }
+                }
             },
             Input::Tick => core.raft.tick(),
             Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
@@ -406,6 +463,7 @@ where
                     applied_index: shared.applied.load(Ordering::Relaxed),
                     rejected_messages: shared.rejected.load(Ordering::Relaxed),
                     failure: shared.failure.lock().clone(),
+                    read_mode: self.read_mode,
                 }));
             }
             Input::Failed | Input::Shutdown => return false,
@@ -507,6 +565,18 @@ where
                     for (_, (_, waiter)) in std::mem::take(&mut a.waiting) {
                         waiter.fail(NodeError::Stopped);
                     }
+                    for query in std::mem::take(&mut a.reads).into_values().flatten() {
+                        query(Err(NodeError::Stopped));
+                    }
+                }
+                ApplyJob::Read { index, query } => {
+                    if index <= a.applied {
+                        let started = Instant::now();
+                        query(Ok(&a.machine));
+                        self.note_apply_cost(started.elapsed(), 1);
+                    } else {
+                        a.reads.entry(index).or_default().push(query);
+                    }
                 }
                 ApplyJob::Register(waiters) => {
                     for (index, term, waiter) in waiters {
@@ -532,6 +602,7 @@ where
                         }
                     }
                     self.apply_entries(a, entries);
+                    self.run_reads(a);
                     if let Some(request) = snapshot {
                         self.take_snapshot(a, request);
                     }
@@ -588,6 +659,22 @@ where
             waiter.fail(NodeError::Unknown("a snapshot replaced the state"));
         }
         Ok(())
+    }
+
+    /// Runs the confirmed reads whose index the machine has applied.
+    fn run_reads(&self, a: &mut Applier<M>) {
+        if a.reads.first_key_value().is_none_or(|(&index, _)| index > a.applied) {
+            return;
+        }
+        let later = a.reads.split_off(&(a.applied + 1));
+        let ready = std::mem::replace(&mut a.reads, later);
+        let started = Instant::now();
+        let mut count = 0;
+        for query in ready.into_values().flatten() {
+            query(Ok(&a.machine));
+            count += 1;
+        }
+        self.note_apply_cost(started.elapsed(), count);
     }
 
     fn apply_entries(&self, a: &mut Applier<M>, entries: Vec<Entry>) {
@@ -681,6 +768,33 @@ where
     }
 }
 
+/// The driver's error for a read the core could not serve.
+fn read_error(err: ReadError) -> NodeError {
+    match err {
+        ReadError::NotLeader { leader } => NodeError::NotLeader { leader },
+        _ => NodeError::ReadAbandoned,
+    }
+}
+
+/// Answers the transfers that have finished: this node follows the target (done), or leads
+/// without a transfer in progress or follows another node (abandoned).
+fn settle_transfers<M: StateMachine>(core: &mut Core<M>) {
+    let raft = &core.raft;
+    let leader = raft.leader();
+    let transferring = raft.transfer_target();
+    for (to, reply) in std::mem::take(&mut core.transfers) {
+        if leader == Some(to) {
+            reply.send(Ok(()));
+        } else if (raft.is_leader() && transferring != Some(to))
+            || leader.is_some_and(|l| l != raft.id())
+        {
+            reply.send(Err(NodeError::TransferAbandoned { to }));
+        } else {
+            core.transfers.push((to, reply));
+        }
+    }
+}
+
 fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
     SnapshotError::NotFound { group: meta.group, index: meta.index, term: meta.term }
 }
@@ -704,6 +818,7 @@ fn later<T>(handed: bool) -> Result<Option<T>, Stopped> {
 struct CoreIo<'a, M: StateMachine> {
     driver: &'a Driver<M>,
     outbox: &'a mut Vec<Message>,
+    reads: &'a mut HashMap<ReadId, ReadFn<M>>,
     snapshot_tx: Option<&'a Sender<SnapshotJob>>,
 }
 
@@ -712,6 +827,21 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
 
     fn send(&mut self, messages: Vec<Message>) -> Result<(), Stopped> {
         self.outbox.extend(messages);
+        Ok(())
+    }
+
+    fn release_reads(&mut self, reads: Vec<ReadState>) -> Result<(), Stopped> {
+        for ReadState { id, result } in reads {
+            let Some(query) = self.reads.remove(&id) else { continue };
+            match result {
+                Ok(index) => {
+                    if !self.driver.apply.push(ApplyJob::Read { index, query }) {
+                        return Err(Stopped);
+                    }
+                }
+                Err(err) => query(Err(read_error(err))),
+            }
+        }
         Ok(())
     }
 

@@ -24,7 +24,10 @@ impl Raft {
                     // Raft thesis §4.2.3 and §9.6: a node that hears from a live leader ignores
                     // requests to replace it, so a node returning from a partition (or a removed
                     // one) cannot disrupt the group.
-                    let lease_applies = if req.pre_vote { true } else { self.cfg.check_quorum };
+                    // A candidate the leader handed leadership to (TimeoutNow) is heard at once:
+                    // that leader gave up its lease first.
+                    let lease_applies =
+                        if req.pre_vote { true } else { self.cfg.check_quorum && !req.transfer };
                     if lease_applies && self.in_lease() {
                         tracing::debug!(
                             group = self.group,
@@ -62,7 +65,7 @@ impl Raft {
                     // heard again (its own requests are ignored while others hear the leader),
                     // and the group would stall around it. Answering with our term makes the
                     // stale leader step down and a fresh election include us.
-                    self.send(msg.from, MessageBody::HeartbeatResponse);
+                    self.heartbeat_response(msg.from, 0);
                 }
                 MessageBody::Vote(req) if req.pre_vote => {
                     // Tell a pre-candidate of an older term that it is behind, so it catches up
@@ -85,15 +88,25 @@ impl Raft {
             MessageBody::Append(req) => return self.handle_append(from, term, req),
             MessageBody::AppendResponse(resp) => self.handle_append_response(from, resp),
             MessageBody::Heartbeat(hb) => self.handle_heartbeat(from, hb),
-            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
             MessageBody::InstallSnapshot(req) => return self.handle_install_snapshot(from, req),
             MessageBody::InstallSnapshotResponse(resp) => self.handle_snapshot_response(from, resp),
+            MessageBody::ReadIndex(req) => self.handle_read_index(from, req),
+            MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(from, resp),
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
         }
         Ok(())
     }
 
     /// Whether this node heard from a live leader within the minimum election timeout.
+    ///
+    /// With lease reads, a node that started less than an election timeout ago counts as having
+    /// heard from one: before it crashed it may have answered a leader's heartbeat, and that
+    /// leader's lease relies on it not voting for anybody else for an election timeout.
     pub(super) fn in_lease(&self) -> bool {
+        if self.cfg.lease_reads && self.ticks < u64::from(self.cfg.election_ticks) {
+            return true;
+        }
         match self.role {
             Role::Leader(_) => true,
             Role::Follower { leader: Some(_) } => self.election_elapsed < self.cfg.election_ticks,
@@ -155,7 +168,7 @@ impl Raft {
             _ => return, // A late answer to an election that is over.
         };
         match (tally, &self.role) {
-            (Tally::Won, Role::PreCandidate(_)) => self.become_candidate(),
+            (Tally::Won, Role::PreCandidate(_)) => self.become_candidate(false),
             (Tally::Won, Role::Candidate(_)) => self.become_leader(),
             (Tally::Lost, _) => self.become_follower(self.term, None),
             _ => {}
@@ -174,7 +187,7 @@ impl Raft {
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -182,6 +195,11 @@ impl Raft {
     /// `leader` if known.
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         assert!(term >= self.term, "terms only grow: {} -> {}", self.term, term);
+        let same_leader =
+            term == self.term && matches!(self.role, Role::Follower { leader: l } if l == leader);
+        if !same_leader {
+            self.abandon_reads(leader);
+        }
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -194,20 +212,23 @@ impl Raft {
 
     fn become_pre_candidate(&mut self) {
         assert!(!self.is_leader(), "a leader does not campaign");
+        self.abandon_reads(None);
         let mut votes = Votes::default();
         votes.record(self.id, true);
         self.role = Role::PreCandidate(votes);
         self.reset_election_timer();
         tracing::debug!(group = self.group, id = self.id, term = self.term, "became pre-candidate");
         if self.quorum() == 1 {
-            self.become_candidate();
+            self.become_candidate(false);
             return;
         }
-        self.request_votes(true);
+        self.request_votes(true, false);
     }
 
-    fn become_candidate(&mut self) {
+    /// Campaigns in the next term; `transfer` when the leader handed leadership to this node.
+    pub(super) fn become_candidate(&mut self, transfer: bool) {
         assert!(!self.is_leader(), "a leader does not campaign");
+        self.abandon_reads(None);
         self.term += 1;
         self.vote = Some(self.id);
         let mut votes = Votes::default();
@@ -219,7 +240,7 @@ impl Raft {
             self.become_leader();
             return;
         }
-        self.request_votes(false);
+        self.request_votes(false, transfer);
     }
 
     /// Asks every peer for its vote. A pre-vote names the term this node would campaign in and
@@ -227,11 +248,12 @@ impl Raft {
     /// self-vote are durable: a candidate that crashed before that and restarted in the old
     /// term could otherwise vote for another candidate in the term it campaigns in, and help
     /// elect two leaders.
-    fn request_votes(&mut self, pre_vote: bool) {
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let req = VoteRequest {
             pre_vote,
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
+            transfer,
         };
         let term = if pre_vote { self.term + 1 } else { self.term };
         let peers: Vec<NodeId> = self.peers().collect();
@@ -267,6 +289,9 @@ impl Raft {
             replicate_pending: true,
             uncommitted_bytes: 0,
             scratch: Vec::with_capacity(self.voters.len()),
+            reads: Default::default(),
+            transfer: None,
+            timeout_now_sent: false,
         });
         self.election_elapsed = 0;
         // Raft §8: commit an entry of our own term at once, which commits everything before it

@@ -6,8 +6,10 @@
 //! I/O, reads no clock and starts no thread: the same inputs always give the same outputs.
 
 mod election;
+mod read;
 mod replication;
 mod snapshot;
+mod transfer;
 
 use std::collections::VecDeque;
 
@@ -17,7 +19,7 @@ use crate::config::Config;
 use crate::error::{ConfigError, ProposeError, StepError};
 use crate::log::{RaftLog, Slice};
 use crate::message::{Message, MessageBody};
-use crate::ready::{FetchPurpose, FetchRequest, Ready};
+use crate::ready::{FetchPurpose, FetchRequest, ReadState, Ready};
 use crate::rng::Rng;
 use crate::tracker::{PeerProgress, Progress};
 use crate::types::{
@@ -110,6 +112,11 @@ pub struct Status {
     pub snapshot_index: Index,
     /// Per-follower replication progress (leader only).
     pub progress: Vec<PeerProgress>,
+    /// How many more ticks the leader's read lease holds (0: no lease; always 0 unless
+    /// [`Config::lease_reads`]).
+    pub lease_remaining_ticks: u64,
+    /// The node leadership is being transferred to (leader only).
+    pub transfer_target: Option<NodeId>,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -144,6 +151,12 @@ struct LeaderState {
     uncommitted_bytes: u64,
     /// Reused by commit counting so it does not allocate.
     scratch: Vec<Index>,
+    /// Rounds of heartbeats, the reads waiting for them, and the lease.
+    reads: read::LeaderReads,
+    /// A leadership transfer in progress.
+    transfer: Option<transfer::Transfer>,
+    /// `TimeoutNow` went out in this term: the lease is given up for good.
+    timeout_now_sent: bool,
 }
 
 /// A node's role, each owning the data only it has (STYLE: roles own their data).
@@ -193,6 +206,8 @@ struct Outbox {
     /// Committed entries read from the store, handed to the state machine `apply_bytes_max`
     /// at a time.
     fetched_apply: VecDeque<Entry>,
+    /// Reads released or failed.
+    reads: Vec<ReadState>,
 }
 
 /// One node of one Raft group, as a deterministic state machine.
@@ -248,6 +263,10 @@ pub struct Raft {
     applied_bytes_since_snapshot: u64,
     /// A snapshot being received from the leader.
     receiving: Option<snapshot::Receiving>,
+    /// Ticks since this node started (the lease's clock).
+    ticks: u64,
+    /// Reads forwarded to the leader (follower).
+    forwarded: read::ForwardedReads,
 }
 
 impl Raft {
@@ -357,6 +376,8 @@ impl Raft {
             snapshot_taking: SnapshotTaking::Idle,
             applied_bytes_since_snapshot: 0,
             receiving: None,
+            ticks: 0,
+            forwarded: read::ForwardedReads::default(),
         };
         raft.debug_check();
         Ok(raft)
@@ -380,9 +401,11 @@ impl Raft {
         if self.snapshot_taking == SnapshotTaking::Failed {
             self.snapshot_taking = SnapshotTaking::Idle;
         }
+        self.ticks += 1;
         if matches!(self.role, Role::Leader(_)) {
             self.tick_leader();
         } else {
+            self.tick_reads();
             self.tick_election();
         }
         self.debug_check();
@@ -406,6 +429,9 @@ impl Raft {
         let Role::Leader(leader) = &mut self.role else {
             return Err(ProposeError::NotLeader { leader: leader_hint });
         };
+        if let Some(t) = leader.transfer {
+            return Err(ProposeError::Transferring { to: t.to });
+        }
         let size = data.len() as u64 + Entry::OVERHEAD_BYTES;
         if leader.uncommitted_bytes > 0
             && leader.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max
@@ -480,6 +506,8 @@ impl Raft {
             || out.restore_snapshot.is_some()
             || !out.snapshot_reads.is_empty()
             || !out.snapshot_chunks.is_empty()
+            || !out.reads.is_empty()
+            || self.reads_to_flush()
             || self.snapshot_due()
             || self.hard_state() != self.emitted_hard_state
             || self.log.has_unhanded()
@@ -492,6 +520,7 @@ impl Raft {
         if matches!(&self.role, Role::Leader(l) if l.replicate_pending) {
             self.flush_appends();
         }
+        self.flush_reads();
         let number = self.next_ready_number;
         self.next_ready_number += 1;
         let hard_state = self.hard_state();
@@ -527,6 +556,7 @@ impl Raft {
             snapshot_request,
             snapshot_reads: std::mem::take(&mut out.snapshot_reads),
             snapshot_chunks: std::mem::take(&mut out.snapshot_chunks),
+            reads: std::mem::take(&mut out.reads),
         };
         self.debug_check();
         ready
@@ -694,6 +724,8 @@ impl Raft {
             cached_bytes: self.log.cache_bytes(),
             snapshot_index: self.snapshot.as_ref().map_or(0, |s| s.index),
             progress,
+            lease_remaining_ticks: self.lease_remaining_ticks(),
+            transfer_target: self.transfer_target(),
         }
     }
 
@@ -835,6 +867,7 @@ impl Raft {
     /// after every input in debug builds; the simulator also calls it.
     pub fn check_invariants(&self) {
         self.log.check_invariants();
+        self.check_read_invariants();
         assert!(
             self.log.last_term() <= self.term,
             "log term {} is above the node's term {}",

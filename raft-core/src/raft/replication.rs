@@ -4,7 +4,7 @@
 use super::{Raft, Role};
 use crate::error::StepError;
 use crate::log::{AppendRejection, Slice};
-use crate::message::{AppendRequest, AppendResponse, Heartbeat, MessageBody};
+use crate::message::{AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, MessageBody};
 use crate::ready::{FetchPurpose, FetchRequest};
 use crate::tracker::ProgressState;
 use crate::types::{Entry, Index, NodeId, Term};
@@ -34,23 +34,16 @@ impl Raft {
             }
         }
         self.tick_snapshot_sends();
+        self.tick_transfer();
         let Role::Leader(leader) = &mut self.role else { return };
         leader.heartbeat_elapsed += 1;
         if leader.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             leader.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat();
-        }
-    }
-
-    fn broadcast_heartbeat(&mut self) {
-        let committed = self.log.committed();
-        let Role::Leader(leader) = &self.role else { return };
-        // Cap the commit index at what each follower is known to hold, so a follower never
-        // commits an entry it has not matched with this leader.
-        let beats: Vec<(NodeId, Index)> =
-            leader.progress.iter().map(|p| (p.id, p.match_index.min(committed))).collect();
-        for (to, commit) in beats {
-            self.send(to, MessageBody::Heartbeat(Heartbeat { commit }));
+            self.broadcast_round(true);
+            // A TimeoutNow that was lost is sent again while the target is caught up.
+            if matches!(&self.role, Role::Leader(l) if l.transfer.is_some()) {
+                self.maybe_send_timeout_now();
+            }
         }
     }
 
@@ -268,6 +261,11 @@ impl Raft {
                 if was_paused && !now_paused || moved {
                     self.maybe_send_append(i, false);
                 }
+                if moved
+                    && matches!(&self.role, Role::Leader(l) if l.transfer.is_some_and(|t| t.to == from))
+                {
+                    self.maybe_send_timeout_now();
+                }
             }
             AppendResponse::Conflict { rejected, .. } => {
                 if p.maybe_decrease(rejected, probe_from) {
@@ -314,21 +312,27 @@ impl Raft {
         }
         // The leader caps `commit` at our match index, which we hold durably.
         self.log.commit_to(hb.commit.min(self.log.last_index()));
-        self.send(from, MessageBody::HeartbeatResponse);
+        self.heartbeat_response(from, hb.round);
     }
 
-    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId) {
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) {
         let last_index = self.log.last_index();
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(i) = leader.progress.iter().position(|p| p.id == from) else { return };
+        let periodic = resp.round == leader.reads.periodic;
         let p = &mut leader.progress[i];
         p.recent_active = true;
-        p.on_heartbeat_response(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
-        if p.match_index < last_index {
-            // The follower is behind: resend (an empty append at `next - 1` finds out whether
-            // earlier appends were lost).
-            self.maybe_send_append(i, true);
+        if periodic {
+            // Answers to rounds sent for reads do not drive replication: under many reads they
+            // would send an empty append per round.
+            p.on_heartbeat_response(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+            if p.match_index < last_index {
+                // The follower is behind: resend (an empty append at `next - 1` finds out
+                // whether earlier appends were lost).
+                self.maybe_send_append(i, true);
+            }
         }
+        self.on_round_answered(from, resp.round);
     }
 
     /// Advances the commit index to the highest index a quorum holds durably, if that entry is
@@ -360,6 +364,7 @@ impl Raft {
         if let Role::Leader(leader) = &mut self.role {
             leader.uncommitted_bytes = leader.uncommitted_bytes.saturating_sub(released);
         }
+        self.on_commit_in_term();
         true
     }
 }

@@ -381,6 +381,13 @@ impl Workload for BankWorkload {
         matches!(op, BankOp::Transfer { .. })
     }
 
+    fn query(&self, bank: &Bank, op: &BankOp) -> Option<BankReply> {
+        match op {
+            BankOp::Balances => Some(BankReply::Balances(bank.balances().to_vec())),
+            BankOp::Transfer { .. } => None,
+        }
+    }
+
     fn check(&self, bank: &Bank) -> Result<(), String> {
         let opened = self.accounts.min(ACCOUNTS_MAX) as u128 * u128::from(self.opening);
         if bank.total() != opened {

@@ -10,6 +10,7 @@ use super::kv::KvWorkload;
 use super::linearizability::{check_history, CheckOutcome};
 use super::workload::Workload;
 use super::{Cluster, CrashableStore, DiskModel, Faults, NetFaults, SimOptions, WorkloadOptions};
+use crate::node::ReadMode;
 use crate::rng::Rng;
 use crate::types::NodeId;
 use crate::{Config, MemLogStore};
@@ -68,6 +69,12 @@ pub struct ChaosReport {
     pub snapshots_installed: u64,
     /// The longest log any node's store held at any point.
     pub max_log_len: u64,
+    /// Reads served without the log (ReadIndex, lease, follower reads).
+    pub reads_served: u64,
+    /// Of those, reads served by followers.
+    pub follower_reads: u64,
+    /// Leadership transfers asked for.
+    pub transfers: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -144,17 +151,45 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         snapshot_chunk_bytes: pick(&mut snap_rng, &[16, 200, 1 << 20]),
         ..raft
     };
+    let clock_drift_pct = pick(&mut rng, &[0, 5, 20]);
+    let fetch_delay_max_us = pick(&mut rng, &[100, 5_000]);
+    // How reads are served (its own generator too): half by ReadIndex, a quarter from the lease
+    // where check-quorum allows one (with the drift allowance the seed's clocks need), the rest
+    // through the log.
+    let mut read_rng = Rng::new(seed ^ 0x8EAD_1DE5);
+    let read_mode = match read_rng.below(4) {
+        0 | 1 => ReadMode::Index,
+        2 if raft.check_quorum => ReadMode::Lease,
+        2 => ReadMode::Index,
+        _ => ReadMode::Log,
+    };
+    let raft = Config {
+        max_clock_drift_ticks: drift_ticks_needed(raft.election_ticks, clock_drift_pct),
+        ..raft
+    };
     SimOptions {
         nodes,
         seed,
         raft,
         tick_us: 10_000,
-        clock_drift_pct: pick(&mut rng, &[0, 5, 20]),
+        clock_drift_pct,
         net,
         disk,
-        fetch_delay_max_us: pick(&mut rng, &[100, 5_000]),
+        fetch_delay_max_us,
         check_node_invariants: true,
+        read_mode,
     }
+}
+
+/// The drift allowance (in ticks per election timeout) that keeps a lease safe when every
+/// node's tick is within `drift_pct` percent of nominal: a leader's lease of `L` slow ticks
+/// must end before `election_ticks - 1` fast ticks of any follower, so
+/// `L <= (election_ticks - 1) * (100 - drift) / (100 + drift)`.
+pub fn drift_ticks_needed(election_ticks: u32, drift_pct: u64) -> u32 {
+    let span = u64::from(election_ticks.saturating_sub(1));
+    let drift = drift_pct.min(99);
+    let lease = span * (100 - drift) / (100 + drift);
+    (span - lease) as u32
 }
 
 /// The key-value workload a seed picks: a few keys, some share of reads.
@@ -234,12 +269,22 @@ fn run_seed_inner<W: Workload>(
         cluster.set_faults(Faults::commit_any_term());
     }
     cluster.start_workload(clients);
+    // Leadership transfers come from their own generator, so the faults a seed picks stay what
+    // they were without them.
+    let mut transfer_rng = Rng::new(seed ^ 0x7EA2_5FE2);
     let mut faults = 0;
     let run =
         |cluster: &mut Cluster<W>, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
 
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
+        if transfer_rng.chance(0.2) {
+            if let Some(leader) = cluster.leader() {
+                let to = transfer_rng.range(1, n);
+                // Refusals (a leader that just stepped down) are part of the game.
+                let _ = cluster.transfer_leader(leader, to);
+            }
+        }
         faults += 1;
         match rng.below(100) {
             0..=19 => {
@@ -353,5 +398,8 @@ fn run_seed_inner<W: Workload>(
         snapshots_taken: stats.snapshots_taken,
         snapshots_installed: stats.snapshots_installed,
         max_log_len: stats.max_log_len,
+        reads_served: stats.reads_served,
+        follower_reads: stats.follower_reads,
+        transfers: stats.transfers,
     })
 }

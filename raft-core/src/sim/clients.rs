@@ -4,11 +4,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cluster::{Cluster, Event, Pending, Reply};
+use super::cluster::{Cluster, Event, Pending, ReadFor, Reply, SimRead};
 use super::linearizability::Operation;
 use super::workload::Workload;
-use crate::error::ProposeError;
-use crate::types::{Entry, EntryKind, NodeId};
+use crate::error::{ProposeError, ReadError};
+use crate::node::ReadMode;
+use crate::ready::ReadId;
+use crate::types::{Entry, EntryKind, Index, NodeId};
 
 /// Settings of the clients.
 #[derive(Clone, Debug)]
@@ -33,6 +35,8 @@ struct InFlight<W: Workload> {
     op: W::Op,
     /// What the client proposes: the tag and the workload's encoding.
     data: Bytes,
+    /// A read-only operation served without the log.
+    read: bool,
     call: u64,
 }
 
@@ -176,6 +180,87 @@ impl<W: Workload> Cluster<W> {
         }
     }
 
+    /// A read reaches node `node`: the core confirms it (or the node answers that it cannot).
+    pub(super) fn start_read(&mut self, node: NodeId, mut read: SimRead<W>) -> Option<NodeId> {
+        let n = &mut self.nodes[(node - 1) as usize];
+        let raft = n.raft.as_mut()?;
+        read.on_follower = !raft.is_leader();
+        let id = n.next_read;
+        match raft.read_index(id) {
+            Ok(()) => {
+                n.next_read += 1;
+                n.reads.insert(id, read);
+                Some(node)
+            }
+            Err(err) => {
+                self.answer_read(node, read.to, Err(err));
+                None
+            }
+        }
+    }
+
+    /// The core released read `id` of node `idx` (or failed it): serve it once the machine has
+    /// applied its index.
+    pub(super) fn read_released(
+        &mut self,
+        idx: usize,
+        id: ReadId,
+        result: Result<Index, ReadError>,
+    ) {
+        let node = &mut self.nodes[idx];
+        let Some(read) = node.reads.remove(&id) else { return };
+        match result {
+            Ok(index) => {
+                node.read_waiting.push((index, read));
+                self.serve_reads(idx);
+            }
+            Err(err) => {
+                let id = node.id;
+                self.answer_read(id, read.to, Err(err));
+            }
+        }
+    }
+
+    /// Serves the reads of node `idx` whose index its machine has applied.
+    pub(super) fn serve_reads(&mut self, idx: usize) {
+        let node = &mut self.nodes[idx];
+        if node.read_waiting.is_empty() {
+            return;
+        }
+        let applied = node.applied_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut node.read_waiting).into_iter().partition(|(i, _)| *i <= applied);
+        node.read_waiting = waiting;
+        let id = node.id;
+        for (_, read) in ready {
+            let node = &self.nodes[idx];
+            let Some(output) = self.workload.query(&node.machine, &read.op) else { continue };
+            self.stats.reads_served += 1;
+            if read.on_follower {
+                self.stats.follower_reads += 1;
+            }
+            self.answer_read(id, read.to, Ok(output));
+        }
+    }
+
+    /// Answers a read served without the log.
+    fn answer_read(&mut self, node: NodeId, to: ReadFor, result: Result<W::Output, ReadError>) {
+        match to {
+            ReadFor::Direct(ticket) => {
+                self.direct_reads.insert(ticket, result);
+            }
+            ReadFor::Client { client, op_id } => {
+                let reply = match result {
+                    Ok(output) => Reply::Done(output),
+                    Err(ReadError::NotLeader { leader }) => Reply::NotLeader(leader),
+                    Err(_) => Reply::Failed,
+                };
+                let _ = node;
+                self.reply(client, op_id, reply);
+            }
+        }
+    }
+
     /// Sends a reply to a client: delayed and maybe lost, never duplicated.
     pub(super) fn reply(&mut self, client: u64, op_id: u64, reply: Reply<W::Output>) {
         if self.rng.chance(self.opts.net.loss) {
@@ -191,11 +276,12 @@ impl<W: Workload> Cluster<W> {
         let c = &w.clients[client as usize];
         let Some(op) = &c.current else { return };
         let (node, op_id, data) = (c.target, op.op_id, op.data.clone());
+        let read = op.read.then(|| op.op.clone());
         if backoff_us == 0 && self.rng.chance(self.opts.net.loss) {
             return; // The timeout will notice.
         }
         let delay = backoff_us + self.net_delay();
-        self.schedule(delay, Event::Request { node, client, op_id, data });
+        self.schedule(delay, Event::Request { node, client, op_id, data, read });
     }
 
     pub(super) fn client_next(&mut self, client: u64) {
@@ -208,7 +294,10 @@ impl<W: Workload> Cluster<W> {
         c.next_op_id += 1;
         let op = self.workload.next_op(client, op_id, &mut self.rng);
         let data = tagged(client, op_id, &self.workload.encode(client, op_id, &op));
-        c.current = Some(InFlight { op_id, op, data, call: self.now });
+        let read = self.opts.read_mode != ReadMode::Log
+            && !self.workload.is_write(&op)
+            && self.workload.query(&self.workload.machine(), &op).is_some();
+        c.current = Some(InFlight { op_id, op, data, read, call: self.now });
         let timeout = w.opts.timeout_us;
         self.schedule(timeout, Event::ClientTimeout { client, op_id });
         self.send_request(client, 0);

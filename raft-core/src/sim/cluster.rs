@@ -20,9 +20,11 @@ use super::node_io::NodeIo;
 use super::options::{DiskModel, NetFaults, SimError, SimOptions, SimStats};
 use super::workload::Workload;
 use super::CrashableStore;
-use crate::error::{ProposeError, StorageError};
+use crate::error::{ProposeError, ReadError, StorageError, TransferError};
 use crate::execute::{Executor, LogWriter};
 use crate::message::Message;
+use crate::node::ReadMode;
+use crate::ready::ReadId;
 use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
 use crate::rng::Rng;
 use crate::snapshot::{
@@ -80,6 +82,8 @@ pub(super) enum Event<W: Workload> {
         client: u64,
         op_id: u64,
         data: Bytes,
+        /// A read-only operation to serve without the log.
+        read: Option<W::Op>,
     },
     Reply {
         client: u64,
@@ -119,6 +123,23 @@ impl<W: Workload> Ord for Scheduled<W> {
     }
 }
 
+/// Who a read served without the log answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadFor {
+    /// A client's operation.
+    Client { client: u64, op_id: u64 },
+    /// A test's read ([`Cluster::read`]).
+    Direct(u64),
+}
+
+/// A read a node holds: waiting for the core to confirm it, or for its index to be applied.
+pub(super) struct SimRead<W: Workload> {
+    pub(super) to: ReadFor,
+    pub(super) op: W::Op,
+    /// Asked for on a node that did not lead.
+    pub(super) on_follower: bool,
+}
+
 /// A proposal a node made for a client, answered when its index is applied.
 pub(super) struct Pending {
     pub(super) term: Term,
@@ -149,6 +170,11 @@ pub(super) struct SimNode<W: Workload> {
     /// When the node's snapshot disk finishes the chunk writes queued so far.
     pub(super) snapshot_disk_free_at: u64,
     pub(super) pending: HashMap<Index, Pending>,
+    /// Reads handed to the core, by id (process state).
+    pub(super) reads: HashMap<ReadId, SimRead<W>>,
+    /// Confirmed reads waiting for the machine to apply their index (process state).
+    pub(super) read_waiting: Vec<(Index, SimRead<W>)>,
+    pub(super) next_read: ReadId,
     pub(super) disk_free_at: u64,
     /// Writes handed to the disk whose durability event has not happened yet.
     pub(super) writes_in_flight: u64,
@@ -185,6 +211,9 @@ pub struct Cluster<W: Workload = KvWorkload> {
     pub(super) crash_on_commit: bool,
     /// Faults injected into every node's algorithm.
     pub(super) faults: super::Faults,
+    /// Answers to reads asked for with [`Cluster::read`].
+    pub(super) direct_reads: HashMap<u64, Result<W::Output, ReadError>>,
+    next_direct_read: u64,
 }
 
 impl Cluster<KvWorkload> {
@@ -242,6 +271,9 @@ impl<W: Workload> Cluster<W> {
                 applied_base: 0,
                 snapshot_disk_free_at: 0,
                 pending: HashMap::new(),
+                reads: HashMap::new(),
+                read_waiting: Vec::new(),
+                next_read: 1,
                 disk_free_at: 0,
                 writes_in_flight: 0,
                 durable,
@@ -266,6 +298,8 @@ impl<W: Workload> Cluster<W> {
             deferred: None,
             crash_on_commit: false,
             faults: super::Faults::none(),
+            direct_reads: HashMap::new(),
+            next_direct_read: 1,
         };
         for id in 1..=cluster.opts.nodes as NodeId {
             cluster.start_node(id);
@@ -280,7 +314,8 @@ impl<W: Workload> Cluster<W> {
         let seed = self.rng.next_u64();
         let idx = (id - 1) as usize;
         let node = &mut self.nodes[idx];
-        let config = Config { id, seed, ..self.opts.raft.clone() };
+        let lease_reads = self.opts.read_mode == ReadMode::Lease;
+        let config = Config { id, seed, lease_reads, ..self.opts.raft.clone() };
         let snapshot = node
             .snapshots
             .latest(config.group)
@@ -306,6 +341,8 @@ impl<W: Workload> Cluster<W> {
         node.applied.clear();
         node.applied_base = node.applied_index;
         node.pending.clear();
+        node.reads.clear();
+        node.read_waiting.clear();
         node.starts += 1;
     }
 
@@ -485,8 +522,12 @@ impl<W: Workload> Cluster<W> {
                     None
                 }
             }
-            Event::Request { node, client, op_id, data } => {
+            Event::Request { node, client, op_id, data, read: None } => {
                 self.handle_request(node, client, op_id, data)
+            }
+            Event::Request { node, client, op_id, read: Some(op), .. } => {
+                let to = ReadFor::Client { client, op_id };
+                self.start_read(node, SimRead { to, op, on_follower: false })
             }
             Event::Reply { client, op_id, reply } => {
                 self.client_reply(client, op_id, reply);
@@ -634,6 +675,12 @@ impl<W: Workload> Cluster<W> {
         self.isolated.clear();
     }
 
+    /// Sets the length of node `id`'s tick in virtual microseconds from its next tick on (a
+    /// clock that runs fast or slow).
+    pub fn set_tick_us(&mut self, id: NodeId, tick_us: u64) {
+        self.nodes[(id - 1) as usize].tick_us = tick_us.max(1);
+    }
+
     /// Replaces the network's fault settings.
     pub fn set_net_faults(&mut self, net: NetFaults) {
         self.opts.net = net;
@@ -658,6 +705,8 @@ impl<W: Workload> Cluster<W> {
         node.writes_in_flight = 0;
         node.unsynced.clear();
         node.pending.clear();
+        node.reads.clear();
+        node.read_waiting.clear();
         node.receiver.clear();
         node.snapshots.crash();
         node.snapshot_disk_free_at = self.now;
@@ -789,6 +838,39 @@ impl<W: Workload> Cluster<W> {
             self.deferred.get_or_insert(SimError { time_us: self.now, violation });
         }
         last
+    }
+
+    /// Asks node `id` for a linearizable read of `op` (by the cluster's read mode, as a client
+    /// co-located with the node would). The answer, once there, is in
+    /// [`read_result`](Cluster::read_result).
+    pub fn read(&mut self, id: NodeId, op: W::Op) -> u64 {
+        let ticket = self.next_direct_read;
+        self.next_direct_read += 1;
+        let read = SimRead { to: ReadFor::Direct(ticket), op, on_follower: false };
+        if self.start_read(id, read).is_some() {
+            if let Err(violation) = self.drain(id) {
+                self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+            }
+        }
+        ticket
+    }
+
+    /// The answer to a read asked for with [`read`](Cluster::read), once it came.
+    pub fn read_result(&self, ticket: u64) -> Option<&Result<W::Output, ReadError>> {
+        self.direct_reads.get(&ticket)
+    }
+
+    /// Asks leader `id` to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, id: NodeId, to: NodeId) -> Result<(), TransferError> {
+        let Some(raft) = self.raft_mut(id) else {
+            return Err(TransferError::NotLeader { leader: None });
+        };
+        raft.transfer_leader(to)?;
+        self.stats.transfers += 1;
+        if let Err(violation) = self.drain(id) {
+            self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+        }
+        Ok(())
     }
 
     /// Entries node `id`'s log store holds now.

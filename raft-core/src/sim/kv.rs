@@ -327,6 +327,13 @@ impl Workload for KvWorkload {
         op.is_write()
     }
 
+    fn query(&self, machine: &KvStore, op: &KvOp) -> Option<String> {
+        match op {
+            KvOp::Get { key } => Some(machine.get(key).unwrap_or_default().to_owned()),
+            KvOp::Put { .. } | KvOp::Append { .. } => None,
+        }
+    }
+
     fn prepare_history(&self, history: &mut Vec<Operation<KvOp, String>>) {
         prune_unobserved_unknown_writes(history);
     }

@@ -74,6 +74,10 @@ pub struct Faults {
     /// Count replicas for entries of any term when committing, which Raft §5.4.2 (Figure 8)
     /// forbids.
     pub commit_any_term: bool,
+    /// Serve every read at the leader's commit index at once, without confirming leadership
+    /// with a round of heartbeats or waiting for the term's first commit (the naive ReadIndex
+    /// the seed articles warn about).
+    pub reads_without_quorum: bool,
 }
 
 impl Faults {
@@ -84,6 +88,11 @@ impl Faults {
 
     /// The broken commit rule: replicas of entries of any term are counted.
     pub fn commit_any_term() -> Faults {
-        Faults { commit_any_term: true }
+        Faults { commit_any_term: true, ..Faults::default() }
+    }
+
+    /// The naive read: the leader answers from its commit index without checking it leads.
+    pub fn reads_without_quorum() -> Faults {
+        Faults { reads_without_quorum: true, ..Faults::default() }
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{SnapshotError, StorageError};
 use crate::execute::{ApplyWork, PersistWrite, ReadyHandler};
 use crate::message::{AppendResponse, Message, MessageBody};
 use crate::raft::Raft;
-use crate::ready::{FetchRequest, SnapshotChunk, SnapshotRead};
+use crate::ready::{FetchRequest, ReadState, SnapshotChunk, SnapshotRead};
 use crate::snapshot::{restore_snapshot, take_snapshot};
 use crate::storage::{Lsn, StateMachine};
 use crate::types::{Entry, NodeId, SnapshotMeta};
@@ -145,6 +145,13 @@ impl<W: Workload> ReadyHandler for NodeIo<'_, W> {
         Ok(())
     }
 
+    fn release_reads(&mut self, reads: Vec<ReadState>) -> Result<(), Violation> {
+        for ReadState { id, result } in reads {
+            self.cluster.read_released(self.idx, id, result);
+        }
+        Ok(())
+    }
+
     fn persist(
         &mut self,
         raft: &Raft,
@@ -216,6 +223,7 @@ impl<W: Workload> ReadyHandler for NodeIo<'_, W> {
         for entry in work.entries {
             self.apply_entry(entry)?;
         }
+        self.cluster.serve_reads(self.idx);
         let Some(request) = &work.snapshot else { return Ok(None) };
         let node = self.node();
         if node.applied_index != request.index {

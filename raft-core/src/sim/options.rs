@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::checks::Violation;
+use crate::node::ReadMode;
 use crate::Config;
 
 /// How the network misbehaves.
@@ -102,6 +103,10 @@ pub struct SimOptions {
     pub fetch_delay_max_us: u64,
     /// Run every node's own invariant check after each event it handles.
     pub check_node_invariants: bool,
+    /// How clients' read-only operations are served: confirmed by the core
+    /// ([`ReadMode::Index`], on leaders and followers), from the leader's lease
+    /// ([`ReadMode::Lease`], which turns on `lease_reads` on every node), or through the log.
+    pub read_mode: ReadMode,
 }
 
 impl Default for SimOptions {
@@ -116,6 +121,7 @@ impl Default for SimOptions {
             disk: DiskModel::default(),
             fetch_delay_max_us: 500,
             check_node_invariants: true,
+            read_mode: ReadMode::Index,
         }
     }
 }
@@ -166,6 +172,12 @@ pub struct SimStats {
     pub ops_timed_out: u64,
     /// Client operations sent again after a timeout (workloads that deduplicate).
     pub ops_retried: u64,
+    /// Reads served without the log (ReadIndex, lease or follower reads).
+    pub reads_served: u64,
+    /// Of those, reads served by a follower.
+    pub follower_reads: u64,
+    /// Leadership transfers asked for.
+    pub transfers: u64,
 }
 
 impl SimStats {

@@ -75,6 +75,15 @@ pub trait Workload {
     /// answer tells nothing and is left out.
     fn is_write(&self, op: &Self::Op) -> bool;
 
+    /// Answers a read-only operation from the machine as it is, without going through the log:
+    /// `Some(output)` for an operation a linearizable read (ReadIndex, lease, follower read) can
+    /// serve, `None` for one that must be proposed. The default proposes everything, so reads
+    /// go through the log.
+    fn query(&self, machine: &Self::Machine, op: &Self::Op) -> Option<Self::Output> {
+        let _ = (machine, op);
+        None
+    }
+
     /// Whether the machine applies each `(client, op_id)` at most once (it keeps each client's
     /// last operation and answers a repeat from it), so that a client whose operation timed out
     /// sends it again rather than giving up. Its outcome is then known in the end, which keeps

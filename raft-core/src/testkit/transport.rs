@@ -84,7 +84,13 @@ impl Inbound for Collector {
 
 /// A heartbeat from `from` to `to` in `group`, numbered by `seq` (in its commit field).
 pub fn numbered(group: GroupId, from: NodeId, to: NodeId, seq: u64) -> Message {
-    Message { group, from, to, term: 1, body: MessageBody::Heartbeat(Heartbeat { commit: seq }) }
+    Message {
+        group,
+        from,
+        to,
+        term: 1,
+        body: MessageBody::Heartbeat(Heartbeat { commit: seq, round: 0 }),
+    }
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
