@@ -40,7 +40,13 @@ impl Raft {
                         return Ok(());
                     }
                     if !req.pre_vote {
+                        // Raft §5.2: only granting a vote (or hearing the leader) restarts the
+                        // election timer. A candidate whose request is refused must not hold
+                        // everyone else's timers back: one with a stale log and a fast clock
+                        // would otherwise stall the group forever, campaigning alone.
+                        let timer = (self.election_elapsed, self.randomized_election_ticks);
                         self.become_follower(msg.term, None);
+                        (self.election_elapsed, self.randomized_election_ticks) = timer;
                     }
                 }
                 // A granted pre-vote carries the term the candidate would campaign in; it does
