@@ -113,3 +113,29 @@ fn a_node_with_a_higher_term_and_a_stale_log_does_not_stall_the_group() {
     assert_ne!(leader, 3, "node 3's stale log must not win");
     one(&mut c, b"after", 3, true);
 }
+
+/// Regression (found by the lease sweep): without pre-vote, a node with a stale log and a fast
+/// clock campaigned again and again; the others refused it, but each refusal restarted their
+/// election timers, so none of them ever campaigned and the group never had a leader again.
+/// Only a granted vote or the leader's word restarts the timer (Raft §5.2).
+#[test]
+fn a_refused_candidate_does_not_hold_back_the_others_timers() {
+    for seed in 0..4 {
+        let mut c = cluster_with(3, seed, false, true);
+        let leader = check_one_leader(&mut c);
+        let stale = leader % 3 + 1;
+        let other = (1..=3).find(|&id| id != leader && id != stale).unwrap();
+        c.crash(stale);
+        one(&mut c, b"while the stale node is down", 2, false);
+        c.restart(stale);
+        c.disconnect(stale);
+        one(&mut c, b"the stale node misses this too", 2, false);
+        // The stale node ticks four times as fast as the one that can win.
+        c.set_tick_us(stale, 3_000);
+        c.set_tick_us(other, 12_000);
+        c.crash(leader);
+        c.connect(stale);
+        run(&mut c, 3_000);
+        assert_eq!(c.leader(), Some(other), "seed {seed}: the up-to-date node must win");
+    }
+}
