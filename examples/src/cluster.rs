@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raft_core::node::ReadMode;
 use raft_core::NodeId;
 use raft_wal::Durability;
 
@@ -28,6 +29,8 @@ pub struct ClusterOptions {
     pub snapshot_entries: u64,
     /// Raft tick.
     pub tick: Duration,
+    /// How reads are made linearizable.
+    pub read_mode: ReadMode,
     /// Request timeout of every node.
     pub request_timeout: Duration,
     /// `RUST_LOG` for the nodes (their logs go to `node-<id>.log` in the cluster's directory).
@@ -42,6 +45,7 @@ impl Default for ClusterOptions {
             durability: Durability::Always,
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
+            read_mode: ReadMode::Index,
             request_timeout: Duration::from_secs(3),
             log_filter: "info".into(),
         }
@@ -101,6 +105,7 @@ impl LocalCluster {
                     request_timeout: options.request_timeout,
                     snapshot_entries: options.snapshot_entries,
                     tick: options.tick,
+                    read_mode: options.read_mode,
                 },
             );
         }

@@ -8,6 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raft_core::node::ReadMode;
 use raft_wal::Durability;
 use raftkit_examples::client::Client;
 use raftkit_examples::resp::{self, Reply};
@@ -33,6 +34,7 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         request_timeout: Duration::from_secs(3),
         snapshot_entries: 0,
         tick: Duration::from_millis(5),
+        read_mode: ReadMode::Index,
     };
     let addr = args.client_addr;
     let (server, listener) = Server::start(args).expect("server starts");

@@ -43,6 +43,34 @@ pub(crate) struct Conn {
     token: Token,
     out: Mutex<Outbox>,
     stalled: Arc<Stalled>,
+    session: Mutex<Session>,
+}
+
+/// The connection's own order, as with Redis: pipelined commands take effect in the order
+/// they were sent (`SET x 1`, `GET x`, `SET x 2` answers `1` to the `GET`). Writes keep their
+/// order through the log; a read is served at an index that covers the writes that completed
+/// before it started, and then at whatever the state is when it runs. So a read does not start
+/// while writes sent before it on its connection are unanswered, nor a write while reads sent
+/// before it are: the event loop stops taking the connection's commands until they are.
+#[derive(Default)]
+struct Session {
+    /// Writes started and not yet answered.
+    writes: u64,
+    /// Reads started and not yet answered.
+    reads: u64,
+    /// The event loop waits for the counts to clear: wake it when they do.
+    waiting: bool,
+}
+
+/// What a command does to the data, for the connection's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Reads keys (served without the log).
+    Read,
+    /// Changes keys.
+    Write,
+    /// Neither (PING, INFO, administration).
+    Other,
 }
 
 /// Connections whose socket would not take all their replies. The event loop only watches
@@ -50,6 +78,8 @@ pub(crate) struct Conn {
 /// told about these, and retries them until they drain.
 pub(crate) struct Stalled {
     tokens: Mutex<Vec<Token>>,
+    /// Connections whose next command waited for earlier ones to be answered, and may go on.
+    unblocked: Mutex<Vec<Token>>,
     waker: mio::Waker,
 }
 
@@ -138,6 +168,46 @@ impl Conn {
         }
     }
 
+    /// Counts a command of `kind` as started, unless the connection's order says it must wait
+    /// (then the event loop is woken once it may start). Returns whether it may start.
+    fn start(&self, kind: Kind) -> bool {
+        let mut session = self.session.lock();
+        let clear = match kind {
+            Kind::Read => session.writes == 0,
+            Kind::Write => session.reads == 0,
+            Kind::Other => true,
+        };
+        match (clear, kind) {
+            (false, _) => session.waiting = true,
+            (true, Kind::Read) => session.reads += 1,
+            (true, Kind::Write) => session.writes += 1,
+            (true, Kind::Other) => {}
+        }
+        clear
+    }
+
+    /// A command of `kind` was answered: wakes the event loop if it waits for the counts to
+    /// clear.
+    fn finished(&self, kind: Kind) {
+        let wake = {
+            let mut session = self.session.lock();
+            match kind {
+                Kind::Read => session.reads -= 1,
+                Kind::Write => session.writes -= 1,
+                Kind::Other => {}
+            }
+            let wake = session.waiting && (session.reads == 0 || session.writes == 0);
+            if wake {
+                session.waiting = false;
+            }
+            wake
+        };
+        if wake {
+            self.stalled.unblocked.lock().push(self.token);
+            let _ = self.stalled.waker.wake();
+        }
+    }
+
     /// Whether a client whose next command gets `next_seq` must wait for replies to drain.
     fn backlogged(&self, next_seq: u64) -> bool {
         let out = self.out.lock();
@@ -155,6 +225,8 @@ struct ReplySlot {
     conn: Arc<Conn>,
     seq: u64,
     answered: AtomicBool,
+    /// Whether the command reads or writes, for the connection's order.
+    kind: Kind,
 }
 
 impl ReplyTo {
@@ -162,6 +234,9 @@ impl ReplyTo {
     pub(crate) fn send(&self, reply: Vec<u8>) {
         if !self.0.answered.swap(true, Ordering::AcqRel) {
             self.0.conn.deliver(self.0.seq, reply);
+            if self.0.kind != Kind::Other {
+                self.0.conn.finished(self.0.kind);
+            }
         }
     }
 
@@ -211,6 +286,8 @@ struct Client {
     ended: bool,
     /// Reading is held back until replies are taken.
     paused: bool,
+    /// The next command waits for earlier ones of the other kind (see [`Session`]).
+    blocked: bool,
     /// The socket may have more bytes: reading stopped at `READ_AHEAD_BYTES`.
     unread: bool,
     /// QUIT or a protocol error: nothing after it is read.
@@ -226,6 +303,7 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let stalled = Arc::new(Stalled {
         tokens: Mutex::new(Vec::new()),
+        unblocked: Mutex::new(Vec::new()),
         waker: mio::Waker::new(poll.registry(), WAKE)?,
     });
     let mut retry: Vec<Token> = Vec::new();
@@ -263,6 +341,7 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
             }
             if token == WAKE {
                 retry.append(&mut stalled.tokens.lock());
+                busy.append(&mut stalled.unblocked.lock());
                 continue;
             }
             if let Some(client) = clients.get_mut(&token) {
@@ -301,7 +380,8 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
                 start_commands(server, client, &mut local, &mut forwarded, &mut batch);
             }
             // An ended client's unparsed rest is an incomplete command: nothing more comes.
-            if client.conn.out.lock().closed || (client.ended && !client.paused) {
+            let waits = client.paused || client.blocked;
+            if client.conn.out.lock().closed || (client.ended && !waits) {
                 gone.push(token);
             } else if client.paused || client.unread {
                 held.insert(token);
@@ -338,6 +418,7 @@ fn accept(
                     token,
                     out: Mutex::new(Outbox::default()),
                     stalled: stalled.clone(),
+                    session: Mutex::new(Session::default()),
                 });
                 let client = Client {
                     conn,
@@ -345,6 +426,7 @@ fn accept(
                     next_seq: 0,
                     ended: false,
                     paused: false,
+                    blocked: false,
                     unread: false,
                     closing: false,
                 };
@@ -409,6 +491,7 @@ fn start_commands(
     batch: &mut Batch<'_, KvMachine>,
 ) {
     let mut used = 0;
+    client.blocked = false;
     while !client.closing {
         if client.conn.backlogged(client.next_seq) {
             client.paused = true;
@@ -426,10 +509,16 @@ fn start_commands(
                 break;
             }
         };
-        used += n;
         if args.is_empty() {
+            used += n;
             continue;
         }
+        let kind = super::command_kind(&args);
+        if !client.conn.start(kind) {
+            client.blocked = true;
+            break; // Woken when the commands it waits for are answered.
+        }
+        used += n;
         if args[0].eq_ignore_ascii_case(b"QUIT") {
             close_with(client, b"+OK\r\n".to_vec());
             used = client.input.len();
@@ -439,6 +528,7 @@ fn start_commands(
             conn: client.conn.clone(),
             seq: client.next_seq,
             answered: AtomicBool::new(false),
+            kind,
         }));
         client.next_seq += 1;
         match server.start_command(args, false, &reply, batch) {

@@ -6,15 +6,24 @@
 //! - A success (`+OK`, an integer, a value) is only ever sent for a command that committed on a
 //!   quorum (every write fsynced there, with `--durability always` or `group`) and was applied.
 //! - `-NOLEADER ...`: no leader is known, or leadership changed before the command was
-//!   appended. Nothing was done; retrying is safe.
+//!   appended (or, for a read, before it was confirmed). Nothing was done; retrying is safe.
 //! - `-BUSY ...`: the leader has too many uncommitted writes. Nothing was done; retry later.
 //! - `-TIMEOUT ...`: no answer in time. The outcome is unknown: the write may or may not take
 //!   effect.
 //! - `-ERR ...`: the command is malformed or unsupported, or (for INCR) the value is not an
 //!   integer. Nothing was done.
 //!
-//! Any node accepts any command: a follower forwards it to the leader's client port (as
-//! `RAFTKIT.LEADER <command>`, which a node only executes while it leads) and relays the reply.
+//! Any node accepts any command. Reads (`GET`, `MGET`, `EXISTS`, `DBSIZE`) are answered by the
+//! node that receives them, linearizably, by the `--read-mode`: `index` (the default; a
+//! follower asks the leader for the read index and serves from its own state machine),
+//! `lease` (the leader answers from its lease; every node must run with it), or `log` (a read
+//! barrier through the leader's log, forwarded there). A follower forwards writes to the
+//! leader's client port (as `RAFTKIT.LEADER <command>`, which a node only executes while it
+//! leads) and relays the reply.
+//!
+//! `RAFTKIT.TRANSFER <id>` hands leadership to node `id` and answers `+OK` once the node that
+//! ran it follows the new leader. Writes that arrive while leadership moves wait for the new
+//! leader (they are neither refused nor timed out).
 
 mod forward;
 mod io;
@@ -22,12 +31,13 @@ mod io;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use raft_core::node::{Batch, Node, NodeError, NodeOptions};
+use raft_core::node::{Batch, Node, NodeError, NodeOptions, ReadMode};
 use raft_core::{NodeId, Router, SnapshotStore};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
@@ -36,7 +46,7 @@ use raft_wal::{Durability, Wal, WalConfig};
 use crate::kv::{KvMachine, KvWrite, Output};
 use crate::resp;
 use forward::Forwarder;
-use io::ReplyTo;
+use io::{Kind, ReplyTo};
 
 /// The Raft group the server's data lives in.
 pub const GROUP: u64 = 1;
@@ -64,6 +74,8 @@ pub struct ServerArgs {
     pub snapshot_entries: u64,
     /// Real time per Raft tick (heartbeats every 2 ticks, elections after 10 to 20).
     pub tick: Duration,
+    /// How reads are made linearizable.
+    pub read_mode: ReadMode,
 }
 
 /// `--help` text.
@@ -95,7 +107,19 @@ OPTIONS:
     --snapshot-entries N    snapshot every N applied entries, and no sooner than the log
                             since the last snapshot is as large as it [default: 100000]
     --tick-ms N             Raft tick; heartbeats every 2 ticks, elections after 10-20 [default: 10]
+    --read-mode MODE        index | lease | log [default: index]
+                            index: the node that gets a read confirms with the leader that
+                            it still leads (one heartbeat round shared by concurrent reads)
+                            and answers from its own state once it has applied that far;
+                            lease: the leader answers from its lease without a round (every
+                            node must use lease; clocks must not drift by more than 2 ticks
+                            per election timeout); log: a read barrier through the log
     -h, --help              print this help
+
+COMMANDS:
+    GET, MGET, EXISTS, DBSIZE, SET, DEL, INCR, DECR, INCRBY, DECRBY, PING, ECHO, INFO
+    INFO raft               the node's Raft state, read mode and lease
+    RAFTKIT.TRANSFER ID     hand leadership to node ID; +OK once this node follows it
 
 REPLIES:
     -NOLEADER   no leader known, or leadership changed: nothing was done, retrying is safe
@@ -118,6 +142,7 @@ impl ServerArgs {
         let mut request_timeout = Duration::from_millis(3000);
         let mut snapshot_entries = 100_000;
         let mut tick = Duration::from_millis(10);
+        let mut read_mode = ReadMode::Index;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "-h" || flag == "--help" {
@@ -164,6 +189,9 @@ impl ServerArgs {
                 }
                 "--snapshot-entries" => snapshot_entries = number(value()?)?,
                 "--tick-ms" => tick = Duration::from_millis(number(value()?)?.max(1)),
+                "--read-mode" => {
+                    read_mode = value()?.parse().map_err(|e| format!("--read-mode: {e}"))?
+                }
                 other => return Err(format!("unknown flag {other} (see --help)")),
             }
         }
@@ -185,6 +213,7 @@ impl ServerArgs {
             request_timeout,
             snapshot_entries,
             tick,
+            read_mode,
         }))
     }
 
@@ -209,6 +238,8 @@ impl ServerArgs {
             self.snapshot_entries.to_string(),
             "--tick-ms".into(),
             self.tick.as_millis().to_string(),
+            "--read-mode".into(),
+            self.read_mode.to_string(),
         ];
         for (id, (raft, client)) in &self.peers {
             a.push("--peer".into());
@@ -274,6 +305,14 @@ pub struct Server {
     transport: Arc<TcpTransport>,
     /// The way to each leader this node has forwarded to.
     forwarders: Mutex<HashMap<NodeId, Arc<Forwarder>>>,
+    /// Writes that arrived while leadership moved, waiting for the new leader.
+    parked: Sender<Parked>,
+}
+
+/// A write held while leadership moves.
+struct Parked {
+    args: Vec<Vec<u8>>,
+    reply: ReplyTo,
 }
 
 impl Server {
@@ -300,6 +339,7 @@ impl Server {
         voters.push(args.id);
         let mut options = NodeOptions::new(args.id, GROUP, voters);
         options.tick = args.tick;
+        options.read_mode = args.read_mode;
         options.raft.snapshot_entries = args.snapshot_entries;
         // A large map is snapshotted less often than a small one: writing snapshots then costs
         // the disk at most what writing the log does.
@@ -315,8 +355,19 @@ impl Server {
         let listener = TcpListener::bind(args.client_addr)
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
         tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");
-        let server =
-            Arc::new(Server { args, node, transport, forwarders: Mutex::new(HashMap::new()) });
+        let (parked, parked_rx) = std::sync::mpsc::channel();
+        let server = Arc::new(Server {
+            args,
+            node,
+            transport,
+            forwarders: Mutex::new(HashMap::new()),
+            parked,
+        });
+        let weak = Arc::downgrade(&server);
+        std::thread::Builder::new()
+            .name("kv-parked".into())
+            .spawn(move || retry_parked(weak, parked_rx))
+            .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
         Ok((server, listener))
     }
 
@@ -377,6 +428,17 @@ impl Server {
             "INFO" => {
                 let info = self.info();
                 done(&|r| resp::bulk(r, Some(info.as_bytes())))
+            }
+            "RAFTKIT.TRANSFER" if argc == 1 => {
+                let Some(to) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse().ok())
+                else {
+                    return done(&|r| resp::error(r, "ERR node id is not a number"));
+                };
+                match self.route(forwarded) {
+                    Route::Local => self.transfer(to, reply.clone()),
+                    Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
+                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
+                }
             }
             "RAFTKIT.LEADER" if argc >= 1 => {
                 let mut args = args;
@@ -470,6 +532,8 @@ impl Server {
         }
     }
 
+    /// Starts a read: served here (ReadIndex and the lease work on every node), or forwarded
+    /// to the leader in log mode, where reads are barriers in the leader's log.
     fn start_read(
         self: &Arc<Self>,
         name: String,
@@ -478,13 +542,15 @@ impl Server {
         reply: &ReplyTo,
         batch: &mut Batch<'_, KvMachine>,
     ) -> Waits {
-        match self.route(forwarded) {
-            Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
-            Route::NoLeader => {
-                reply.send(no_leader());
-                return Waits::No;
+        if self.args.read_mode == ReadMode::Log {
+            match self.route(forwarded) {
+                Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
+                Route::NoLeader => {
+                    reply.send(no_leader());
+                    return Waits::No;
+                }
+                Route::Local => {}
             }
-            Route::Local => {}
         }
         let keys: Vec<Vec<u8>> = args[1..].to_vec();
         let query = move |kv: &KvMachine| {
@@ -502,10 +568,11 @@ impl Server {
         };
         let server = self.clone();
         let r = reply.clone();
-        batch.read_with(query, move |result| match result {
+        let done = move |result: Result<Vec<u8>, NodeError>| match result {
             Ok(bytes) => r.send(bytes),
             Err(err) => server.failed(err, &args, forwarded, true, r),
-        });
+        };
+        batch.read_with(query, done);
         Waits::Local
     }
 
@@ -520,12 +587,48 @@ impl Server {
         reply: ReplyTo,
     ) {
         match err {
-            NodeError::NotLeader { leader: Some(l) } if !forwarded && l != self.args.id => {
+            NodeError::NotLeader { leader: Some(l) }
+                if !forwarded && l != self.args.id && !self.reads_here(read_only) =>
+            {
                 // The deadline the command already has covers the forwarded trip too.
                 let _ = self.forward(l, args, read_only, reply);
             }
+            NodeError::Transferring { .. } if !read_only => {
+                // Nothing was done: the write waits for the new leader. Its deadline stands.
+                let parked = Parked { args: args.to_vec(), reply };
+                if let Err(std::sync::mpsc::SendError(p)) = self.parked.send(parked) {
+                    p.reply.send(error_reply(&err));
+                }
+            }
             err => reply.send(error_reply(&err)),
         }
+    }
+
+    /// Whether a command is served by this node whoever leads (reads, except in log mode).
+    fn reads_here(&self, read_only: bool) -> bool {
+        read_only && self.args.read_mode != ReadMode::Log
+    }
+
+    /// Runs `RAFTKIT.TRANSFER`: waits (on a thread of its own; transfers are rare) until this
+    /// node follows `to`.
+    fn transfer(self: &Arc<Self>, to: NodeId, reply: ReplyTo) -> Waits {
+        let server = self.clone();
+        let timeout = self.args.request_timeout;
+        let spawned = std::thread::Builder::new().name("kv-transfer".into()).spawn(move || {
+            let mut r = Vec::new();
+            match server.node.transfer_leader(to, timeout) {
+                Ok(()) => resp::simple(&mut r, "OK"),
+                Err(NodeError::NotAVoter(id)) => {
+                    resp::error(&mut r, &format!("ERR node {id} is not a member"))
+                }
+                Err(err) => r = error_reply(&err),
+            }
+            reply.send(r);
+        });
+        if spawned.is_err() {
+            return Waits::Local; // The reply was dropped unanswered: the deadline answers.
+        }
+        Waits::Local
     }
 
     fn route(&self, forwarded: bool) -> Route {
@@ -601,6 +704,16 @@ impl Server {
                 line("last_index", r.last_index.to_string());
                 line("persisted_index", r.persisted_index.to_string());
                 line("snapshot_index", r.snapshot_index.to_string());
+                line("read_mode", status.read_mode.to_string());
+                line("lease_holds", u8::from(r.lease_remaining_ticks > 0).to_string());
+                line(
+                    "lease_remaining_ms",
+                    (u128::from(r.lease_remaining_ticks) * self.args.tick.as_millis()).to_string(),
+                );
+                line(
+                    "transfer_target",
+                    r.transfer_target.map_or_else(String::new, |t| t.to_string()),
+                );
                 line("rejected_messages", status.rejected_messages.to_string());
                 line("failure", status.failure.unwrap_or_default());
                 for p in &r.progress {
@@ -633,6 +746,19 @@ impl Server {
             );
         }
         s
+    }
+}
+
+/// Whether a command reads or writes the data (for the order of a connection's commands).
+fn command_kind(args: &[Vec<u8>]) -> Kind {
+    let name = &args[0];
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if ["GET", "MGET", "EXISTS", "DBSIZE"].iter().any(|n| is(n)) {
+        Kind::Read
+    } else if ["SET", "DEL", "INCR", "DECR", "INCRBY", "DECRBY"].iter().any(|n| is(n)) {
+        Kind::Write
+    } else {
+        Kind::Other
     }
 }
 
@@ -680,6 +806,28 @@ fn error_line(err: &NodeError) -> String {
         NodeError::Busy { .. } => format!("BUSY {err}"),
         e if e.nothing_done() => format!("NOLEADER {err}"),
         _ => format!("TIMEOUT {err}"),
+    }
+}
+
+/// Retries parked writes every millisecond until leadership has moved (or the transfer was
+/// abandoned): each is started again as if it had just arrived, so it goes to the new leader.
+fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
+    let mut waiting: Vec<Parked> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match parked.recv() {
+                Ok(p) => waiting.push(p),
+                Err(_) => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        waiting.extend(parked.try_iter());
+        let Some(server) = server.upgrade() else { return };
+        let mut batch = server.node.batch();
+        for p in waiting.drain(..) {
+            let _ = server.start_command(p.args, false, &p.reply, &mut batch);
+        }
+        batch.submit();
     }
 }
 
