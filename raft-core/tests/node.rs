@@ -643,3 +643,73 @@ fn the_builder_wires_a_node_and_names_what_is_missing() {
     assert_eq!(router.unroutable(), 0);
     node.shutdown();
 }
+
+/// Every read mode serves the latest write on every node (log mode only on the leader), and
+/// the status says which mode runs and whether the lease holds.
+#[test]
+fn every_read_mode_reads_the_latest_write() {
+    use raft_core::node::ReadMode;
+    for mode in [ReadMode::Index, ReadMode::Lease, ReadMode::Log] {
+        let cluster = Cluster::new(3, |o| o.read_mode = mode);
+        let leader = cluster.leader();
+        cluster.put("x", "1");
+        cluster.put("x", "2");
+        for id in 1..=3 {
+            let read = cluster.node(id).read(|kv: &KvStore| kv.get("x").map(str::to_owned), TIMEOUT);
+            match (mode, id == leader) {
+                (ReadMode::Log, false) => assert!(
+                    matches!(read, Err(NodeError::NotLeader { leader: Some(l) }) if l == leader),
+                    "{mode}: {read:?}"
+                ),
+                _ => assert_eq!(read.expect("read"), Some("2".into()), "{mode} on node {id}"),
+            }
+        }
+        let status = cluster.node(leader).status().expect("status");
+        assert_eq!(status.read_mode, mode);
+        if mode == ReadMode::Lease {
+            let deadline = Instant::now() + TIMEOUT;
+            while cluster.node(leader).status().expect("status").raft.lease_remaining_ticks == 0 {
+                assert!(Instant::now() < deadline, "the lease never held");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            assert_eq!(status.raft.lease_remaining_ticks, 0, "{mode} holds no lease");
+        }
+    }
+}
+
+/// `transfer_leader` returns once the old leader follows the target; writes go on there.
+#[test]
+fn leadership_is_handed_over_on_request() {
+    let cluster = Cluster::new(3, |_| {});
+    let old = cluster.leader();
+    cluster.put("x", "1");
+    let to = old % 3 + 1;
+    cluster.node(old).transfer_leader(to, TIMEOUT).expect("transfer");
+    assert_eq!(cluster.node(old).leader(), Some(to));
+    assert_eq!(cluster.leader(), to);
+    cluster.put("x", "2");
+    assert_eq!(cluster.get("x").as_deref(), Some("2"));
+    // Refusals are typed: not a member, not the leader.
+    let err = cluster.node(to).transfer_leader(9, TIMEOUT).unwrap_err();
+    assert!(matches!(err, NodeError::NotAVoter(9)), "{err:?}");
+    let err = cluster.node(old).transfer_leader(old, TIMEOUT).unwrap_err();
+    assert!(matches!(err, NodeError::NotLeader { leader: Some(l) } if l == to), "{err:?}");
+}
+
+/// A transfer to a node that cannot win is abandoned; proposals were refused meanwhile with
+/// `Transferring` (nothing done) and are taken again afterwards.
+#[test]
+fn a_transfer_to_a_cut_off_node_is_abandoned() {
+    let cluster = Cluster::new(3, |_| {});
+    let leader = cluster.leader();
+    let to = leader % 3 + 1;
+    cluster.net.cut.lock().insert(to);
+    let started = Instant::now();
+    let err = cluster.node(leader).transfer_leader(to, TIMEOUT).unwrap_err();
+    assert!(matches!(err, NodeError::TransferAbandoned { to: t } if t == to), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(cluster.node(leader).is_leader());
+    let put = KvOp::Put { key: "x".into(), value: "1".into() }.encode();
+    cluster.node(leader).propose(put, TIMEOUT).expect("proposals resume");
+}
