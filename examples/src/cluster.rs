@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub tick: Duration,
     /// How reads are made linearizable.
     pub read_mode: ReadMode,
+    /// Accept `RAFTKIT.DEBUG` (fault injection).
+    pub debug_commands: bool,
     /// Request timeout of every node.
     pub request_timeout: Duration,
     /// `RUST_LOG` for the nodes (their logs go to `node-<id>.log` in the cluster's directory).
@@ -46,6 +48,7 @@ impl Default for ClusterOptions {
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
             read_mode: ReadMode::Index,
+            debug_commands: false,
             request_timeout: Duration::from_secs(3),
             log_filter: "info".into(),
         }
@@ -106,6 +109,7 @@ impl LocalCluster {
                     snapshot_entries: options.snapshot_entries,
                     tick: options.tick,
                     read_mode: options.read_mode,
+                    debug_commands: options.debug_commands,
                 },
             );
         }

@@ -368,3 +368,101 @@ fn bad_flags_are_refused_with_help() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("kv-server:"), "{bad:?}");
     }
 }
+
+/// Leadership handed to a follower while 16 clients write through every node: the transfer
+/// answers `+OK`, the target leads, no client sees `-TIMEOUT` or `-NOLEADER` (writes that
+/// arrive during the transfer wait for the new leader), and every acknowledged write is on
+/// every node afterwards.
+#[test]
+fn a_transfer_under_sixteen_writers_loses_nothing_and_times_nothing_out() {
+    let _serial = SERIAL.lock();
+    let cluster = start(&ClusterOptions::default());
+    let old = leader(&cluster);
+    let to = old % 3 + 1;
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..16u64)
+        .map(|c| {
+            let addr = cluster.client_addr(c % 3 + 1);
+            let (acked, errors, stop) = (acked.clone(), errors.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr, Duration::from_secs(5)).expect("connect");
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (k, v) = (format!("t{c}-{}", i % 50), format!("v{i}"));
+                    match client.call(&[b"SET", k.as_bytes(), v.as_bytes()]) {
+                        Ok(Reply::Simple(ok)) if ok == "OK" => {
+                            acked.lock().insert(k, v);
+                        }
+                        other => errors.lock().push(format!("{other:?}")),
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut admin = cluster.client(old, Duration::from_secs(5)).expect("connect");
+    let id = to.to_string();
+    let reply = admin.call(&[b"RAFTKIT.TRANSFER", id.as_bytes()]).expect("transfer");
+    assert_eq!(reply, Reply::Simple("OK".into()));
+    assert_eq!(cluster.info_u64(old, "leader_id"), Some(to));
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let errors = errors.lock().clone();
+    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
+    assert_eq!(leader(&cluster), to);
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 100, "only {} keys written", acked.len());
+    assert_all_nodes_hold(&cluster, &acked);
+}
+
+/// A follower cut off from its leader (Raft links only; clients still reach it) while the
+/// leader and the other follower commit a new value: every read on it fails (nothing was
+/// done) or, once healed, sees the new value; none answers the old one.
+#[test]
+fn a_follower_cut_off_from_the_leader_serves_no_stale_read() {
+    let _serial = SERIAL.lock();
+    let cluster = start(&ClusterOptions { debug_commands: true, ..ClusterOptions::default() });
+    let l = leader(&cluster);
+    let f = l % 3 + 1;
+    set(&cluster, l, "x", "old");
+    let commit = cluster.info_u64(l, "commit_index").expect("commit index");
+    assert!(cluster.wait_applied(commit, WAIT));
+    let debug = |id: NodeId, args: &[&[u8]]| {
+        let mut c = cluster.client(id, Duration::from_secs(5)).expect("connect");
+        assert_eq!(c.call(args).expect("debug"), Reply::Simple("OK".into()));
+    };
+    debug(f, &[b"RAFTKIT.DEBUG", b"CUT", l.to_string().as_bytes()]);
+    debug(l, &[b"RAFTKIT.DEBUG", b"CUT", f.to_string().as_bytes()]);
+    set(&cluster, l, "x", "new");
+    let mut client = cluster.client(f, Duration::from_secs(5)).expect("connect");
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        match client.call(&[b"GET", b"x"]).expect("reply") {
+            Reply::Bulk(Some(v)) => assert_eq!(v, b"new", "a stale read on the cut-off follower"),
+            Reply::Error(e) => {
+                assert!(e.starts_with("NOLEADER"), "{e}");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused > 0, "the cut-off follower answered every read");
+    debug(f, &[b"RAFTKIT.DEBUG", b"HEAL"]);
+    debug(l, &[b"RAFTKIT.DEBUG", b"HEAL"]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the healed follower never served the new value");
+        if let Reply::Bulk(Some(v)) = client.call(&[b"GET", b"x"]).expect("reply") {
+            assert_eq!(v, b"new");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

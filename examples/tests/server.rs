@@ -35,6 +35,7 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         snapshot_entries: 0,
         tick: Duration::from_millis(5),
         read_mode: ReadMode::Index,
+        debug_commands: false,
     };
     let addr = args.client_addr;
     let (server, listener) = Server::start(args).expect("server starts");

@@ -655,7 +655,8 @@ fn every_read_mode_reads_the_latest_write() {
         cluster.put("x", "1");
         cluster.put("x", "2");
         for id in 1..=3 {
-            let read = cluster.node(id).read(|kv: &KvStore| kv.get("x").map(str::to_owned), TIMEOUT);
+            let read =
+                cluster.node(id).read(|kv: &KvStore| kv.get("x").map(str::to_owned), TIMEOUT);
             match (mode, id == leader) {
                 (ReadMode::Log, false) => assert!(
                     matches!(read, Err(NodeError::NotLeader { leader: Some(l) }) if l == leader),

@@ -227,6 +227,8 @@ struct ReplySlot {
     answered: AtomicBool,
     /// Whether the command reads or writes, for the connection's order.
     kind: Kind,
+    /// When the command was started.
+    started: Instant,
 }
 
 impl ReplyTo {
@@ -242,6 +244,11 @@ impl ReplyTo {
 
     fn answered(&self) -> bool {
         self.0.answered.load(Ordering::Acquire)
+    }
+
+    /// How long ago the command was started.
+    pub(crate) fn age(&self) -> Duration {
+        self.0.started.elapsed()
     }
 }
 
@@ -529,6 +536,7 @@ fn start_commands(
             seq: client.next_seq,
             answered: AtomicBool::new(false),
             kind,
+            started: Instant::now(),
         }));
         client.next_seq += 1;
         match server.start_command(args, false, &reply, batch) {

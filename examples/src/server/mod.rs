@@ -25,6 +25,7 @@
 //! ran it follows the new leader. Writes that arrive while leadership moves wait for the new
 //! leader (they are neither refused nor timed out).
 
+mod faults;
 mod forward;
 mod io;
 
@@ -76,6 +77,8 @@ pub struct ServerArgs {
     pub tick: Duration,
     /// How reads are made linearizable.
     pub read_mode: ReadMode,
+    /// Accept `RAFTKIT.DEBUG` (fault injection for tests).
+    pub debug_commands: bool,
 }
 
 /// `--help` text.
@@ -114,12 +117,15 @@ OPTIONS:
                             lease: the leader answers from its lease without a round (every
                             node must use lease; clocks must not drift by more than 2 ticks
                             per election timeout); log: a read barrier through the log
+    --enable-debug-commands accept RAFTKIT.DEBUG (fault injection for tests)
     -h, --help              print this help
 
 COMMANDS:
     GET, MGET, EXISTS, DBSIZE, SET, DEL, INCR, DECR, INCRBY, DECRBY, PING, ECHO, INFO
     INFO raft               the node's Raft state, read mode and lease
     RAFTKIT.TRANSFER ID     hand leadership to node ID; +OK once this node follows it
+    RAFTKIT.DEBUG CUT ID... drop Raft messages to and from nodes ID (--enable-debug-commands)
+    RAFTKIT.DEBUG HEAL      restore them
 
 REPLIES:
     -NOLEADER   no leader known, or leadership changed: nothing was done, retrying is safe
@@ -143,10 +149,15 @@ impl ServerArgs {
         let mut snapshot_entries = 100_000;
         let mut tick = Duration::from_millis(10);
         let mut read_mode = ReadMode::Index;
+        let mut debug_commands = false;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "-h" || flag == "--help" {
                 return Ok(None);
+            }
+            if flag == "--enable-debug-commands" {
+                debug_commands = true;
+                continue;
             }
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             let number =
@@ -214,6 +225,7 @@ impl ServerArgs {
             snapshot_entries,
             tick,
             read_mode,
+            debug_commands,
         }))
     }
 
@@ -241,6 +253,9 @@ impl ServerArgs {
             "--read-mode".into(),
             self.read_mode.to_string(),
         ];
+        if self.debug_commands {
+            a.push("--enable-debug-commands".into());
+        }
         for (id, (raft, client)) in &self.peers {
             a.push("--peer".into());
             a.push(format!("{id}={raft},{client}"));
@@ -307,6 +322,8 @@ pub struct Server {
     forwarders: Mutex<HashMap<NodeId, Arc<Forwarder>>>,
     /// Writes that arrived while leadership moved, waiting for the new leader.
     parked: Sender<Parked>,
+    /// Links cut by `RAFTKIT.DEBUG CUT`.
+    cuts: Arc<faults::Cuts>,
 }
 
 /// A write held while leadership moves.
@@ -334,6 +351,11 @@ impl Server {
         let mut net = TcpConfig::new(args.cluster_id, args.id, args.raft_addr);
         net.peers = args.peers.iter().map(|(&id, &(raft, _))| (id, raft)).collect();
         let transport = Arc::new(TcpTransport::start(net, router.clone())?);
+        let cuts = Arc::new(faults::Cuts::default());
+        let cut_transport = Arc::new(faults::CutTransport {
+            inner: transport.clone() as Arc<dyn raft_core::Transport>,
+            cuts: cuts.clone(),
+        });
 
         let mut voters: Vec<NodeId> = args.peers.keys().copied().collect();
         voters.push(args.id);
@@ -348,10 +370,13 @@ impl Server {
             options,
             Arc::new(wal),
             Some(Arc::new(snapshots) as Arc<dyn SnapshotStore>),
-            transport.clone(),
+            cut_transport,
             KvMachine::default(),
         )?;
-        router.register(GROUP, node.inbound());
+        router.register(
+            GROUP,
+            Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
+        );
         let listener = TcpListener::bind(args.client_addr)
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
         tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");
@@ -362,6 +387,7 @@ impl Server {
             transport,
             forwarders: Mutex::new(HashMap::new()),
             parked,
+            cuts,
         });
         let weak = Arc::downgrade(&server);
         std::thread::Builder::new()
@@ -439,6 +465,28 @@ impl Server {
                     Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
                     Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
                 }
+            }
+            "RAFTKIT.DEBUG" if !self.args.debug_commands => {
+                done(&|r| resp::error(r, "ERR RAFTKIT.DEBUG needs --enable-debug-commands"))
+            }
+            "RAFTKIT.DEBUG" if argc >= 2 && args[1].eq_ignore_ascii_case(b"CUT") => {
+                let ids: Option<Vec<NodeId>> = args[2..]
+                    .iter()
+                    .map(|a| std::str::from_utf8(a).ok().and_then(|s| s.parse().ok()))
+                    .collect();
+                match ids {
+                    Some(ids) => {
+                        tracing::warn!(?ids, "RAFTKIT.DEBUG: cutting Raft links");
+                        self.cuts.cut(ids);
+                        done(&|r| resp::simple(r, "OK"))
+                    }
+                    None => done(&|r| resp::error(r, "ERR node id is not a number")),
+                }
+            }
+            "RAFTKIT.DEBUG" if argc == 1 && args[1].eq_ignore_ascii_case(b"HEAL") => {
+                tracing::warn!("RAFTKIT.DEBUG: healing Raft links");
+                self.cuts.heal();
+                done(&|r| resp::simple(r, "OK"))
             }
             "RAFTKIT.LEADER" if argc >= 1 => {
                 let mut args = args;
@@ -520,7 +568,12 @@ impl Server {
                         Waits::Local
                     }
                     Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
-                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
+                    Route::NoLeader if forwarded => done(&|r| r.extend_from_slice(&no_leader())),
+                    Route::NoLeader => {
+                        // Leadership is changing hands: the write waits for the new leader.
+                        self.park(args, reply.clone());
+                        Waits::Local
+                    }
                 }
             }
             _ => done(&|r| {
@@ -593,14 +646,20 @@ impl Server {
                 // The deadline the command already has covers the forwarded trip too.
                 let _ = self.forward(l, args, read_only, reply);
             }
-            NodeError::Transferring { .. } if !read_only => {
+            NodeError::Transferring { .. } | NodeError::NotLeader { leader: None }
+                if !read_only && !forwarded =>
+            {
                 // Nothing was done: the write waits for the new leader. Its deadline stands.
-                let parked = Parked { args: args.to_vec(), reply };
-                if let Err(std::sync::mpsc::SendError(p)) = self.parked.send(parked) {
-                    p.reply.send(error_reply(&err));
-                }
+                self.park(args.to_vec(), reply);
             }
             err => reply.send(error_reply(&err)),
+        }
+    }
+
+    /// Holds a write that nothing was done with until a leader is known (see [`retry_parked`]).
+    fn park(&self, args: Vec<Vec<u8>>, reply: ReplyTo) {
+        if let Err(std::sync::mpsc::SendError(p)) = self.parked.send(Parked { args, reply }) {
+            p.reply.send(no_leader());
         }
     }
 
@@ -653,7 +712,11 @@ impl Server {
                 Some(f) => f.clone(),
                 None => {
                     let stuck_after = self.args.request_timeout + Duration::from_secs(2);
-                    match Forwarder::start(addr, stuck_after) {
+                    let parked = self.parked.clone();
+                    let retry: forward::Retry = Arc::new(move |args, reply| {
+                        let _ = parked.send(Parked { args, reply });
+                    });
+                    match Forwarder::start(addr, stuck_after, retry) {
                         Ok(f) => all.entry(leader).or_insert(Arc::new(f)).clone(),
                         Err(err) => {
                             tracing::error!(%err, "cannot start a forwarding thread");
@@ -809,8 +872,9 @@ fn error_line(err: &NodeError) -> String {
     }
 }
 
-/// Retries parked writes every millisecond until leadership has moved (or the transfer was
-/// abandoned): each is started again as if it had just arrived, so it goes to the new leader.
+/// Starts parked writes again every millisecond, as if each had just arrived, so it goes to
+/// whichever node leads now. A write parked for half its request timeout is answered
+/// `-NOLEADER` (nothing was done) rather than left to time out with its outcome unknown.
 fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
     let mut waiting: Vec<Parked> = Vec::new();
     loop {
@@ -823,9 +887,14 @@ fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
         std::thread::sleep(Duration::from_millis(1));
         waiting.extend(parked.try_iter());
         let Some(server) = server.upgrade() else { return };
+        let give_up = server.args.request_timeout / 2;
         let mut batch = server.node.batch();
         for p in waiting.drain(..) {
-            let _ = server.start_command(p.args, false, &p.reply, &mut batch);
+            if p.reply.age() > give_up {
+                p.reply.send(no_leader());
+            } else {
+                let _ = server.start_command(p.args, false, &p.reply, &mut batch);
+            }
         }
         batch.submit();
     }
