@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use raft_wal::Durability;
-use raftkit_benches::set_load;
+use raftkit_benches::load::{self, Op};
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -85,7 +85,8 @@ fn run_cell(
     let pids: Vec<u32> = cluster.ids().iter().filter_map(|&id| cluster.pid(id)).collect();
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(secs);
-    let load = std::thread::spawn(move || set_load::run(addr, clients, value, warmup, measure));
+    let addrs = vec![addr; clients];
+    let load = std::thread::spawn(move || load::run(&addrs, Op::Set { value }, warmup, measure));
     std::thread::sleep(warmup);
     let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
     let result = load.join().map_err(|_| "load generator panicked")?;

@@ -2,5 +2,5 @@
 
 pub mod alloc;
 pub mod core_cluster;
-pub mod set_load;
+pub mod load;
 pub mod wal_matrix;

@@ -131,8 +131,13 @@ fn a_leader_cut_off_in_a_minority_serves_no_stale_read() {
 /// A node of three that holds one entry of term 1 it does not know is committed, elected leader
 /// of term 2 by node 2's vote. Returns it with its noop (index 2) written and durable.
 fn fresh_leader() -> Raft {
+    fresh_leader_with(|_| {})
+}
+
+fn fresh_leader_with(tweak: impl FnOnce(&mut Config)) -> Raft {
     let mut config = Config::new(1);
     config.pre_vote = false;
+    tweak(&mut config);
     let state = InitialState {
         hard_state: HardState { term: 1, vote: None, commit: 0 },
         voters: vec![1, 2, 3],
@@ -351,4 +356,31 @@ fn a_transfer_to_a_dead_node_is_abandoned() {
     assert!(c.transfer_leader(leader, 9).is_err());
     let follower = (1..=3).find(|&id| id != leader && id != to).unwrap();
     assert!(c.transfer_leader(follower, leader).is_err());
+}
+
+/// A leader whose clock stalled gives its lease up, and a round it sent before the stall does
+/// not renew it (it started at a tick count that lags real time); a round sent after does.
+#[test]
+fn a_stalled_clock_gives_the_lease_up() {
+    let mut l = fresh_leader_with(|c| c.lease_reads = true);
+    let ack = AppendResponse::Success { match_index: 2 };
+    l.step(to_1(2, 2, MessageBody::AppendResponse(ack))).unwrap();
+    let answer = |round| to_1(2, 2, MessageBody::HeartbeatResponse(HeartbeatResponse { round }));
+    let beat = |l: &mut Raft| loop {
+        l.tick();
+        if let Some(&round) = rounds(&l.ready()).last() {
+            return round;
+        }
+    };
+    let round = beat(&mut l);
+    l.step(answer(round)).unwrap();
+    assert!(l.lease_holds());
+    let before = beat(&mut l);
+    l.clock_stalled();
+    assert!(!l.lease_holds());
+    l.step(answer(before)).unwrap();
+    assert!(!l.lease_holds(), "a round sent before the stall renewed the lease");
+    let after = beat(&mut l);
+    l.step(answer(after)).unwrap();
+    assert!(l.lease_holds());
 }

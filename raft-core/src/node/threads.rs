@@ -59,8 +59,11 @@ pub(crate) enum Input<M: StateMachine> {
     Message(Message),
     /// A client's command, or a read barrier (empty data).
     Propose { data: Bytes, waiter: Waiter<M> },
-    /// A read the core confirms (ReadIndex, or the lease).
+    /// A read the core confirms (ReadIndex, or the lease). The reads of one round share one
+    /// confirmation.
     Read(ReadFn<M>),
+    /// The raft loop fell behind its ticks: the lease, which counts ticks, is given up.
+    ClockStalled,
     /// Hand leadership to `to`; answered once this node follows it, or the transfer fails.
     Transfer { to: NodeId, reply: Reply<()> },
     /// A tick of the node's clock.
@@ -92,8 +95,8 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     Register(Vec<(Index, Term, Waiter<M>)>),
     /// One Ready's state machine duties.
     Apply { restore: Option<SnapshotMeta>, entries: Vec<Entry>, snapshot: Option<SnapshotRequest> },
-    /// Run a confirmed read once the machine has applied `index`.
-    Read { index: Index, query: ReadFn<M> },
+    /// Run confirmed reads once the machine has applied `index`.
+    Read { index: Index, queries: Vec<ReadFn<M>> },
 }
 
 /// Work for the snapshot thread.
@@ -113,9 +116,11 @@ pub(crate) struct Core<M: StateMachine> {
     /// Messages of this round's Readies, sent together at its end (a transport can write the
     /// messages for one peer at once).
     outbox: Vec<Message>,
-    /// Reads handed to the core, by the id they were asked for with.
-    reads: HashMap<ReadId, ReadFn<M>>,
+    /// Reads handed to the core, by the id they were asked for with (one per round).
+    reads: HashMap<ReadId, Vec<ReadFn<M>>>,
     next_read: ReadId,
+    /// Reads that arrived in this round, asked for together at its end.
+    round_reads: Vec<ReadFn<M>>,
     /// Leadership transfers asked for, answered when they finish.
     transfers: Vec<(NodeId, Reply<()>)>,
     stopped: bool,
@@ -202,6 +207,7 @@ where
         outbox: Vec::new(),
         reads: HashMap::new(),
         next_read: 1,
+        round_reads: Vec::new(),
         transfers: Vec::new(),
         stopped: false,
     };
@@ -342,12 +348,15 @@ where
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.core.push(Input::Tick);
                 next_tick += self.tick;
                 if next_tick <= now {
-                    // Fell behind (a stalled machine): tick once, do not burst.
+                    // Fell behind (a stalled machine): tick once, do not burst (a follower
+                    // would campaign before reading the heartbeats queued meanwhile). The
+                    // ticks skipped are real time the lease did not count: it is given up.
+                    self.core.push(Input::ClockStalled);
                     next_tick = now + self.tick;
                 }
+                self.core.push(Input::Tick);
             }
             self.run_core(Take::Wait);
             self.follow_up();
@@ -368,6 +377,21 @@ where
                 self.stop(core);
                 inputs.clear();
                 return Round::Continue;
+            }
+        }
+        if !core.round_reads.is_empty() {
+            let queries = std::mem::take(&mut core.round_reads);
+            let id = core.next_read;
+            core.next_read += 1;
+            match core.raft.read_index(id) {
+                Ok(()) => {
+                    core.reads.insert(id, queries);
+                }
+                Err(err) => {
+                    for query in queries {
+                        query(Err(read_error(err.clone())));
+                    }
+                }
             }
         }
         if !core.registered.is_empty() {
@@ -399,6 +423,7 @@ where
     fn stop(&self, core: &mut Core<M>) {
         core.stopped = true;
         core.reads.clear(); // Their replies answer Stopped.
+        core.round_reads.clear();
         core.transfers.clear();
         core.snapshot_tx = None;
         self.core.close();
@@ -429,16 +454,8 @@ where
                     waiter.fail(NodeError::Transferring { to })
                 }
             },
-            Input::Read(query) => {
-                let id = core.next_read;
-                core.next_read += 1;
-                match core.raft.read_index(id) {
-                    Ok(()) => {
-                        core.reads.insert(id, query);
-                    }
-                    Err(err) => query(Err(read_error(err))),
-                }
-            }
+            Input::Read(query) => core.round_reads.push(query),
+            Input::ClockStalled => core.raft.clock_stalled(),
             Input::Transfer { to, reply } => match core.raft.transfer_leader(to) {
                 Ok(()) if to == core.raft.id() => reply.send(Ok(())),
                 Ok(()) => core.transfers.push((to, reply)),
@@ -569,14 +586,9 @@ where
                         query(Err(NodeError::Stopped));
                     }
                 }
-                ApplyJob::Read { index, query } => {
-                    if index <= a.applied {
-                        let started = Instant::now();
-                        query(Ok(&a.machine));
-                        self.note_apply_cost(started.elapsed(), 1);
-                    } else {
-                        a.reads.entry(index).or_default().push(query);
-                    }
+                ApplyJob::Read { index, queries } => {
+                    a.reads.entry(index).or_default().extend(queries);
+                    self.run_reads(a);
                 }
                 ApplyJob::Register(waiters) => {
                     for (index, term, waiter) in waiters {
@@ -818,7 +830,7 @@ fn later<T>(handed: bool) -> Result<Option<T>, Stopped> {
 struct CoreIo<'a, M: StateMachine> {
     driver: &'a Driver<M>,
     outbox: &'a mut Vec<Message>,
-    reads: &'a mut HashMap<ReadId, ReadFn<M>>,
+    reads: &'a mut HashMap<ReadId, Vec<ReadFn<M>>>,
     snapshot_tx: Option<&'a Sender<SnapshotJob>>,
 }
 
@@ -832,14 +844,18 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
 
     fn release_reads(&mut self, reads: Vec<ReadState>) -> Result<(), Stopped> {
         for ReadState { id, result } in reads {
-            let Some(query) = self.reads.remove(&id) else { continue };
+            let Some(queries) = self.reads.remove(&id) else { continue };
             match result {
                 Ok(index) => {
-                    if !self.driver.apply.push(ApplyJob::Read { index, query }) {
+                    if !self.driver.apply.push(ApplyJob::Read { index, queries }) {
                         return Err(Stopped);
                     }
                 }
-                Err(err) => query(Err(read_error(err))),
+                Err(err) => {
+                    for query in queries {
+                        query(Err(read_error(err.clone())));
+                    }
+                }
             }
         }
         Ok(())

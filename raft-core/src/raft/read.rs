@@ -76,6 +76,9 @@ pub(super) struct LeaderReads {
     pub(super) round_wanted: bool,
     /// The lease holds while the node's tick count is below this.
     pub(super) lease_until: u64,
+    /// Only rounds from this one on may renew the lease (rounds sent before the clock last
+    /// stalled started it at a tick count that lags real time).
+    pub(super) lease_from_round: u64,
     /// An entry of this term has committed (reads may be served).
     pub(super) committed_in_term: bool,
 }
@@ -174,6 +177,16 @@ impl Raft {
         }
     }
 
+    /// The caller's clock skipped ticks (the process stalled, or its tick timer fell behind):
+    /// the tick count lags real time, so the lease, which counts ticks, is given up, and only
+    /// rounds sent from now on renew it. A runtime that cannot tick on time must call this.
+    pub fn clock_stalled(&mut self) {
+        if let Role::Leader(l) = &mut self.role {
+            l.reads.lease_until = 0;
+            l.reads.lease_from_round = l.reads.sent + 1;
+        }
+    }
+
     /// The leader's first entry of its term committed: reads held for it join the next round.
     pub(super) fn on_commit_in_term(&mut self) {
         let Role::Leader(l) = &mut self.role else { return };
@@ -252,7 +265,7 @@ impl Raft {
             reads.sent_at.pop_front();
         }
         if let Some(tick) = sent_tick {
-            if l.transfer.is_none() && !l.timeout_now_sent {
+            if l.transfer.is_none() && !l.timeout_now_sent && confirmed >= reads.lease_from_round {
                 reads.lease_until = reads.lease_until.max(tick + lease_ticks);
             }
         }
