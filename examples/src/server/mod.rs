@@ -872,7 +872,11 @@ fn error_line(err: &NodeError) -> String {
     }
 }
 
-/// Starts parked writes again every millisecond, as if each had just arrived, so it goes to
+/// How often parked writes are started again: a transfer takes a few milliseconds, and a
+/// parked write should follow the new leader within a fraction of that.
+const PARK_RETRY: Duration = Duration::from_micros(250);
+
+/// Starts parked writes again every `PARK_RETRY`, as if each had just arrived, so it goes to
 /// whichever node leads now. A write parked for half its request timeout is answered
 /// `-NOLEADER` (nothing was done) rather than left to time out with its outcome unknown.
 fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
@@ -884,7 +888,7 @@ fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
                 Err(_) => return,
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(PARK_RETRY);
         waiting.extend(parked.try_iter());
         let Some(server) = server.upgrade() else { return };
         let give_up = server.args.request_timeout / 2;

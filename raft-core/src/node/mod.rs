@@ -324,13 +324,17 @@ pub(crate) enum Waiter<M: StateMachine> {
 }
 
 /// A query waiting for its read to be confirmed and its index applied.
-pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M, NodeError>) + Send>;
+/// It returns how long the query took, not counting the answer's delivery (which may write to
+/// a socket), for the driver's estimate of the machine's cost.
+pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M, NodeError>) -> Duration + Send>;
 
 impl<M: StateMachine> Waiter<M> {
     fn fail(self, err: NodeError) {
         match self {
             Waiter::Write(reply) => reply.send(Err(err)),
-            Waiter::Read(query) => query(Err(err)),
+            Waiter::Read(query) => {
+                query(Err(err));
+            }
         }
     }
 }
@@ -827,8 +831,17 @@ where
     F: FnOnce(&M) -> R + Send + 'static,
 {
     let run: ReadFn<M> = Box::new(move |machine| match machine {
-        Ok(machine) => reply.send(Ok(query(machine))),
-        Err(err) => reply.send(Err(err)),
+        Ok(machine) => {
+            let started = std::time::Instant::now();
+            let result = query(machine);
+            let took = started.elapsed();
+            reply.send(Ok(result));
+            took
+        }
+        Err(err) => {
+            reply.send(Err(err));
+            Duration::ZERO
+        }
     });
     match mode {
         ReadMode::Log => Input::Propose { data: Bytes::new(), waiter: Waiter::Read(run) },

@@ -15,7 +15,9 @@
 //!    (`WaitingRead::round`), and is released once a quorum has answered that round or a later
 //!    one in the same term (`LeaderReads::confirmed`). A leader cut off in a minority never
 //!    gets there, however long it believes it leads. Reads that arrive while a round is out
-//!    share the next round: one round serves many reads.
+//!    share the next round, sent when that one is confirmed (or with the next periodic
+//!    heartbeat, if it was lost): one round serves many reads, and under load the rounds grow
+//!    rather than multiply.
 //! 3. **The lease is shorter than any follower's promise.** With
 //!    [`Config::lease_reads`](crate::Config::lease_reads), a round that a quorum answered
 //!    also renews a lease from the tick it was *sent*, for
@@ -282,7 +284,9 @@ impl Raft {
     /// last Ready share one round or one request).
     pub(super) fn flush_reads(&mut self) {
         match &mut self.role {
-            Role::Leader(l) if l.reads.round_wanted => self.broadcast_round(false),
+            Role::Leader(l) if l.reads.round_wanted && l.reads.confirmed == l.reads.sent => {
+                self.broadcast_round(false)
+            }
             Role::Follower { leader: Some(leader) } if self.forwarded.wanted => {
                 let leader = *leader;
                 let f = &mut self.forwarded;
@@ -299,7 +303,7 @@ impl Raft {
     /// Whether reads wait for something to be sent.
     pub(super) fn reads_to_flush(&self) -> bool {
         match &self.role {
-            Role::Leader(l) => l.reads.round_wanted,
+            Role::Leader(l) => l.reads.round_wanted && l.reads.confirmed == l.reads.sent,
             Role::Follower { leader: Some(_) } => self.forwarded.wanted,
             _ => false,
         }
