@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use raft_wal::Durability;
 use raftkit_benches::load::{self, Op};
+use raftkit_benches::procstat::total_cpu_seconds;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -27,27 +28,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .split(',')
         .map(|s| s.trim().to_owned())
         .collect()
-}
-
-/// User + system CPU seconds a process has used so far.
-fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    ticks as f64 / ticks_per_sec
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 struct Cell {
@@ -67,7 +47,6 @@ fn run_cell(
     clients: usize,
     value: usize,
     secs: f64,
-    ticks: f64,
 ) -> Result<Cell, String> {
     let durability = match mode {
         "always" => Durability::Always,
@@ -88,9 +67,9 @@ fn run_cell(
     let addrs = vec![addr; clients];
     let load = std::thread::spawn(move || load::run(&addrs, Op::Set { value }, warmup, measure));
     std::thread::sleep(warmup);
-    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
+    let cpu_before = total_cpu_seconds(&pids);
     let result = load.join().map_err(|_| "load generator panicked")?;
-    let cpu_after: f64 = pids.iter().map(|&p| cpu_seconds(p, ticks)).sum();
+    let cpu_after = total_cpu_seconds(&pids);
     let result = result.map_err(|e| format!("load: {e}"))?;
     let elapsed = result.measured.as_secs_f64();
     let mut lat = result.latencies_us;
@@ -122,7 +101,6 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let secs: f64 =
         std::env::var("RAFTKIT_CLUSTER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    let ticks = clock_ticks();
     println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum; {secs} s per cell");
     println!(
         "{:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
@@ -136,7 +114,7 @@ fn main() {
                     eprintln!("bad cell {mode} {value} {clients}");
                     continue;
                 };
-                match run_cell(&exe, &mode, clients, value, secs, ticks) {
+                match run_cell(&exe, &mode, clients, value, secs) {
                     Ok(c) => println!(
                         "{:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
                         c.mode,

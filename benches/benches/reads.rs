@@ -3,7 +3,8 @@
 //!
 //! Every figure comes from one closed-loop load generator (one thread, N connections, one
 //! command outstanding each, as `redis-benchmark` drives a server), pointed at our nodes or at
-//! a `redis-server` (no persistence) started here. GETs read 64-byte values of 1000 keys.
+//! a `redis-server` (no persistence) started here. GETs read 64-byte values of 1000 keys. `CPU
+//! us` is the CPU time all server processes spent per command (user + system, from `/proc`).
 //!
 //! - SET, 64 clients on the leader (`--durability always`): the write path reads are compared
 //!   with.
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use raft_core::node::ReadMode;
 use raft_core::NodeId;
 use raftkit_benches::load::{self, LoadResult, Op};
+use raftkit_benches::procstat::total_cpu_seconds;
 use raftkit_examples::client::Client;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
@@ -69,19 +71,45 @@ fn preload(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn run(addrs: Vec<SocketAddr>, op: Op, secs: f64) -> Result<LoadResult, String> {
-    load::run(&addrs, op, WARMUP, Duration::from_secs_f64(secs)).map_err(|e| e.to_string())
+/// A measured cell: the load's figures and the CPU the servers spent per command.
+struct Measured {
+    load: LoadResult,
+    cpu_us: f64,
 }
 
-fn print_row(what: &str, clients: usize, r: &LoadResult) {
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.load.rate()
+    }
+}
+
+/// Runs `op` from one connection per address, measuring the CPU `pids` spend meanwhile.
+fn run(addrs: Vec<SocketAddr>, op: Op, secs: f64, pids: &[u32]) -> Result<Measured, String> {
+    let measure = Duration::from_secs_f64(secs);
+    let load = std::thread::spawn(move || load::run(&addrs, op, WARMUP, measure));
+    std::thread::sleep(WARMUP);
+    let before = total_cpu_seconds(pids);
+    let load = load.join().map_err(|_| "load panicked")?.map_err(|e| e.to_string())?;
+    let spent = total_cpu_seconds(pids) - before;
+    let cpu_us = spent * 1e6 / load.latencies_us.len().max(1) as f64;
+    Ok(Measured { load, cpu_us })
+}
+
+fn print_row(what: &str, clients: usize, m: &Measured) {
+    let r = &m.load;
     println!(
-        "{:<34} {:>7} {:>10.0} {:>9.3} {:>9.3}",
+        "{:<34} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>8.1}",
         what,
         clients,
         r.rate(),
         r.quantile_us(0.5, |_| true) as f64 / 1e3,
-        r.quantile_us(0.99, |_| true) as f64 / 1e3
+        r.quantile_us(0.99, |_| true) as f64 / 1e3,
+        m.cpu_us
     );
+}
+
+fn pids(cluster: &LocalCluster) -> Vec<u32> {
+    cluster.ids().iter().filter_map(|&id| cluster.pid(id)).collect()
 }
 
 fn free_port() -> u16 {
@@ -123,53 +151,57 @@ impl Drop for Redis {
 /// follower GET 64, lease GET 64, lease GET 1 p50) for the summary.
 fn reads(exe: &std::path::Path, secs: f64) -> Result<[f64; 6], String> {
     println!(
-        "{:<34} {:>7} {:>10} {:>9} {:>9}",
-        "3-node cluster (loopback)", "clients", "ops/s", "p50 ms", "p99 ms"
+        "{:<34} {:>7} {:>10} {:>9} {:>9} {:>8}",
+        "3-node cluster (loopback)", "clients", "ops/s", "p50 ms", "p99 ms", "CPU us"
     );
     let cluster = start_cluster(exe, ReadMode::Index)?;
     let l = leader(&cluster)?;
     let at_leader = cluster.client_addr(l);
     preload(at_leader)?;
-    let set = run(vec![at_leader; 64], Op::Set { value: 64 }, secs)?;
+    let p = pids(&cluster);
+    let set = run(vec![at_leader; 64], Op::Set { value: 64 }, secs, &p)?;
     print_row("SET, leader (fsync always)", 64, &set);
-    let one = run(vec![at_leader], Op::Get { keys: KEYS }, secs)?;
+    let one = run(vec![at_leader], Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET ReadIndex, leader", 1, &one);
-    let index = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs)?;
+    let index = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET ReadIndex, leader", 64, &index);
     let all: Vec<SocketAddr> = cluster.ids().iter().map(|&id| cluster.client_addr(id)).collect();
     let spread: Vec<SocketAddr> = (0..64).map(|i| all[i % all.len()]).collect();
-    let follower = run(spread, Op::Get { keys: KEYS }, secs)?;
+    let follower = run(spread, Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET ReadIndex, spread over 3 nodes", 64, &follower);
     drop(cluster);
 
     let cluster = start_cluster(exe, ReadMode::Lease)?;
     let at_leader = cluster.client_addr(leader(&cluster)?);
     preload(at_leader)?;
-    let lease_one = run(vec![at_leader], Op::Get { keys: KEYS }, secs)?;
+    let p = pids(&cluster);
+    let lease_one = run(vec![at_leader], Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET lease, leader", 1, &lease_one);
-    let lease = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs)?;
+    let lease = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET lease, leader", 64, &lease);
     drop(cluster);
 
     let cluster = start_cluster(exe, ReadMode::Log)?;
     let at_leader = cluster.client_addr(leader(&cluster)?);
     preload(at_leader)?;
-    let log = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs)?;
+    let p = pids(&cluster);
+    let log = run(vec![at_leader; 64], Op::Get { keys: KEYS }, secs, &p)?;
     print_row("GET through the log, leader", 64, &log);
     drop(cluster);
 
     match Redis::start() {
         Some(redis) => {
             preload(redis.1)?;
-            let r1 = run(vec![redis.1], Op::Get { keys: KEYS }, secs)?;
+            let p = [redis.0.id()];
+            let r1 = run(vec![redis.1], Op::Get { keys: KEYS }, secs, &p)?;
             print_row("Redis GET (1 node, no persistence)", 1, &r1);
-            let r64 = run(vec![redis.1; 64], Op::Get { keys: KEYS }, secs)?;
+            let r64 = run(vec![redis.1; 64], Op::Get { keys: KEYS }, secs, &p)?;
             print_row("Redis GET (1 node, no persistence)", 64, &r64);
             println!("\nlease GET 64 / Redis GET 64: {:.2}", lease.rate() / r64.rate().max(1e-9));
         }
         None => println!("redis-server not found (apt-get install redis-server): no reference"),
     }
-    let p50 = |r: &LoadResult| r.quantile_us(0.5, |_| true) as f64;
+    let p50 = |m: &Measured| m.load.quantile_us(0.5, |_| true) as f64;
     Ok([set.rate(), index.rate(), p50(&one), follower.rate(), lease.rate(), p50(&lease_one)])
 }
 

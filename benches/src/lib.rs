@@ -3,4 +3,5 @@
 pub mod alloc;
 pub mod core_cluster;
 pub mod load;
+pub mod procstat;
 pub mod wal_matrix;
