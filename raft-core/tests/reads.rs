@@ -384,3 +384,47 @@ fn a_stalled_clock_gives_the_lease_up() {
     l.step(answer(after)).unwrap();
     assert!(l.lease_holds());
 }
+
+/// Where a Ready's heartbeats go, with their rounds.
+fn beats(rd: &raft_core::Ready) -> Vec<(NodeId, u64)> {
+    rd.messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Heartbeat(hb) => Some((m.to, hb.round)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A round sent for reads needs a quorum only, so it goes to the followers that answered the
+/// latest rounds; periodic rounds go to everyone, and confirm the reads when a chosen follower
+/// falls silent.
+#[test]
+fn read_rounds_go_to_a_quorum_and_periodic_rounds_to_everyone() {
+    let mut l = fresh_leader();
+    let ack = AppendResponse::Success { match_index: 2 };
+    l.step(to_1(2, 2, MessageBody::AppendResponse(ack))).unwrap();
+    let _ = l.ready();
+    let answer =
+        |from, round| to_1(from, 2, MessageBody::HeartbeatResponse(HeartbeatResponse { round }));
+    let periodic = |l: &mut Raft| loop {
+        l.tick();
+        let sent = beats(&l.ready());
+        if !sent.is_empty() {
+            return sent;
+        }
+    };
+    let sent = periodic(&mut l);
+    assert_eq!(sent.iter().map(|b| b.0).collect::<Vec<_>>(), vec![2, 3], "periodic: everyone");
+    l.step(answer(3, sent[1].1)).unwrap();
+    l.read_index(1).unwrap();
+    let rd = l.ready();
+    let read_round = beats(&rd);
+    assert_eq!(read_round.len(), 1, "a read round goes to one follower of two");
+    assert_eq!(read_round[0].0, 3, "the one that answered last");
+    // Node 3 falls silent: the next periodic round, answered by node 2, serves the read.
+    let sent = periodic(&mut l);
+    assert_eq!(sent.len(), 2);
+    l.step(answer(2, sent[0].1)).unwrap();
+    assert_eq!(l.ready().reads, vec![ReadState { id: 1, result: Ok(2) }]);
+}

@@ -206,6 +206,7 @@ impl Raft {
     pub(super) fn broadcast_round(&mut self, periodic: bool) {
         let committed = self.log.committed();
         let ticks = self.ticks;
+        let needed = self.quorum() - 1;
         let Role::Leader(l) = &mut self.role else { return };
         let reads = &mut l.reads;
         reads.sent += 1;
@@ -225,9 +226,16 @@ impl Raft {
         }
         // Cap the commit index at what each follower is known to hold, so a follower never
         // commits an entry it has not matched with this leader.
-        let beats: Vec<(NodeId, Index)> =
-            l.progress.iter().map(|p| (p.id, p.match_index.min(committed))).collect();
-        for (to, commit) in beats {
+        let mut beats: Vec<(NodeId, Index, u64)> =
+            l.progress.iter().map(|p| (p.id, p.match_index.min(committed), p.round_ack)).collect();
+        if !periodic && needed < beats.len() {
+            // A round for reads needs a quorum only: it goes to the followers that answered the
+            // latest rounds (half the messages in a group of three). If one of them does not
+            // answer, the next periodic round, which goes to everyone, confirms the reads.
+            beats.sort_unstable_by_key(|&(id, _, ack)| (std::cmp::Reverse(ack), id));
+            beats.truncate(needed);
+        }
+        for (to, commit, _) in beats {
             self.send(to, MessageBody::Heartbeat(crate::message::Heartbeat { commit, round }));
         }
         // A group of one confirms its own rounds.
