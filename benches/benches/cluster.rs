@@ -93,11 +93,7 @@ fn run_cell(
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).peekable();
-    if args.peek().map(String::as_str) == Some("--serve") {
-        args.next();
-        std::process::exit(raftkit_examples::server_main(args));
-    }
+    raftkit_benches::serve_if_node();
     let exe = std::env::current_exe().expect("own path");
     let secs: f64 =
         std::env::var("RAFTKIT_CLUSTER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);

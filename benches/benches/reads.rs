@@ -269,11 +269,7 @@ fn transfers(exe: &std::path::Path, count: usize) -> Result<(), String> {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).peekable();
-    if args.peek().map(String::as_str) == Some("--serve") {
-        args.next();
-        std::process::exit(raftkit_examples::server_main(args));
-    }
+    raftkit_benches::serve_if_node();
     let exe = std::env::current_exe().expect("own path");
     let secs: f64 = env_or("RAFTKIT_READS_SECS", 5.0);
     match reads(&exe, secs) {
