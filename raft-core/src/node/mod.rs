@@ -242,8 +242,8 @@ pub struct NodeOptions {
     pub max_inputs_per_round: usize,
     /// Bytes per read when restoring the state machine from a snapshot.
     pub restore_chunk_bytes: usize,
-    /// How [`Node::read`] makes reads linearizable. [`ReadMode::Lease`] turns on
-    /// [`Config::lease_reads`].
+    /// How [`Node::read`] makes reads linearizable. It decides [`Config::lease_reads`] (on for
+    /// [`ReadMode::Lease`], off otherwise), whatever `raft` says.
     pub read_mode: ReadMode,
 }
 
