@@ -20,6 +20,13 @@ pub enum Leftover {
 /// Emulates a power loss on a closed WAL directory: every byte past `durable` (in its segment
 /// and in every later segment file) is replaced as `leftover` says. Segment files created
 /// after the durable position keep existing (their creation may have been durable).
+///
+/// Only sound if nothing past `durable` had been synced: a power loss never takes back what an
+/// fsync made durable. A WAL syncs everything it has written before it retires (deletes) a
+/// segment, so if a segment was retired after `durable` was read, the sync went further and
+/// the emulation would destroy durable records the retirement relied on. Read
+/// [`oldest_segment`] before reading the durable position, and emulate only if the oldest
+/// segment is still the same afterwards.
 pub fn power_loss(dir: &Path, durable: DurablePosition, leftover: Leftover) -> std::io::Result<()> {
     let mut rng = raft_core::rng::Rng::new(match leftover {
         Leftover::Garbage(seed) => seed,
@@ -70,4 +77,17 @@ pub fn segment_with_body(seq: u64, first_seq: u64, size: usize, body: &[u8]) -> 
 /// The name of segment file `seq` in a WAL directory.
 pub fn segment_file_name(seq: u64) -> String {
     crate::segment::segment_name(seq)
+}
+
+/// The lowest sequence number of the segment files in a WAL directory (`None` if there are
+/// none). A WAL retires its oldest segments, so this grows when one is retired.
+pub fn oldest_segment(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut oldest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+            oldest = Some(oldest.map_or(seq, |o: u64| o.min(seq)));
+        }
+    }
+    Ok(oldest)
 }

@@ -4,6 +4,10 @@
 //! emulates a power loss past the last reported durable position, and reopens: every reported
 //! durable entry must be there, in order, with its exact payload.
 //!
+//! A power loss is emulated only if no segment was retired after the last report: a retirement
+//! syncs everything first, so the WAL was durable further than the report says, and wiping
+//! what it synced is not something a power loss can do.
+//!
 //! `RAFT_WAL_CRASH_ITERATIONS` sets the number of kills (default 200), `RAFT_WAL_CRASH_SEED`
 //! the seed of their timing (default 2026).
 
@@ -18,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::rng::Rng;
 use raft_core::{Entry, HardState, LogStore, LogWrite};
-use raft_wal::testkit::{power_loss, Leftover};
+use raft_wal::testkit::{oldest_segment, power_loss, Leftover};
 use raft_wal::{AppendVia, Durability, DurablePosition, Wal, WalConfig};
 
 const CHILD_DIR: &str = "RAFT_WAL_CRASH_CHILD_DIR";
@@ -98,10 +102,13 @@ fn child_writer(wal: &Wal, group: u64, seed: u64, out: &Mutex<()>) {
             wal.write(&[LogWrite { group, hard_state: Some(hs), entries: &entries }]).unwrap();
         wal.sync(lsn).unwrap();
         last = from + n - 1;
+        // The oldest segment first: if it is still there, no retirement has synced past the
+        // position read after it (see `raft_wal::testkit::power_loss`).
+        let oldest = oldest_segment(wal.dir()).unwrap().unwrap_or(0);
         let p = wal.durable_position();
         {
             let _g = out.lock().unwrap();
-            println!("D {group} {last} {term} {} {} {}", p.seq, p.segment, p.offset);
+            println!("D {group} {last} {term} {} {} {} {oldest}", p.seq, p.segment, p.offset);
         }
         if last > 3_000 && rng.chance(0.05) {
             let keep_from = last - 1_000;
@@ -117,6 +124,8 @@ struct Reports {
     /// Per group, the last reported durable `(last index, term)`.
     groups: HashMap<u64, (u64, u64)>,
     durable: Option<DurablePosition>,
+    /// The newest "oldest segment" reported.
+    oldest: u64,
     /// Syncs reported.
     count: u64,
 }
@@ -188,11 +197,12 @@ fn sigkill_at_random_moments_loses_no_durable_entry() {
                     let Ok(line) = line else { break };
                     let f: Vec<u64> =
                         line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-                    if !line.starts_with("D ") || f.len() != 6 {
+                    if !line.starts_with("D ") || f.len() != 7 {
                         continue;
                     }
                     let mut r = reports.lock().unwrap();
                     r.count += 1;
+                    r.oldest = r.oldest.max(f[6]);
                     r.groups.insert(f[0], (f[1], f[2]));
                     let p = DurablePosition { seq: f[3], segment: f[4], offset: f[5] };
                     if r.durable.is_none_or(|d| d.seq < p.seq) {
@@ -207,7 +217,8 @@ fn sigkill_at_random_moments_loses_no_durable_entry() {
         reader.join().unwrap();
         let reports = std::mem::take(&mut *reports.lock().unwrap());
         synced += reports.count;
-        if iteration % 3 == 2 {
+        let retired_since = oldest_segment(dir.path()).unwrap().unwrap_or(0) > reports.oldest;
+        if iteration % 3 == 2 && !retired_since {
             if let Some(durable) = reports.durable {
                 // The page cache survived the kill; emulate a power loss on top of it.
                 let leftover = match iteration % 9 {
