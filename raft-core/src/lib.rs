@@ -24,6 +24,7 @@ mod mem;
 mod mem_transport;
 pub mod message;
 pub mod node;
+pub mod quorum;
 mod raft;
 pub mod ready;
 pub mod rng;

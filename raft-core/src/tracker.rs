@@ -1,5 +1,5 @@
 //! What a leader knows about each follower's log: how far it matches, what to send next, and
-//! how much is in flight.
+//! how much is in flight. Majorities are counted in [`crate::quorum`].
 //!
 //! A follower is in one of two replication states:
 //! - **Probe**: the leader does not know where the follower's log diverges. It sends one append
@@ -268,27 +268,9 @@ impl From<&Progress> for PeerProgress {
     }
 }
 
-/// The highest index that a majority of `indexes` has reached (reorders `indexes` in place, so
-/// a caller can reuse one buffer and commit counting does not allocate).
-pub(crate) fn quorum_index(indexes: &mut [Index]) -> Index {
-    debug_assert!(!indexes.is_empty());
-    // The (n/2)-th largest: a majority (n/2 + 1 voters) holds at least this much.
-    let k = indexes.len() / 2;
-    *indexes.select_nth_unstable_by(k, |a, b| b.cmp(a)).1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quorum_index_is_majority_minimum() {
-        assert_eq!(quorum_index(&mut [5]), 5);
-        assert_eq!(quorum_index(&mut [5, 3, 9]), 5);
-        assert_eq!(quorum_index(&mut [1, 2, 3, 4]), 2);
-        assert_eq!(quorum_index(&mut [7, 7, 1, 1, 7]), 7);
-        assert_eq!(quorum_index(&mut [0, 0, 1, 2, 3]), 1);
-    }
 
     #[test]
     fn probe_rejection_moves_back_and_ignores_stale() {

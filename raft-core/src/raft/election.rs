@@ -4,15 +4,9 @@
 use super::{LeaderState, Raft, Role, Votes};
 use crate::error::StepError;
 use crate::message::{Message, MessageBody, VoteRequest, VoteResponse};
+use crate::quorum::VoteResult;
 use crate::tracker::Progress;
 use crate::types::{EntryKind, NodeId, Term};
-
-/// What a (pre-)vote tally says.
-enum Tally {
-    Won,
-    Lost,
-    Pending,
-}
 
 impl Raft {
     /// Applies the term rules (Raft §5.1: a higher term wins; a lower term is stale), then hands
@@ -156,8 +150,7 @@ impl Raft {
 
     fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, resp: VoteResponse) {
         let term = self.term;
-        let quorum = self.quorum();
-        let voters = self.voters.len();
+        let config = &self.config;
         let tally = match &mut self.role {
             Role::PreCandidate(votes) if resp.pre_vote => {
                 // Grants come in our future term, rejections in the voter's (not higher) term.
@@ -165,18 +158,18 @@ impl Raft {
                     return;
                 }
                 votes.record(from, resp.granted);
-                tally(votes, quorum, voters)
+                config.vote_result(|id| votes.answer(id))
             }
             Role::Candidate(votes) if !resp.pre_vote && msg_term == term => {
                 votes.record(from, resp.granted);
-                tally(votes, quorum, voters)
+                config.vote_result(|id| votes.answer(id))
             }
             _ => return, // A late answer to an election that is over.
         };
         match (tally, &self.role) {
-            (Tally::Won, Role::PreCandidate(_)) => self.become_candidate(false),
-            (Tally::Won, Role::Candidate(_)) => self.become_leader(),
-            (Tally::Lost, _) => self.become_follower(self.term, None),
+            (VoteResult::Won, Role::PreCandidate(_)) => self.become_candidate(false),
+            (VoteResult::Won, Role::Candidate(_)) => self.become_leader(),
+            (VoteResult::Lost, _) => self.become_follower(self.term, None),
             _ => {}
         }
     }
@@ -224,7 +217,7 @@ impl Raft {
         self.role = Role::PreCandidate(votes);
         self.reset_election_timer();
         tracing::debug!(group = self.group, id = self.id, term = self.term, "became pre-candidate");
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.become_candidate(false);
             return;
         }
@@ -242,7 +235,7 @@ impl Raft {
         self.role = Role::Candidate(votes);
         self.reset_election_timer();
         tracing::debug!(group = self.group, id = self.id, term = self.term, "became candidate");
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.become_leader();
             return;
         }
@@ -262,8 +255,7 @@ impl Raft {
             transfer,
         };
         let term = if pre_vote { self.term + 1 } else { self.term };
-        let peers: Vec<NodeId> = self.peers().collect();
-        for to in peers {
+        for to in self.peers() {
             let msg = Message {
                 group: self.group,
                 from: self.id,
@@ -288,13 +280,14 @@ impl Raft {
         // A transfer received from the previous leader is abandoned.
         self.receiving = None;
         let next = self.log.last_index() + 1;
-        let progress: Vec<Progress> = self.peers().map(|id| Progress::new(id, next)).collect();
+        let progress: Vec<Progress> =
+            self.peers().into_iter().map(|id| Progress::new(id, next)).collect();
         self.role = Role::Leader(LeaderState {
             progress,
             heartbeat_elapsed: 0,
             replicate_pending: true,
             uncommitted_bytes: 0,
-            scratch: Vec::with_capacity(self.voters.len()),
+            scratch: Vec::with_capacity(self.config.voters().len()),
             reads: Default::default(),
             transfer: None,
             timeout_now_sent: false,
@@ -310,7 +303,7 @@ impl Raft {
             last_index = self.log.last_index(),
             "became leader"
         );
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.maybe_commit();
         }
     }
@@ -318,25 +311,15 @@ impl Raft {
     /// Check-quorum (Raft thesis §6.2): whether a quorum, this node included, was heard from
     /// during the round that just ended. Resets the round.
     pub(super) fn quorum_active(&mut self) -> bool {
-        let quorum = self.quorum();
+        let id = self.id;
         let Role::Leader(leader) = &mut self.role else { return false };
-        let mut active = 1;
+        let progress = &leader.progress;
+        let active = self.config.vote_result(|v| {
+            Some(v == id || progress.iter().any(|p| p.id == v && p.recent_active))
+        }) == VoteResult::Won;
         for p in &mut leader.progress {
-            if p.recent_active {
-                active += 1;
-            }
             p.recent_active = false;
         }
-        active >= quorum
-    }
-}
-
-fn tally(votes: &Votes, quorum: usize, voters: usize) -> Tally {
-    if votes.granted.len() >= quorum {
-        Tally::Won
-    } else if votes.rejected.len() > voters - quorum {
-        Tally::Lost
-    } else {
-        Tally::Pending
+        active
     }
 }

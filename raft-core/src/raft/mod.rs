@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::error::{ConfigError, ProposeError, StepError};
 use crate::log::{RaftLog, Slice};
 use crate::message::{Message, MessageBody};
+use crate::quorum::{JointConfig, VoteResult};
 use crate::ready::{FetchPurpose, FetchRequest, ReadState, Ready};
 use crate::rng::Rng;
 use crate::tracker::{PeerProgress, Progress};
@@ -137,6 +138,17 @@ impl Votes {
             self.rejected.push(from);
         }
     }
+
+    /// `from`'s answer, if it gave one.
+    fn answer(&self, from: NodeId) -> Option<bool> {
+        if self.granted.contains(&from) {
+            Some(true)
+        } else if self.rejected.contains(&from) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// State only a leader has: the followers' progress.
@@ -236,8 +248,8 @@ pub struct Raft {
     /// Faults the simulator injects into this node's algorithm (never set outside it).
     #[cfg(feature = "sim")]
     faults: crate::sim::Faults,
-    /// Sorted voting members, this node included.
-    voters: Vec<NodeId>,
+    /// The voting members (this node included): which majorities decide.
+    config: JointConfig,
     /// **Invariant:** never decreases.
     term: Term,
     /// **Invariant:** at most one vote per term; reset only when the term grows.
@@ -360,7 +372,7 @@ impl Raft {
             cfg: config,
             #[cfg(feature = "sim")]
             faults: crate::sim::Faults::default(),
-            voters,
+            config: JointConfig::simple(voters),
             term,
             vote,
             log,
@@ -686,9 +698,9 @@ impl Raft {
         self.log.term(index)
     }
 
-    /// The voting members.
+    /// The voting members, sorted.
     pub fn voters(&self) -> &[NodeId] {
-        &self.voters
+        self.config.incoming.voters()
     }
 
     /// The term runs of this node's log: `(first index, term)` pairs covering every entry.
@@ -731,13 +743,17 @@ impl Raft {
 
     // ----- internals shared by the role modules -----
 
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// Every other voter.
+    fn peers(&self) -> Vec<NodeId> {
         let id = self.id;
-        self.voters.iter().copied().filter(move |&v| v != id)
+        self.config.voters().into_iter().filter(|&v| v != id).collect()
     }
 
-    fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    /// Whether this node alone makes a quorum (a group of one): its own vote wins an election
+    /// and its own durable write commits.
+    fn alone_is_quorum(&self) -> bool {
+        let id = self.id;
+        self.config.vote_result(|v| Some(v == id)) == VoteResult::Won
     }
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
@@ -776,7 +792,7 @@ impl Raft {
         if msg.to != self.id {
             return Err(StepError::WrongNode { expected: self.id, got: msg.to });
         }
-        if msg.from == self.id || !self.voters.contains(&msg.from) {
+        if msg.from == self.id || !self.config.contains(msg.from) {
             return Err(StepError::UnknownPeer(msg.from));
         }
         let malformed =

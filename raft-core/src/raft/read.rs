@@ -206,7 +206,10 @@ impl Raft {
     pub(super) fn broadcast_round(&mut self, periodic: bool) {
         let committed = self.log.committed();
         let ticks = self.ticks;
-        let needed = self.quorum() - 1;
+        // A simple configuration needs answers from a quorum less this node; a joint one asks
+        // everyone.
+        let needed =
+            if self.config.is_joint() { usize::MAX } else { self.config.incoming.quorum() - 1 };
         let Role::Leader(l) = &mut self.role else { return };
         let reads = &mut l.reads;
         reads.sent += 1;
@@ -258,11 +261,11 @@ impl Raft {
     /// renews the lease from the tick the newest of them was sent.
     fn advance_reads(&mut self) {
         let lease_ticks = u64::from(self.cfg.lease_ticks());
+        let id = self.id;
         let Role::Leader(l) = &mut self.role else { return };
-        l.scratch.clear();
-        l.scratch.push(l.reads.sent);
-        l.scratch.extend(l.progress.iter().map(|p| p.round_ack));
-        let confirmed = crate::tracker::quorum_index(&mut l.scratch);
+        let answered = std::iter::once((id, l.reads.sent))
+            .chain(l.progress.iter().map(|p| (p.id, p.round_ack)));
+        let confirmed = self.config.committed_index(answered, &mut l.scratch);
         let reads = &mut l.reads;
         if confirmed <= reads.confirmed {
             return;

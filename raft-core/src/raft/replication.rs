@@ -342,11 +342,9 @@ impl Raft {
         let term = self.term;
         let id = self.id;
         let Role::Leader(leader) = &mut self.role else { return false };
-        leader.scratch.clear();
-        leader.scratch.push(own);
-        leader.scratch.extend(leader.progress.iter().map(|p| p.match_index));
-        debug_assert_eq!(leader.scratch.len(), self.voters.len(), "leader {id} tracks every voter");
-        let quorum_index = crate::tracker::quorum_index(&mut leader.scratch);
+        let matched =
+            std::iter::once((id, own)).chain(leader.progress.iter().map(|p| (p.id, p.match_index)));
+        let quorum_index = self.config.committed_index(matched, &mut leader.scratch);
         let old = self.log.committed();
         if quorum_index <= old {
             return false;

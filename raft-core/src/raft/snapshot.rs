@@ -54,7 +54,7 @@ impl Raft {
             group: self.group,
             index: applied,
             term,
-            voters: self.voters.clone(),
+            voters: self.voters().to_vec(),
         })
     }
 
@@ -403,7 +403,7 @@ impl Raft {
             let mut voters = meta.voters.clone();
             voters.sort_unstable();
             voters.dedup();
-            self.voters = voters;
+            self.config = crate::quorum::JointConfig::simple(voters);
         }
         self.queue_compaction(meta.index, meta.term);
         self.out.restore_snapshot = Some(meta.clone());

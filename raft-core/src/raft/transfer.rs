@@ -28,7 +28,7 @@ impl Raft {
         if !self.is_leader() {
             return Err(TransferError::NotLeader { leader: self.leader() });
         }
-        if !self.voters.contains(&to) {
+        if !self.config.incoming.contains(to) {
             return Err(TransferError::NotAVoter(to));
         }
         let id = self.id;
