@@ -114,10 +114,9 @@ fn a_leader_cut_off_in_a_minority_serves_no_stale_read() {
             if naive {
                 assert_eq!(answer, Some(Ok("1".into())), "the naive read answers the old value");
             } else {
-                assert!(
-                    !matches!(&answer, Some(Ok(v)) if v == "1"),
-                    "node {on} served a stale read: {answer:?}"
-                );
+                // Refused once held for an election timeout: never the old value, and the
+                // old leader does not hold reads for as long as it believes it leads.
+                assert!(matches!(answer, Some(Err(_))), "node {on} answered {answer:?}");
             }
         }
         if !naive {

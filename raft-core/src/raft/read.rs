@@ -56,6 +56,8 @@ pub(super) struct WaitingRead {
     index: Index,
     /// The first round sent after the read arrived.
     round: u64,
+    /// The tick it arrived at.
+    arrived: u64,
 }
 
 /// The leader's side of reads: its rounds of heartbeats, the reads waiting for them, and the
@@ -72,8 +74,8 @@ pub(super) struct LeaderReads {
     sent_at: VecDeque<(u64, u64)>,
     /// Reads waiting for their round, in round order.
     waiting: VecDeque<WaitingRead>,
-    /// Reads that arrived before an entry of this term committed.
-    before_commit: Vec<ReadSource>,
+    /// Reads that arrived before an entry of this term committed, with the tick they arrived.
+    before_commit: Vec<(ReadSource, u64)>,
     /// Reads wait for a round not sent yet: send one with the next Ready.
     pub(super) round_wanted: bool,
     /// The lease holds while the node's tick count is below this.
@@ -154,9 +156,10 @@ impl Raft {
         }
         let lease = self.lease_holds();
         let commit = self.log.committed();
+        let arrived = self.ticks;
         let Role::Leader(l) = &mut self.role else { return };
         if !l.reads.committed_in_term {
-            l.reads.before_commit.push(source);
+            l.reads.before_commit.push((source, arrived));
             return;
         }
         if lease {
@@ -164,7 +167,7 @@ impl Raft {
             return;
         }
         let round = l.reads.sent + 1;
-        l.reads.waiting.push_back(WaitingRead { source, index: commit, round });
+        l.reads.waiting.push_back(WaitingRead { source, index: commit, round, arrived });
         l.reads.round_wanted = true;
     }
 
@@ -196,7 +199,7 @@ impl Raft {
             return;
         }
         l.reads.committed_in_term = true;
-        for source in std::mem::take(&mut l.reads.before_commit) {
+        for (source, _) in std::mem::take(&mut l.reads.before_commit) {
             self.leader_read(source);
         }
     }
@@ -350,6 +353,37 @@ impl Raft {
         }
     }
 
+    /// Reads the leader has held for an election timeout fail: no quorum answered a round since
+    /// (a leader cut off without check-quorum would otherwise hold them, and their memory,
+    /// for as long as it believes it leads), or the term's first entry has not committed.
+    pub(super) fn tick_leader_reads(&mut self) {
+        let timeout = u64::from(self.cfg.election_ticks);
+        let now = self.ticks;
+        let Role::Leader(l) = &mut self.role else { return };
+        let expired = |arrived: u64| arrived + timeout <= now;
+        let mut failed: Vec<ReadSource> = Vec::new();
+        while l.reads.waiting.front().is_some_and(|r| expired(r.arrived)) {
+            failed.extend(l.reads.waiting.pop_front().map(|r| r.source));
+        }
+        l.reads.before_commit.retain(|&(source, arrived)| {
+            if expired(arrived) {
+                failed.push(source);
+            }
+            !expired(arrived)
+        });
+        for source in failed {
+            match source {
+                ReadSource::Local(id) => {
+                    self.out.reads.push(ReadState { id, result: Err(ReadError::Abandoned) })
+                }
+                ReadSource::Peer { from, seq } => {
+                    let body = ReadIndexResponse { seq, index: None };
+                    self.send(from, MessageBody::ReadIndexResponse(body));
+                }
+            }
+        }
+    }
+
     /// A follower's forwarded requests that got no answer within an election timeout fail.
     pub(super) fn tick_reads(&mut self) {
         let timeout = u64::from(self.cfg.election_ticks);
@@ -373,8 +407,9 @@ impl Raft {
     pub(super) fn abandon_reads(&mut self, leader_hint: Option<NodeId>) {
         if let Role::Leader(l) = &mut self.role {
             let waiting = std::mem::take(&mut l.reads.waiting).into_iter().map(|r| r.source);
-            let held: Vec<ReadSource> =
-                waiting.chain(std::mem::take(&mut l.reads.before_commit)).collect();
+            let held: Vec<ReadSource> = waiting
+                .chain(std::mem::take(&mut l.reads.before_commit).into_iter().map(|r| r.0))
+                .collect();
             for source in held {
                 match source {
                     ReadSource::Local(id) => {

@@ -35,6 +35,7 @@ impl Raft {
         }
         self.tick_snapshot_sends();
         self.tick_transfer();
+        self.tick_leader_reads();
         let Role::Leader(leader) = &mut self.role else { return };
         leader.heartbeat_elapsed += 1;
         if leader.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
