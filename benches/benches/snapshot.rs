@@ -209,6 +209,7 @@ fn leader(meta: &SnapshotMeta) -> Raft {
     let state = InitialState {
         hard_state: HardState { term: 2, vote: None, commit: meta.index },
         voters: vec![1, 2, 3],
+        learners: Vec::new(),
         base_index: meta.index,
         base_term: meta.term,
         last_index: meta.index,

@@ -51,8 +51,12 @@ pub enum ConfigError {
     /// A voter appears twice.
     #[error("node {0} is listed twice among the voters")]
     DuplicateVoter(NodeId),
-    /// This node is not among the voters.
-    #[error("node {id} is not among the voters {voters:?}")]
+    /// A node is listed twice among the members (a learner that is also a voter, or a
+    /// learner listed twice).
+    #[error("node {0} is listed twice among the members")]
+    DuplicateMember(NodeId),
+    /// This node is neither a voter nor a learner.
+    #[error("node {id} is neither among the voters {voters:?} nor a learner")]
     NotAVoter {
         /// This node's id.
         id: NodeId,

@@ -220,6 +220,7 @@ pub fn load_initial_state(
     let term_runs =
         discover_term_runs(base_index, state.last_index, |index| store.term(group, index))?;
     Ok(InitialState {
+        learners: Vec::new(),
         hard_state: state.hard_state,
         voters,
         base_index,

@@ -714,3 +714,21 @@ fn a_transfer_to_a_cut_off_node_is_abandoned() {
     let put = KvOp::Put { key: "x".into(), value: "1".into() }.encode();
     cluster.node(leader).propose(put, TIMEOUT).expect("proposals resume");
 }
+
+/// A learner started with the driver receives the writes and serves linearizable reads.
+#[test]
+fn a_learner_node_follows_and_serves_reads() {
+    let cluster = Cluster::new(4, |o| {
+        o.voters = vec![1, 2, 3];
+        o.learners = vec![4];
+    });
+    let leader = cluster.leader();
+    assert_ne!(leader, 4);
+    cluster.put("x", "1");
+    let read = cluster.node(4).read(|kv: &KvStore| kv.get("x").map(str::to_owned), TIMEOUT);
+    assert_eq!(read.expect("read on the learner"), Some("1".into()));
+    let status = cluster.node(4).status().expect("status");
+    assert_eq!(status.raft.learners, vec![4]);
+    assert_eq!(status.raft.voters, vec![1, 2, 3]);
+    assert_eq!(status.raft.role, RoleKind::Follower);
+}

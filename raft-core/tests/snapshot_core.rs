@@ -42,6 +42,7 @@ fn leader_from_snapshot(snap: &SnapshotMeta) -> Raft {
     let state = InitialState {
         hard_state: HardState { term: 2, vote: None, commit: 100 },
         voters: vec![1, 2, 3],
+        learners: Vec::new(),
         base_index: 100,
         base_term: 2,
         last_index: 100,
@@ -342,6 +343,7 @@ fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_s
     let state = InitialState {
         hard_state: HardState { term: 3, vote: Some(2), commit: 40 },
         voters: vec![1, 2, 3],
+        learners: Vec::new(),
         base_index: 100,
         base_term: 5,
         last_index: 100,

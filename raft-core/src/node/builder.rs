@@ -77,6 +77,13 @@ impl NodeBuilder {
         self
     }
 
+    /// The group's learners (default none): members that receive the log and serve reads but
+    /// neither vote nor count towards a majority.
+    pub fn learners(mut self, learners: impl IntoIterator<Item = NodeId>) -> NodeBuilder {
+        self.options.learners = learners.into_iter().collect();
+        self
+    }
+
     /// Real time per tick (default 10 ms).
     pub fn tick(mut self, tick: Duration) -> NodeBuilder {
         self.options.tick = tick;

@@ -232,8 +232,11 @@ pub struct NodeOptions {
     /// The core's settings: this node's id and group, timeouts in ticks, limits. A zero `seed`
     /// is replaced by one drawn from the operating system.
     pub raft: Config,
-    /// The group's voting members, this node among them.
+    /// The group's voting members.
     pub voters: Vec<NodeId>,
+    /// The group's learners (they receive the log and serve reads, but neither vote nor count
+    /// towards a majority). This node is a voter or a learner.
+    pub learners: Vec<NodeId>,
     /// Real time per tick. With the core's defaults (heartbeat every 2 ticks, election timeout
     /// 10 to 20 ticks) 10 ms gives 20 ms heartbeats and elections within 100 to 200 ms.
     pub tick: Duration,
@@ -254,6 +257,7 @@ impl NodeOptions {
         NodeOptions {
             raft: Config { id, group, ..Config::default() },
             voters,
+            learners: Vec::new(),
             tick: Duration::from_millis(10),
             max_inputs_per_round: 4096,
             restore_chunk_bytes: 1 << 20,
@@ -461,7 +465,9 @@ where
             }
         };
         let applied = latest.as_ref().map_or(0, |s| s.index);
-        let initial = load_initial_state(log.as_ref(), group, options.voters.clone(), latest, 0)?;
+        let mut initial =
+            load_initial_state(log.as_ref(), group, options.voters.clone(), latest, 0)?;
+        initial.learners = options.learners.clone();
         let raft = Raft::new(config, initial)?;
         let id = raft.id();
         let shared = Arc::new(Shared::default());

@@ -118,9 +118,11 @@ impl Raft {
         // One vote per term: a repeated request from the candidate we voted for is granted
         // again (the first answer may have been lost); nobody else gets it. A node that knows
         // the term's leader does not vote. A pre-vote for a future term promises nothing.
-        let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader().is_none())
-            || (req.pre_vote && msg_term > self.term);
+        // A learner votes in nothing.
+        let can_vote = !self.is_learner()
+            && (self.vote == Some(from)
+                || (self.vote.is_none() && self.leader().is_none())
+                || (req.pre_vote && msg_term > self.term));
         let granted = can_vote && self.log.is_up_to_date(req.last_index, req.last_term);
         tracing::debug!(
             group = self.group,
@@ -175,6 +177,9 @@ impl Raft {
     }
 
     pub(super) fn tick_election(&mut self) {
+        if self.is_learner() {
+            return; // A learner never campaigns.
+        }
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks {
             self.campaign();
@@ -281,7 +286,7 @@ impl Raft {
         self.receiving = None;
         let next = self.log.last_index() + 1;
         let progress: Vec<Progress> =
-            self.peers().into_iter().map(|id| Progress::new(id, next)).collect();
+            self.members_but_me().into_iter().map(|id| Progress::new(id, next)).collect();
         self.role = Role::Leader(LeaderState {
             progress,
             heartbeat_elapsed: 0,

@@ -33,8 +33,11 @@ use crate::StorageError;
 pub struct InitialState {
     /// The persisted term, vote and commit index.
     pub hard_state: HardState,
-    /// The voting members of the group (this node among them).
+    /// The voting members of the group.
     pub voters: Vec<NodeId>,
+    /// The learners: members that receive the log and snapshots but neither vote nor count
+    /// towards any majority. This node is a voter or a learner.
+    pub learners: Vec<NodeId>,
     /// The index before the first entry the store holds (0 unless compacted).
     pub base_index: Index,
     /// The term at `base_index` (0 for index 0).
@@ -58,6 +61,7 @@ impl InitialState {
         InitialState {
             hard_state: HardState::default(),
             voters,
+            learners: Vec::new(),
             base_index: 0,
             base_term: 0,
             last_index: 0,
@@ -118,6 +122,10 @@ pub struct Status {
     pub lease_remaining_ticks: u64,
     /// The node leadership is being transferred to (leader only).
     pub transfer_target: Option<NodeId>,
+    /// The voters.
+    pub voters: Vec<NodeId>,
+    /// The learners.
+    pub learners: Vec<NodeId>,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -248,8 +256,10 @@ pub struct Raft {
     /// Faults the simulator injects into this node's algorithm (never set outside it).
     #[cfg(feature = "sim")]
     faults: crate::sim::Faults,
-    /// The voting members (this node included): which majorities decide.
+    /// The voting members: which majorities decide.
     config: JointConfig,
+    /// Members that receive the log but do not vote, sorted (disjoint from the voters).
+    learners: Vec<NodeId>,
     /// **Invariant:** never decreases.
     term: Term,
     /// **Invariant:** at most one vote per term; reset only when the term grows.
@@ -296,7 +306,20 @@ impl Raft {
         if let Some(pair) = voters.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateVoter(pair[0]));
         }
-        if !voters.contains(&config.id) {
+        let mut learners = state.learners.clone();
+        learners.sort_unstable();
+        if learners.first() == Some(&0) {
+            return Err(ConfigError::ZeroNodeId);
+        }
+        if let Some(&both) = learners
+            .windows(2)
+            .find(|w| w[0] == w[1])
+            .map(|w| &w[0])
+            .or_else(|| learners.iter().find(|l| voters.contains(l)))
+        {
+            return Err(ConfigError::DuplicateMember(both));
+        }
+        if !voters.contains(&config.id) && !learners.contains(&config.id) {
             return Err(ConfigError::NotAVoter { id: config.id, voters });
         }
         let hs = state.hard_state;
@@ -373,6 +396,7 @@ impl Raft {
             #[cfg(feature = "sim")]
             faults: crate::sim::Faults::default(),
             config: JointConfig::simple(voters),
+            learners,
             term,
             vote,
             log,
@@ -703,6 +727,16 @@ impl Raft {
         self.config.incoming.voters()
     }
 
+    /// The learners (members that receive the log but do not vote), sorted.
+    pub fn learners(&self) -> &[NodeId] {
+        &self.learners
+    }
+
+    /// Whether this node is a learner: it never campaigns and never votes.
+    pub fn is_learner(&self) -> bool {
+        self.learners.binary_search(&self.id).is_ok()
+    }
+
     /// The term runs of this node's log: `(first index, term)` pairs covering every entry.
     pub fn term_runs(&self) -> &[(Index, Term)] {
         self.log.term_runs()
@@ -738,15 +772,25 @@ impl Raft {
             progress,
             lease_remaining_ticks: self.lease_remaining_ticks(),
             transfer_target: self.transfer_target(),
+            voters: self.voters().to_vec(),
+            learners: self.learners.clone(),
         }
     }
 
     // ----- internals shared by the role modules -----
 
-    /// Every other voter.
+    /// Every other voter (whom elections ask).
     fn peers(&self) -> Vec<NodeId> {
         let id = self.id;
         self.config.voters().into_iter().filter(|&v| v != id).collect()
+    }
+
+    /// Every other member, voter or learner (whom the leader replicates to).
+    fn members_but_me(&self) -> Vec<NodeId> {
+        let mut all = self.peers();
+        all.extend(self.learners.iter().copied().filter(|&l| l != self.id));
+        all.sort_unstable();
+        all
     }
 
     /// Whether this node alone makes a quorum (a group of one): its own vote wins an election
@@ -792,7 +836,8 @@ impl Raft {
         if msg.to != self.id {
             return Err(StepError::WrongNode { expected: self.id, got: msg.to });
         }
-        if msg.from == self.id || !self.config.contains(msg.from) {
+        let member = self.config.contains(msg.from) || self.learners.contains(&msg.from);
+        if msg.from == self.id || !member {
             return Err(StepError::UnknownPeer(msg.from));
         }
         let malformed =

@@ -234,10 +234,12 @@ impl Raft {
         // commits an entry it has not matched with this leader.
         let mut beats: Vec<(NodeId, Index, u64)> =
             l.progress.iter().map(|p| (p.id, p.match_index.min(committed), p.round_ack)).collect();
-        if !periodic && needed < beats.len() {
-            // A round for reads needs a quorum only: it goes to the followers that answered the
-            // latest rounds (half the messages in a group of three). If one of them does not
-            // answer, the next periodic round, which goes to everyone, confirms the reads.
+        if !periodic && needed != usize::MAX {
+            // A round for reads needs a quorum only: it goes to the voters that answered the
+            // latest rounds (half the messages in a group of three; learners do not count). If
+            // one of them does not answer, the next periodic round, which goes to everyone,
+            // confirms the reads.
+            beats.retain(|&(id, _, _)| self.config.contains(id));
             beats.sort_unstable_by_key(|&(id, _, ack)| (std::cmp::Reverse(ack), id));
             beats.truncate(needed);
         }

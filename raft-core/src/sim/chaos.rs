@@ -167,6 +167,9 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         max_clock_drift_ticks: drift_ticks_needed(raft.election_ticks, clock_drift_pct),
         ..raft
     };
+    // A third of the five-node clusters run node 5 as a learner (four voters).
+    let learners =
+        if nodes == 5 && Rng::new(seed ^ 0x1EA2_4E25).chance(0.33) { vec![5] } else { Vec::new() };
     SimOptions {
         nodes,
         seed,
@@ -177,6 +180,7 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         disk,
         fetch_delay_max_us,
         check_node_invariants: true,
+        learners,
         read_mode,
     }
 }

@@ -310,7 +310,9 @@ impl<W: Workload> Cluster<W> {
     }
 
     fn start_node(&mut self, id: NodeId) {
-        let voters: Vec<NodeId> = (1..=self.opts.nodes as NodeId).collect();
+        let learners = self.opts.learners.clone();
+        let voters: Vec<NodeId> =
+            (1..=self.opts.nodes as NodeId).filter(|v| !learners.contains(v)).collect();
         let seed = self.rng.next_u64();
         let idx = (id - 1) as usize;
         let node = &mut self.nodes[idx];
@@ -325,8 +327,9 @@ impl<W: Workload> Cluster<W> {
             restore_snapshot(&mut machine, &node.snapshots, meta, 4096)
                 .unwrap_or_else(|e| panic!("node {id}: cannot restore its snapshot: {e}"));
         }
-        let state = load_initial_state(&*node.store, config.group, voters, snapshot.clone(), 0)
+        let mut state = load_initial_state(&*node.store, config.group, voters, snapshot.clone(), 0)
             .unwrap_or_else(|e| panic!("node {id}: cannot load its store: {e}"));
+        state.learners = learners;
         if let Some(meta) = &snapshot {
             // load_initial_state finishes a compaction the crash interrupted, and syncs it.
             node.durable.compact(meta.index, meta.term);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::checks::Violation;
 use crate::node::ReadMode;
+use crate::types::NodeId;
 use crate::Config;
 
 /// How the network misbehaves.
@@ -103,6 +104,9 @@ pub struct SimOptions {
     pub fetch_delay_max_us: u64,
     /// Run every node's own invariant check after each event it handles.
     pub check_node_invariants: bool,
+    /// Nodes (of `1..=nodes`) that are learners: they receive the log and serve reads but
+    /// neither vote nor count; the others are the voters.
+    pub learners: Vec<NodeId>,
     /// How clients' read-only operations are served: confirmed by the core
     /// ([`ReadMode::Index`], on leaders and followers), from the leader's lease
     /// ([`ReadMode::Lease`], which turns on `lease_reads` on every node), or through the log.
@@ -121,6 +125,7 @@ impl Default for SimOptions {
             disk: DiskModel::default(),
             fetch_delay_max_us: 500,
             check_node_invariants: true,
+            learners: Vec::new(),
             read_mode: ReadMode::Index,
         }
     }
