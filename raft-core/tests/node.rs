@@ -732,3 +732,18 @@ fn a_learner_node_follows_and_serves_reads() {
     assert_eq!(status.raft.voters, vec![1, 2, 3]);
     assert_eq!(status.raft.role, RoleKind::Follower);
 }
+
+/// The callback form of a transfer answers once, with the outcome.
+#[test]
+fn transfer_leader_with_answers_through_its_callback() {
+    let cluster = Cluster::new(3, |_| {});
+    let old = cluster.leader();
+    let to = old % 3 + 1;
+    let (tx, rx) = std::sync::mpsc::channel();
+    cluster.node(old).transfer_leader_with(to, move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    assert_eq!(rx.recv_timeout(TIMEOUT).ok(), Some(true));
+    assert_eq!(cluster.leader(), to);
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "answered once");
+}

@@ -668,25 +668,19 @@ impl Server {
         read_only && self.args.read_mode != ReadMode::Log
     }
 
-    /// Runs `RAFTKIT.TRANSFER`: waits (on a thread of its own; transfers are rare) until this
-    /// node follows `to`.
-    fn transfer(self: &Arc<Self>, to: NodeId, reply: ReplyTo) -> Waits {
-        let server = self.clone();
-        let timeout = self.args.request_timeout;
-        let spawned = std::thread::Builder::new().name("kv-transfer".into()).spawn(move || {
+    /// Runs `RAFTKIT.TRANSFER`: answered once this node follows `to` (or the transfer failed).
+    fn transfer(&self, to: NodeId, reply: ReplyTo) -> Waits {
+        self.node.transfer_leader_with(to, move |result| {
             let mut r = Vec::new();
-            match server.node.transfer_leader(to, timeout) {
+            match result {
                 Ok(()) => resp::simple(&mut r, "OK"),
                 Err(NodeError::NotAVoter(id)) => {
-                    resp::error(&mut r, &format!("ERR node {id} is not a member"))
+                    resp::error(&mut r, &format!("ERR node {id} is not a voter"))
                 }
                 Err(err) => r = error_reply(&err),
             }
             reply.send(r);
         });
-        if spawned.is_err() {
-            return Waits::Local; // The reply was dropped unanswered: the deadline answers.
-        }
         Waits::Local
     }
 

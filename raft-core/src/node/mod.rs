@@ -626,6 +626,16 @@ where
         pending.wait(timeout)
     }
 
+    /// [`transfer_leader`](Node::transfer_leader) answered through a callback: `done` gets the
+    /// outcome exactly once, on one of the node's threads (so it must not block). There is no
+    /// timeout: a transfer ends within an election timeout, done or abandoned.
+    pub fn transfer_leader_with<F>(&self, to: NodeId, done: F)
+    where
+        F: FnOnce(Result<(), NodeError>) + Send + 'static,
+    {
+        self.submit(Some(Input::Transfer { to, reply: Reply::callback(Box::new(done)) }));
+    }
+
     /// How this node's reads are made linearizable.
     pub fn read_mode(&self) -> ReadMode {
         self.driver.read_mode
