@@ -387,11 +387,7 @@ where
                 Ok(()) => {
                     core.reads.insert(id, queries);
                 }
-                Err(err) => {
-                    for query in queries {
-                        let _ = query(Err(read_error(err.clone())));
-                    }
-                }
+                Err(err) => fail_reads(queries, err),
             }
         }
         if !core.registered.is_empty() {
@@ -790,6 +786,13 @@ where
     }
 }
 
+/// Answers every query of a read the core could not serve.
+fn fail_reads<M: StateMachine>(queries: Vec<ReadFn<M>>, err: ReadError) {
+    for query in queries {
+        let _ = query(Err(read_error(err.clone())));
+    }
+}
+
 /// The driver's error for a read the core could not serve.
 fn read_error(err: ReadError) -> NodeError {
     match err {
@@ -861,11 +864,7 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
                         return Err(Stopped);
                     }
                 }
-                Err(err) => {
-                    for query in queries {
-                        let _ = query(Err(read_error(err.clone())));
-                    }
-                }
+                Err(err) => fail_reads(queries, err),
             }
         }
         Ok(())

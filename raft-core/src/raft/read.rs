@@ -87,6 +87,13 @@ pub(super) struct LeaderReads {
     pub(super) committed_in_term: bool,
 }
 
+impl LeaderReads {
+    /// Whether a round for reads should go out now: reads wait for one, and none is out.
+    fn round_due(&self) -> bool {
+        self.round_wanted && self.confirmed == self.sent
+    }
+}
+
 /// Most ticks' worth of unconfirmed rounds remembered for the lease; older ones are forgotten,
 /// which only shortens a lease.
 const SENT_AT_MAX: usize = 1024;
@@ -173,10 +180,16 @@ impl Raft {
 
     /// Hands a read its index: into the next Ready, or back to the follower that asked.
     fn release_read(&mut self, source: ReadSource, index: Index) {
+        self.answer_read(source, Ok(index));
+    }
+
+    /// Answers a read the leader held: its index or why not, into the next Ready for a read
+    /// asked here; for a follower's request, the index or `None` (the follower fails its reads).
+    fn answer_read(&mut self, source: ReadSource, result: Result<Index, ReadError>) {
         match source {
-            ReadSource::Local(id) => self.out.reads.push(ReadState { id, result: Ok(index) }),
+            ReadSource::Local(id) => self.out.reads.push(ReadState { id, result }),
             ReadSource::Peer { from, seq } => {
-                let body = ReadIndexResponse { seq, index: Some(index) };
+                let body = ReadIndexResponse { seq, index: result.ok() };
                 self.send(from, MessageBody::ReadIndexResponse(body));
             }
         }
@@ -300,9 +313,7 @@ impl Raft {
     /// last Ready share one round or one request).
     pub(super) fn flush_reads(&mut self) {
         match &mut self.role {
-            Role::Leader(l) if l.reads.round_wanted && l.reads.confirmed == l.reads.sent => {
-                self.broadcast_round(false)
-            }
+            Role::Leader(l) if l.reads.round_due() => self.broadcast_round(false),
             Role::Follower { leader: Some(leader) } if self.forwarded.wanted => {
                 let leader = *leader;
                 let f = &mut self.forwarded;
@@ -319,7 +330,7 @@ impl Raft {
     /// Whether reads wait for something to be sent.
     pub(super) fn reads_to_flush(&self) -> bool {
         match &self.role {
-            Role::Leader(l) => l.reads.round_wanted && l.reads.confirmed == l.reads.sent,
+            Role::Leader(l) => l.reads.round_due(),
             Role::Follower { leader: Some(_) } => self.forwarded.wanted,
             _ => false,
         }
@@ -374,15 +385,7 @@ impl Raft {
             !expired(arrived)
         });
         for source in failed {
-            match source {
-                ReadSource::Local(id) => {
-                    self.out.reads.push(ReadState { id, result: Err(ReadError::Abandoned) })
-                }
-                ReadSource::Peer { from, seq } => {
-                    let body = ReadIndexResponse { seq, index: None };
-                    self.send(from, MessageBody::ReadIndexResponse(body));
-                }
-            }
+            self.answer_read(source, Err(ReadError::Abandoned));
         }
     }
 
@@ -413,16 +416,7 @@ impl Raft {
                 .chain(std::mem::take(&mut l.reads.before_commit).into_iter().map(|r| r.0))
                 .collect();
             for source in held {
-                match source {
-                    ReadSource::Local(id) => {
-                        let result = Err(ReadError::NotLeader { leader: leader_hint });
-                        self.out.reads.push(ReadState { id, result });
-                    }
-                    ReadSource::Peer { from, seq } => {
-                        let body = ReadIndexResponse { seq, index: None };
-                        self.send(from, MessageBody::ReadIndexResponse(body));
-                    }
-                }
+                self.answer_read(source, Err(ReadError::NotLeader { leader: leader_hint }));
             }
         }
         let f = &mut self.forwarded;

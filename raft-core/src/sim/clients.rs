@@ -294,9 +294,11 @@ impl<W: Workload> Cluster<W> {
         c.next_op_id += 1;
         let op = self.workload.next_op(client, op_id, &mut self.rng);
         let data = tagged(client, op_id, &self.workload.encode(client, op_id, &op));
+        // Whether the workload can serve the operation by a query (asked of any node's machine:
+        // the answer depends on the operation, not the state).
         let read = self.opts.read_mode != ReadMode::Log
             && !self.workload.is_write(&op)
-            && self.workload.query(&self.workload.machine(), &op).is_some();
+            && self.workload.query(&self.nodes[0].machine, &op).is_some();
         c.current = Some(InFlight { op_id, op, data, read, call: self.now });
         let timeout = w.opts.timeout_us;
         self.schedule(timeout, Event::ClientTimeout { client, op_id });
