@@ -160,7 +160,12 @@ fn fill(buf: &mut [u8], seed: &mut u64) {
 }
 
 fn write_snapshot(store: &FileSnapshotStore, size: u64) -> SnapshotMeta {
-    let request = SnapshotRequest { group: 0, index: 100, term: 2, voters: vec![1, 2, 3] };
+    let request = SnapshotRequest {
+        group: 0,
+        index: 100,
+        term: 2,
+        membership: raft_core::Membership::new([1, 2, 3]),
+    };
     let mut w = store.create(&request).unwrap();
     let mut buf = vec![0u8; MIB as usize];
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -208,8 +213,8 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 fn leader(meta: &SnapshotMeta) -> Raft {
     let state = InitialState {
         hard_state: HardState { term: 2, vote: None, commit: meta.index },
-        voters: vec![1, 2, 3],
-        learners: Vec::new(),
+        membership: raft_core::Membership::new([1, 2, 3]),
+        config_entries: Vec::new(),
         base_index: meta.index,
         base_term: meta.term,
         last_index: meta.index,

@@ -86,6 +86,10 @@ pub struct Config {
     pub log_keep_entries: u64,
     /// Most bytes of snapshot data in one InstallSnapshot message.
     pub snapshot_chunk_bytes: u64,
+    /// A learner is promoted to voter only while it holds all but at most this many of the
+    /// leader's entries ([`MembershipError::LearnerBehind`](crate::MembershipError::LearnerBehind)
+    /// otherwise): a voter that must first catch up would leave the group one vote short.
+    pub promote_max_lag: u64,
     /// Seed of the node's private random generator (election timeouts). Deterministic
     /// simulation depends on it; a real deployment should draw it from the OS.
     pub seed: u64,
@@ -114,6 +118,7 @@ impl Default for Config {
             snapshot_log_ratio_pct: 0,
             log_keep_entries: 1024,
             snapshot_chunk_bytes: 1 << 20,
+            promote_max_lag: 1000,
             seed: 0,
         }
     }

@@ -68,6 +68,7 @@
 use bytes::Bytes;
 
 use crate::error::{SnapshotError, StorageError};
+use crate::membership::Membership;
 use crate::message::Message;
 use crate::raft::Raft;
 use crate::ready::{FetchRequest, ReadState, Ready, SnapshotChunk, SnapshotRead, SnapshotRequest};
@@ -138,6 +139,14 @@ pub trait ReadyHandler {
     /// Called before each Ready is taken, with the core as it is then.
     fn before_ready(&mut self, raft: &Raft) -> Result<(), Self::Error> {
         let _ = raft;
+        Ok(())
+    }
+
+    /// Step 0: the configuration in effect changed (see [`Ready::membership`]). A transport
+    /// learns new members' addresses here, before any message goes to them. The default does
+    /// nothing.
+    fn membership_changed(&mut self, membership: &Membership) -> Result<(), Self::Error> {
+        let _ = membership;
         Ok(())
     }
 
@@ -252,7 +261,11 @@ impl Executor {
             snapshot_reads,
             snapshot_chunks,
             reads,
+            membership,
         } = ready;
+        if let Some(membership) = &membership {
+            handler.membership_changed(membership)?;
+        }
         // 1. Messages that promise nothing go out at once: a leader's appends leave while it
         //    writes the same entries to its own disk. Reads wait for no write either.
         if !messages.is_empty() {

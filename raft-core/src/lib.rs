@@ -22,6 +22,7 @@ pub mod execute;
 mod log;
 mod mem;
 mod mem_transport;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod quorum;
@@ -50,6 +51,7 @@ pub use error::{
 };
 pub use mem::MemLogStore;
 pub use mem_transport::{MemNetwork, MemTransport};
+pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::Message;
 pub use raft::{EntryId, InitialState, Raft, Status};
 pub use ready::Ready;

@@ -54,6 +54,9 @@ pub enum MessageBody {
     /// Leader to the target of a leadership transfer, whose log is up to date: "campaign now"
     /// (Raft thesis §3.10).
     TimeoutNow,
+    /// A member to a node that asked for its vote: "a committed configuration of mine leaves
+    /// you out". The node stops campaigning (it was removed while it could not hear the group).
+    NotAMember(NotAMember),
 }
 
 impl MessageBody {
@@ -73,6 +76,7 @@ impl MessageBody {
             MessageBody::ReadIndex(_) => "read-index",
             MessageBody::ReadIndexResponse(_) => "read-index-response",
             MessageBody::TimeoutNow => "timeout-now",
+            MessageBody::NotAMember(_) => "not-a-member",
         }
     }
 }
@@ -224,4 +228,11 @@ pub enum SnapshotStatus {
     },
     /// Writing or verifying the snapshot failed; the transfer starts over.
     Failed,
+}
+
+/// The answer to a vote request from a node that a committed configuration left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotAMember {
+    /// The index of the committed configuration entry that does not hold the node.
+    pub config_index: Index,
 }

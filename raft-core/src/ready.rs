@@ -43,6 +43,7 @@ use crate::error::ReadError;
 use crate::message::Message;
 use bytes::Bytes;
 
+use crate::membership::Membership;
 use crate::types::{Entry, GroupId, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// One batch of work for the caller. See the [module docs](self) for the order to do it in.
@@ -82,6 +83,11 @@ pub struct Ready {
     /// served (once the state machine has applied their index) or cannot be. They depend on
     /// no write of this Ready.
     pub reads: Vec<ReadState>,
+    /// The configuration in effect, if it changed since the last Ready (an entry appended or
+    /// cut off, a snapshot installed; committed or not). A transport adds the new members'
+    /// [`addresses`](Membership::addresses) and may drop those of nodes that left. Needs no
+    /// ordering against the other fields.
+    pub membership: Option<Membership>,
 }
 
 impl Ready {
@@ -160,8 +166,8 @@ pub struct SnapshotRequest {
     pub index: Index,
     /// The term of the entry at `index`.
     pub term: Term,
-    /// The voting members as of `index`.
-    pub voters: Vec<NodeId>,
+    /// The group's membership as of `index`.
+    pub membership: Membership,
 }
 
 impl SnapshotRequest {
@@ -171,7 +177,7 @@ impl SnapshotRequest {
             group: meta.group,
             index: meta.index,
             term: meta.term,
-            voters: meta.voters.clone(),
+            membership: meta.membership.clone(),
         }
     }
 
@@ -181,7 +187,7 @@ impl SnapshotRequest {
             group: self.group,
             index: self.index,
             term: self.term,
-            voters: self.voters.clone(),
+            membership: self.membership.clone(),
             size,
             checksum,
         }

@@ -281,9 +281,10 @@ pub fn validate_meta(meta: &SnapshotMeta) -> Result<(), SnapshotError> {
     if meta.index == 0 {
         return Err(SnapshotError::InvalidMeta("index 0 is the empty log, not a snapshot".into()));
     }
-    if meta.voters.is_empty() {
+    if meta.membership.voters.is_empty() {
         return Err(SnapshotError::InvalidMeta("no voters".into()));
     }
+    meta.membership.validate().map_err(|e| SnapshotError::InvalidMeta(e.to_string()))?;
     if meta.term == 0 {
         return Err(SnapshotError::InvalidMeta(format!("index {} with term 0", meta.index)));
     }
@@ -382,7 +383,7 @@ impl SnapshotWriter for MemWriter {
             group: r.group,
             index: r.index,
             term: r.term,
-            voters: r.voters.clone(),
+            membership: r.membership.clone(),
             size,
             checksum,
         };

@@ -19,9 +19,10 @@
 
 use crate::error::StorageError;
 use crate::log::discover_term_runs;
+use crate::membership::Membership;
 use crate::raft::InitialState;
 use crate::ready::FetchRequest;
-use crate::types::{Entry, GroupId, HardState, Index, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, GroupId, HardState, Index, SnapshotMeta, Term};
 
 /// A position in a store's write order. Every accepted write gets a larger one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +112,29 @@ pub trait LogStore: Send + Sync {
 
     /// Every group the store holds anything for.
     fn groups(&self) -> Result<Vec<GroupId>, StorageError>;
+
+    /// The membership-change entries ([`EntryKind::Config`]) among `lo..=hi`, in index order.
+    /// A node reads them once when it starts, to learn its configuration from its log.
+    ///
+    /// The default reads every entry of the range, a few MiB at a time; a store that knows
+    /// each entry's kind without reading its payload should override it.
+    fn config_entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+    ) -> Result<Vec<Entry>, StorageError> {
+        const CHUNK_BYTES: u64 = 4 << 20;
+        let mut found = Vec::new();
+        let mut next = lo;
+        while next <= hi {
+            let chunk = self.entries(group, next, hi, CHUNK_BYTES)?;
+            let Some(last) = chunk.last().map(|e| e.index) else { break };
+            found.extend(chunk.into_iter().filter(|e| e.kind == EntryKind::Config));
+            next = last + 1;
+        }
+        Ok(found)
+    }
 }
 
 /// A shared store is a store: many groups' drivers can hold one `Arc` to the same backend.
@@ -144,6 +168,14 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
         (**self).groups()
+    }
+    fn config_entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+    ) -> Result<Vec<Entry>, StorageError> {
+        (**self).config_entries(group, lo, hi)
     }
 }
 
@@ -197,12 +229,16 @@ pub trait SnapshotView: Send {
 /// log continues right after the snapshot. `applied` is the index a persistent state machine
 /// has already applied (0 for one rebuilt from the snapshot and the log).
 ///
+/// The membership comes from the snapshot and the log's configuration entries; `bootstrap`
+/// (the first configuration, from the command line say) counts only while neither holds one,
+/// and is empty for a node that waits to be added to an existing group.
+///
 /// The core learns the term of every stored index without reading every entry: terms never
 /// decrease along a log, so each change of term is found by binary search.
 pub fn load_initial_state(
     store: &dyn LogStore,
     group: GroupId,
-    voters: Vec<NodeId>,
+    bootstrap: impl Into<Membership>,
     snapshot: Option<SnapshotMeta>,
     applied: Index,
 ) -> Result<InitialState, StorageError> {
@@ -219,10 +255,25 @@ pub fn load_initial_state(
     let base_index = state.first_index.saturating_sub(1);
     let term_runs =
         discover_term_runs(base_index, state.last_index, |index| store.term(group, index))?;
+    let membership = snapshot.as_ref().map_or_else(|| bootstrap.into(), |s| s.membership.clone());
+    // Configuration entries the snapshot covers are superseded by its membership.
+    let after = base_index.max(snapshot.as_ref().map_or(0, |s| s.index));
+    let mut config_entries = Vec::new();
+    if after < state.last_index {
+        for entry in store.config_entries(group, after + 1, state.last_index)? {
+            let m = Membership::from_entry_data(&entry.data).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "group {group}: configuration entry {} is unreadable: {e}",
+                    entry.index
+                ))
+            })?;
+            config_entries.push((entry.index, m));
+        }
+    }
     Ok(InitialState {
-        learners: Vec::new(),
         hard_state: state.hard_state,
-        voters,
+        membership,
+        config_entries,
         base_index,
         base_term: state.base_term,
         last_index: state.last_index,

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
+
 /// Identifies a node (a process taking part in one or more Raft groups).
 pub type NodeId = u64;
 
@@ -25,6 +27,10 @@ pub enum EntryKind {
     /// The empty entry a new leader appends in its term (Raft §5.4.2, §8): committing it
     /// commits every earlier entry. State machines skip it.
     Noop,
+    /// A change of membership: the payload is the complete [`Membership`] that follows
+    /// ([`Membership::to_entry_data`]). It takes effect on a node as soon as it is in the
+    /// node's log. State machines skip it.
+    Config,
 }
 
 /// One entry of the replicated log.
@@ -37,9 +43,10 @@ pub struct Entry {
     pub term: Term,
     /// The entry's position in the log.
     pub index: Index,
-    /// Whether the entry is a client command or a leader's no-op.
+    /// Whether the entry is a client command, a leader's no-op or a membership change.
     pub kind: EntryKind,
-    /// The command bytes; empty for [`EntryKind::Noop`].
+    /// The command bytes; empty for [`EntryKind::Noop`], the encoded [`Membership`] for
+    /// [`EntryKind::Config`].
     pub data: Bytes,
 }
 
@@ -57,6 +64,11 @@ impl Entry {
     /// A leader's no-op entry.
     pub fn noop(term: Term, index: Index) -> Entry {
         Entry { term, index, kind: EntryKind::Noop, data: Bytes::new() }
+    }
+
+    /// A membership change entry.
+    pub fn config(term: Term, index: Index, membership: &Membership) -> Entry {
+        Entry { term, index, kind: EntryKind::Config, data: membership.to_entry_data() }
     }
 
     /// The size this entry counts for against byte limits.
@@ -122,8 +134,8 @@ pub struct SnapshotMeta {
     pub index: Index,
     /// The term of the entry at `index`.
     pub term: Term,
-    /// The voting members as of `index`.
-    pub voters: Vec<NodeId>,
+    /// The group's membership as of `index`.
+    pub membership: Membership,
     /// Length of the snapshot data in bytes.
     pub size: u64,
     /// CRC32C of the snapshot data.

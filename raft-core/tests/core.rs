@@ -11,8 +11,8 @@ use raft_core::message::{
 };
 use raft_core::ready::FetchPurpose;
 use raft_core::{
-    Config, ConfigError, Entry, HardState, InitialState, Message, ProposeError, Raft, Ready,
-    RoleKind, StepError,
+    Config, ConfigError, Entry, HardState, InitialState, Membership, Message, ProposeError, Raft,
+    Ready, RoleKind, StepError,
 };
 
 fn config(id: u64) -> Config {
@@ -101,7 +101,14 @@ fn configuration_errors_are_typed() {
     let new = |voters: Vec<u64>| {
         Raft::new(config(1), InitialState::new_group(voters)).expect_err("invalid")
     };
-    assert_eq!(new(vec![]), ConfigError::NoVoters);
+    // No members at all is a node waiting to be added to a group; learners alone are not a group.
+    let joining = Raft::new(config(1), InitialState::new_group(Vec::new())).expect("joining");
+    assert!(!joining.is_voter() && joining.membership().is_empty());
+    let learners_only = Membership::default().with_learners([1]);
+    assert_eq!(
+        Raft::new(config(1), InitialState::new_group(learners_only)).expect_err("invalid"),
+        ConfigError::NoVoters
+    );
     assert_eq!(bad(config(0)), ConfigError::ZeroNodeId);
     assert_eq!(new(vec![0, 1]), ConfigError::ZeroNodeId);
     assert_eq!(new(vec![1, 2, 2]), ConfigError::DuplicateVoter(2));
@@ -343,8 +350,12 @@ fn bad_messages_are_refused_without_changing_state() {
     let wrong_group = Message { group: 9, ..msg(1, 2, 1, hb.clone()) };
     assert_eq!(f.step(wrong_group), Err(StepError::WrongGroup { expected: 0, got: 9 }));
     assert_eq!(f.step(msg(1, 3, 1, hb.clone())), Err(StepError::WrongNode { expected: 2, got: 3 }));
-    assert_eq!(f.step(msg(8, 2, 1, hb.clone())), Err(StepError::UnknownPeer(8)));
-    assert_eq!(f.step(msg(2, 2, 1, hb)), Err(StepError::UnknownPeer(2)));
+    // Answers come from members only; a leader's messages are heard from anyone (it may have
+    // joined by an entry this node has not received yet).
+    let answer = MessageBody::HeartbeatResponse(HeartbeatResponse { round: 1 });
+    assert_eq!(f.step(msg(8, 2, 1, answer)), Err(StepError::UnknownPeer(8)));
+    assert_eq!(f.step(msg(2, 2, 1, hb.clone())), Err(StepError::UnknownPeer(2)));
+    assert_eq!(f.step(msg(0, 2, 1, hb)), Err(StepError::UnknownPeer(0)));
     let append = |entries: Vec<Entry>, prev_index, term| {
         msg(
             1,

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use raft_core::sim::kv::KvOp;
 use raft_core::sim::{Cluster, SimOptions};
-use raft_core::{Config, ConfigError, InitialState, Raft, RoleKind, TransferError};
+use raft_core::{Config, ConfigError, InitialState, Membership, Raft, RoleKind, TransferError};
 
 /// Voters 1, 2, 3 and learner 4.
 fn with_learner(seed: u64) -> Cluster {
@@ -70,7 +70,7 @@ fn a_learner_does_not_count_towards_a_majority() {
 #[test]
 fn members_are_checked_at_start() {
     let start = |voters: Vec<u64>, learners: Vec<u64>, id| {
-        let state = InitialState { learners, ..InitialState::new_group(voters) };
+        let state = InitialState::new_group(Membership { learners, ..Membership::new(voters) });
         Raft::new(Config::new(id), state).map(|_| ())
     };
     assert_eq!(start(vec![1, 2, 3], vec![3], 1), Err(ConfigError::DuplicateMember(3)));

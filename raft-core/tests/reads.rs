@@ -139,8 +139,8 @@ fn fresh_leader_with(tweak: impl FnOnce(&mut Config)) -> Raft {
     tweak(&mut config);
     let state = InitialState {
         hard_state: HardState { term: 1, vote: None, commit: 0 },
-        voters: vec![1, 2, 3],
-        learners: Vec::new(),
+        membership: vec![1, 2, 3].into(),
+        config_entries: Vec::new(),
         base_index: 0,
         base_term: 0,
         last_index: 1,

@@ -9,11 +9,11 @@ use raft_core::message::{
 };
 use raft_core::ready::SnapshotChunk;
 use raft_core::storage::load_initial_state;
-use raft_core::ProgressState;
 use raft_core::{
     Config, Entry, HardState, InitialState, LogStore, LogWrite, MemLogStore, Message, Raft, Ready,
     RoleKind, SnapshotMeta, StepError,
 };
+use raft_core::{Membership, ProgressState};
 
 const SIZE: u64 = 10;
 
@@ -33,7 +33,14 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 }
 
 fn meta(index: u64, term: u64, checksum: u32) -> SnapshotMeta {
-    SnapshotMeta { group: 0, index, term, voters: vec![1, 2, 3], size: SIZE, checksum }
+    SnapshotMeta {
+        group: 0,
+        index,
+        term,
+        membership: Membership::new([1, 2, 3]),
+        size: SIZE,
+        checksum,
+    }
 }
 
 /// Node 1 of {1, 2, 3} restored from a snapshot at (100, 2), elected leader in term 3, with its
@@ -41,8 +48,8 @@ fn meta(index: u64, term: u64, checksum: u32) -> SnapshotMeta {
 fn leader_from_snapshot(snap: &SnapshotMeta) -> Raft {
     let state = InitialState {
         hard_state: HardState { term: 2, vote: None, commit: 100 },
-        voters: vec![1, 2, 3],
-        learners: Vec::new(),
+        membership: Membership::new([1, 2, 3]),
+        config_entries: Vec::new(),
         base_index: 100,
         base_term: 2,
         last_index: 100,
@@ -268,7 +275,7 @@ fn malformed_chunks_are_rejected_before_anything_changes() {
         InstallSnapshot { offset: u64::MAX, ..good.clone() },
         InstallSnapshot { meta: SnapshotMeta { term: 9, ..good.meta.clone() }, ..good.clone() },
         InstallSnapshot {
-            meta: SnapshotMeta { voters: vec![], ..good.meta.clone() },
+            meta: SnapshotMeta { membership: Membership::default(), ..good.meta.clone() },
             ..good.clone()
         },
         InstallSnapshot { meta: SnapshotMeta { group: 5, ..good.meta.clone() }, ..good.clone() },
@@ -342,8 +349,8 @@ fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_s
     let snap = meta(100, 5, 7);
     let state = InitialState {
         hard_state: HardState { term: 3, vote: Some(2), commit: 40 },
-        voters: vec![1, 2, 3],
-        learners: Vec::new(),
+        membership: Membership::new([1, 2, 3]),
+        config_entries: Vec::new(),
         base_index: 100,
         base_term: 5,
         last_index: 100,

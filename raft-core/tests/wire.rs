@@ -10,11 +10,11 @@
 use bytes::Bytes;
 use raft_core::message::{
     AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
-    InstallSnapshotResponse, MessageBody, ReadIndexRequest, ReadIndexResponse, SnapshotStatus,
-    VoteRequest, VoteResponse,
+    InstallSnapshotResponse, MessageBody, NotAMember, ReadIndexRequest, ReadIndexResponse,
+    SnapshotStatus, VoteRequest, VoteResponse,
 };
 use raft_core::wire::{decode, encode, MESSAGE_FORMAT_VERSION};
-use raft_core::{Entry, Message, SnapshotMeta};
+use raft_core::{Entry, Membership, Message, SnapshotMeta};
 
 /// One message of every body kind, with values that exercise every varint width.
 fn samples() -> Vec<(&'static str, Message)> {
@@ -22,7 +22,14 @@ fn samples() -> Vec<(&'static str, Message)> {
         group: 7,
         index: 70_000,
         term: 9,
-        voters: vec![1, 2, 300],
+        membership: Membership {
+            voters: vec![1, 2, 300],
+            outgoing: vec![1, 2, 3],
+            learners: vec![9],
+            addresses: [(300, "10.0.0.3:7000".to_owned()), (9, "[::1]:7009".to_owned())]
+                .into_iter()
+                .collect(),
+        },
         size: 5_000_000_000,
         checksum: 0xDEAD_BEEF,
     };
@@ -36,6 +43,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 entries: vec![
                     Entry::normal(251, 65_537, Bytes::from_static(b"set x 1")),
                     Entry::noop(252, 65_538),
+                    Entry::config(252, 65_539, &Membership::new([1, 2]).with_learners([3])),
                 ],
                 commit: 65_535,
             })),
@@ -96,6 +104,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             msg(MessageBody::ReadIndexResponse(ReadIndexResponse { seq: 6, index: None })),
         ),
         ("timeout-now", msg(MessageBody::TimeoutNow)),
+        ("not-a-member", msg(MessageBody::NotAMember(NotAMember { config_index: 1 << 20 }))),
         (
             "vote-transfer",
             msg(MessageBody::Vote(VoteRequest {

@@ -35,7 +35,12 @@ fn meta() -> impl Strategy<Value = SnapshotMeta> {
             group,
             index,
             term,
-            voters,
+            membership: raft_core::Membership {
+                learners: voters.iter().map(|v| v ^ 1).collect(),
+                addresses: voters.iter().map(|&v| (v, format!("h{v}:7000"))).collect(),
+                voters,
+                outgoing: Vec::new(),
+            },
             size,
             checksum,
         })

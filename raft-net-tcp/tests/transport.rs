@@ -350,7 +350,7 @@ fn snapshot_chunks_do_not_hold_back_heartbeats() {
         group: 1,
         index: 10,
         term: 1,
-        voters: vec![1, 2],
+        membership: raft_core::Membership::new([1, 2]),
         size: 4 << 22,
         checksum: 0,
     };

@@ -26,7 +26,7 @@
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let (store, _report) = FileSnapshotStore::open(dir.path(), SnapshotStoreOptions::default()).unwrap();
-//! let request = SnapshotRequest { group: 1, index: 42, term: 3, voters: vec![1, 2, 3] };
+//! let request = SnapshotRequest { group: 1, index: 42, term: 3, membership: raft_core::Membership::new([1, 2, 3]) };
 //! let mut writer = store.create(&request).unwrap();
 //! writer.write_all(b"the state machine's bytes").unwrap();
 //! let meta = writer.finish().unwrap();

@@ -348,7 +348,7 @@ fn read_layout(file: &File, path: &Path) -> Result<(SnapshotMeta, u32), Snapshot
     }
     let mut header = [0u8; format::HEADER_LEN as usize];
     file.read_exact_at(&mut header, 0).map_err(io)?;
-    let chunk = format::decode_header(&header)?;
+    let (version, chunk) = format::decode_header(&header)?;
     let mut tail = [0u8; format::TRAILER_TAIL_LEN as usize];
     file.read_exact_at(&mut tail, len - format::TRAILER_TAIL_LEN).map_err(io)?;
     let (meta_len, meta_crc) = format::decode_trailer_tail(&tail)?;
@@ -361,7 +361,7 @@ fn read_layout(file: &File, path: &Path) -> Result<(SnapshotMeta, u32), Snapshot
     }
     let mut meta_bytes = vec![0u8; meta_len as usize];
     file.read_exact_at(&mut meta_bytes, len - format::TRAILER_TAIL_LEN - meta_len).map_err(io)?;
-    let meta = format::decode_meta(&meta_bytes, meta_crc)?;
+    let meta = format::decode_meta(&meta_bytes, meta_crc, version)?;
     let expected = format::file_len(meta_len, meta.size, chunk);
     if expected != len {
         return Err(SnapshotError::Corrupt(format!(

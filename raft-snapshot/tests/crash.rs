@@ -44,8 +44,12 @@ fn crash_child() {
     loop {
         index += 1;
         let bytes = content(index);
-        let request =
-            SnapshotRequest { group: 1, index, term: 1 + index / 10, voters: vec![1, 2, 3] };
+        let request = SnapshotRequest {
+            group: 1,
+            index,
+            term: 1 + index / 10,
+            membership: raft_core::Membership::new([1, 2, 3]),
+        };
         let meta = if index % 2 == 0 {
             let mut w = store.create(&request).unwrap();
             for piece in bytes.chunks(1000) {

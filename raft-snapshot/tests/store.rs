@@ -17,7 +17,7 @@ fn options() -> SnapshotStoreOptions {
 }
 
 fn request(index: u64) -> SnapshotRequest {
-    SnapshotRequest { group: 1, index, term: 2, voters: vec![1, 2, 3] }
+    SnapshotRequest { group: 1, index, term: 2, membership: raft_core::Membership::new([1, 2, 3]) }
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
@@ -196,10 +196,10 @@ fn truncated_files_and_newer_versions_are_typed_errors_at_open() {
     }
     // A file from a newer format version.
     let mut newer = good.clone();
-    newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(&path, &newer).unwrap();
     let err = FileSnapshotStore::open(dir.path(), options()).unwrap_err();
-    assert!(matches!(err, SnapshotError::UnsupportedVersion { found: 2, supported: 1 }), "{err}");
+    assert!(matches!(err, SnapshotError::UnsupportedVersion { found: 3, supported: 2 }), "{err}");
     // A wrong whole-data checksum in otherwise intact metadata.
     std::fs::write(&path, &good).unwrap();
     let lying = SnapshotMeta { checksum: meta.checksum ^ 0xFF, ..meta.clone() };
@@ -234,7 +234,7 @@ fn bad_metadata_is_refused() {
     let (store, _) = FileSnapshotStore::open(dir.path(), options()).unwrap();
     for bad in [
         SnapshotRequest { index: 0, ..request(1) },
-        SnapshotRequest { voters: vec![], ..request(1) },
+        SnapshotRequest { membership: raft_core::Membership::default(), ..request(1) },
         SnapshotRequest { term: 0, ..request(1) },
     ] {
         assert!(matches!(store.create(&bad), Err(SnapshotError::InvalidMeta(_))), "{bad:?}");

@@ -42,6 +42,19 @@ pub enum WalError {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// A segment was written by an older format version that this build no longer reads.
+    #[error(
+        "segment {path} has format version {version}, which this build no longer reads (it \
+         reads version {supported}); open it with the raft-wal release that wrote it"
+    )]
+    OlderVersion {
+        /// The segment file.
+        path: PathBuf,
+        /// Its format version.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// Data that was acknowledged durable is damaged, or the directory is inconsistent (a
     /// missing segment, say). Open with `RecoveryMode::TruncateAtCorruption` to cut the log
     /// there instead.

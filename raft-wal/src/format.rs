@@ -44,7 +44,7 @@
 //!
 //! ```text
 //! ENTRIES     group u64 | first_index u64 | count u32 | reserved u32
-//!             count x [ term u64 | len u32 (top bit: no-op) | data_crc u32 ]   <- meta
+//!             count x [ term u64 | len u32 (top 2 bits: kind) | data_crc u32 ] <- meta
 //!             data of every entry, back to back                               <- data
 //! HARD_STATE  group u64 | term u64 | vote u64 | has_vote u8 | 7 B reserved | commit u64
 //! TRUNCATE    group u64 | last_kept u64             (entries after last_kept are removed)
@@ -54,12 +54,14 @@
 //! SEAL        next_seq u64                          (the segment ends here)
 //! ```
 
-use raft_core::{GroupId, HardState, Index, Term};
+use raft_core::{EntryKind, GroupId, HardState, Index, Term};
 
 /// The segment file magic.
 pub(crate) const MAGIC: [u8; 8] = *b"RKWALSEG";
-/// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 1;
+/// The format version this build writes and reads (2: entry kinds take the top two bits of an
+/// entry row's length, for membership entries; 1: one no-op bit). Segments of another version
+/// are refused with a typed error naming both.
+pub(crate) const VERSION: u32 = 2;
 /// Bytes of the segment header; records start here.
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
 /// Bytes of a record header.
@@ -72,10 +74,29 @@ pub(crate) const ENTRIES_META_FIXED: usize = 24;
 pub(crate) const ENTRY_ROW_LEN: usize = 16;
 /// Bytes of one CHECKPOINT row.
 pub(crate) const CHECKPOINT_ROW_LEN: usize = 56;
-/// The top bit of an entry row's length marks a no-op entry.
-const NOOP_BIT: u32 = 1 << 31;
+/// The top two bits of an entry row's length give the entry's kind (see [`kind_bits`]).
+pub(crate) const KIND_MASK: u32 = 0b11 << 30;
 /// The longest entry payload the format can describe.
-pub(crate) const ENTRY_DATA_MAX: u64 = (NOOP_BIT - 1) as u64;
+pub(crate) const ENTRY_DATA_MAX: u64 = (!KIND_MASK) as u64;
+
+/// The kind of an entry as the two top bits of a length: 00 normal, 01 no-op, 10 membership.
+pub(crate) fn kind_bits(kind: EntryKind) -> u32 {
+    match kind {
+        EntryKind::Noop => 0b01 << 30,
+        EntryKind::Config => 0b10 << 30,
+        _ => 0,
+    }
+}
+
+/// The kind the top two bits of `raw_len` give; `None` for the unused pattern 11.
+pub(crate) fn kind_of(raw_len: u32) -> Option<EntryKind> {
+    match raw_len >> 30 {
+        0b00 => Some(EntryKind::Normal),
+        0b01 => Some(EntryKind::Noop),
+        0b10 => Some(EntryKind::Config),
+        _ => None,
+    }
+}
 /// Bytes a SEAL record takes, header included; every segment keeps this much free for it.
 pub(crate) const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + 8;
 
@@ -150,6 +171,8 @@ pub(crate) enum HeaderError {
     Invalid(&'static str),
     /// Written by a newer format version.
     NewerVersion(u32),
+    /// Written by an older format version this build no longer reads.
+    OlderVersion(u32),
 }
 
 impl SegmentHeader {
@@ -178,6 +201,9 @@ impl SegmentHeader {
         let version = u32_at(b, 8);
         if version > VERSION {
             return Err(HeaderError::NewerVersion(version));
+        }
+        if version != 0 && version < VERSION {
+            return Err(HeaderError::OlderVersion(version));
         }
         if version == 0 || u32_at(b, 12) as usize != SEGMENT_HEADER_LEN {
             return Err(HeaderError::Invalid("unknown header layout"));
@@ -316,7 +342,7 @@ pub(crate) fn decode_record(b: &[u8], segment_seq: u64) -> Result<RecordHeader, 
 pub(crate) struct EntryRow {
     pub(crate) term: Term,
     pub(crate) len: u32,
-    pub(crate) noop: bool,
+    pub(crate) kind: EntryKind,
     pub(crate) crc: u32,
 }
 
@@ -345,6 +371,7 @@ pub(crate) fn decode_entries_meta(meta: &[u8], payload_len: usize) -> Option<Ent
     // The data lengths must add up to the payload.
     let mut data = 0usize;
     for i in 0..count as usize {
+        kind_of(u32_at(meta, ENTRIES_META_FIXED + i * ENTRY_ROW_LEN + 8))?;
         data = data.checked_add(row(meta, i).len as usize)?;
     }
     (table_end.checked_add(data)? == payload_len).then_some(EntriesMeta {
@@ -354,14 +381,15 @@ pub(crate) fn decode_entries_meta(meta: &[u8], payload_len: usize) -> Option<Ent
     })
 }
 
-/// Row `i` of an ENTRIES table (the caller has validated the table's size).
+/// Row `i` of an ENTRIES table (the caller has validated the table with
+/// [`decode_entries_meta`]).
 pub(crate) fn row(meta: &[u8], i: usize) -> EntryRow {
     let at = ENTRIES_META_FIXED + i * ENTRY_ROW_LEN;
     let raw_len = u32_at(meta, at + 8);
     EntryRow {
         term: u64_at(meta, at),
-        len: raw_len & !NOOP_BIT,
-        noop: raw_len & NOOP_BIT != 0,
+        len: raw_len & !KIND_MASK,
+        kind: kind_of(raw_len).unwrap_or(EntryKind::Normal),
         crc: u32_at(meta, at + 12),
     }
 }
@@ -378,7 +406,7 @@ pub(crate) fn encode_entries_meta(out: &mut [u8], group: GroupId, first_index: I
 pub(crate) fn encode_row(out: &mut [u8], i: usize, r: EntryRow) {
     let at = ENTRIES_META_FIXED + i * ENTRY_ROW_LEN;
     put_u64(out, at, r.term);
-    put_u32(out, at + 8, r.len | if r.noop { NOOP_BIT } else { 0 });
+    put_u32(out, at + 8, r.len | kind_bits(r.kind));
     put_u32(out, at + 12, r.crc);
 }
 
@@ -560,11 +588,11 @@ mod tests {
     fn entries_meta_must_add_up() {
         let mut meta = vec![0u8; ENTRIES_META_FIXED + 2 * ENTRY_ROW_LEN];
         encode_entries_meta(&mut meta, 4, 10, 2);
-        encode_row(&mut meta, 0, EntryRow { term: 2, len: 5, noop: false, crc: 1 });
-        encode_row(&mut meta, 1, EntryRow { term: 2, len: 0, noop: true, crc: 0 });
+        encode_row(&mut meta, 0, EntryRow { term: 2, len: 5, kind: EntryKind::Normal, crc: 1 });
+        encode_row(&mut meta, 1, EntryRow { term: 2, len: 0, kind: EntryKind::Noop, crc: 0 });
         let m = decode_entries_meta(&meta, meta.len() + 5).expect("valid");
         assert_eq!(m, EntriesMeta { group: 4, first_index: 10, count: 2 });
-        assert_eq!(row(&meta, 1), EntryRow { term: 2, len: 0, noop: true, crc: 0 });
+        assert_eq!(row(&meta, 1), EntryRow { term: 2, len: 0, kind: EntryKind::Noop, crc: 0 });
         assert!(decode_entries_meta(&meta, meta.len() + 4).is_none(), "lengths must add up");
         assert!(decode_entries_meta(&meta[..30], 30).is_none());
     }

@@ -10,7 +10,9 @@
 
 use std::collections::VecDeque;
 
-use raft_core::{HardState, Index, Term};
+use raft_core::{EntryKind, HardState, Index, Term};
+
+use crate::format;
 
 /// Where one entry's payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,25 +21,23 @@ pub(crate) struct Loc {
     pub(crate) segment: u32,
     /// Byte offset of the payload in the segment.
     pub(crate) offset: u32,
-    /// Payload length; the top bit marks a no-op entry.
+    /// Payload length; the top two bits give the entry's kind (as in the segment's table).
     pub(crate) len: u32,
     /// CRC32C of the payload.
     pub(crate) crc: u32,
 }
 
-const NOOP_BIT: u32 = 1 << 31;
-
 impl Loc {
-    pub(crate) fn new(segment: u32, offset: u32, len: u32, noop: bool, crc: u32) -> Loc {
-        Loc { segment, offset, len: len | if noop { NOOP_BIT } else { 0 }, crc }
+    pub(crate) fn new(segment: u32, offset: u32, len: u32, kind: EntryKind, crc: u32) -> Loc {
+        Loc { segment, offset, len: len | format::kind_bits(kind), crc }
     }
 
     pub(crate) fn data_len(&self) -> usize {
-        (self.len & !NOOP_BIT) as usize
+        (self.len & !format::KIND_MASK) as usize
     }
 
-    pub(crate) fn is_noop(&self) -> bool {
-        self.len & NOOP_BIT != 0
+    pub(crate) fn kind(&self) -> EntryKind {
+        format::kind_of(self.len).unwrap_or(EntryKind::Normal)
     }
 }
 
@@ -230,7 +230,7 @@ mod tests {
     use super::*;
 
     fn loc(i: u32) -> Loc {
-        Loc::new(1, i * 10, i, false, i)
+        Loc::new(1, i * 10, i, EntryKind::Normal, i)
     }
 
     #[test]

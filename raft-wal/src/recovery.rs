@@ -277,6 +277,13 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Recovered, WalEr
                     supported: format::VERSION,
                 })
             }
+            Err(HeaderError::OlderVersion(version)) => {
+                return Err(WalError::OlderVersion {
+                    path: path.clone(),
+                    version,
+                    supported: format::VERSION,
+                })
+            }
             Err(HeaderError::Invalid(why)) => {
                 if is_last && stop.is_none() {
                     // A roll interrupted after the rename, before the header: nothing was ever
@@ -746,7 +753,7 @@ fn replay(
                         m.group
                     )));
                 }
-                let loc = Loc::new(f.segment as u32, offset, row.len, row.noop, row.crc);
+                let loc = Loc::new(f.segment as u32, offset, row.len, row.kind, row.crc);
                 g.push(row.term, loc);
                 added += 1;
             }

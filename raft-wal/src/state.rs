@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use raft_core::{Entry, EntryKind, GroupId};
+use raft_core::{Entry, GroupId};
 
 use crate::config::AppendVia;
 use crate::error::WalError;
@@ -126,11 +126,10 @@ pub(crate) fn put_entries(
     let mut locs = Vec::with_capacity(count);
     let first_index = chunk.first().map_or(0, |e| e.index);
     let encode_row = |p: &mut [u8], i: usize, e: &Entry, crc: u32| {
-        let noop = e.kind == EntryKind::Noop;
         format::encode_row(
             p,
             i,
-            format::EntryRow { term: e.term, len: e.data.len() as u32, noop, crc },
+            format::EntryRow { term: e.term, len: e.data.len() as u32, kind: e.kind, crc },
         );
     };
     if st.append_via == AppendVia::Mmap {
@@ -143,13 +142,7 @@ pub(crate) fn put_entries(
                     p[at..at + len].copy_from_slice(&e.data);
                     let crc = crc32c::crc32c(&e.data);
                     encode_row(p, i, e, crc);
-                    locs.push(Loc::new(
-                        segment,
-                        payload_at + at as u32,
-                        len as u32,
-                        e.kind == EntryKind::Noop,
-                        crc,
-                    ));
+                    locs.push(Loc::new(segment, payload_at + at as u32, len as u32, e.kind, crc));
                     at += len;
                 }
             });
@@ -175,7 +168,7 @@ pub(crate) fn put_entries(
         let len = e.data.len();
         let crc = crc32c::crc32c(&e.data);
         encode_row(&mut head[RECORD_HEADER_LEN..], i, e, crc);
-        locs.push(Loc::new(segment, payload_at as u32, len as u32, e.kind == EntryKind::Noop, crc));
+        locs.push(Loc::new(segment, payload_at as u32, len as u32, e.kind, crc));
         payload_at += len;
     }
     format::finish_header(head, segment_seq, Kind::Entries, seq, durable, payload_len, meta_len);

@@ -204,21 +204,43 @@ fn unusable_directories_get_typed_errors() {
     assert!(matches!(Wal::open(dir.path(), bad), Err(WalError::InvalidConfig(_))));
 }
 
-#[test]
-fn a_segment_from_a_newer_format_is_refused() {
+/// A WAL whose first segment claims format `version`.
+fn with_segment_version(version: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), config()).unwrap();
     append(&wal, 1, 1, 5);
     drop(wal);
     let path = segment_path(dir.path(), 1);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..60]);
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
+    dir
+}
+
+#[test]
+fn a_segment_from_a_newer_format_is_refused() {
+    let dir = with_segment_version(99);
     match Wal::open(dir.path(), config()) {
-        Err(WalError::NewerVersion { version, .. }) => assert_eq!(version, 99),
+        Err(WalError::NewerVersion { version, supported, .. }) => {
+            assert_eq!((version, supported), (99, 2));
+        }
         other => panic!("expected a version error, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+/// Format 1 had one no-op bit where format 2 has two kind bits: its segments are refused, with
+/// both versions named, rather than read with membership entries taken for commands.
+#[test]
+fn a_segment_from_the_previous_format_is_refused_naming_both_versions() {
+    let dir = with_segment_version(1);
+    match Wal::open(dir.path(), config()) {
+        Err(err @ WalError::OlderVersion { version: 1, supported: 2, .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("version 1") && text.contains("version 2"), "{text}");
+        }
+        other => panic!("expected an old-version error, got {:?}", other.map(|(_, r)| r)),
     }
 }
 

@@ -81,6 +81,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::error::{ConfigError, SnapshotError, StorageError};
+use crate::membership::Membership;
 use crate::message::Message;
 use crate::raft::{Raft, Status};
 use crate::snapshot::{restore_snapshot, SnapshotStore};
@@ -465,9 +466,9 @@ where
             }
         };
         let applied = latest.as_ref().map_or(0, |s| s.index);
-        let mut initial =
-            load_initial_state(log.as_ref(), group, options.voters.clone(), latest, 0)?;
-        initial.learners = options.learners.clone();
+        let bootstrap = Membership::new(options.voters.iter().copied())
+            .with_learners(options.learners.iter().copied());
+        let initial = load_initial_state(log.as_ref(), group, bootstrap, latest, 0)?;
         let raft = Raft::new(config, initial)?;
         let id = raft.id();
         let shared = Arc::new(Shared::default());

@@ -93,8 +93,13 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     /// Answer each waiter when its entry `(index, term)` is applied. The proposals of one
     /// round of the core come together, before the Readies that may apply them.
     Register(Vec<(Index, Term, Waiter<M>)>),
-    /// One Ready's state machine duties.
-    Apply { restore: Option<SnapshotMeta>, entries: Vec<Entry>, snapshot: Option<SnapshotRequest> },
+    /// One Ready's state machine duties (snapshot metadata boxed: rare, and large next to the
+    /// other jobs).
+    Apply {
+        restore: Option<Box<SnapshotMeta>>,
+        entries: Vec<Entry>,
+        snapshot: Option<Box<SnapshotRequest>>,
+    },
     /// Run confirmed reads once the machine has applied `index`.
     Read { index: Index, queries: Vec<ReadFn<M>> },
 }
@@ -612,7 +617,7 @@ where
                     self.apply_entries(a, entries);
                     self.run_reads(a);
                     if let Some(request) = snapshot {
-                        self.take_snapshot(a, request);
+                        self.take_snapshot(a, *request);
                     }
                 }
             }
@@ -883,9 +888,9 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         work: ApplyWork,
     ) -> Result<Option<Result<SnapshotMeta, SnapshotError>>, Stopped> {
         let job = ApplyJob::Apply {
-            restore: work.restore,
+            restore: work.restore.map(Box::new),
             entries: work.entries,
-            snapshot: work.snapshot,
+            snapshot: work.snapshot.map(Box::new),
         };
         later(self.driver.apply.push(job))
     }

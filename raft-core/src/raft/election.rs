@@ -12,6 +12,19 @@ impl Raft {
     /// Applies the term rules (Raft §5.1: a higher term wins; a lower term is stale), then hands
     /// the message to its handler.
     pub(super) fn step_validated(&mut self, msg: Message) -> Result<(), StepError> {
+        match &msg.body {
+            // Before the term rules: a node that is no voter here must not raise our term.
+            MessageBody::Vote(_) if !self.config.contains(msg.from) => {
+                self.refuse_non_voter(msg.from);
+                return Ok(());
+            }
+            // Whatever its term: the removed node may have campaigned far ahead of the group.
+            MessageBody::NotAMember(m) => {
+                self.handle_not_a_member(msg.from, *m);
+                return Ok(());
+            }
+            _ => {}
+        }
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::Vote(req) => {
@@ -94,6 +107,7 @@ impl Raft {
             MessageBody::ReadIndex(req) => self.handle_read_index(from, req),
             MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(from, resp),
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::NotAMember(_) => {} // Handled above.
         }
         Ok(())
     }
@@ -118,8 +132,9 @@ impl Raft {
         // One vote per term: a repeated request from the candidate we voted for is granted
         // again (the first answer may have been lost); nobody else gets it. A node that knows
         // the term's leader does not vote. A pre-vote for a future term promises nothing.
-        // A learner votes in nothing.
-        let can_vote = !self.is_learner()
+        // Only a member votes: a node waiting to join, or one removed, may have lost the state
+        // an earlier incarnation voted with.
+        let can_vote = self.configs.current().contains(self.id)
             && (self.vote == Some(from)
                 || (self.vote.is_none() && self.leader().is_none())
                 || (req.pre_vote && msg_term > self.term));
@@ -177,12 +192,14 @@ impl Raft {
     }
 
     pub(super) fn tick_election(&mut self) {
-        if self.is_learner() {
-            return; // A learner never campaigns.
-        }
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks {
-            self.campaign();
+            if self.is_voter() && self.removed.is_none() {
+                self.campaign();
+            } else {
+                // Learners, nodes waiting to join and removed nodes never campaign.
+                self.reset_election_timer();
+            }
         }
     }
 
@@ -296,6 +313,7 @@ impl Raft {
             reads: Default::default(),
             transfer: None,
             timeout_now_sent: false,
+            members_in_term: self.configs.current().members(),
         });
         self.election_elapsed = 0;
         // Raft §8: commit an entry of our own term at once, which commits everything before it

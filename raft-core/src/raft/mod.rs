@@ -6,6 +6,7 @@
 //! I/O, reads no clock and starts no thread: the same inputs always give the same outputs.
 
 mod election;
+mod membership;
 mod read;
 mod replication;
 mod snapshot;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::error::{ConfigError, ProposeError, StepError};
 use crate::log::{RaftLog, Slice};
+use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::quorum::{JointConfig, VoteResult};
 use crate::ready::{FetchPurpose, FetchRequest, ReadState, Ready};
@@ -33,11 +35,13 @@ use crate::StorageError;
 pub struct InitialState {
     /// The persisted term, vote and commit index.
     pub hard_state: HardState,
-    /// The voting members of the group.
-    pub voters: Vec<NodeId>,
-    /// The learners: members that receive the log and snapshots but neither vote nor count
-    /// towards any majority. This node is a voter or a learner.
-    pub learners: Vec<NodeId>,
+    /// The membership before the log's configuration entries: the newest snapshot's, or the
+    /// group's first configuration when there is no snapshot (empty for a node waiting to be
+    /// added to a group).
+    pub membership: Membership,
+    /// The configuration entries the log holds after the snapshot, in index order.
+    /// [`load_initial_state`](crate::storage::load_initial_state) finds them.
+    pub config_entries: Vec<(Index, Membership)>,
     /// The index before the first entry the store holds (0 unless compacted).
     pub base_index: Index,
     /// The term at `base_index` (0 for index 0).
@@ -56,12 +60,14 @@ pub struct InitialState {
 }
 
 impl InitialState {
-    /// The state of a node joining a brand-new group with an empty log.
-    pub fn new_group(voters: Vec<NodeId>) -> InitialState {
+    /// The state of a node of a brand-new group with an empty log: `membership` is the group's
+    /// first configuration (a `Vec` of voters converts), or empty for a node that waits to be
+    /// added to an existing group.
+    pub fn new_group(membership: impl Into<Membership>) -> InitialState {
         InitialState {
             hard_state: HardState::default(),
-            voters,
-            learners: Vec::new(),
+            membership: membership.into(),
+            config_entries: Vec::new(),
             base_index: 0,
             base_term: 0,
             last_index: 0,
@@ -70,6 +76,34 @@ impl InitialState {
             snapshot: None,
         }
     }
+}
+
+/// `m` with its lists sorted, after checking that no id is 0 or listed twice and that there are
+/// voters unless nobody is a member.
+fn normalized(mut m: Membership) -> Result<Membership, ConfigError> {
+    for list in [&mut m.voters, &mut m.outgoing, &mut m.learners] {
+        list.sort_unstable();
+        if list.first() == Some(&0) {
+            return Err(ConfigError::ZeroNodeId);
+        }
+    }
+    if let Some(pair) = m.voters.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigError::DuplicateVoter(pair[0]));
+    }
+    if let Some(&both) = m
+        .learners
+        .windows(2)
+        .find(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .or_else(|| m.learners.iter().find(|&&l| m.is_voter(l)))
+    {
+        return Err(ConfigError::DuplicateMember(both));
+    }
+    if m.voters.is_empty() && !m.is_empty() {
+        return Err(ConfigError::NoVoters);
+    }
+    m.validate().map_err(|e| ConfigError::InconsistentState(e.to_string()))?;
+    Ok(m)
 }
 
 /// The identity of a log entry: Log Matching makes `(index, term)` name one entry cluster-wide.
@@ -122,10 +156,16 @@ pub struct Status {
     pub lease_remaining_ticks: u64,
     /// The node leadership is being transferred to (leader only).
     pub transfer_target: Option<NodeId>,
-    /// The voters.
+    /// The voters (during a change, of the configuration being entered).
     pub voters: Vec<NodeId>,
     /// The learners.
     pub learners: Vec<NodeId>,
+    /// The whole configuration in effect (joint or not, learners, addresses).
+    pub membership: Membership,
+    /// The log index of the configuration in effect (0: the bootstrap configuration).
+    pub membership_index: Index,
+    /// Whether this node was told it was removed from the group (see [`Raft::is_removed`]).
+    pub removed: bool,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -175,6 +215,10 @@ struct LeaderState {
     reads: read::LeaderReads,
     /// A leadership transfer in progress.
     transfer: Option<transfer::Transfer>,
+    /// Every node that was a member at some point of this term: one that left cannot be added
+    /// back before the next term (its old incarnation's messages of this term may be in
+    /// flight).
+    members_in_term: Vec<NodeId>,
     /// `TimeoutNow` went out in this term: the lease is given up for good.
     timeout_now_sent: bool,
 }
@@ -228,6 +272,8 @@ struct Outbox {
     fetched_apply: VecDeque<Entry>,
     /// Reads released or failed.
     reads: Vec<ReadState>,
+    /// The configuration in effect changed since the last Ready.
+    membership_changed: bool,
 }
 
 /// One node of one Raft group, as a deterministic state machine.
@@ -256,10 +302,13 @@ pub struct Raft {
     /// Faults the simulator injects into this node's algorithm (never set outside it).
     #[cfg(feature = "sim")]
     faults: crate::sim::Faults,
-    /// The voting members: which majorities decide.
+    /// The configurations the log holds; the latest is in effect.
+    configs: membership::Configs,
+    /// The majorities of the configuration in effect (kept beside it for the hot paths).
     config: JointConfig,
-    /// Members that receive the log but do not vote, sorted (disjoint from the voters).
-    learners: Vec<NodeId>,
+    /// A committed configuration elsewhere leaves this node out (it was told so, at this
+    /// configuration index): it does not campaign.
+    removed: Option<Index>,
     /// **Invariant:** never decreases.
     term: Term,
     /// **Invariant:** at most one vote per term; reset only when the term grows.
@@ -295,35 +344,38 @@ impl Raft {
     /// A node starting from `state`, after validating `config` against it.
     pub fn new(config: Config, state: InitialState) -> Result<Raft, ConfigError> {
         config.validate()?;
-        let mut voters = state.voters.clone();
-        if voters.is_empty() {
-            return Err(ConfigError::NoVoters);
-        }
-        voters.sort_unstable();
-        if voters.first() == Some(&0) {
-            return Err(ConfigError::ZeroNodeId);
-        }
-        if let Some(pair) = voters.windows(2).find(|w| w[0] == w[1]) {
-            return Err(ConfigError::DuplicateVoter(pair[0]));
-        }
-        let mut learners = state.learners.clone();
-        learners.sort_unstable();
-        if learners.first() == Some(&0) {
-            return Err(ConfigError::ZeroNodeId);
-        }
-        if let Some(&both) = learners
-            .windows(2)
-            .find(|w| w[0] == w[1])
-            .map(|w| &w[0])
-            .or_else(|| learners.iter().find(|l| voters.contains(l)))
-        {
-            return Err(ConfigError::DuplicateMember(both));
-        }
-        if !voters.contains(&config.id) && !learners.contains(&config.id) {
-            return Err(ConfigError::NotAVoter { id: config.id, voters });
-        }
-        let hs = state.hard_state;
         let snapshot_index = state.snapshot.as_ref().map_or(0, |s| s.index);
+        let mut state = state;
+        state.membership = normalized(state.membership)?;
+        let membership = state.membership.clone();
+        let mut previous = snapshot_index.max(state.base_index);
+        for (index, m) in &state.config_entries {
+            if *index <= previous || *index > state.last_index {
+                return Err(ConfigError::InconsistentState(format!(
+                    "configuration entry {index} is not after {previous} within the log's end {}",
+                    state.last_index
+                )));
+            }
+            m.validate().map_err(|e| ConfigError::InconsistentState(e.to_string()))?;
+            previous = *index;
+        }
+        let bootstrap = state.snapshot.is_none() && state.config_entries.is_empty();
+        if bootstrap && !membership.is_empty() && !membership.contains(config.id) {
+            return Err(ConfigError::NotAVoter { id: config.id, voters: membership.voters });
+        }
+        let configs = membership::Configs::new(
+            snapshot_index.max(state.base_index),
+            state.membership,
+            state.config_entries,
+        );
+        let current = configs.current();
+        if current.is_empty() && (state.snapshot.is_some() || state.last_index > 0) {
+            return Err(ConfigError::InconsistentState(
+                "a node with a log or a snapshot but no membership".into(),
+            ));
+        }
+        let quorum = current.quorum();
+        let hs = state.hard_state;
         if let Some(snap) = &state.snapshot {
             if snap.group != config.group {
                 return Err(ConfigError::InconsistentState(format!(
@@ -395,8 +447,9 @@ impl Raft {
             cfg: config,
             #[cfg(feature = "sim")]
             faults: crate::sim::Faults::default(),
-            config: JointConfig::simple(voters),
-            learners,
+            configs,
+            config: quorum,
+            removed: None,
             term,
             vote,
             log,
@@ -543,6 +596,7 @@ impl Raft {
             || !out.snapshot_reads.is_empty()
             || !out.snapshot_chunks.is_empty()
             || !out.reads.is_empty()
+            || out.membership_changed
             || self.reads_to_flush()
             || self.snapshot_due()
             || self.hard_state() != self.emitted_hard_state
@@ -576,6 +630,9 @@ impl Raft {
         let committed_entries = self.take_committed(keep_from);
         let applied_bytes = committed_entries.iter().map(Entry::size_bytes).sum();
         let snapshot_request = self.maybe_request_snapshot(applied_bytes);
+        self.fold_configs();
+        let membership =
+            std::mem::take(&mut self.out.membership_changed).then(|| self.membership().clone());
         self.log.evict(keep_from, self.cfg.log_cache_bytes_max);
         let out = &mut self.out;
         let ready = Ready {
@@ -593,6 +650,7 @@ impl Raft {
             snapshot_reads: std::mem::take(&mut out.snapshot_reads),
             snapshot_chunks: std::mem::take(&mut out.snapshot_chunks),
             reads: std::mem::take(&mut out.reads),
+            membership,
         };
         self.debug_check();
         ready
@@ -722,19 +780,19 @@ impl Raft {
         self.log.term(index)
     }
 
-    /// The voting members, sorted.
+    /// The voting members (during a change, of the configuration being entered), sorted.
     pub fn voters(&self) -> &[NodeId] {
         self.config.incoming.voters()
     }
 
     /// The learners (members that receive the log but do not vote), sorted.
     pub fn learners(&self) -> &[NodeId] {
-        &self.learners
+        &self.configs.current().learners
     }
 
-    /// Whether this node is a learner: it never campaigns and never votes.
+    /// Whether this node is a learner: it never campaigns.
     pub fn is_learner(&self) -> bool {
-        self.learners.binary_search(&self.id).is_ok()
+        self.configs.current().is_learner(self.id)
     }
 
     /// The term runs of this node's log: `(first index, term)` pairs covering every entry.
@@ -773,7 +831,10 @@ impl Raft {
             lease_remaining_ticks: self.lease_remaining_ticks(),
             transfer_target: self.transfer_target(),
             voters: self.voters().to_vec(),
-            learners: self.learners.clone(),
+            learners: self.learners().to_vec(),
+            membership: self.configs.current().clone(),
+            membership_index: self.configs.current_index(),
+            removed: self.removed.is_some(),
         }
     }
 
@@ -787,10 +848,8 @@ impl Raft {
 
     /// Every other member, voter or learner (whom the leader replicates to).
     fn members_but_me(&self) -> Vec<NodeId> {
-        let mut all = self.peers();
-        all.extend(self.learners.iter().copied().filter(|&l| l != self.id));
-        all.sort_unstable();
-        all
+        let id = self.id;
+        self.configs.current().members().into_iter().filter(|&m| m != id).collect()
     }
 
     /// Whether this node alone makes a quorum (a group of one): its own vote wins an election
@@ -836,8 +895,20 @@ impl Raft {
         if msg.to != self.id {
             return Err(StepError::WrongNode { expected: self.id, got: msg.to });
         }
-        let member = self.config.contains(msg.from) || self.learners.contains(&msg.from);
-        if msg.from == self.id || !member {
+        // A leader's messages are heard from anyone: the sender may have joined by an entry this
+        // node has not received yet, and only its appends can bring that entry. Answers and
+        // requests to a leader come from members this node knows of.
+        let from_leader = matches!(
+            msg.body,
+            MessageBody::Append(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_)
+                | MessageBody::TimeoutNow
+                | MessageBody::ReadIndexResponse(_)
+                | MessageBody::Vote(_)
+                | MessageBody::NotAMember(_)
+        );
+        if msg.from == self.id || msg.from == 0 || !(from_leader || self.configs.knows(msg.from)) {
             return Err(StepError::UnknownPeer(msg.from));
         }
         let malformed =
@@ -853,6 +924,11 @@ impl Raft {
             }
             let mut prev_term = req.prev_term;
             for (entry, expected) in req.entries.iter().zip(req.prev_index + 1..) {
+                if entry.kind == EntryKind::Config {
+                    if let Err(e) = Membership::from_entry_data(&entry.data) {
+                        return Err(malformed(format!("entry {}: {e}", entry.index)));
+                    }
+                }
                 if entry.index != expected {
                     return Err(malformed(format!(
                         "entry index {} where {} was expected",
@@ -887,8 +963,10 @@ impl Raft {
                     "snapshot ({}, {}) in a message of term {}",
                     meta.index, meta.term, msg.term
                 ))
-            } else if meta.voters.is_empty() {
+            } else if meta.membership.voters.is_empty() {
                 Some("snapshot with no voters".into())
+            } else if let Err(e) = meta.membership.validate() {
+                Some(e.to_string())
             } else if end.is_none_or(|end| end > meta.size) {
                 Some(format!(
                     "chunk of {} bytes at offset {} runs past the snapshot's {} bytes",

@@ -187,8 +187,10 @@ impl Raft {
             prev_index = committed;
             prev_term = self.log.term(committed).unwrap_or_default();
         }
+        let configs = Self::configs_in(&entries);
         match self.log.maybe_append(prev_index, prev_term, entries, from, term) {
             Ok(last_new) => {
+                self.membership_after_append(prev_index, last_new, &configs);
                 // Raft §5.3: commit up to the leader's commit index, but not past what this
                 // message showed to match (older entries past it may still be replaced).
                 self.log.commit_to(commit.min(last_new));
@@ -304,6 +306,7 @@ impl Raft {
             _ => self.become_follower(self.term, Some(from)),
         }
         self.election_elapsed = 0;
+        self.removed = None;
         true
     }
 
@@ -364,6 +367,7 @@ impl Raft {
             leader.uncommitted_bytes = leader.uncommitted_bytes.saturating_sub(released);
         }
         self.on_commit_in_term();
+        self.membership_after_commit();
         true
     }
 }

@@ -54,7 +54,7 @@ impl Raft {
             group: self.group,
             index: applied,
             term,
-            voters: self.voters().to_vec(),
+            membership: self.membership_at(applied),
         })
     }
 
@@ -399,12 +399,7 @@ impl Raft {
         self.log.install_snapshot(meta.index, meta.term);
         self.out.fetched_apply.clear();
         self.apply_fetch = super::ApplyFetch::Idle;
-        if meta.voters.contains(&self.id) {
-            let mut voters = meta.voters.clone();
-            voters.sort_unstable();
-            voters.dedup();
-            self.config = crate::quorum::JointConfig::simple(voters);
-        }
+        self.membership_after_snapshot(meta.index, meta.membership.clone());
         self.queue_compaction(meta.index, meta.term);
         self.out.restore_snapshot = Some(meta.clone());
         self.applied_bytes_since_snapshot = 0;

@@ -327,9 +327,9 @@ impl<W: Workload> Cluster<W> {
             restore_snapshot(&mut machine, &node.snapshots, meta, 4096)
                 .unwrap_or_else(|e| panic!("node {id}: cannot restore its snapshot: {e}"));
         }
-        let mut state = load_initial_state(&*node.store, config.group, voters, snapshot.clone(), 0)
+        let bootstrap = crate::Membership::new(voters).with_learners(learners);
+        let state = load_initial_state(&*node.store, config.group, bootstrap, snapshot.clone(), 0)
             .unwrap_or_else(|e| panic!("node {id}: cannot load its store: {e}"));
-        state.learners = learners;
         if let Some(meta) = &snapshot {
             // load_initial_state finishes a compaction the crash interrupted, and syncs it.
             node.durable.compact(meta.index, meta.term);

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::error::StorageError;
+use crate::membership::Membership;
 use crate::rng::Rng;
 use crate::storage::{LogState, LogStore, LogWrite, Lsn};
 use crate::types::{Entry, GroupId, HardState, Index, Term};
@@ -95,6 +96,37 @@ pub fn append_and_read<H: StoreHarness>(h: &mut H) {
     assert_eq!(store.term(1, 41).expect("term"), 3);
     assert!(matches!(store.entries(1, 90, 101, u64::MAX), Err(StorageError::Unavailable { .. })));
     assert!(matches!(store.term(1, 101), Err(StorageError::Unavailable { .. })));
+}
+
+/// Every entry kind reads back as written, before and after reopening, and
+/// [`LogStore::config_entries`] finds exactly the membership entries of a range (after a
+/// truncation and a compaction too).
+pub fn entry_kinds_survive_reopen<H: StoreHarness>(h: &mut H) {
+    let store = h.open();
+    let config = |index, voters: &[u64]| Entry::config(2, index, &Membership::new(voters.to_vec()));
+    let mut all = entries(1, 3, 1);
+    all.push(Entry::noop(2, 4));
+    all.push(config(5, &[1, 2, 3]));
+    all.extend(entries(6, 8, 2).into_iter().map(|e| Entry { term: 2, ..e }));
+    all.push(config(9, &[1, 2, 3, 4]));
+    all.push(Entry::noop(2, 10));
+    write(&store, 3, &all);
+    let configs = |store: &H::Store, lo, hi| {
+        store.config_entries(3, lo, hi).unwrap_or_else(|e| panic!("config_entries: {e}"))
+    };
+    assert_eq!(read_all(&store, 3), all);
+    assert_eq!(configs(&store, 1, 10), vec![all[4].clone(), all[8].clone()]);
+    assert_eq!(configs(&store, 6, 10), vec![all[8].clone()]);
+    assert_eq!(configs(&store, 6, 8), Vec::new());
+    let store = reopen(h, store);
+    assert_eq!(read_all(&store, 3), all, "after reopening");
+    assert_eq!(configs(&store, 1, 10), vec![all[4].clone(), all[8].clone()]);
+    // A truncation that replaces the second configuration, and a compaction past the first.
+    write(&store, 3, &[Entry::noop(3, 9)]);
+    assert_eq!(configs(&store, 1, 9), vec![all[4].clone()]);
+    let lsn = store.compact(3, 5, 2).unwrap_or_else(|e| panic!("compact: {e}"));
+    store.sync(lsn).unwrap_or_else(|e| panic!("sync: {e}"));
+    assert_eq!(configs(&store, 6, 9), Vec::new());
 }
 
 /// A read stops at the byte limit, but always returns at least one entry.
@@ -458,6 +490,10 @@ macro_rules! log_store_conformance {
             #[test]
             fn append_and_read() {
                 kit::append_and_read(&mut $harness);
+            }
+            #[test]
+            fn entry_kinds_survive_reopen() {
+                kit::entry_kinds_survive_reopen(&mut $harness);
             }
             #[test]
             fn reads_are_bounded_by_bytes() {

@@ -31,6 +31,7 @@
 use std::io::Write;
 
 use crate::error::SnapshotError;
+use crate::membership::Membership;
 use crate::ready::SnapshotRequest;
 use crate::snapshot::{SnapshotReader, SnapshotStore};
 use crate::types::{GroupId, Index, SnapshotMeta};
@@ -50,7 +51,7 @@ pub trait SnapshotStoreHarness {
 
 /// A request for a snapshot of `group` at `index` (term `index / 10 + 1`).
 pub fn request(group: GroupId, index: Index) -> SnapshotRequest {
-    SnapshotRequest { group, index, term: index / 10 + 1, voters: vec![1, 2, 3] }
+    SnapshotRequest { group, index, term: index / 10 + 1, membership: Membership::new([1, 2, 3]) }
 }
 
 /// Data of `len` bytes that differs for every `(index, byte)`.
@@ -236,7 +237,7 @@ pub fn groups_are_isolated_and_bad_metadata_refused<H: SnapshotStoreHarness>(h: 
     assert_eq!(store.latest(8).expect("latest"), Some(b));
     assert_eq!(store.latest(9).expect("latest"), None);
     assert!(store.create(&request(7, 0)).is_err(), "index 0 is no snapshot");
-    let no_voters = SnapshotRequest { voters: Vec::new(), ..request(7, 90) };
+    let no_voters = SnapshotRequest { membership: Membership::default(), ..request(7, 90) };
     assert!(store.create(&no_voters).is_err(), "a snapshot without voters");
 }
 

@@ -340,4 +340,27 @@ impl LogStore for Wal {
         groups.sort_unstable();
         Ok(groups)
     }
+
+    /// Finds membership entries through the index (which keeps every entry's kind), reading
+    /// only their payloads.
+    fn config_entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.shared.check_poison()?;
+        let st = self.shared.state.read();
+        let Some(g) = st.groups.get(&group) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for index in lo.max(g.base_index + 1)..=hi.min(g.last_index()) {
+            let Some(loc) = g.loc(index) else { break };
+            if loc.kind() == EntryKind::Config {
+                let data = read::read_payload(&st, group, index, loc)?;
+                let term = g.term(index).unwrap_or_default();
+                out.push(Entry { term, index, kind: EntryKind::Config, data });
+            }
+        }
+        Ok(out)
+    }
 }

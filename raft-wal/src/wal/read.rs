@@ -76,8 +76,7 @@ impl Shared {
             bytes += size;
             let data = read_payload(&st, group, index, loc)?;
             let term = g.term(index).unwrap_or_default();
-            let kind = if loc.is_noop() { EntryKind::Noop } else { EntryKind::Normal };
-            out.push(Entry { term, index, kind, data });
+            out.push(Entry { term, index, kind: loc.kind(), data });
         }
         Ok(out)
     }
