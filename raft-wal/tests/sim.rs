@@ -71,6 +71,14 @@ impl LogStore for WalNode {
     fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
         self.wal().groups()
     }
+    fn config_entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.wal().config_entries(group, lo, hi)
+    }
 }
 
 impl CrashableStore for WalNode {
@@ -87,6 +95,12 @@ impl CrashableStore for WalNode {
         power_loss(self.dir.path(), durable, leftover).map_err(StorageError::Io)?;
         let (wal, _) = Wal::open(self.dir.path(), config()).map_err(StorageError::from)?;
         self.wal = Some(wal);
+        Ok(())
+    }
+
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.wal = None;
+        *self = WalNode::new();
         Ok(())
     }
 }

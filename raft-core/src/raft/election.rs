@@ -314,8 +314,11 @@ impl Raft {
             transfer: None,
             timeout_now_sent: false,
             members_in_term: self.configs.current().members(),
+            lingering: false,
         });
         self.election_elapsed = 0;
+        // Nodes a configuration after the commit index leaves out still get entries.
+        self.sync_progress();
         // Raft §8: commit an entry of our own term at once, which commits everything before it
         // and lets the leader learn the commit index.
         self.log.append_new(self.term, EntryKind::Noop, bytes::Bytes::new());

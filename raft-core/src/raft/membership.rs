@@ -83,6 +83,20 @@ impl Configs {
         }
     }
 
+    /// Everyone a leader replicates to when `commit` is its commit index: the members of the
+    /// configuration in effect at `commit` and of every later one. A node being removed keeps
+    /// receiving entries until the configuration without it commits, so it learns from its own
+    /// log that it was removed.
+    pub(super) fn members_since(&self, commit: Index) -> Vec<NodeId> {
+        let mut all = self.at(commit).members();
+        for (_, m) in self.entries.iter().filter(|(i, _)| *i > commit) {
+            all.extend(m.members());
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     /// The log moved onto a snapshot at `index` whose membership is `membership`; entries the
     /// log still holds after it keep their configurations.
     pub(super) fn install_snapshot(&mut self, index: Index, membership: Membership) {
@@ -205,6 +219,10 @@ impl Raft {
     /// The leader's commit index moved: a committed joint configuration is left, and a leader
     /// that is no voter of the committed configuration hands over and steps down.
     pub(super) fn membership_after_commit(&mut self) {
+        if matches!(&self.role, Role::Leader(l) if l.lingering) {
+            // Nodes a committed configuration left out need no more entries.
+            self.sync_progress();
+        }
         if !self.is_leader() || self.configs.current_index() > self.log.committed() {
             return;
         }
@@ -244,37 +262,46 @@ impl Raft {
     /// The configuration in effect changed (an entry was appended or cut off, or a snapshot
     /// installed): majorities, the leader's followers and the roles follow it.
     pub(super) fn on_membership_changed(&mut self) {
-        let id = self.id;
         self.config = self.configs.current().quorum();
         self.out.membership_changed = true;
         self.removed = None;
-        let members: Vec<NodeId> =
-            self.configs.current().members().into_iter().filter(|&m| m != id).collect();
-        let next = self.log.last_index() + 1;
         let is_voter = self.is_voter();
         match &mut self.role {
             Role::Leader(l) => {
-                l.progress.retain(|p| members.contains(&p.id));
-                for &m in &members {
-                    if !l.progress.iter().any(|p| p.id == m) {
-                        l.progress.push(Progress::new(m, next));
-                    }
-                    if !l.members_in_term.contains(&m) {
-                        l.members_in_term.push(m);
-                    }
-                }
                 // Leases and rounds were counted in the old configuration.
                 l.reads.lease_until = 0;
                 if l.transfer.is_some_and(|t| !self.config.incoming.contains(t.to)) {
                     l.transfer = None;
                 }
                 l.replicate_pending = true;
+                self.sync_progress();
             }
             Role::Candidate(_) | Role::PreCandidate(_) if !is_voter => {
                 self.become_follower(self.term, None);
             }
             _ => {}
         }
+    }
+
+    /// Leader: one progress per node it replicates to ([`Configs::members_since`] its commit
+    /// index), new ones probing from the end of the log.
+    pub(super) fn sync_progress(&mut self) {
+        let id = self.id;
+        let mut targets = self.configs.members_since(self.log.committed());
+        targets.retain(|&m| m != id);
+        let next = self.log.last_index() + 1;
+        let Role::Leader(l) = &mut self.role else { return };
+        l.progress.retain(|p| targets.contains(&p.id));
+        for &m in &targets {
+            if !l.progress.iter().any(|p| p.id == m) {
+                l.progress.push(Progress::new(m, next));
+            }
+            if !l.members_in_term.contains(&m) {
+                l.members_in_term.push(m);
+            }
+        }
+        l.lingering = l.progress.len() + 1 > self.configs.current().members().len()
+            || l.progress.iter().any(|p| !self.configs.current().contains(p.id));
     }
 
     /// Follower: entries `(prev_index, last_new]` of the leader's log were appended (and the

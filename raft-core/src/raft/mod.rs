@@ -219,6 +219,9 @@ struct LeaderState {
     /// back before the next term (its old incarnation's messages of this term may be in
     /// flight).
     members_in_term: Vec<NodeId>,
+    /// The leader replicates to nodes that the configuration in effect no longer holds (until
+    /// the configuration that left them out commits).
+    lingering: bool,
     /// `TimeoutNow` went out in this term: the lease is given up for good.
     timeout_now_sent: bool,
 }

@@ -262,7 +262,10 @@ impl Raft {
                     self.maybe_commit();
                 }
                 if was_paused && !now_paused || moved {
-                    self.maybe_send_append(i, false);
+                    // A commit may have changed the configuration, and the followers with it.
+                    if let Some(i) = self.progress_position(from) {
+                        self.maybe_send_append(i, false);
+                    }
                 }
                 if moved
                     && matches!(&self.role, Role::Leader(l) if l.transfer.is_some_and(|t| t.to == from))
@@ -337,6 +340,15 @@ impl Raft {
             }
         }
         self.on_round_answered(from, resp.round);
+    }
+
+    /// Where follower `from` is in the leader's progress list (which a configuration change
+    /// reorders).
+    pub(super) fn progress_position(&self, from: NodeId) -> Option<usize> {
+        match &self.role {
+            Role::Leader(l) => l.progress.iter().position(|p| p.id == from),
+            _ => None,
+        }
     }
 
     /// Advances the commit index to the highest index a quorum holds durably, if that entry is

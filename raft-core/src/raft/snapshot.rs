@@ -210,7 +210,9 @@ impl Raft {
                 p.become_probe();
                 leader.replicate_pending = true;
                 self.maybe_commit();
-                self.maybe_send_append(i, true);
+                if let Some(i) = self.progress_position(from) {
+                    self.maybe_send_append(i, true);
+                }
             }
             SnapshotStatus::Stale { commit } => {
                 // Committed entries match every leader's log (Leader Completeness), and the
@@ -221,7 +223,9 @@ impl Raft {
                 }
                 leader.replicate_pending = true;
                 self.maybe_commit();
-                self.maybe_send_append(i, true);
+                if let Some(i) = self.progress_position(from) {
+                    self.maybe_send_append(i, true);
+                }
             }
             SnapshotStatus::Receiving { offset } => {
                 let Some(send) = p.snapshot.as_mut() else { return };

@@ -182,6 +182,7 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         check_node_invariants: true,
         learners,
         read_mode,
+        initial_members: 0,
     }
 }
 

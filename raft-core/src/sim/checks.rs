@@ -246,6 +246,11 @@ impl SafetyChecker {
         Ok(())
     }
 
+    /// Forgets what node `id` reported (its disk was wiped: it starts again from an empty log).
+    pub fn forget_node(&mut self, id: NodeId) {
+        self.commit_checked.remove(&id);
+    }
+
     /// Checks a node's commit index against what was committed before. The simulator calls it
     /// before the node applies (and may compact) what it committed, and after every event.
     pub fn observe_commit(&mut self, node: &Raft) -> Result<(), Violation> {

@@ -185,6 +185,9 @@ pub(super) struct SimNode<W: Workload> {
     pub(super) unsynced: VecDeque<ModelWrite>,
     pub(super) tick_us: u64,
     pub(super) starts: u64,
+    /// The node's disk was wiped: it starts as a node waiting to be added, whatever the
+    /// group's first configuration said.
+    pub(super) wiped: bool,
 }
 
 /// A simulated cluster. See the [`sim`](crate::sim) module docs.
@@ -280,6 +283,7 @@ impl<W: Workload> Cluster<W> {
                 unsynced: VecDeque::new(),
                 tick_us,
                 starts: 0,
+                wiped: false,
             });
         }
         let mut cluster = Cluster {
@@ -311,8 +315,17 @@ impl<W: Workload> Cluster<W> {
 
     fn start_node(&mut self, id: NodeId) {
         let learners = self.opts.learners.clone();
-        let voters: Vec<NodeId> =
-            (1..=self.opts.nodes as NodeId).filter(|v| !learners.contains(v)).collect();
+        let initial = match self.opts.initial_members {
+            0 => self.opts.nodes,
+            n => n.min(self.opts.nodes),
+        } as NodeId;
+        let voters: Vec<NodeId> = (1..=initial).filter(|v| !learners.contains(v)).collect();
+        // A node outside the first configuration, or back on an empty disk, waits to be added.
+        let (voters, learners) = if id > initial || self.nodes[(id - 1) as usize].wiped {
+            (Vec::new(), Vec::new())
+        } else {
+            (voters, learners)
+        };
         let seed = self.rng.next_u64();
         let idx = (id - 1) as usize;
         let node = &mut self.nodes[idx];
@@ -434,11 +447,21 @@ impl<W: Workload> Cluster<W> {
                     Some(raft) => {
                         let kind = msg.body.name();
                         let from = msg.from;
-                        if let Err(err) = raft.step(msg) {
-                            return Err(Violation {
-                                property: "protocol",
-                                detail: format!("node {to} rejected a {kind} from {from}: {err}"),
-                            });
+                        match raft.step(msg) {
+                            // A late message from a node that has left the group since it
+                            // was sent: dropped, as it should be.
+                            Err(crate::StepError::UnknownPeer(_)) => {
+                                self.stats.from_non_members += 1;
+                            }
+                            Err(err) => {
+                                return Err(Violation {
+                                    property: "protocol",
+                                    detail: format!(
+                                        "node {to} rejected a {kind} from {from}: {err}"
+                                    ),
+                                })
+                            }
+                            Ok(()) => {}
                         }
                         self.stats.delivered += 1;
                         Some(to)
@@ -739,6 +762,28 @@ impl<W: Workload> Cluster<W> {
         self.crash_on_commit = armed;
     }
 
+    /// Crashes `id` and gives it a new, empty disk (log, snapshots and state machine gone). It
+    /// stays down; [`restart`](Cluster::restart) brings it back as a node waiting to be added.
+    pub fn wipe(&mut self, id: NodeId) {
+        self.crash(id);
+        let group = self.opts.raft.group;
+        let fresh = self.workload.machine();
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Err(err) = node.store.wipe() {
+            panic!("node {id}: store failed to wipe: {err}");
+        }
+        node.durable = recovered_model(&*node.store, group)
+            .unwrap_or_else(|e| panic!("node {id}: cannot read its wiped store: {e}"));
+        node.unsynced.clear();
+        node.snapshots = MemSnapshotStore::new(2);
+        node.machine = fresh;
+        node.applied_index = 0;
+        node.applied.clear();
+        node.applied_base = 0;
+        node.wiped = true;
+        self.checker.forget_node(id);
+    }
+
     /// Restarts a crashed node from what its disk holds.
     pub fn restart(&mut self, id: NodeId) {
         if self.nodes[(id - 1) as usize].raft.is_none() {
@@ -861,6 +906,23 @@ impl<W: Workload> Cluster<W> {
     /// The answer to a read asked for with [`read`](Cluster::read), once it came.
     pub fn read_result(&self, ticket: u64) -> Option<&Result<W::Output, ReadError>> {
         self.direct_reads.get(&ticket)
+    }
+
+    /// Proposes a batch of membership changes on node `id` (which must lead).
+    pub fn propose_membership(
+        &mut self,
+        id: NodeId,
+        changes: &[crate::MembershipChange],
+    ) -> Result<crate::EntryId, crate::MembershipError> {
+        let Some(raft) = self.raft_mut(id) else {
+            return Err(crate::MembershipError::NotLeader { leader: None });
+        };
+        let entry = raft.propose_membership(changes)?;
+        self.stats.membership_changes += 1;
+        if let Err(violation) = self.drain(id) {
+            self.deferred.get_or_insert(SimError { time_us: self.now, violation });
+        }
+        Ok(entry)
     }
 
     /// Asks leader `id` to hand leadership to `to`.

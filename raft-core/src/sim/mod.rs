@@ -56,11 +56,19 @@ use crate::MemLogStore;
 pub trait CrashableStore: LogStore {
     /// Loses everything not yet durable, then recovers as a restart would.
     fn power_loss(&mut self) -> Result<(), StorageError>;
+
+    /// Loses everything: the node comes back on a new, empty disk.
+    fn wipe(&mut self) -> Result<(), StorageError>;
 }
 
 impl CrashableStore for MemLogStore {
     fn power_loss(&mut self) -> Result<(), StorageError> {
         self.crash();
+        Ok(())
+    }
+
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        *self = MemLogStore::with_explicit_sync();
         Ok(())
     }
 }

@@ -107,6 +107,9 @@ pub struct SimOptions {
     /// Nodes (of `1..=nodes`) that are learners: they receive the log and serve reads but
     /// neither vote nor count; the others are the voters.
     pub learners: Vec<NodeId>,
+    /// How many nodes (`1..=initial_members`) form the group's first configuration; the others
+    /// start empty, waiting to be added ([`Cluster::propose_membership`]). 0: all of them.
+    pub initial_members: usize,
     /// How clients' read-only operations are served: confirmed by the core
     /// ([`ReadMode::Index`], on leaders and followers), from the leader's lease
     /// ([`ReadMode::Lease`], which turns on `lease_reads` on every node), or through the log.
@@ -126,6 +129,7 @@ impl Default for SimOptions {
             fetch_delay_max_us: 500,
             check_node_invariants: true,
             learners: Vec::new(),
+            initial_members: 0,
             read_mode: ReadMode::Index,
         }
     }
@@ -183,6 +187,11 @@ pub struct SimStats {
     pub follower_reads: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Membership changes proposed (and accepted by a leader).
+    pub membership_changes: u64,
+    /// Messages dropped because their sender is not a member of the receiver's group (late
+    /// messages from removed nodes).
+    pub from_non_members: u64,
 }
 
 impl SimStats {
