@@ -128,6 +128,7 @@ fn main() -> ExitCode {
     let reads = AtomicU64::new(0);
     let follower_reads = AtomicU64::new(0);
     let transfers = AtomicU64::new(0);
+    let changes = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -146,6 +147,7 @@ fn main() -> ExitCode {
                         reads.fetch_add(report.reads_served, Ordering::Relaxed);
                         follower_reads.fetch_add(report.follower_reads, Ordering::Relaxed);
                         transfers.fetch_add(report.transfers, Ordering::Relaxed);
+                        changes.fetch_add(report.membership_changes, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -183,6 +185,7 @@ fn main() -> ExitCode {
         follower_reads.load(Ordering::Relaxed),
         transfers.load(Ordering::Relaxed)
     );
+    println!("membership changes: {} accepted by a leader", changes.load(Ordering::Relaxed));
     for f in &failures {
         println!("  {f}");
     }

@@ -61,7 +61,8 @@ pub enum MembershipChange {
         address: String,
     },
     /// Makes a learner a voter. Refused while the learner lags more than
-    /// [`Config::promote_max_lag`](crate::Config::promote_max_lag) entries behind the leader.
+    /// [`Config::promote_max_lag`](crate::Config::promote_max_lag) entries behind the leader, or
+    /// does not hold the configuration that made it a learner yet.
     Promote {
         /// The learner.
         id: NodeId,

@@ -42,8 +42,8 @@ fn put(c: &mut Cluster, key: &str, expected: usize) -> u64 {
 }
 
 /// Proposes `changes` on the leader (retrying while the leader is not ready or another change
-/// is finishing) and waits until every live member holds the resulting configuration, simple
-/// and committed. Returns it.
+/// is finishing) and waits until every live, connected member holds the resulting
+/// configuration, simple and committed. Returns it.
 fn change(c: &mut Cluster, changes: &[MembershipChange]) -> Membership {
     let deadline = c.now_us() + 10_000 * MS;
     let entry = loop {
@@ -61,8 +61,8 @@ fn change(c: &mut Cluster, changes: &[MembershipChange]) -> Membership {
     wait_settled(c, entry.index)
 }
 
-/// Waits until the leader's configuration (from `at` on) is simple and committed and every live
-/// member of it holds the same one; returns it.
+/// Waits until the leader's configuration (from `at` on) is simple and committed and every live,
+/// connected member of it holds the same one; returns it.
 fn wait_settled(c: &mut Cluster, at: u64) -> Membership {
     let deadline = c.now_us() + 10_000 * MS;
     while c.now_us() < deadline {
@@ -71,15 +71,18 @@ fn wait_settled(c: &mut Cluster, at: u64) -> Membership {
             let settled = !m.is_joint()
                 && leader.membership_index() >= at
                 && leader.membership_index() <= leader.commit_index();
-            let everyone =
-                m.members().iter().all(|&id| c.raft(id).is_none_or(|r| r.membership() == &m));
+            let everyone = m
+                .members()
+                .iter()
+                .filter(|&&id| c.is_connected(id))
+                .all(|&id| c.raft(id).is_none_or(|r| r.membership() == &m));
             if settled && everyone {
                 return m;
             }
         }
         run(c, 20);
     }
-    panic!("the configuration did not settle after entry {at}");
+    panic!("the configuration did not settle after entry {at}:{}", c.describe());
 }
 
 /// Waits until `id` holds all but `lag` of the leader's entries.
@@ -371,4 +374,56 @@ fn a_restart_takes_the_configuration_from_the_log_and_snapshot() {
         let leader = check_one_leader(&mut c);
         assert_ne!(leader, 1);
     }
+}
+
+/// Regression (chaos seeds 1274, 5923 and others): a learner was promoted before it held the
+/// entry that made it a learner (its lag was within the limit on a short log). It did not know
+/// it was a member, so it voted for nobody, and with the leader gone no candidate could win.
+#[test]
+fn a_learner_is_promoted_only_once_it_holds_the_entry_that_added_it() {
+    let mut c = cluster_of(3, 4, 21, raft_config());
+    put(&mut c, "x", 3);
+    c.disconnect(4);
+    let added = change(&mut c, &[add(4)]);
+    assert!(added.learners.contains(&4));
+    let leader = check_one_leader(&mut c);
+    // Two entries behind, far within promote_max_lag, but without its own configuration.
+    assert!(matches!(
+        c.propose_membership(leader, &[Promote { id: 4 }]),
+        Err(MembershipError::LearnerBehind { id: 4, .. })
+    ));
+    c.connect(4);
+    wait_caught_up(&mut c, 4);
+    assert_eq!(change(&mut c, &[Promote { id: 4 }]).voters, vec![1, 2, 3, 4]);
+}
+
+/// Regression (chaos seeds 2708, 4178, 7706 of the bank machine): a node removed and added back
+/// as a learner while cut off still held the configuration that made it a voter, campaigned to a
+/// high term, and once reconnected refused every append of the leader's lower term, while its
+/// own vote requests were ignored (it is no voter to the others): it never caught up. It now
+/// answers a stale leader with its term, the leader steps down, and the next one brings it in.
+#[test]
+fn a_learner_that_campaigned_while_cut_off_catches_up_once_back() {
+    let mut raft = raft_config();
+    (raft.pre_vote, raft.check_quorum) = (false, false);
+    let mut c = cluster_of(4, 4, 23, raft);
+    put(&mut c, "x", 4);
+    let leader = check_one_leader(&mut c);
+    let cut = (1..=4).find(|&id| id != leader).unwrap();
+    c.disconnect(cut);
+    change(&mut c, &[Remove { id: cut }]);
+    // A new term, so the node may be added back.
+    let other = c.raft(leader).unwrap().voters().iter().copied().find(|&v| v != leader).unwrap();
+    c.transfer_leader(leader, other).unwrap();
+    run(&mut c, 500);
+    change(&mut c, &[add(cut)]);
+    run(&mut c, 2_000);
+    let leader = check_one_leader(&mut c);
+    assert!(c.raft(cut).unwrap().term() > c.raft(leader).unwrap().term(), "it campaigned");
+    assert!(c.raft(cut).unwrap().is_voter(), "it still holds the configuration it voted in");
+    c.connect(cut);
+    wait_caught_up(&mut c, cut);
+    let index = put(&mut c, "y", 4);
+    assert_eq!(n_committed(&c, index).0, 4);
+    assert!(c.raft(cut).unwrap().is_learner());
 }

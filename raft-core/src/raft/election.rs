@@ -70,14 +70,13 @@ impl Raft {
             match &msg.body {
                 MessageBody::Append(_)
                 | MessageBody::Heartbeat(_)
-                | MessageBody::InstallSnapshot(_)
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
-                    // A leader of an older term is talking to us. With check-quorum and pre-vote,
-                    // a node that raised its term while partitioned would otherwise never be
-                    // heard again (its own requests are ignored while others hear the leader),
-                    // and the group would stall around it. Answering with our term makes the
-                    // stale leader step down and a fresh election include us.
+                | MessageBody::InstallSnapshot(_) => {
+                    // A leader of an older term is talking to us. A node that raised its term
+                    // while partitioned would otherwise never be heard again: its vote requests
+                    // are ignored while others hear the leader (check-quorum, pre-vote), or
+                    // because it is no voter in their configuration (a learner that still holds
+                    // the configuration that made it a voter, say). Answering with our term
+                    // makes the stale leader step down and a fresh election include us.
                     self.heartbeat_response(msg.from, 0);
                 }
                 MessageBody::Vote(req) if req.pre_vote => {

@@ -175,7 +175,9 @@ impl Raft {
                 MembershipChange::Promote { id } => {
                     let matched =
                         l.progress.iter().find(|p| p.id == id).map_or(0, |p| p.match_index);
-                    if matched + max_lag < last_index {
+                    // It must hold the entry that made it a learner (so it knows it is a
+                    // member and votes), and lag no more than allowed.
+                    if matched < current_index || matched + max_lag < last_index {
                         return Err(MembershipError::LearnerBehind {
                             id,
                             matched,

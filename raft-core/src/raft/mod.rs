@@ -371,13 +371,9 @@ impl Raft {
             state.membership,
             state.config_entries,
         );
-        let current = configs.current();
-        if current.is_empty() && (state.snapshot.is_some() || state.last_index > 0) {
-            return Err(ConfigError::InconsistentState(
-                "a node with a log or a snapshot but no membership".into(),
-            ));
-        }
-        let quorum = current.quorum();
+        // A node waiting to be added may already hold a log (the entries before the one that
+        // adds it): it stays without membership until that entry arrives.
+        let quorum = configs.current().quorum();
         let hs = state.hard_state;
         if let Some(snap) = &state.snapshot {
             if snap.group != config.group {

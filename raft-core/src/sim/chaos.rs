@@ -75,6 +75,8 @@ pub struct ChaosReport {
     pub follower_reads: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Membership changes a leader accepted.
+    pub membership_changes: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -170,8 +172,12 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
     // A third of the five-node clusters run node 5 as a learner (four voters).
     let learners =
         if nodes == 5 && Rng::new(seed ^ 0x1EA2_4E25).chance(0.33) { vec![5] } else { Vec::new() };
+    // Half the seeds change the membership as they go, with two spare nodes to add.
+    let (nodes, initial_members) =
+        if changes_membership(seed) { (nodes + 2, nodes) } else { (nodes, 0) };
     SimOptions {
         nodes,
+        initial_members,
         seed,
         raft,
         tick_us: 10_000,
@@ -182,8 +188,13 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         check_node_invariants: true,
         learners,
         read_mode,
-        initial_members: 0,
     }
+}
+
+/// Whether the chaos run of `seed` adds, promotes and removes members (its own generator, so
+/// the other picks of a seed stay what they were).
+pub fn changes_membership(seed: u64) -> bool {
+    Rng::new(seed ^ 0xC0F1_6000).chance(0.5)
 }
 
 /// The drift allowance (in ticks per election timeout) that keeps a lease safe when every
@@ -281,8 +292,16 @@ fn run_seed_inner<W: Workload>(
     let run =
         |cluster: &mut Cluster<W>, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
 
+    // Membership changes too (on the seeds that make them).
+    let mut member_rng = Rng::new(seed ^ 0x3E3B_E125);
+    let mut ever_member: Vec<NodeId> = (1..=n)
+        .filter(|&id| cluster.raft(id).is_some_and(|r| r.membership().contains(id)))
+        .collect();
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
+        if changes_membership(seed) && member_rng.chance(0.3) {
+            change_membership(&mut cluster, &mut member_rng, n, &mut ever_member);
+        }
         if transfer_rng.chance(0.2) {
             if let Some(leader) = cluster.leader() {
                 let to = transfer_rng.range(1, n);
@@ -347,24 +366,37 @@ fn run_seed_inner<W: Workload>(
     run(&mut cluster, opts.settle_us)?;
     if cluster.last_completion_us() <= healed_at {
         return Err(fail(format!(
-            "no client operation completed within {} us after healing (leaders: {:?})",
+            "no client operation completed within {} us after healing (leaders: {:?}){}",
             opts.settle_us,
-            cluster.leaders()
+            cluster.leaders(),
+            cluster.describe()
         )));
     }
 
     // Let clients finish, then let the followers learn the final commit index.
     cluster.stop_workload();
     let idle = cluster
-        .run_until(5_000_000, 50_000, Cluster::<W>::clients_idle)
+        // Long enough for a retried operation to lose a few messages in a row (timeouts reach
+        // 1.5 s; the settled network still loses 1%).
+        .run_until(10_000_000, 50_000, Cluster::<W>::clients_idle)
         .map_err(|e| fail(e.to_string()))?;
     if !idle {
-        return Err(fail("clients still busy 5 s after the workload stopped".into()));
+        return Err(fail(format!(
+            "clients still busy 10 s after the workload stopped: (client, target, op, read, \
+             called at) = {:?}{}",
+            cluster.busy_clients(),
+            cluster.describe()
+        )));
     }
-    // Every node must catch up (at whatever pace the seed's limits allow).
+    // Every member must catch up (at whatever pace the seed's limits allow); nodes removed
+    // along the way keep what they had.
     let converged = |c: &Cluster<W>| {
         let top = c.max_committed();
-        (1..=n).all(|id| {
+        let Some(members) = c.leader().and_then(|l| c.raft(l)).map(|r| r.membership().members())
+        else {
+            return false;
+        };
+        members.iter().all(|&id| {
             c.raft(id).is_some_and(|r| r.commit_index() == top && c.applied_len(id) as u64 == top)
         })
     };
@@ -378,7 +410,8 @@ fn run_seed_inner<W: Workload>(
             })
             .collect();
         return Err(fail(format!(
-            "nodes did not converge on commit index {top}: (node, commit, applied) = {commits:?}"
+            "nodes did not converge on commit index {top}: (node, commit, applied) = {commits:?}{}",
+            cluster.describe()
         )));
     }
 
@@ -406,5 +439,68 @@ fn run_seed_inner<W: Workload>(
         reads_served: stats.reads_served,
         follower_reads: stats.follower_reads,
         transfers: stats.transfers,
+        membership_changes: stats.membership_changes,
     })
+}
+
+/// One random membership change on the leader: add a learner (a spare, or a removed node, on a
+/// wiped disk half the time), promote one, remove a voter (the leader too) or a learner, or
+/// replace a voter by a learner in one change. Keeps at least three voters. Refusals (a change
+/// in flight, a lagging learner, no leader) are part of the game.
+fn change_membership<W: Workload>(
+    cluster: &mut Cluster<W>,
+    rng: &mut Rng,
+    n: NodeId,
+    ever_member: &mut Vec<NodeId>,
+) {
+    use crate::MembershipChange::{AddLearner, Promote, Remove};
+    let Some(leader) = cluster.leader() else { return };
+    let Some(raft) = cluster.raft(leader) else { return };
+    let m = raft.membership().clone();
+    // Only the leader of the newest term knows the configuration no later one can undo.
+    let committed = raft.membership_index() <= raft.commit_index()
+        && !m.is_joint()
+        && raft.term() >= cluster.max_term();
+    let pick = |rng: &mut Rng, from: &[NodeId]| {
+        (!from.is_empty()).then(|| from[rng.below(from.len() as u64) as usize])
+    };
+    let outsiders: Vec<NodeId> = (1..=n).filter(|&id| !m.contains(id)).collect();
+    let changes = match rng.below(5) {
+        0 => {
+            let Some(id) = pick(rng, &outsiders) else { return };
+            // A removed node may come back on an empty disk, once the configuration that
+            // removed it has committed (a wiped voter would be a node that forgot its vote).
+            if ever_member.contains(&id) && committed && rng.chance(0.5) {
+                cluster.wipe(id);
+            }
+            cluster.restart(id);
+            vec![AddLearner { id, address: format!("sim-{id}") }]
+        }
+        1 => {
+            let Some(id) = pick(rng, &m.learners) else { return };
+            vec![Promote { id }]
+        }
+        2 if m.voters.len() > 3 => {
+            let Some(id) = pick(rng, &m.voters) else { return };
+            vec![Remove { id }]
+        }
+        3 => {
+            let (Some(add), Some(drop)) = (pick(rng, &m.learners), pick(rng, &m.voters)) else {
+                return;
+            };
+            vec![Promote { id: add }, Remove { id: drop }]
+        }
+        4 => {
+            let Some(id) = pick(rng, &m.learners) else { return };
+            vec![Remove { id }]
+        }
+        _ => return,
+    };
+    if cluster.propose_membership(leader, &changes).is_ok() {
+        for change in &changes {
+            if !ever_member.contains(&change.id()) {
+                ever_member.push(change.id());
+            }
+        }
+    }
 }

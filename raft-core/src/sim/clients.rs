@@ -128,6 +128,17 @@ impl<W: Workload> Cluster<W> {
         self.clients.as_ref().map_or(0, |w| w.last_completion_us)
     }
 
+    /// The clients with an operation in flight: `(client, target node, op id, read, called at)`.
+    pub fn busy_clients(&self) -> Vec<(u64, NodeId, u64, bool, u64)> {
+        let Some(w) = &self.clients else { return Vec::new() };
+        w.clients
+            .iter()
+            .filter_map(|c| {
+                c.current.as_ref().map(|op| (c.id, c.target, op.op_id, op.read, op.call))
+            })
+            .collect()
+    }
+
     /// Whether every client is idle.
     pub fn clients_idle(&self) -> bool {
         self.clients.as_ref().is_none_or(|w| w.clients.iter().all(|c| c.current.is_none()))

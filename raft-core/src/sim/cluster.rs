@@ -822,6 +822,19 @@ impl<W: Workload> Cluster<W> {
             .collect()
     }
 
+    /// The highest term any node holds, running or down (from its store's hard state).
+    pub fn max_term(&self) -> Term {
+        let group = self.opts.raft.group;
+        self.nodes
+            .iter()
+            .map(|n| match &n.raft {
+                Some(r) => r.term(),
+                None => n.store.log_state(group).map_or(0, |s| s.hard_state.term),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The leader of the highest term among running nodes, if any. A deposed leader that has
     /// not noticed yet always has a lower term than its successor.
     pub fn leader(&self) -> Option<NodeId> {
@@ -906,6 +919,32 @@ impl<W: Workload> Cluster<W> {
     /// The answer to a read asked for with [`read`](Cluster::read), once it came.
     pub fn read_result(&self, ticket: u64) -> Option<&Result<W::Output, ReadError>> {
         self.direct_reads.get(&ticket)
+    }
+
+    /// One line per node: role, term, log, commit and configuration (for failure reports).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            match self.raft(id) {
+                None => out.push_str(&format!("\n  node {id}: down")),
+                Some(r) => out.push_str(&format!(
+                    "\n  node {id}: {} term {} vote {:?} leader {:?}, log {}..={} (last term {:?}), \
+                     commit {}, config {} at {}{}",
+                    r.role(),
+                    r.term(),
+                    r.hard_state().vote,
+                    r.leader(),
+                    r.first_index(),
+                    r.last_index(),
+                    r.term_at(r.last_index()),
+                    r.commit_index(),
+                    r.membership(),
+                    r.membership_index(),
+                    if r.is_removed() { ", told it was removed" } else { "" },
+                )),
+            }
+        }
+        out
     }
 
     /// Proposes a batch of membership changes on node `id` (which must lead).
