@@ -9,7 +9,9 @@
 use bytes::Bytes;
 use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
-use raft_core::sim::chaos::{bank_workload, run_seed, run_seed_with, ChaosOptions};
+use raft_core::sim::chaos::{
+    bank_workload, changes_membership, run_seed, run_seed_with, ChaosOptions,
+};
 use raft_core::sim::Workload;
 use raft_core::{Entry, MemLogStore, StateMachine};
 
@@ -108,12 +110,37 @@ fn regression_seeds() {
         // A follower installed a snapshot of a later term and crashed before the hard state
         // with that term was synced; the restart refused the snapshot's term as inconsistent.
         7429, 9635,
+        // A learner was promoted before it held the entry that added it, voted for nobody, and
+        // with the leader gone nobody could be elected.
+        1274, 1403, 3435, 5923, 8402,
+        // A node waiting to be added restarted with the entries before the one adding it and
+        // was refused as a log without membership.
+        30, 157, 273, 284,
     ];
     for seed in seeds {
         if let Err(failure) = run_seed(seed, &opts) {
             panic!("{failure}");
         }
     }
+    // The bank's: a learner that campaigned while cut off refused a lower-term leader forever.
+    let store = |_| Box::new(MemLogStore::with_explicit_sync()) as _;
+    for seed in [2708, 4178, 7706] {
+        if let Err(failure) = run_seed_with(seed, &opts, bank_workload, store) {
+            panic!("{failure}");
+        }
+    }
+}
+
+/// Half the seeds change the membership while they run (the sweep's 300 seeds per machine hold
+/// about 150 such runs each), and the changes are accepted, not all refused.
+#[test]
+fn the_sweep_changes_membership() {
+    let opts = ChaosOptions::default();
+    let seeds: Vec<u64> = (0..40).filter(|&s| changes_membership(s)).take(6).collect();
+    assert_eq!(seeds.len(), 6);
+    let changes: u64 =
+        seeds.iter().map(|&seed| run_seed(seed, &opts).expect("passes").membership_changes).sum();
+    assert!(changes >= 6, "{changes} changes accepted in {} runs", seeds.len());
 }
 
 /// A user's machine with a bug the bank's invariant must catch: every 40th entry it applies
