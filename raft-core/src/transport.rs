@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::membership::Membership;
 use crate::message::Message;
 use crate::types::GroupId;
 
@@ -27,6 +28,15 @@ pub trait Transport: Send + Sync {
             self.send(msg);
         }
     }
+
+    /// The configuration of `group` on this node changed (see
+    /// [`Ready::membership`](crate::Ready::membership)): a transport that connects by address
+    /// learns the new members' [`addresses`](Membership::addresses) here, before any message
+    /// goes to them, and may let go of nodes no group of this process has as a member any
+    /// more. The default does nothing (a transport whose peers are fixed, or found otherwise).
+    fn membership_changed(&self, group: GroupId, membership: &Membership) {
+        let _ = (group, membership);
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Arc<T> {
@@ -35,6 +45,9 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     }
     fn send_all(&self, msgs: Vec<Message>) {
         (**self).send_all(msgs)
+    }
+    fn membership_changed(&self, group: GroupId, membership: &Membership) {
+        (**self).membership_changed(group, membership)
     }
 }
 

@@ -11,7 +11,8 @@ use raft_core::node::{Node, NodeError, NodeOptions};
 use raft_core::sim::kv::{KvOp, KvStore};
 use raft_core::{
     Entry, GroupId, Inbound, Index, LogState, LogStore, LogWrite, Lsn, MemLogStore,
-    MemSnapshotStore, Message, NodeId, RoleKind, SnapshotStore, StorageError, Term, Transport,
+    MemSnapshotStore, MembershipChange, MembershipError, Message, NodeId, RoleKind, SnapshotStore,
+    StorageError, Term, Transport,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +75,10 @@ impl Cluster {
         let i = (id - 1) as usize;
         let mut options = self.options.clone();
         options.raft.id = id;
+        if !options.voters.contains(&id) && !options.learners.contains(&id) {
+            // Outside the first configuration: the node waits to be added.
+            (options.voters, options.learners) = (Vec::new(), Vec::new());
+        }
         let node = Node::start(
             options,
             self.stores[i].clone(),
@@ -746,4 +751,62 @@ fn transfer_leader_with_answers_through_its_callback() {
     assert_eq!(rx.recv_timeout(TIMEOUT).ok(), Some(true));
     assert_eq!(cluster.leader(), to);
     assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "answered once");
+}
+
+/// The membership calls: add learners, promote them once caught up (refused before), and remove
+/// the leader itself, which hands over; every answer is the configuration then in effect.
+#[test]
+fn members_are_added_promoted_and_removed_through_the_driver() {
+    let cluster = Cluster::new(5, |o| o.voters = vec![1, 2, 3]);
+    for k in 0..20 {
+        cluster.put(&format!("k{k}"), "v");
+    }
+    assert!(cluster.node(4).status().expect("status").raft.membership.is_empty());
+    let leader = cluster.leader();
+    let m = cluster.node(leader).add_learner(4, "node-4", TIMEOUT).expect("add 4");
+    assert_eq!(m.learners, vec![4]);
+    let m = cluster.node(leader).add_learner(5, "node-5", TIMEOUT).expect("add 5");
+    assert_eq!(m.learners, vec![4, 5]);
+    assert_eq!(m.addresses.get(&5).map(String::as_str), Some("node-5"));
+    match cluster.node(leader).promote(1, TIMEOUT) {
+        Err(NodeError::Membership(MembershipError::NotALearner(1))) => {}
+        other => panic!("promoting a voter: {other:?}"),
+    }
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    assert!(matches!(
+        cluster.node(follower).promote(4, TIMEOUT),
+        Err(NodeError::NotLeader { leader: Some(l) }) if l == leader
+    ));
+    // Both at once, once they have caught up (a lagging learner is refused, nothing done).
+    let deadline = Instant::now() + TIMEOUT;
+    let changes = vec![MembershipChange::Promote { id: 4 }, MembershipChange::Promote { id: 5 }];
+    let m = loop {
+        match cluster.node(leader).change_membership(changes.clone(), TIMEOUT) {
+            Ok(m) => break m,
+            Err(NodeError::Membership(MembershipError::LearnerBehind { .. }))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(err) => panic!("promote: {err}"),
+        }
+    };
+    assert_eq!((m.voters.clone(), m.is_joint()), (vec![1, 2, 3, 4, 5], false));
+    cluster.put("five", "5");
+    assert_eq!(
+        cluster
+            .node(5)
+            .read(|kv: &KvStore| kv.get("k3").map(str::to_owned), TIMEOUT)
+            .expect("read"),
+        Some("v".into())
+    );
+
+    let m = cluster.node(leader).remove(leader, TIMEOUT).expect("the leader removes itself");
+    assert!(!m.contains(leader) && m.voters.len() == 4);
+    let next = cluster.leader();
+    assert_ne!(next, leader);
+    cluster.put("after", "x");
+    let status = cluster.node(next).status().expect("status");
+    assert_eq!(status.raft.membership, m);
+    assert!(!cluster.node(leader).status().expect("status").raft.membership.is_voter(leader));
 }

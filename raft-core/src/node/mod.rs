@@ -81,7 +81,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::error::{ConfigError, SnapshotError, StorageError};
-use crate::membership::Membership;
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
 use crate::raft::{Raft, Status};
 use crate::snapshot::{restore_snapshot, SnapshotStore};
@@ -139,6 +139,10 @@ pub enum NodeError {
     /// The node named is not a voter of the group.
     #[error("node {0} is not a voter of the group")]
     NotAVoter(NodeId),
+    /// A membership change was refused (another is in flight, a learner lags, an id is
+    /// unknown...). Nothing was done.
+    #[error("membership change refused: {0}; nothing was done")]
+    Membership(MembershipError),
     /// Empty commands are reserved for the driver's read barriers. Nothing was done.
     #[error("empty commands are reserved for read barriers; nothing was done")]
     EmptyCommand,
@@ -179,6 +183,7 @@ impl NodeError {
                 | NodeError::Transferring { .. }
                 | NodeError::ReadAbandoned
                 | NodeError::NotAVoter(_)
+                | NodeError::Membership(_)
         )
     }
 }
@@ -635,6 +640,66 @@ where
         F: FnOnce(Result<(), NodeError>) + Send + 'static,
     {
         self.submit(Some(Input::Transfer { to, reply: Reply::callback(Box::new(done)) }));
+    }
+
+    /// Changes the membership as leader: any set of [`MembershipChange`]s at once (joint
+    /// consensus when the voters change), and waits up to `timeout` until the change is
+    /// complete (committed, and the group out of the joint configuration). Returns the
+    /// configuration then in effect.
+    ///
+    /// Fails with [`NodeError::NotLeader`] on a follower, [`NodeError::Membership`] for a change
+    /// refused ([`MembershipError::InProgress`] while another is in flight,
+    /// [`MembershipError::LearnerBehind`] for a learner that has not caught up, ...), both with
+    /// nothing done; [`NodeError::Dropped`] if a new leader replaced the change's entry.
+    pub fn change_membership(
+        &self,
+        changes: Vec<MembershipChange>,
+        timeout: Duration,
+    ) -> Result<Membership, NodeError> {
+        let (reply, pending) = reply_pair();
+        self.driver.deliver(Input::ChangeMembership { changes, reply });
+        pending.wait(timeout)
+    }
+
+    /// [`change_membership`](Node::change_membership) without waiting.
+    pub fn change_membership_async(&self, changes: Vec<MembershipChange>) -> Pending<Membership> {
+        let (reply, pending) = reply_pair();
+        self.submit(Some(Input::ChangeMembership { changes, reply }));
+        pending
+    }
+
+    /// [`change_membership`](Node::change_membership) answered through a callback, exactly
+    /// once, on one of the node's threads (so it must not block).
+    pub fn change_membership_with<F>(&self, changes: Vec<MembershipChange>, done: F)
+    where
+        F: FnOnce(Result<Membership, NodeError>) + Send + 'static,
+    {
+        let reply = Reply::callback(Box::new(done));
+        self.submit(Some(Input::ChangeMembership { changes, reply }));
+    }
+
+    /// Adds node `id` as a learner reachable at `address` (see [`Membership::addresses`]):
+    /// it receives the log and snapshots, and does not vote until [promoted](Node::promote).
+    pub fn add_learner(
+        &self,
+        id: NodeId,
+        address: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Membership, NodeError> {
+        let change = MembershipChange::AddLearner { id, address: address.into() };
+        self.change_membership(vec![change], timeout)
+    }
+
+    /// Makes learner `id` a voter (refused while it lags more than
+    /// [`Config::promote_max_lag`] entries).
+    pub fn promote(&self, id: NodeId, timeout: Duration) -> Result<Membership, NodeError> {
+        self.change_membership(vec![MembershipChange::Promote { id }], timeout)
+    }
+
+    /// Removes voter or learner `id` (the leader itself included: it hands over once the change
+    /// commits).
+    pub fn remove(&self, id: NodeId, timeout: Duration) -> Result<Membership, NodeError> {
+        self.change_membership(vec![MembershipChange::Remove { id }], timeout)
     }
 
     /// How this node's reads are made linearizable.

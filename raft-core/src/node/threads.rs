@@ -21,8 +21,9 @@ use super::{
 };
 use crate::error::{ProposeError, ReadError, SnapshotError, StorageError, TransferError};
 use crate::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
-use crate::raft::Raft;
+use crate::raft::{EntryId, Raft};
 use crate::ready::{FetchRequest, ReadId, ReadState, SnapshotChunk, SnapshotRead, SnapshotRequest};
 use crate::snapshot::{
     restore_snapshot, take_snapshot, take_snapshot_view, SnapshotReader, SnapshotReceiver,
@@ -66,6 +67,8 @@ pub(crate) enum Input<M: StateMachine> {
     ClockStalled,
     /// Hand leadership to `to`; answered once this node follows it, or the transfer fails.
     Transfer { to: NodeId, reply: Reply<()> },
+    /// Change the membership; answered once the change is complete (committed and not joint).
+    ChangeMembership { changes: Vec<MembershipChange>, reply: Reply<Membership> },
     /// A tick of the node's clock.
     Tick,
     /// Every Ready up to `number` is durable.
@@ -128,6 +131,8 @@ pub(crate) struct Core<M: StateMachine> {
     round_reads: Vec<ReadFn<M>>,
     /// Leadership transfers asked for, answered when they finish.
     transfers: Vec<(NodeId, Reply<()>)>,
+    /// Membership changes proposed, by their entry, answered when they complete.
+    changes: Vec<(EntryId, Reply<Membership>)>,
     stopped: bool,
 }
 
@@ -214,6 +219,7 @@ where
         next_read: 1,
         round_reads: Vec::new(),
         transfers: Vec::new(),
+        changes: Vec::new(),
         stopped: false,
     };
     let persister = Persister { round: Vec::new(), writer: LogWriter::new(), failed: false };
@@ -416,6 +422,9 @@ where
         if !core.transfers.is_empty() {
             settle_transfers(core);
         }
+        if !core.changes.is_empty() {
+            settle_changes(core);
+        }
         Round::Continue
     }
 
@@ -426,6 +435,7 @@ where
         core.reads.clear(); // Their replies answer Stopped.
         core.round_reads.clear();
         core.transfers.clear();
+        core.changes.clear();
         core.snapshot_tx = None;
         self.core.close();
         self.apply.push(ApplyJob::Stop);
@@ -469,6 +479,18 @@ where
                     }
                 }
             },
+            Input::ChangeMembership { changes, reply } => {
+                match core.raft.propose_membership(&changes) {
+                    Ok(entry) => core.changes.push((entry, reply)),
+                    Err(MembershipError::NotLeader { leader }) => {
+                        reply.send(Err(NodeError::NotLeader { leader }))
+                    }
+                    Err(MembershipError::Transferring { to }) => {
+                        reply.send(Err(NodeError::Transferring { to }))
+                    }
+                    Err(err) => reply.send(Err(NodeError::Membership(err))),
+                }
+            }
             Input::Tick => core.raft.tick(),
             Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
             Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),
@@ -825,6 +847,26 @@ fn settle_transfers<M: StateMachine>(core: &mut Core<M>) {
     }
 }
 
+/// Answers the membership changes that have finished: their entry is committed in the log and
+/// the configuration is simple again (done), or another entry took its place (dropped).
+fn settle_changes<M: StateMachine>(core: &mut Core<M>) {
+    let raft = &core.raft;
+    for (entry, reply) in std::mem::take(&mut core.changes) {
+        match raft.term_at(entry.index) {
+            Some(term) if term != entry.term => reply.send(Err(NodeError::Dropped)),
+            // Held (or compacted, so committed) and committed, and the group has left the
+            // joint configuration (its own or a later change's).
+            _ if raft.commit_index() >= entry.index
+                && raft.membership_index() <= raft.commit_index()
+                && !raft.membership().is_joint() =>
+            {
+                reply.send(Ok(raft.membership().clone()))
+            }
+            _ => core.changes.push((entry, reply)),
+        }
+    }
+}
+
 fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
     SnapshotError::NotFound { group: meta.group, index: meta.index, term: meta.term }
 }
@@ -857,6 +899,11 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
 
     fn send(&mut self, messages: Vec<Message>) -> Result<(), Stopped> {
         self.outbox.extend(messages);
+        Ok(())
+    }
+
+    fn membership_changed(&mut self, membership: &Membership) -> Result<(), Stopped> {
+        self.driver.transport.membership_changed(self.driver.group, membership);
         Ok(())
     }
 
