@@ -47,8 +47,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use raft_core::{Inbound, Message, NodeId, Transport};
+use parking_lot::{Mutex, RwLock};
+use raft_core::{GroupId, Inbound, Membership, Message, NodeId, Transport};
 
 use frame::{Answer, Hello, Verdict, ANSWER_LEN, HELLO_LEN, PROTOCOL_VERSION};
 use peer::Peer;
@@ -202,7 +202,8 @@ struct Counters {
 /// What the threads share.
 struct Inner {
     config: TcpConfig,
-    peers: BTreeMap<NodeId, Arc<Peer>>,
+    /// Peers by id; added and replaced at runtime ([`TcpTransport::add_peer`]).
+    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     inbound: Arc<dyn Inbound>,
     closed: AtomicBool,
     counters: Counters,
@@ -254,7 +255,7 @@ impl TcpTransport {
             .collect();
         let inner = Arc::new(Inner {
             config,
-            peers,
+            peers: RwLock::new(peers),
             inbound,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -269,16 +270,60 @@ impl TcpTransport {
             spawn(format!("net-{me}-accept"), Box::new(move || accept_loop(&inner, listener)))?
         };
         inner.threads.lock().push(acceptor);
-        for peer in inner.peers.values() {
-            let (inner2, peer2) = (inner.clone(), peer.clone());
-            let writer = spawn(
-                format!("net-{me}-to-{}", peer.id),
-                Box::new(move || peer::writer_loop(&inner2, &peer2)),
-            )?;
-            inner.threads.lock().push(writer);
+        let peers: Vec<Arc<Peer>> = inner.peers.read().values().cloned().collect();
+        for peer in &peers {
+            start_writer(&inner, peer)?;
         }
-        tracing::info!(node = me, listen = %local_addr, peers = inner.peers.len(), "transport started");
+        tracing::info!(node = me, listen = %local_addr, peers = peers.len(), "transport started");
         Ok(TcpTransport { inner, local_addr })
+    }
+
+    /// Adds peer `id` at `addr` (or moves it there), while the transport runs: messages for it
+    /// are queued from now on, and the lower id of the two dials. Adding a peer again at the
+    /// same address does nothing.
+    ///
+    /// # Errors
+    /// [`NetError::Config`] for this node's own id or id 0, or once the transport is shut down;
+    /// [`NetError::Spawn`] if its writer thread cannot start.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), NetError> {
+        let me = self.inner.config.node_id;
+        if id == me || id == 0 {
+            return Err(NetError::Config(format!("node {me} cannot have peer {id}")));
+        }
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(NetError::Config("the transport is shut down".into()));
+        }
+        let peer = {
+            let mut peers = self.inner.peers.write();
+            if peers.get(&id).is_some_and(|p| p.addr == addr) {
+                return Ok(());
+            }
+            let peer = Arc::new(Peer::new(id, addr, &self.inner.config));
+            if let Some(old) = peers.insert(id, peer.clone()) {
+                tracing::info!(peer = id, from = %old.addr, to = %addr, "peer moved");
+                old.close();
+            } else {
+                tracing::info!(peer = id, %addr, "peer added");
+            }
+            peer
+        };
+        start_writer(&self.inner, &peer)
+    }
+
+    /// Drops peer `id`: its connection closes, messages for it are dropped (and counted as for
+    /// an unknown node), and its connections are refused. Returns whether it was a peer.
+    pub fn remove_peer(&self, id: NodeId) -> bool {
+        let removed = self.inner.peers.write().remove(&id);
+        if let Some(peer) = &removed {
+            tracing::info!(peer = id, addr = %peer.addr, "peer removed");
+            peer.close();
+        }
+        removed.is_some()
+    }
+
+    /// The peers and their addresses, by id.
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.inner.peers.read().iter().map(|(&id, p)| (id, p.addr)).collect()
     }
 
     /// The address the transport listens on (useful with port 0).
@@ -288,7 +333,7 @@ impl TcpTransport {
 
     /// Per-peer counters, ordered by peer id.
     pub fn metrics(&self) -> Vec<PeerMetrics> {
-        self.inner.peers.values().map(|p| p.metrics()).collect()
+        self.inner.peers.read().values().map(|p| p.metrics()).collect()
     }
 
     /// Messages handed to [`send`](Transport::send) for a node that is not a peer.
@@ -306,7 +351,7 @@ impl TcpTransport {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        for peer in self.inner.peers.values() {
+        for peer in self.inner.peers.read().values() {
             peer.close();
         }
         // Wake the acceptor, which is blocked in accept().
@@ -330,6 +375,31 @@ impl Transport for TcpTransport {
         self.send_to(msg.to, vec![msg]);
     }
 
+    /// A group's new members become peers at the address their configuration gives (see
+    /// [`raft_address`]); members that moved are redialled at their new address. Nodes that
+    /// left stay peers (so a removed node that still runs hears that it was removed) until
+    /// [`remove_peer`](TcpTransport::remove_peer).
+    fn membership_changed(&self, group: GroupId, membership: &Membership) {
+        for (&id, address) in &membership.addresses {
+            if id == self.inner.config.node_id {
+                continue;
+            }
+            match raft_address(address) {
+                Some(addr) => {
+                    if let Err(err) = self.add_peer(id, addr) {
+                        tracing::warn!(group, peer = id, %err, "could not add a new member as a peer");
+                    }
+                }
+                None => tracing::warn!(
+                    group,
+                    peer = id,
+                    address,
+                    "a member's address is not HOST:PORT; it is not a peer"
+                ),
+            }
+        }
+    }
+
     /// Messages for one peer that come together leave together: one write for all of them
     /// (a follower's acknowledgements of several appends, a leader's appends and heartbeat).
     fn send_all(&self, msgs: Vec<Message>) {
@@ -347,10 +417,32 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Starts the thread that writes to `peer` (and dials it, from the lower id).
+fn start_writer(inner: &Arc<Inner>, peer: &Arc<Peer>) -> Result<(), NetError> {
+    let (inner2, peer2) = (inner.clone(), peer.clone());
+    let writer = std::thread::Builder::new()
+        .name(format!("net-{}-to-{}", inner.config.node_id, peer.id))
+        .spawn(move || peer::writer_loop(&inner2, &peer2))
+        .map_err(NetError::Spawn)?;
+    let mut threads = inner.threads.lock();
+    // Writers of peers removed or moved have ended: let go of their handles.
+    threads.retain(|t| !t.is_finished());
+    threads.push(writer);
+    Ok(())
+}
+
+/// The socket address at the start of a member's address: `HOST:PORT`, optionally followed by
+/// `,` and anything else (an application's own data, such as a client port).
+pub fn raft_address(address: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let first = address.split(',').next()?.trim();
+    first.parse().ok().or_else(|| first.to_socket_addrs().ok()?.next())
+}
+
 impl TcpTransport {
     /// Sends messages that are all for node `to`.
     fn send_to(&self, to: NodeId, msgs: Vec<Message>) {
-        match self.inner.peers.get(&to) {
+        match self.inner.peers.read().get(&to) {
             Some(peer) => peer.enqueue(msgs, self.inner.config.max_frame_bytes),
             None => {
                 let n = msgs.len() as u64;
@@ -409,7 +501,7 @@ fn answer_hello(inner: &Arc<Inner>, mut stream: TcpStream) -> Option<(Arc<Peer>,
         tracing::warn!(?remote, "refused a connection that is not a raftkit peer (bad magic)");
         return None;
     };
-    let peer = inner.peers.get(&hello.from).cloned();
+    let peer = inner.peers.read().get(&hello.from).cloned();
     let verdict = if hello.version != PROTOCOL_VERSION {
         Verdict::WrongVersion
     } else if hello.format != MESSAGE_FORMAT_VERSION {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use raft_core::message::{AppendRequest, Heartbeat, InstallSnapshot, MessageBody};
 use raft_core::wire::MESSAGE_FORMAT_VERSION;
-use raft_core::{Entry, Inbound, Message, NodeId, Router, SnapshotMeta, Transport};
+use raft_core::{Entry, Inbound, Membership, Message, NodeId, Router, SnapshotMeta, Transport};
 use raft_net_tcp::frame::{encode_frame, Answer, Hello, Verdict, ANSWER_LEN, PROTOCOL_VERSION};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 
@@ -510,4 +510,65 @@ fn send_all_delivers_each_peers_messages_in_order() {
     assert_eq!(transports[0].unknown_peer_messages(), unknown);
     let sent: u64 = transports[0].metrics().iter().map(|m| m.frames_sent).sum();
     assert_eq!(sent, 300 - unknown + 2);
+}
+
+/// Peers come and go while the transport runs: a node started with no peers is reached once
+/// both sides know each other (one of them from a group's configuration), a moved peer is
+/// redialled at its new address, and a removed one gets nothing more.
+#[test]
+fn peers_are_added_moved_and_removed_at_runtime() {
+    let (listeners, addrs) = listeners(3);
+    let mut listeners = listeners.into_iter();
+    let start = |id: NodeId, listener: TcpListener| {
+        let collector = Arc::new(Collector::default());
+        let config = TcpConfig::new(9, id, addrs[(id - 1) as usize]);
+        let t =
+            TcpTransport::start_with_listener(config, listener, collector.clone()).expect("start");
+        (t, collector)
+    };
+    let (t1, c1) = start(1, listeners.next().expect("1"));
+    let (t2, c2) = start(2, listeners.next().expect("2"));
+    assert!(t1.peers().is_empty());
+    t1.send(heartbeat(1, 1, 2, 0));
+    assert_eq!(t1.unknown_peer_messages(), 1, "no peer 2 yet: dropped and counted");
+    // Node 2 learns of node 1 by hand, node 1 of node 2 from a configuration (whose address may
+    // carry an application's own data after a comma).
+    t2.add_peer(1, addrs[0]).expect("add 1");
+    let mut membership = Membership::new([1, 2]);
+    membership.addresses.insert(2, format!("{},127.0.0.1:6002", addrs[1]));
+    membership.addresses.insert(1, addrs[0].to_string());
+    t1.membership_changed(1, &membership);
+    assert_eq!(t1.peers(), [(2, addrs[1])].into_iter().collect());
+    t1.add_peer(2, addrs[1]).expect("adding again changes nothing");
+    wait_until("1 and 2 connect", || {
+        t1.send(heartbeat(1, 1, 2, 1));
+        t2.send(heartbeat(1, 2, 1, 1));
+        !c1.got.lock().is_empty() && !c2.got.lock().is_empty()
+    });
+    assert!(t1.add_peer(1, addrs[0]).is_err(), "a node is not its own peer");
+    assert!(t1.add_peer(0, addrs[0]).is_err(), "id 0 is reserved");
+
+    // Node 2 moves: a new process at node 3's address takes over id 2.
+    t2.shutdown();
+    let collector = Arc::new(Collector::default());
+    let config = TcpConfig {
+        peers: [(1, addrs[0])].into_iter().collect(),
+        ..TcpConfig::new(9, 2, addrs[2])
+    };
+    let moved =
+        TcpTransport::start_with_listener(config, listeners.next().expect("3"), collector.clone())
+            .expect("start the moved node");
+    t1.add_peer(2, addrs[2]).expect("move 2");
+    let before = collector.got.lock().len();
+    wait_until("1 reaches 2 at its new address", || {
+        t1.send(heartbeat(1, 1, 2, 2));
+        collector.got.lock().len() > before
+    });
+
+    assert!(t1.remove_peer(2));
+    assert!(!t1.remove_peer(2));
+    let dropped = t1.unknown_peer_messages();
+    t1.send(heartbeat(1, 1, 2, 3));
+    assert_eq!(t1.unknown_peer_messages(), dropped + 1);
+    drop(moved);
 }
