@@ -346,6 +346,9 @@ fn check_quorum_steps_down_within_an_election_timeout() {
 #[test]
 fn bad_messages_are_refused_without_changing_state() {
     let mut f = node(2, &[1, 2, 3]);
+    // The first Ready hands out the configuration (for the transport).
+    assert_eq!(f.ready().membership, Some(vec![1, 2, 3].into()));
+    assert!(!f.has_ready());
     let hb = MessageBody::Heartbeat(Heartbeat { commit: 0, round: 1 });
     let wrong_group = Message { group: 9, ..msg(1, 2, 1, hb.clone()) };
     assert_eq!(f.step(wrong_group), Err(StepError::WrongGroup { expected: 0, got: 9 }));

@@ -71,6 +71,7 @@ mod reply;
 mod stage;
 mod threads;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -238,11 +239,16 @@ pub struct NodeOptions {
     /// The core's settings: this node's id and group, timeouts in ticks, limits. A zero `seed`
     /// is replaced by one drawn from the operating system.
     pub raft: Config,
-    /// The group's voting members.
+    /// The group's first voting members. Used only while the log and snapshots hold no
+    /// configuration (a brand-new group): after the first membership change they are the
+    /// truth. Empty (with no learners) for a node that waits to be added to a running group.
     pub voters: Vec<NodeId>,
-    /// The group's learners (they receive the log and serve reads, but neither vote nor count
-    /// towards a majority). This node is a voter or a learner.
+    /// The group's first learners (they receive the log and serve reads, but neither vote nor
+    /// count towards a majority). This node is a voter or a learner, or waits to be added.
     pub learners: Vec<NodeId>,
+    /// The first members' addresses (see [`Membership::addresses`]), carried into the
+    /// configuration entries of later changes so that every node learns them.
+    pub addresses: BTreeMap<NodeId, String>,
     /// Real time per tick. With the core's defaults (heartbeat every 2 ticks, election timeout
     /// 10 to 20 ticks) 10 ms gives 20 ms heartbeats and elections within 100 to 200 ms.
     pub tick: Duration,
@@ -264,6 +270,7 @@ impl NodeOptions {
             raft: Config { id, group, ..Config::default() },
             voters,
             learners: Vec::new(),
+            addresses: BTreeMap::new(),
             tick: Duration::from_millis(10),
             max_inputs_per_round: 4096,
             restore_chunk_bytes: 1 << 20,
@@ -471,8 +478,11 @@ where
             }
         };
         let applied = latest.as_ref().map_or(0, |s| s.index);
-        let bootstrap = Membership::new(options.voters.iter().copied())
+        let mut bootstrap = Membership::new(options.voters.iter().copied())
             .with_learners(options.learners.iter().copied());
+        let members = bootstrap.members();
+        bootstrap.addresses = options.addresses.clone();
+        bootstrap.addresses.retain(|id, _| members.contains(id));
         let initial = load_initial_state(log.as_ref(), group, bootstrap, latest, 0)?;
         let raft = Raft::new(config, initial)?;
         let id = raft.id();

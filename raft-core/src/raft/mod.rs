@@ -456,7 +456,9 @@ impl Raft {
             election_elapsed: 0,
             randomized_election_ticks,
             rng,
-            out: Outbox::default(),
+            // The first Ready carries the configuration, so a transport learns the members'
+            // addresses after a restart too.
+            out: Outbox { membership_changed: true, ..Outbox::default() },
             emitted_hard_state,
             next_ready_number: 1,
             apply_fetch: ApplyFetch::Idle,
