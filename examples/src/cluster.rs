@@ -110,6 +110,7 @@ impl LocalCluster {
                     tick: options.tick,
                     read_mode: options.read_mode,
                     debug_commands: options.debug_commands,
+                    join: None,
                 },
             );
         }
@@ -270,6 +271,33 @@ impl LocalCluster {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `id` as a new process that joins the cluster through node `via` (its
+    /// `--join`), with the settings of node `like` and fresh addresses and data directory. The
+    /// node asks to be added as a learner.
+    pub fn spawn_joining(&mut self, id: NodeId, via: NodeId, like: NodeId) -> io::Result<()> {
+        let addrs = free_addrs(2)?;
+        let mut spec =
+            self.specs.get(&like).cloned().ok_or_else(|| io::Error::other("no such node"))?;
+        spec.id = id;
+        spec.raft_addr = addrs[0];
+        spec.client_addr = addrs[1];
+        spec.peers = BTreeMap::new();
+        spec.join = Some(self.client_addr(via));
+        spec.data_dir = self.dir.path().join(format!("node-{id}"));
+        self.specs.insert(id, spec);
+        self.spawn(id)
+    }
+
+    /// Kills node `id` and deletes its data directory (a disk that is gone).
+    pub fn wipe(&mut self, id: NodeId) -> io::Result<()> {
+        self.kill(id)?;
+        let dir = self.specs.get(&id).map(|s| s.data_dir.clone());
+        match dir {
+            Some(dir) if dir.exists() => std::fs::remove_dir_all(dir),
+            _ => Ok(()),
         }
     }
 

@@ -36,6 +36,7 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         tick: Duration::from_millis(5),
         read_mode: ReadMode::Index,
         debug_commands: false,
+        join: None,
     };
     let addr = args.client_addr;
     let (server, listener) = Server::start(args).expect("server starts");

@@ -97,6 +97,11 @@ pub enum ProposeError {
         /// The node leadership is being handed to.
         to: NodeId,
     },
+    /// This leader is no voter of the configuration it is moving the group to: it finishes the
+    /// change and then hands over, and takes no proposals meanwhile (an entry after the change
+    /// would commit where this node no longer hears of it). Retry at the next leader.
+    #[error("this leader is leaving the group")]
+    Leaving,
 }
 
 /// Why a read asked for with [`Raft::read_index`](crate::Raft::read_index) cannot be served.

@@ -12,7 +12,8 @@ use common::*;
 use raft_core::sim::kv::KvOp;
 use raft_core::sim::{Cluster, SimOptions};
 use raft_core::{
-    Config, InitialState, Membership, MembershipChange, MembershipError, NodeId, Raft, RoleKind,
+    Config, InitialState, Membership, MembershipChange, MembershipError, NodeId, ProposeError,
+    Raft, RoleKind,
 };
 
 use MembershipChange::{AddLearner, Promote, Remove};
@@ -148,6 +149,9 @@ fn a_leader_that_removes_itself_hands_over_at_once() {
     let leader = check_one_leader(&mut c);
     let term = c.raft(leader).unwrap().term();
     let entry = c.propose_membership(leader, &[Remove { id: leader }]).unwrap();
+    // It takes no more writes: one after the change would commit where it no longer hears.
+    let put = KvOp::Put { key: "y".into(), value: "1".into() }.encode();
+    assert_eq!(c.propose(leader, put), Err(ProposeError::Leaving));
     // Election timeouts are 10 ticks of 10 ms: a successor within 100 ms came by TimeoutNow.
     let start = c.now_us();
     let successor = loop {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft_core::{Inbound, Message, NodeId, Transport};
+use raft_core::{GroupId, Inbound, Membership, Message, NodeId, Transport};
 
 /// The nodes this node's Raft messages are cut off from.
 #[derive(Debug, Default)]
@@ -48,6 +48,10 @@ impl Transport for CutTransport {
         if !msgs.is_empty() {
             self.inner.send_all(msgs);
         }
+    }
+
+    fn membership_changed(&self, group: GroupId, membership: &Membership) {
+        self.inner.membership_changed(group, membership);
     }
 }
 

@@ -28,6 +28,9 @@
 mod faults;
 mod forward;
 mod io;
+mod members;
+
+pub use members::{fetch_members, format_address, parse_address, MemberInfo};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -79,6 +82,9 @@ pub struct ServerArgs {
     pub read_mode: ReadMode,
     /// Accept `RAFTKIT.DEBUG` (fault injection for tests).
     pub debug_commands: bool,
+    /// Join the running cluster that the server at this client address belongs to (instead of
+    /// starting a new one with the `--peer` nodes).
+    pub join: Option<SocketAddr>,
 }
 
 /// `--help` text.
@@ -94,8 +100,13 @@ REQUIRED:
     --raft-addr ADDR        address for Raft traffic between nodes
     --client-addr ADDR      address for Redis-protocol clients (redis-cli, redis-benchmark)
     --data-dir DIR          directory for the write-ahead log and snapshots (created if missing)
-    --peer ID=RAFT,CLIENT   every other node: its id, Raft address and client address
-                            (repeat the flag once per peer)
+    --peer ID=RAFT,CLIENT   every other node of a new cluster: its id, Raft address and
+                            client address (repeat the flag once per peer). Used only to
+                            start a new cluster: after the first membership change the
+                            members come from the log
+    --join CLIENT_ADDR      instead of --peer: join the running cluster of the server at
+                            CLIENT_ADDR; the node asks to be added as a learner (promote it
+                            with RAFTKIT.PROMOTE once it has caught up)
 
 OPTIONS:
     --cluster-id N          cluster id; nodes with another id are refused [default: 1]
@@ -124,6 +135,13 @@ COMMANDS:
     GET, MGET, EXISTS, DBSIZE, SET, DEL, INCR, DECR, INCRBY, DECRBY, PING, ECHO, INFO
     INFO raft               the node's Raft state, read mode and lease
     RAFTKIT.TRANSFER ID     hand leadership to node ID; +OK once this node follows it
+    RAFTKIT.MEMBERS         every member: [id, voter|learner|leaving, raft addr, client addr]
+    RAFTKIT.ADDLEARNER ID RAFT CLIENT   add node ID as a learner (receives the log, no vote)
+    RAFTKIT.PROMOTE ID...   make learners voters (refused with -LAGGING until caught up)
+    RAFTKIT.REMOVE ID...    remove voters or learners (the leader too: it hands over)
+    RAFTKIT.CHANGE OP...    one change of any ADD ID RAFT CLIENT, PROMOTE ID, REMOVE ID
+                            (a change of voters goes through a joint configuration);
+                            +OK once complete
     RAFTKIT.DEBUG CUT ID... drop Raft messages to and from nodes ID (--enable-debug-commands)
     RAFTKIT.DEBUG HEAL      restore them
 
@@ -131,6 +149,8 @@ REPLIES:
     -NOLEADER   no leader known, or leadership changed: nothing was done, retrying is safe
     -BUSY       too many uncommitted writes: nothing was done, retry later
     -TIMEOUT    no answer in time: the outcome is unknown (the write may or may not apply)
+    -TRYAGAIN   a membership change is in flight (or the leader is new): nothing was done
+    -LAGGING    the learner to promote has not caught up yet: nothing was done
     -ERR        malformed or unsupported command: nothing was done
 ";
 
@@ -150,6 +170,7 @@ impl ServerArgs {
         let mut tick = Duration::from_millis(10);
         let mut read_mode = ReadMode::Index;
         let mut debug_commands = false;
+        let mut join = None;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "-h" || flag == "--help" {
@@ -171,6 +192,7 @@ impl ServerArgs {
                 "--raft-addr" => raft_addr = Some(addr(value()?)?),
                 "--client-addr" => client_addr = Some(addr(value()?)?),
                 "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
+                "--join" => join = Some(addr(value()?)?),
                 "--peer" => {
                     let v = value()?;
                     let bad = || format!("--peer: expected ID=RAFT_ADDR,CLIENT_ADDR, got {v}");
@@ -226,6 +248,7 @@ impl ServerArgs {
             tick,
             read_mode,
             debug_commands,
+            join,
         }))
     }
 
@@ -255,6 +278,10 @@ impl ServerArgs {
         ];
         if self.debug_commands {
             a.push("--enable-debug-commands".into());
+        }
+        if let Some(join) = self.join {
+            a.push("--join".into());
+            a.push(join.to_string());
         }
         for (id, (raft, client)) in &self.peers {
             a.push("--peer".into());
@@ -303,6 +330,14 @@ pub enum ServerError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The cluster to join could not be asked for its members.
+    #[error("cannot join the cluster of {addr}: {why}")]
+    Join {
+        /// The client address given with `--join`.
+        addr: SocketAddr,
+        /// What went wrong.
+        why: String,
+    },
     /// The client port could not be bound.
     #[error("cannot listen for clients on {addr}: {source}")]
     ClientBind {
@@ -324,6 +359,8 @@ pub struct Server {
     parked: Sender<Parked>,
     /// Links cut by `RAFTKIT.DEBUG CUT`.
     cuts: Arc<faults::Cuts>,
+    /// The members and their addresses.
+    book: Arc<members::Book>,
 }
 
 /// A write held while leadership moves.
@@ -348,18 +385,44 @@ impl Server {
         tracing::info!(?snap_report, "snapshot store opened");
 
         let router = Arc::new(Router::new());
+        // Every address known at start: the --peer nodes, or the members of the cluster joined.
+        let mut known = args.peers.clone();
+        if let Some(join) = args.join {
+            for m in discover(join)? {
+                if let (Some(raft), Some(client)) = (m.raft, m.client) {
+                    if m.id != args.id {
+                        known.insert(m.id, (raft, client));
+                    }
+                }
+            }
+        }
         let mut net = TcpConfig::new(args.cluster_id, args.id, args.raft_addr);
-        net.peers = args.peers.iter().map(|(&id, &(raft, _))| (id, raft)).collect();
+        net.peers = known.iter().map(|(&id, &(raft, _))| (id, raft)).collect();
         let transport = Arc::new(TcpTransport::start(net, router.clone())?);
-        let cuts = Arc::new(faults::Cuts::default());
-        let cut_transport = Arc::new(faults::CutTransport {
+        let mut addresses = known.clone();
+        addresses.insert(args.id, (args.raft_addr, args.client_addr));
+        let book = Arc::new(members::Book::with(addresses.clone()));
+        let book_transport = Arc::new(members::BookTransport {
             inner: transport.clone() as Arc<dyn raft_core::Transport>,
-            cuts: cuts.clone(),
+            book: book.clone(),
         });
+        let cuts = Arc::new(faults::Cuts::default());
+        let cut_transport =
+            Arc::new(faults::CutTransport { inner: book_transport, cuts: cuts.clone() });
 
-        let mut voters: Vec<NodeId> = args.peers.keys().copied().collect();
-        voters.push(args.id);
+        // A new cluster starts with the --peer nodes as voters; a joining node with none (it
+        // waits to be added). Either way, once the log or a snapshot holds a configuration,
+        // that is what counts.
+        let voters: Vec<NodeId> = if args.join.is_some() {
+            Vec::new()
+        } else {
+            args.peers.keys().copied().chain([args.id]).collect()
+        };
         let mut options = NodeOptions::new(args.id, GROUP, voters);
+        options.addresses = addresses
+            .iter()
+            .map(|(&id, &(raft, client))| (id, format_address(raft, client)))
+            .collect();
         options.tick = args.tick;
         options.read_mode = args.read_mode;
         options.raft.snapshot_entries = args.snapshot_entries;
@@ -388,12 +451,20 @@ impl Server {
             forwarders: Mutex::new(HashMap::new()),
             parked,
             cuts,
+            book,
         });
         let weak = Arc::downgrade(&server);
         std::thread::Builder::new()
             .name("kv-parked".into())
             .spawn(move || retry_parked(weak, parked_rx))
             .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
+        if let Some(join) = server.args.join {
+            let weak = Arc::downgrade(&server);
+            std::thread::Builder::new()
+                .name("kv-join".into())
+                .spawn(move || join_cluster(weak, join))
+                .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
+        }
         Ok((server, listener))
     }
 
@@ -462,6 +533,22 @@ impl Server {
                 };
                 match self.route(forwarded) {
                     Route::Local => self.transfer(to, reply.clone()),
+                    Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
+                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
+                }
+            }
+            "RAFTKIT.MEMBERS" => {
+                let r = self.book.members_reply();
+                reply.send(r);
+                Waits::No
+            }
+            "RAFTKIT.ADDLEARNER" | "RAFTKIT.PROMOTE" | "RAFTKIT.REMOVE" | "RAFTKIT.CHANGE" => {
+                let changes = match members::parse_changes(&name, &args[1..]) {
+                    Ok(changes) => changes,
+                    Err(line) => return done(&|r| resp::error(r, &line)),
+                };
+                match self.route(forwarded) {
+                    Route::Local => self.change_membership(changes, reply.clone()),
                     Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
                     Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
                 }
@@ -684,6 +771,51 @@ impl Server {
         Waits::Local
     }
 
+    /// Runs a membership change as leader: `+OK` once it is complete (committed, and the group
+    /// out of the joint configuration).
+    fn change_membership(
+        self: &Arc<Self>,
+        changes: Vec<raft_core::MembershipChange>,
+        reply: ReplyTo,
+    ) -> Waits {
+        let node_id = self.args.id;
+        let transfer_to = self.book.membership().voters.into_iter().find(|&v| v != node_id);
+        let server = Arc::downgrade(self);
+        self.node.change_membership_with(changes, move |result| {
+            use raft_core::MembershipError as E;
+            let mut r = Vec::new();
+            match result {
+                Ok(_) => resp::simple(&mut r, "OK"),
+                Err(NodeError::Membership(err @ (E::InProgress { .. } | E::LeaderNotReady))) => {
+                    resp::error(&mut r, &format!("TRYAGAIN {err}; nothing was done"))
+                }
+                Err(NodeError::Membership(err @ E::LearnerBehind { .. })) => {
+                    resp::error(&mut r, &format!("LAGGING {err}; nothing was done"))
+                }
+                Err(NodeError::Membership(err @ E::RemovedInThisTerm { .. })) => {
+                    // The node may come back in the next term: start one.
+                    if let (Some(to), Some(server)) = (transfer_to, server.upgrade()) {
+                        server.node.transfer_leader_with(to, |_| {});
+                    }
+                    resp::error(
+                        &mut r,
+                        &format!("TRYAGAIN {err}; leadership is moving, nothing was done"),
+                    )
+                }
+                Err(NodeError::Membership(err)) => {
+                    resp::error(&mut r, &format!("ERR {err}; nothing was done"))
+                }
+                Err(NodeError::Transferring { to }) => resp::error(
+                    &mut r,
+                    &format!("TRYAGAIN leadership is moving to node {to}; nothing was done"),
+                ),
+                Err(err) => r = error_reply(&err),
+            }
+            reply.send(r);
+        });
+        Waits::Local
+    }
+
     fn route(&self, forwarded: bool) -> Route {
         if self.node.is_leader() {
             return Route::Local;
@@ -696,7 +828,7 @@ impl Server {
 
     /// Hands a command to the leader's client port; its reply goes to `reply`.
     fn forward(&self, leader: NodeId, args: &[Vec<u8>], read_only: bool, reply: ReplyTo) -> Waits {
-        let Some(&(_, addr)) = self.args.peers.get(&leader) else {
+        let Some(addr) = self.book.client_addr(leader) else {
             reply.send(no_leader());
             return Waits::No;
         };
@@ -738,13 +870,7 @@ impl Server {
         line("cluster_id", self.args.cluster_id.to_string());
         line("durability", durability_name(self.args.durability));
         let leader = self.node.leader();
-        let leader_client = leader.and_then(|l| {
-            if l == self.args.id {
-                Some(self.args.client_addr)
-            } else {
-                self.args.peers.get(&l).map(|p| p.1)
-            }
-        });
+        let leader_client = leader.and_then(|l| self.book.client_addr(l));
         match self.node.status() {
             Ok(status) => {
                 let r = &status.raft;
@@ -772,6 +898,9 @@ impl Server {
                     r.transfer_target.map_or_else(String::new, |t| t.to_string()),
                 );
                 line("rejected_messages", status.rejected_messages.to_string());
+                line("membership_index", r.membership_index.to_string());
+                line("removed", u8::from(r.removed).to_string());
+                self.book.info_lines(&mut line);
                 line("failure", status.failure.unwrap_or_default());
                 for p in &r.progress {
                     line(
@@ -863,6 +992,39 @@ fn error_line(err: &NodeError) -> String {
         NodeError::Busy { .. } => format!("BUSY {err}"),
         e if e.nothing_done() => format!("NOLEADER {err}"),
         _ => format!("TIMEOUT {err}"),
+    }
+}
+
+/// The members of the cluster the server at `join` belongs to, asked for until it answers
+/// (for up to 30 s: it may be starting too).
+fn discover(join: SocketAddr) -> Result<Vec<MemberInfo>, ServerError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch_members(join, Duration::from_secs(2)) {
+            Ok(members) if !members.is_empty() => return Ok(members),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Ok(_) => {
+                return Err(ServerError::Join { addr: join, why: "it lists no members".into() })
+            }
+            Err(err) => return Err(ServerError::Join { addr: join, why: err.to_string() }),
+        }
+    }
+}
+
+/// Asks the cluster to add this node as a learner, unless its log already makes it a member.
+fn join_cluster(server: std::sync::Weak<Server>, join: SocketAddr) {
+    let Some(s) = server.upgrade() else { return };
+    let (id, raft, client) = (s.args.id, s.args.raft_addr, s.args.client_addr);
+    drop(s);
+    let is_member = || server.upgrade().is_some_and(|s| s.book.membership().contains(id));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    match members::ask_to_join(join, id, raft, client, deadline, is_member) {
+        Ok(()) => {
+            tracing::info!(id, %join, "added to the cluster (as a learner, or already a member)")
+        }
+        Err(why) => tracing::error!(id, %join, %why, "could not join the cluster"),
     }
 }
 

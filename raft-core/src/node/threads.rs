@@ -464,6 +464,8 @@ where
                 Err(ProposeError::Transferring { to }) => {
                     waiter.fail(NodeError::Transferring { to })
                 }
+                // The next leader is not known yet: nothing was done, retry elsewhere.
+                Err(ProposeError::Leaving) => waiter.fail(NodeError::NotLeader { leader: None }),
             },
             Input::Read(query) => core.round_reads.push(query),
             Input::ClockStalled => core.raft.clock_stalled(),

@@ -522,6 +522,9 @@ impl Raft {
         if let Some(t) = leader.transfer {
             return Err(ProposeError::Transferring { to: t.to });
         }
+        if !self.config.incoming.contains(self.id) {
+            return Err(ProposeError::Leaving);
+        }
         let size = data.len() as u64 + Entry::OVERHEAD_BYTES;
         if leader.uncommitted_bytes > 0
             && leader.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max
