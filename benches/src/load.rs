@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -77,6 +78,17 @@ pub fn run(
     warmup: Duration,
     measure: Duration,
 ) -> io::Result<LoadResult> {
+    run_until(addrs, op, warmup, measure, &AtomicBool::new(false))
+}
+
+/// [`run`] that also ends (with what it measured so far) once `stop` is set.
+pub fn run_until(
+    addrs: &[SocketAddr],
+    op: Op,
+    warmup: Duration,
+    measure: Duration,
+    stop: &AtomicBool,
+) -> io::Result<LoadResult> {
     let mut poll = Poll::new()?;
     let payload = match op {
         Op::Set { value } => vec![b'x'; value],
@@ -109,11 +121,11 @@ pub fn run(
     let mut chunk = vec![0u8; 64 << 10];
     loop {
         let now = Instant::now();
-        if now >= end {
+        if now >= end || stop.load(Ordering::Relaxed) {
             result.measured = now.saturating_duration_since(measure_from);
             return Ok(result);
         }
-        poll.poll(&mut events, Some(end - now))?;
+        poll.poll(&mut events, Some((end - now).min(Duration::from_millis(50))))?;
         for event in events.iter() {
             let c = event.token().0;
             let conn = &mut conns[c];
