@@ -108,7 +108,7 @@ pub struct SimOptions {
     /// neither vote nor count; the others are the voters.
     pub learners: Vec<NodeId>,
     /// How many nodes (`1..=initial_members`) form the group's first configuration; the others
-    /// start empty, waiting to be added ([`Cluster::propose_membership`]). 0: all of them.
+    /// start empty, waiting to be added ([`Cluster::propose_membership`](super::Cluster::propose_membership)). 0: all of them.
     pub initial_members: usize,
     /// How clients' read-only operations are served: confirmed by the core
     /// ([`ReadMode::Index`], on leaders and followers), from the leader's lease
