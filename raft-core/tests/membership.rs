@@ -431,3 +431,42 @@ fn a_learner_that_campaigned_while_cut_off_catches_up_once_back() {
     assert_eq!(n_committed(&c, index).0, 4);
     assert!(c.raft(cut).unwrap().is_learner());
 }
+
+/// Late messages from a removed member: its answers are dropped as from an unknown peer
+/// (whatever their term), its vote requests raise no term and are answered `NotAMember`.
+#[test]
+fn stale_messages_from_a_removed_member_change_nothing() {
+    use raft_core::message::{AppendResponse, HeartbeatResponse, MessageBody, VoteRequest};
+    use raft_core::{Message, StepError};
+    let mut node = Raft::new(Config::new(1), InitialState::new_group(vec![1])).unwrap();
+    let mut settle = |node: &mut Raft| {
+        for _ in 0..50 {
+            node.tick();
+            let ready = node.ready();
+            node.on_persisted(ready.number);
+        }
+    };
+    settle(&mut node);
+    assert!(node.is_leader());
+    node.propose_membership(&[add(2)]).unwrap();
+    settle(&mut node);
+    node.propose_membership(&[Remove { id: 2 }]).unwrap();
+    settle(&mut node);
+    assert!(!node.membership().contains(2) && node.membership_index() <= node.commit_index());
+    let term = node.term();
+    let from_2 = |term, body| Message { group: 0, from: 2, to: 1, term, body };
+    let late_ack = MessageBody::AppendResponse(AppendResponse::Success { match_index: 1 });
+    assert_eq!(node.step(from_2(term + 5, late_ack)), Err(StepError::UnknownPeer(2)));
+    let late_hb = MessageBody::HeartbeatResponse(HeartbeatResponse { round: 1 });
+    assert_eq!(node.step(from_2(term, late_hb)), Err(StepError::UnknownPeer(2)));
+    let vote =
+        VoteRequest { pre_vote: false, last_index: 100, last_term: term + 5, transfer: false };
+    assert_eq!(node.step(from_2(term + 5, MessageBody::Vote(vote))), Ok(()));
+    assert!(node.is_leader() && node.term() == term, "a removed node raised the leader's term");
+    let ready = node.ready();
+    assert!(
+        ready.messages.iter().any(|m| m.to == 2 && matches!(m.body, MessageBody::NotAMember(_))),
+        "the removed node is told: {:?}",
+        ready.messages
+    );
+}
