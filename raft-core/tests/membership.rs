@@ -439,7 +439,7 @@ fn stale_messages_from_a_removed_member_change_nothing() {
     use raft_core::message::{AppendResponse, HeartbeatResponse, MessageBody, VoteRequest};
     use raft_core::{Message, StepError};
     let mut node = Raft::new(Config::new(1), InitialState::new_group(vec![1])).unwrap();
-    let mut settle = |node: &mut Raft| {
+    let settle = |node: &mut Raft| {
         for _ in 0..50 {
             node.tick();
             let ready = node.ready();
