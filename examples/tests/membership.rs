@@ -21,6 +21,9 @@ use raftkit_examples::server::fetch_members;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Process tests share two cores: one cluster at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 fn leader(cluster: &LocalCluster) -> NodeId {
     cluster.wait_for_leader(WAIT).expect("a leader").0
 }
@@ -196,6 +199,7 @@ fn local_values(cluster: &LocalCluster, id: NodeId, keys: &[String]) -> Vec<Opti
 
 #[test]
 fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
+    let _serial = SERIAL.lock();
     let mut cluster = LocalCluster::start(
         env!("CARGO_BIN_EXE_kv-server"),
         Vec::new(),
@@ -285,4 +289,36 @@ fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
     prune_unobserved_unknown_writes(&mut history);
     let outcome = check_history(&KvModel, &history, 20_000_000);
     assert_eq!(outcome, CheckOutcome::Linearizable, "{} operations", history.len());
+}
+
+/// A voter whose disk was deleted, restarted with `--join` before it was removed, refuses to
+/// start (it would have forgotten its votes and what it acknowledged); once removed it joins.
+#[test]
+fn a_wiped_voter_must_be_removed_before_it_joins_again() {
+    let _serial = SERIAL.lock();
+    let mut cluster = LocalCluster::start(
+        env!("CARGO_BIN_EXE_kv-server"),
+        Vec::new(),
+        &ClusterOptions::default(),
+    )
+    .expect("start cluster");
+    let l = leader(&cluster);
+    let lost = (1..=3).find(|&id| id != l).expect("a follower");
+    let via = (1..=3).find(|&id| id != l && id != lost).expect("the other follower");
+    cluster.wipe(lost).expect("wipe");
+    cluster.spawn_joining(lost, via, via).expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    while !cluster.exited(lost) {
+        assert!(Instant::now() < deadline, "the wiped voter started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(cluster.log_path(lost)).expect("log");
+    assert!(log.contains("remove it first"), "{log}");
+    admin(&cluster, &["RAFTKIT.REMOVE", &lost.to_string()]);
+    cluster.spawn_joining(lost, via, via).expect("spawn again");
+    wait_members(
+        &cluster,
+        &[(1, "voter"), (2, "voter"), (3, "voter")]
+            .map(|(id, role)| (id, if id == lost { "learner" } else { role })),
+    );
 }

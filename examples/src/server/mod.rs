@@ -388,7 +388,27 @@ impl Server {
         // Every address known at start: the --peer nodes, or the members of the cluster joined.
         let mut known = args.peers.clone();
         if let Some(join) = args.join {
-            for m in discover(join)? {
+            let members = discover(join)?;
+            // A voter that lost its disk must not come back as if nothing happened: it would
+            // have forgotten its votes and what it acknowledged. It is removed first, then
+            // joins afresh (as a learner).
+            let empty = raft_core::LogStore::log_state(&wal, GROUP)
+                .map(|s| s.last_index == 0 && s.hard_state.term == 0)
+                .unwrap_or(false)
+                && raft_core::SnapshotStore::latest(&snapshots, GROUP).ok().flatten().is_none();
+            if let Some(me) = members.iter().find(|m| m.id == args.id && m.role != "learner") {
+                if empty {
+                    return Err(ServerError::Join {
+                        addr: join,
+                        why: format!(
+                            "node {} is a {} of that cluster but its data directory is empty: \
+                             remove it first (RAFTKIT.REMOVE {}), then join again",
+                            args.id, me.role, args.id
+                        ),
+                    });
+                }
+            }
+            for m in members {
                 if let (Some(raft), Some(client)) = (m.raft, m.client) {
                     if m.id != args.id {
                         known.insert(m.id, (raft, client));
