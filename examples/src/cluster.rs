@@ -14,6 +14,7 @@ use raft_core::NodeId;
 use raft_wal::Durability;
 
 use crate::client::{info_field, Client};
+use crate::resp::Reply;
 use crate::server::ServerArgs;
 
 /// How to build a cluster.
@@ -215,6 +216,18 @@ impl LocalCluster {
     /// A client of node `id`.
     pub fn client(&self, id: NodeId, timeout: Duration) -> io::Result<Client> {
         Client::connect(self.client_addr(id), timeout)
+    }
+
+    /// Node `id`'s own copy of `keys` (`RAFTKIT.LOCALMGET`: not through the leader, possibly
+    /// stale), `None` for a missing key.
+    pub fn local_values(&self, id: NodeId, keys: &[String]) -> io::Result<Vec<Option<String>>> {
+        let mut client = self.client(id, Duration::from_secs(5))?;
+        let mut args: Vec<&[u8]> = vec![b"RAFTKIT.LOCALMGET"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        match client.call(&args)? {
+            Reply::Array(Some(values)) => Ok(values.iter().map(Reply::as_text).collect()),
+            other => Err(io::Error::other(format!("LOCALMGET answered {other:?}"))),
+        }
     }
 
     /// Node `id`'s `INFO raft` fields.

@@ -51,17 +51,6 @@ fn set(cluster: &LocalCluster, via: NodeId, key: &str, value: &str) {
     }
 }
 
-/// Node `id`'s own copy of `keys` (not through the leader).
-fn local_values(cluster: &LocalCluster, id: NodeId, keys: &[String]) -> Vec<Option<String>> {
-    let mut client = cluster.client(id, Duration::from_secs(5)).expect("connect");
-    let mut args: Vec<&[u8]> = vec![b"RAFTKIT.LOCALMGET"];
-    args.extend(keys.iter().map(|k| k.as_bytes()));
-    match client.call(&args).expect("LOCALMGET") {
-        Reply::Array(Some(values)) => values.iter().map(Reply::as_text).collect(),
-        other => panic!("LOCALMGET: {other:?}"),
-    }
-}
-
 /// Every running node holds exactly `expected`, once it applied the leader's commit index.
 fn assert_all_nodes_hold(cluster: &LocalCluster, expected: &HashMap<String, String>) {
     let l = leader(cluster);
@@ -69,7 +58,7 @@ fn assert_all_nodes_hold(cluster: &LocalCluster, expected: &HashMap<String, Stri
     assert!(cluster.wait_applied(commit, WAIT), "nodes did not apply {commit}");
     let keys: Vec<String> = expected.keys().cloned().collect();
     for id in cluster.running() {
-        let values = local_values(cluster, id, &keys);
+        let values = cluster.local_values(id, &keys).expect("LOCALMGET");
         for (key, value) in keys.iter().zip(values) {
             assert_eq!(value.as_deref(), Some(expected[key].as_str()), "node {id}, key {key}");
         }

@@ -24,6 +24,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Process tests share two cores: one cluster at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A 3-node cluster of kv-server processes with default settings.
+fn start() -> LocalCluster {
+    LocalCluster::start(env!("CARGO_BIN_EXE_kv-server"), Vec::new(), &ClusterOptions::default())
+        .expect("start cluster")
+}
+
 fn leader(cluster: &LocalCluster) -> NodeId {
     cluster.wait_for_leader(WAIT).expect("a leader").0
 }
@@ -186,26 +192,10 @@ impl Clients {
     }
 }
 
-/// Node `id`'s own copy of `keys`.
-fn local_values(cluster: &LocalCluster, id: NodeId, keys: &[String]) -> Vec<Option<String>> {
-    let mut client = cluster.client(id, Duration::from_secs(5)).expect("connect");
-    let mut args: Vec<&[u8]> = vec![b"RAFTKIT.LOCALMGET"];
-    args.extend(keys.iter().map(|k| k.as_bytes()));
-    match client.call(&args).expect("LOCALMGET") {
-        Reply::Array(Some(values)) => values.iter().map(Reply::as_text).collect(),
-        other => panic!("LOCALMGET answered {other:?}"),
-    }
-}
-
 #[test]
 fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
     let _serial = SERIAL.lock();
-    let mut cluster = LocalCluster::start(
-        env!("CARGO_BIN_EXE_kv-server"),
-        Vec::new(),
-        &ClusterOptions::default(),
-    )
-    .expect("start cluster");
+    let mut cluster = start();
     leader(&cluster);
     let targets = Arc::new(Mutex::new(vec![
         cluster.client_addr(1),
@@ -275,13 +265,13 @@ fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
         Reply::Simple("OK".into())
     );
     let keys: Vec<String> = acked.keys().cloned().collect();
-    let on_leader = local_values(&cluster, l, &keys);
+    let on_leader = cluster.local_values(l, &keys).expect("LOCALMGET");
     let missing: Vec<&String> =
         keys.iter().zip(&on_leader).filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
     assert!(missing.is_empty(), "acknowledged keys missing on the leader: {missing:?}");
     let deadline = Instant::now() + WAIT;
     for &id in &left {
-        while local_values(&cluster, id, &keys) != on_leader {
+        while cluster.local_values(id, &keys).expect("LOCALMGET") != on_leader {
             assert!(Instant::now() < deadline, "node {id} does not hold what the leader holds");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -296,12 +286,7 @@ fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
 #[test]
 fn a_wiped_voter_must_be_removed_before_it_joins_again() {
     let _serial = SERIAL.lock();
-    let mut cluster = LocalCluster::start(
-        env!("CARGO_BIN_EXE_kv-server"),
-        Vec::new(),
-        &ClusterOptions::default(),
-    )
-    .expect("start cluster");
+    let mut cluster = start();
     let l = leader(&cluster);
     let lost = (1..=3).find(|&id| id != l).expect("a follower");
     let via = (1..=3).find(|&id| id != l && id != lost).expect("the other follower");
