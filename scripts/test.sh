@@ -50,6 +50,9 @@ if [ "${RAFTKIT_SKIP_CHECKS:-0}" != 1 ]; then
 
     say "lints"
     cargo clippy --workspace --all-targets -- -D warnings
+    # The raft-engine log store is a feature of the examples, built on its own (see
+    # examples/Cargo.toml: raft-wal's test-only fail points break raft-engine's build).
+    cargo clippy -p raftkit-examples --all-targets --features raft-engine -- -D warnings
 
     say "docs"
     # Every feature but the benches' `compare` (tikv raft-engine), which is not built here.
@@ -59,3 +62,6 @@ fi
 
 say "tests: cargo test --workspace"
 cargo test --workspace
+
+say "tests: the raft-engine log store (conformance kit, leader kill on real processes)"
+cargo test -p raftkit-examples --features raft-engine --test engine_store --test cluster

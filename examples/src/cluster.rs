@@ -15,7 +15,7 @@ use raft_wal::Durability;
 
 use crate::client::{info_field, Client};
 use crate::resp::Reply;
-use crate::server::ServerArgs;
+use crate::server::{LogStoreKind, ServerArgs};
 
 /// How to build a cluster.
 #[derive(Clone, Debug)]
@@ -24,7 +24,9 @@ pub struct ClusterOptions {
     pub nodes: usize,
     /// The cluster id every node is given.
     pub cluster_id: u64,
-    /// The WAL's durability mode on every node.
+    /// The log store of every node.
+    pub log_store: LogStoreKind,
+    /// The log store's durability mode on every node.
     pub durability: Durability,
     /// Snapshot every this many applied entries.
     pub snapshot_entries: u64,
@@ -45,6 +47,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: 3,
             cluster_id: 1,
+            log_store: LogStoreKind::Wal,
             durability: Durability::Always,
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
@@ -105,6 +108,7 @@ impl LocalCluster {
                     client_addr,
                     peers: ids.iter().filter(|&&p| p != id).map(|&p| (p, addr_of(p))).collect(),
                     data_dir: dir.path().join(format!("node-{id}")),
+                    log_store: options.log_store,
                     durability: options.durability,
                     request_timeout: options.request_timeout,
                     snapshot_entries: options.snapshot_entries,

@@ -10,6 +10,8 @@
 
 pub mod client;
 pub mod cluster;
+#[cfg(feature = "raft-engine")]
+pub mod engine_store;
 pub mod kv;
 pub mod resp;
 pub mod server;

@@ -15,6 +15,7 @@ use raft_core::NodeId;
 use raftkit_examples::client::{info_field, Client};
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
+use raftkit_examples::server::LogStoreKind;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -67,8 +68,39 @@ fn assert_all_nodes_hold(cluster: &LocalCluster, expected: &HashMap<String, Stri
 
 #[test]
 fn leader_sigkill_and_restart() {
+    leader_sigkill_and_restart_on(LogStoreKind::Wal);
+}
+
+/// The same with every node's log in tikv's raft-engine.
+#[cfg(feature = "raft-engine")]
+#[test]
+fn leader_sigkill_and_restart_on_raft_engine() {
+    leader_sigkill_and_restart_on(LogStoreKind::RaftEngine);
+}
+
+/// A node refuses a data directory that holds the other store's log (it would start on an
+/// empty log and forget its votes and acknowledged entries).
+#[cfg(feature = "raft-engine")]
+#[test]
+fn a_data_directory_of_the_other_log_store_is_refused() {
     let _serial = SERIAL.lock();
     let mut cluster = start(&ClusterOptions::default());
+    set(&cluster, 1, "k", "v");
+    cluster.kill(1).expect("kill");
+    cluster.spec_mut(1).expect("node 1").log_store = LogStoreKind::RaftEngine;
+    cluster.spawn(1).expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    while !cluster.exited(1) {
+        assert!(Instant::now() < deadline, "node 1 started on the wrong log store");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(cluster.log_path(1)).expect("log");
+    assert!(log.contains("holds a wal log"), "{log}");
+}
+
+fn leader_sigkill_and_restart_on(log_store: LogStoreKind) {
+    let _serial = SERIAL.lock();
+    let mut cluster = start(&ClusterOptions { log_store, ..ClusterOptions::default() });
     let mut expected = HashMap::new();
     for i in 0..100 {
         let (k, v) = (format!("a{i}"), format!("before-{i}"));

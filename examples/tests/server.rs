@@ -30,6 +30,7 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         client_addr: free_addr(),
         peers: Default::default(),
         data_dir: dir.path().to_path_buf(),
+        log_store: Default::default(),
         durability: Durability::group_commit(),
         request_timeout: Duration::from_secs(3),
         snapshot_entries: 0,

@@ -4,6 +4,9 @@
 //! and catches up; then every acknowledged write is checked on all three nodes.
 //!
 //! Exits non-zero if any acknowledged write is missing or wrong on any node.
+//!
+//! `demo --log-store raft-engine` keeps every node's log in tikv's raft-engine instead of
+//! raft-wal (`memory` keeps it in memory: the restarted node then rejoins with nothing).
 
 #![allow(clippy::print_stdout)] // The demo's output is its purpose.
 
@@ -17,6 +20,7 @@ use raft_core::NodeId;
 use raftkit_examples::client::Client;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
+use raftkit_examples::server::LogStoreKind;
 
 const CLIENTS: u64 = 16;
 const PHASE: Duration = Duration::from_secs(4);
@@ -40,7 +44,27 @@ fn main() {
         args.next();
         std::process::exit(raftkit_examples::server_main(args));
     }
-    match run() {
+    let log_store = match args.next().as_deref() {
+        None => LogStoreKind::Wal,
+        Some("--log-store") => match args.next().as_deref().map(str::parse::<LogStoreKind>) {
+            Some(Ok(kind)) => kind,
+            Some(Err(why)) => {
+                eprintln!("demo: --log-store: {why}");
+                std::process::exit(2);
+            }
+            None => {
+                eprintln!("demo: --log-store needs a value (wal, raft-engine or memory)");
+                std::process::exit(2);
+            }
+        },
+        Some(other) => {
+            eprintln!(
+                "demo: unknown argument {other}; usage: demo [--log-store wal|raft-engine|memory]"
+            );
+            std::process::exit(2);
+        }
+    };
+    match run(log_store) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(err) => {
@@ -54,15 +78,17 @@ fn say(start: Instant, what: &str) {
     println!("[{:6.2}s] {what}", start.elapsed().as_secs_f64());
 }
 
-fn run() -> Result<bool, Box<dyn std::error::Error>> {
+fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
-    let options = ClusterOptions { snapshot_entries: 20_000, ..ClusterOptions::default() };
+    let options =
+        ClusterOptions { snapshot_entries: 20_000, log_store, ..ClusterOptions::default() };
     let start = Instant::now();
     let mut cluster = LocalCluster::start(exe, vec!["--serve".into()], &options)?;
     say(
         start,
         &format!(
-            "started 3 nodes (raft-wal, every write fsynced on a quorum before it is acknowledged) in {}",
+            "started 3 nodes ({}, every write fsynced on a quorum before it is acknowledged) in {}",
+            log_store.name(),
             cluster.dir().display()
         ),
     );

@@ -70,6 +70,8 @@ pub struct ServerArgs {
     pub peers: BTreeMap<NodeId, (SocketAddr, SocketAddr)>,
     /// Where the WAL and the snapshots live.
     pub data_dir: PathBuf,
+    /// Where the log lives.
+    pub log_store: LogStoreKind,
     /// When log writes are synced.
     pub durability: Durability,
     /// How long a command may wait for its entry to apply before `-TIMEOUT`.
@@ -85,6 +87,41 @@ pub struct ServerArgs {
     /// Join the running cluster that the server at this client address belongs to (instead of
     /// starting a new one with the `--peer` nodes).
     pub join: Option<SocketAddr>,
+}
+
+/// Which log store a server keeps its log in (`--log-store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogStoreKind {
+    /// raft-wal (the default).
+    #[default]
+    Wal,
+    /// tikv's raft-engine (feature `raft-engine`, on by default).
+    RaftEngine,
+    /// In memory: nothing survives a restart.
+    Memory,
+}
+
+impl LogStoreKind {
+    /// The flag value: `wal`, `raft-engine` or `memory`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStoreKind::Wal => "wal",
+            LogStoreKind::RaftEngine => "raft-engine",
+            LogStoreKind::Memory => "memory",
+        }
+    }
+}
+
+impl std::str::FromStr for LogStoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogStoreKind, String> {
+        match s {
+            "wal" => Ok(LogStoreKind::Wal),
+            "raft-engine" => Ok(LogStoreKind::RaftEngine),
+            "memory" => Ok(LogStoreKind::Memory),
+            other => Err(format!("expected wal, raft-engine or memory, got {other}")),
+        }
+    }
 }
 
 /// `--help` text.
@@ -110,6 +147,10 @@ REQUIRED:
 
 OPTIONS:
     --cluster-id N          cluster id; nodes with another id are refused [default: 1]
+    --log-store STORE       wal | raft-engine | memory [default: wal]
+                            wal: raft-wal, every --durability mode; raft-engine: tikv's
+                            raft-engine (always and group sync, never does not; interval is
+                            refused); memory: nothing survives a restart (tests only)
     --durability MODE       always | group | interval:MS | never [default: always]
                             always: every log write is fsynced before it counts (the
                             node batches the writes of concurrent requests, so they share
@@ -165,6 +206,7 @@ impl ServerArgs {
         let mut peers = BTreeMap::new();
         let mut data_dir = None;
         let mut durability = Durability::Always;
+        let mut log_store = LogStoreKind::Wal;
         let mut request_timeout = Duration::from_millis(3000);
         let mut snapshot_entries = 100_000;
         let mut tick = Duration::from_millis(10);
@@ -205,6 +247,9 @@ impl ServerArgs {
                         return Err(format!("--peer {pid} is given twice"));
                     }
                 }
+                "--log-store" => {
+                    log_store = value()?.parse().map_err(|e| format!("--log-store: {e}"))?
+                }
                 "--durability" => {
                     let v = value()?;
                     durability = match v.as_str() {
@@ -242,6 +287,7 @@ impl ServerArgs {
             client_addr: client_addr.ok_or("--client-addr is required")?,
             peers,
             data_dir: data_dir.ok_or("--data-dir is required")?,
+            log_store,
             durability,
             request_timeout,
             snapshot_entries,
@@ -265,6 +311,8 @@ impl ServerArgs {
             self.client_addr.to_string(),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
+            "--log-store".into(),
+            self.log_store.name().into(),
             "--durability".into(),
             durability_name(self.durability),
             "--request-timeout-ms".into(),
@@ -315,6 +363,9 @@ pub enum ServerError {
     /// The WAL could not be opened.
     #[error("write-ahead log: {0}")]
     Wal(#[from] raft_wal::WalError),
+    /// The log store named by `--log-store` cannot be used.
+    #[error("log store: {0}")]
+    LogStore(String),
     /// The snapshot store could not be opened.
     #[error("snapshot store: {0}")]
     Snapshot(#[from] raft_core::SnapshotError),
@@ -373,13 +424,9 @@ impl Server {
     /// Opens the node's storage, starts Raft and binds the client port.
     pub fn start(args: ServerArgs) -> Result<(Arc<Server>, TcpListener), ServerError> {
         let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
-        let wal_dir = args.data_dir.join("wal");
         let snap_dir = args.data_dir.join("snapshots");
-        std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
         std::fs::create_dir_all(&snap_dir).map_err(dir_err(snap_dir.clone()))?;
-        let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
-        let (wal, report) = Wal::open(&wal_dir, wal_config)?;
-        tracing::info!(?report, "WAL opened");
+        let log = open_log_store(&args)?;
         let (snapshots, snap_report) =
             FileSnapshotStore::open(&snap_dir, SnapshotStoreOptions::default())?;
         tracing::info!(?snap_report, "snapshot store opened");
@@ -392,7 +439,8 @@ impl Server {
             // A voter that lost its disk must not come back as if nothing happened: it would
             // have forgotten its votes and what it acknowledged. It is removed first, then
             // joins afresh (as a learner).
-            let empty = raft_core::LogStore::log_state(&wal, GROUP)
+            let empty = log
+                .log_state(GROUP)
                 .map(|s| s.last_index == 0 && s.hard_state.term == 0)
                 .unwrap_or(false)
                 && raft_core::SnapshotStore::latest(&snapshots, GROUP).ok().flatten().is_none();
@@ -451,7 +499,7 @@ impl Server {
         options.raft.snapshot_log_ratio_pct = 100;
         let node = Node::start(
             options,
-            Arc::new(wal),
+            log,
             Some(Arc::new(snapshots) as Arc<dyn SnapshotStore>),
             cut_transport,
             KvMachine::default(),
@@ -1013,6 +1061,77 @@ fn error_line(err: &NodeError) -> String {
         e if e.nothing_done() => format!("NOLEADER {err}"),
         _ => format!("TIMEOUT {err}"),
     }
+}
+
+/// Opens the log store `--log-store` names in the data directory, refusing a directory that
+/// holds the other persistent store's log (starting on an empty log would forget the node's
+/// votes and acknowledged entries).
+fn open_log_store(args: &ServerArgs) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    let wal_dir = args.data_dir.join("wal");
+    let engine_dir = args.data_dir.join("raft-engine");
+    let holds = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+    };
+    let other = match args.log_store {
+        LogStoreKind::Wal => Some((&engine_dir, "raft-engine")),
+        LogStoreKind::RaftEngine => Some((&wal_dir, "wal")),
+        LogStoreKind::Memory => None,
+    };
+    if let Some((dir, name)) = other {
+        if holds(dir) {
+            return Err(ServerError::LogStore(format!(
+                "{} holds a {name} log: start with --log-store {name} (or use another data directory)",
+                dir.display()
+            )));
+        }
+    }
+    let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
+    match args.log_store {
+        LogStoreKind::Wal => {
+            std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
+            let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
+            let (wal, report) = Wal::open(&wal_dir, wal_config)?;
+            tracing::info!(?report, "WAL opened");
+            Ok(Arc::new(wal))
+        }
+        LogStoreKind::RaftEngine => open_engine(&engine_dir, args.durability),
+        LogStoreKind::Memory => {
+            tracing::warn!(
+                "--log-store memory: the log is kept in memory only; NOTHING survives a restart \
+                 of this node (its votes and acknowledged writes are forgotten). For tests only."
+            );
+            Ok(Arc::new(raft_core::MemLogStore::new()))
+        }
+    }
+}
+
+#[cfg(feature = "raft-engine")]
+fn open_engine(
+    dir: &std::path::Path,
+    durability: Durability,
+) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    let syncs = match durability {
+        Durability::Always | Durability::GroupCommit { .. } => true,
+        Durability::Never => false,
+        Durability::Interval(_) => return Err(ServerError::LogStore(
+            "--durability interval is a raft-wal mode; raft-engine takes always, group or never"
+                .into(),
+        )),
+    };
+    let store = crate::engine_store::EngineStore::open_with(dir, syncs)
+        .map_err(|e| ServerError::LogStore(format!("raft-engine in {}: {e}", dir.display())))?;
+    tracing::info!(dir = %dir.display(), syncs, "raft-engine opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "raft-engine"))]
+fn open_engine(
+    _dir: &std::path::Path,
+    _durability: Durability,
+) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    Err(ServerError::LogStore(
+        "this build has no raft-engine: build with `--features raft-engine` (cargo build --release -p raftkit-examples --features raft-engine)".into(),
+    ))
 }
 
 /// The members of the cluster the server at `join` belongs to, asked for until it answers

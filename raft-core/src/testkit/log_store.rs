@@ -129,6 +129,32 @@ pub fn entry_kinds_survive_reopen<H: StoreHarness>(h: &mut H) {
     assert_eq!(configs(&store, 6, 9), Vec::new());
 }
 
+/// One `write` call with several writes of one group (a node writes several Readies at once)
+/// applies them in order: each continues or replaces what the ones before it wrote, and the
+/// last hard state wins.
+pub fn a_batch_applies_in_order<H: StoreHarness>(h: &mut H) {
+    let store = h.open();
+    write(&store, 4, &entries(1, 3, 1));
+    let (a, b, c) = (entries(4, 8, 1), entries(9, 12, 1), entries(11, 13, 2));
+    let hs = |term| HardState { term, vote: Some(1), commit: 3 };
+    let (hs1, hs2) = (hs(1), hs(2));
+    let batch = [
+        LogWrite { group: 4, hard_state: Some(hs1), entries: &a },
+        LogWrite { group: 5, hard_state: None, entries: &entries(1, 2, 1) },
+        LogWrite { group: 4, hard_state: None, entries: &b },
+        LogWrite { group: 4, hard_state: Some(hs2), entries: &c },
+    ];
+    let lsn = store.write(&batch).unwrap_or_else(|e| panic!("a batch of one group's writes: {e}"));
+    store.sync(lsn).unwrap_or_else(|e| panic!("sync failed: {e}"));
+    let mut want = entries(1, 10, 1);
+    want.extend(entries(11, 13, 2));
+    assert_eq!(read_all(&store, 4), want);
+    assert_eq!(state(&store, 4).hard_state, hs2);
+    assert_eq!(read_all(&store, 5), entries(1, 2, 1));
+    let store = reopen(h, store);
+    assert_eq!(read_all(&store, 4), want, "after reopening");
+}
+
 /// A read stops at the byte limit, but always returns at least one entry.
 pub fn reads_are_bounded_by_bytes<H: StoreHarness>(h: &mut H) {
     let store = h.open();
@@ -494,6 +520,10 @@ macro_rules! log_store_conformance {
             #[test]
             fn entry_kinds_survive_reopen() {
                 kit::entry_kinds_survive_reopen(&mut $harness);
+            }
+            #[test]
+            fn a_batch_applies_in_order() {
+                kit::a_batch_applies_in_order(&mut $harness);
             }
             #[test]
             fn reads_are_bounded_by_bytes() {
