@@ -61,7 +61,9 @@ pub struct LogState {
 pub trait LogStore: Send + Sync {
     /// Accepts an ordered batch of writes and returns its position. On return the writes are
     /// readable; they are durable once [`durable_lsn`](LogStore::durable_lsn) reaches the
-    /// returned position.
+    /// returned position. The writes apply in order, as if written one by one: a batch may hold
+    /// several writes of one group (a node hands over several Readies at once), each continuing
+    /// or replacing what the ones before it wrote.
     ///
     /// # Errors
     /// [`StorageError::Gap`] if entries would leave a hole, [`StorageError::BelowFirst`] if they
@@ -87,8 +89,9 @@ pub trait LogStore: Send + Sync {
     /// at or below the current base does nothing.
     fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError>;
 
-    /// Entries `lo..=hi`, stopping early once `max_bytes` is reached (but returning at least
-    /// one entry).
+    /// Entries `lo..=hi`, stopping before the entry that would take the total past `max_bytes`
+    /// (but returning at least one entry), each entry counted as [`Entry::size_bytes`] (payload
+    /// plus [`Entry::OVERHEAD_BYTES`]), not by a backend's own encoding.
     ///
     /// # Errors
     /// [`StorageError::Compacted`] if `lo` was compacted, [`StorageError::Unavailable`] if `hi`
