@@ -1,5 +1,5 @@
 //! End-to-end cluster benchmark: a 3-node kv-server cluster on loopback (this binary,
-//! re-executed with `--serve`), WAL-backed in a temporary directory, driven by N concurrent
+//! re-executed with `--serve`), with each log store, in a temporary directory, driven by N concurrent
 //! Redis-protocol clients doing SET on the leader, each with one command outstanding, all on one
 //! event-loop thread (as `redis-benchmark` drives a server). Every write is fsynced on a quorum
 //! before it is acknowledged (durability `always` or `group`).
@@ -11,7 +11,9 @@
 //! `RAFTKIT_CLUSTER_SECS` (measured seconds per cell, default 5), `RAFTKIT_CLUSTER_CLIENTS`
 //! (default `1,16,64`), `RAFTKIT_CLUSTER_VALUES` (bytes, default `64,1024`),
 //! `RAFTKIT_CLUSTER_MODES` (default `always,group`; `never` runs without fsync, to show what the
-//! cluster costs apart from the disk).
+//! cluster costs apart from the disk), `RAFTKIT_CLUSTER_STORES` (default `wal`, plus
+//! `raft-engine` when built with `--features compare`). fio's limit on the same disk (one write
+//! plus fdatasync per write, for each value size) is printed first, from the same run.
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
 
@@ -20,7 +22,9 @@ use std::time::Duration;
 use raft_wal::Durability;
 use raftkit_benches::load::{self, Op};
 use raftkit_benches::procstat::total_cpu_seconds;
+use raftkit_benches::wal_matrix::fio_limit;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
+use raftkit_examples::server::LogStoreKind;
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -31,6 +35,7 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 }
 
 struct Cell {
+    store: String,
     mode: String,
     clients: usize,
     value: usize,
@@ -43,6 +48,7 @@ struct Cell {
 
 fn run_cell(
     exe: &std::path::Path,
+    store: &str,
     mode: &str,
     clients: usize,
     value: usize,
@@ -55,8 +61,13 @@ fn run_cell(
         "never" => Durability::Never,
         other => return Err(format!("unknown mode {other}")),
     };
-    let options =
-        ClusterOptions { durability, log_filter: "warn".into(), ..ClusterOptions::default() };
+    let log_store = store.parse::<LogStoreKind>()?;
+    let options = ClusterOptions {
+        durability,
+        log_store,
+        log_filter: "warn".into(),
+        ..ClusterOptions::default()
+    };
     let cluster =
         LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).ok_or("no leader")?;
@@ -81,6 +92,7 @@ fn run_cell(
             .unwrap_or(0) as u64
     };
     Ok(Cell {
+        store: store.into(),
         mode: mode.into(),
         clients,
         value,
@@ -97,31 +109,51 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let secs: f64 =
         std::env::var("RAFTKIT_CLUSTER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum; {secs} s per cell");
+    let values = env_list("RAFTKIT_CLUSTER_VALUES", "64,1024");
+    let disk = tempfile::tempdir().expect("a temporary directory");
+    for value in &values {
+        if let Ok(bs) = value.parse::<usize>() {
+            match fio_limit(disk.path(), bs, true) {
+                Some(f) => println!(
+                    "fio on this disk, {bs} B write + fdatasync: {:.0}/s, fdatasync p50 {:.0} us, p99 {:.0} us",
+                    f.writes_per_sec, f.sync_p50_us, f.sync_p99_us
+                ),
+                None => println!("fio is not installed: no disk limit for {bs} B (apt-get install fio)"),
+            }
+        }
+    }
+    let default_stores = if cfg!(feature = "compare") { "wal,raft-engine" } else { "wal" };
+    println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum (unless `never`); {secs} s per cell");
     println!(
-        "{:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
-        "mode", "clients", "value", "writes/s", "p50 ms", "p99 ms", "CPU us/write"
+        "{:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
+        "store", "mode", "clients", "value", "writes/s", "p50 ms", "p99 ms", "CPU us/write"
     );
-    for mode in env_list("RAFTKIT_CLUSTER_MODES", "always,group") {
-        for value in env_list("RAFTKIT_CLUSTER_VALUES", "64,1024") {
-            for clients in env_list("RAFTKIT_CLUSTER_CLIENTS", "1,16,64") {
-                let (Ok(value), Ok(clients)) = (value.parse::<usize>(), clients.parse::<usize>())
-                else {
-                    eprintln!("bad cell {mode} {value} {clients}");
-                    continue;
-                };
-                match run_cell(&exe, &mode, clients, value, secs) {
-                    Ok(c) => println!(
-                        "{:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
-                        c.mode,
-                        c.clients,
-                        c.value,
-                        c.writes as f64 / c.secs,
-                        c.p50_us as f64 / 1e3,
-                        c.p99_us as f64 / 1e3,
-                        c.cpu_us_per_write
-                    ),
-                    Err(e) => println!("{mode:<7} {clients:>7} {value:>6} failed: {e}"),
+    for store in env_list("RAFTKIT_CLUSTER_STORES", default_stores) {
+        for mode in env_list("RAFTKIT_CLUSTER_MODES", "always,group") {
+            for value in &values {
+                for clients in env_list("RAFTKIT_CLUSTER_CLIENTS", "1,16,64") {
+                    let (Ok(value), Ok(clients)) =
+                        (value.parse::<usize>(), clients.parse::<usize>())
+                    else {
+                        eprintln!("bad cell {store} {mode} {value} {clients}");
+                        continue;
+                    };
+                    match run_cell(&exe, &store, &mode, clients, value, secs) {
+                        Ok(c) => println!(
+                            "{:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
+                            c.store,
+                            c.mode,
+                            c.clients,
+                            c.value,
+                            c.writes as f64 / c.secs,
+                            c.p50_us as f64 / 1e3,
+                            c.p99_us as f64 / 1e3,
+                            c.cpu_us_per_write
+                        ),
+                        Err(e) => {
+                            println!("{store:<12} {mode:<7} {clients:>7} {value:>6} failed: {e}")
+                        }
+                    }
                 }
             }
         }
