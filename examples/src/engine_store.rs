@@ -155,7 +155,22 @@ impl EngineStore {
             batch_compression_threshold: raft_engine::ReadableSize(0),
             ..raft_engine::Config::default()
         };
-        let engine = Engine::open(config).map_err(engine_error)?;
+        // raft-engine releases its directory lock when the last of its threads lets go of it,
+        // which can be a moment after the previous `Engine` of this directory was dropped (in
+        // this process: a reopen). Wait a little for it rather than fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let engine = loop {
+            match Engine::open(config.clone()) {
+                Ok(engine) => break engine,
+                Err(err)
+                    if err.to_string().contains("Failed to lock file")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(err) => return Err(engine_error(err)),
+            }
+        };
         Ok(EngineStore {
             engine,
             written: AtomicU64::new(0),
