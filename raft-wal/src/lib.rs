@@ -40,6 +40,7 @@ mod doorbell;
 mod error;
 pub mod format;
 mod index;
+pub mod inspect;
 mod recovery;
 mod segment;
 mod staging;
