@@ -42,4 +42,4 @@
 pub mod format;
 mod store;
 
-pub use store::{FileSnapshotStore, OpenReport, SnapshotStoreOptions};
+pub use store::{verify_file, FileSnapshotStore, OpenReport, SnapshotStoreOptions};

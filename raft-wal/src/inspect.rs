@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use raft_core::{GroupId, HardState, Index, Term};
+use raft_core::{EntryKind, GroupId, HardState, Index, Term};
 
 use crate::error::WalError;
 use crate::format::{self, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
@@ -51,6 +51,21 @@ pub struct GroupInspection {
     pub records: u64,
 }
 
+/// One entry of a dumped group ([`inspect_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Its index.
+    pub index: Index,
+    /// Its term.
+    pub term: Term,
+    /// Command, no-op or membership change.
+    pub kind: EntryKind,
+    /// Payload bytes.
+    pub len: u32,
+    /// Whether the payload matches its checksum.
+    pub intact: bool,
+}
+
 /// What [`inspect`] found in a directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inspection {
@@ -64,6 +79,8 @@ pub struct Inspection {
     pub bad_segments: Vec<(PathBuf, String)>,
     /// Each group seen, by id.
     pub groups: BTreeMap<GroupId, GroupInspection>,
+    /// The live entries of the group asked for with [`inspect_with`], in index order.
+    pub dump: Vec<EntryInfo>,
 }
 
 impl Inspection {
@@ -75,11 +92,11 @@ impl Inspection {
     }
 }
 
-/// One group's entries as replayed: index -> (term, payload intact).
+/// One group's entries as replayed: index -> (term, payload intact, kind, length).
 #[derive(Default)]
 struct Replay {
     base: (Index, Term),
-    entries: BTreeMap<Index, (Term, bool)>,
+    entries: BTreeMap<Index, (Term, bool, EntryKind, u32)>,
     hard_state: Option<HardState>,
     records: u64,
 }
@@ -93,7 +110,7 @@ impl Replay {
         if through <= self.base.0 {
             return;
         }
-        let holds = self.entries.get(&through).is_some_and(|&(t, _)| t == term);
+        let holds = self.entries.get(&through).is_some_and(|e| e.0 == term);
         if holds {
             self.entries = self.entries.split_off(&(through + 1));
         } else {
@@ -107,7 +124,13 @@ impl Replay {
 /// anything (the WAL may even be open in another process: what it has not written yet is then
 /// simply not seen).
 pub fn inspect(dir: &Path) -> Result<Inspection, WalError> {
-    let io = |path: &Path, source: std::io::Error| WalError::Io { path: path.to_path_buf(), source };
+    inspect_with(dir, None)
+}
+
+/// [`inspect`], also listing every live entry of group `dump` ([`Inspection::dump`]).
+pub fn inspect_with(dir: &Path, dump: Option<GroupId>) -> Result<Inspection, WalError> {
+    let io =
+        |path: &Path, source: std::io::Error| WalError::Io { path: path.to_path_buf(), source };
     let mut seqs: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let entry = entry.map_err(|e| io(dir, e))?;
@@ -130,12 +153,25 @@ pub fn inspect(dir: &Path) -> Result<Inspection, WalError> {
         };
         scan(&bytes, header.seq, &path, &mut out, &mut groups);
     }
+    if let Some(g) = dump.and_then(|g| groups.get(&g)) {
+        out.dump = g
+            .entries
+            .iter()
+            .map(|(&index, &(term, intact, kind, len))| EntryInfo {
+                index,
+                term,
+                kind,
+                len,
+                intact,
+            })
+            .collect();
+    }
     out.groups = groups
         .into_iter()
         .map(|(id, r)| {
             let last_index = r.entries.keys().next_back().copied().unwrap_or(r.base.0);
             let mut damaged: Vec<(Index, Index)> = Vec::new();
-            for (&i, &(_, intact)) in &r.entries {
+            for (&i, &(_, intact, _, _)) in &r.entries {
                 if intact {
                     continue;
                 }
@@ -252,7 +288,7 @@ fn apply(
                 let data = &payload[at..at + row.len as usize];
                 at += row.len as usize;
                 let intact = crc32c::crc32c(data) == row.crc;
-                g.entries.insert(m.first_index + i as u64, (row.term, intact));
+                g.entries.insert(m.first_index + i as u64, (row.term, intact, row.kind, row.len));
             }
         }
         Kind::HardState => {

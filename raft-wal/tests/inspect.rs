@@ -28,9 +28,8 @@ fn written() -> tempfile::TempDir {
             let entries: Vec<Entry> =
                 (first..first + 10).map(|i| Entry::normal(2, i, payload(group, i))).collect();
             let hs = HardState { term: 2, vote: Some(1), commit: first };
-            let lsn = wal
-                .write(&[LogWrite { group, hard_state: Some(hs), entries: &entries }])
-                .unwrap();
+            let lsn =
+                wal.write(&[LogWrite { group, hard_state: Some(hs), entries: &entries }]).unwrap();
             wal.sync(lsn).unwrap();
         }
     }
