@@ -18,6 +18,7 @@ use raft_core::{EntryKind, GroupId, HardState, Index, Term};
 
 use crate::error::WalError;
 use crate::format::{self, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::recovery::record_payload_ok;
 use crate::segment::parse_segment_name;
 
 /// A stretch of a segment that holds no readable record although valid records follow it.
@@ -252,18 +253,7 @@ fn scan(
 /// The record at `offset`, if its header, checksum and metadata check out.
 fn read_record(bytes: &[u8], offset: usize, segment_seq: u64) -> Option<format::RecordHeader> {
     let h = format::decode_record(&bytes[offset..], segment_seq).ok()?;
-    let start = offset + RECORD_HEADER_LEN;
-    let payload = &bytes[start..start + h.payload_len as usize];
-    let meta = &payload[..h.meta_len as usize];
-    let ok = match h.kind {
-        Kind::Entries => format::decode_entries_meta(meta, payload.len()).is_some(),
-        Kind::HardState => format::decode_hard_state(payload).is_some(),
-        Kind::Truncate => format::decode_truncate(payload).is_some(),
-        Kind::Compact => format::decode_compact(payload).is_some(),
-        Kind::Checkpoint => format::decode_checkpoint(payload).is_some(),
-        Kind::Seal => payload.len() == format::SEAL_LEN,
-    };
-    ok.then_some(h)
+    record_payload_ok(bytes, offset, &h).then_some(h)
 }
 
 /// Replays one valid record.

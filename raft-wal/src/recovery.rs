@@ -575,7 +575,7 @@ fn scan_segment(
 }
 
 /// Checks a record's payload structure (the parts the header checksum covers).
-fn record_payload_ok(bytes: &[u8], offset: usize, h: &RecordHeader) -> bool {
+pub(crate) fn record_payload_ok(bytes: &[u8], offset: usize, h: &RecordHeader) -> bool {
     let start = offset + RECORD_HEADER_LEN;
     let payload = &bytes[start..start + h.payload_len as usize];
     let meta = &payload[..h.meta_len as usize];
