@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use raft_core::{GroupId, Membership, MembershipChange, Message, NodeId, Transport};
 
+use super::io::ReplyTo;
+use super::{error_reply, Server, ServerError, Waits};
 use crate::client::Client;
 use crate::resp::{self, Reply};
+use raft_core::node::NodeError;
 
 /// How a member's address is written in the configuration.
 pub fn format_address(raft: SocketAddr, client: SocketAddr) -> String {
@@ -268,6 +271,86 @@ pub(crate) fn ask_to_join(
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(format!("not added before the deadline (last answer: {last})"))
+}
+
+/// The members of the cluster the server at `join` belongs to, asked for until it answers
+/// (for up to 30 s: it may be starting too).
+pub(super) fn discover(join: SocketAddr) -> Result<Vec<MemberInfo>, ServerError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch_members(join, Duration::from_secs(2)) {
+            Ok(members) if !members.is_empty() => return Ok(members),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Ok(_) => {
+                return Err(ServerError::Join { addr: join, why: "it lists no members".into() })
+            }
+            Err(err) => return Err(ServerError::Join { addr: join, why: err.to_string() }),
+        }
+    }
+}
+
+/// Asks the cluster to add this node as a learner, unless its log already makes it a member.
+pub(super) fn join_cluster(server: std::sync::Weak<Server>, join: SocketAddr) {
+    let Some(s) = server.upgrade() else { return };
+    let (id, raft, client) = (s.args.id, s.args.raft_addr, s.args.client_addr);
+    drop(s);
+    let is_member = || server.upgrade().is_some_and(|s| s.book.membership().contains(id));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    match ask_to_join(join, id, raft, client, deadline, is_member) {
+        Ok(()) => {
+            tracing::info!(id, %join, "added to the cluster (as a learner, or already a member)")
+        }
+        Err(why) => tracing::error!(id, %join, %why, "could not join the cluster"),
+    }
+}
+
+impl Server {
+    /// Runs a membership change as leader: `+OK` once it is complete (committed, and the group
+    /// out of the joint configuration).
+    pub(super) fn change_membership(
+        self: &Arc<Self>,
+        changes: Vec<raft_core::MembershipChange>,
+        reply: ReplyTo,
+    ) -> Waits {
+        let node_id = self.args.id;
+        let transfer_to = self.book.membership().voters.into_iter().find(|&v| v != node_id);
+        let server = Arc::downgrade(self);
+        self.node.change_membership_with(changes, move |result| {
+            use raft_core::MembershipError as E;
+            let mut r = Vec::new();
+            match result {
+                Ok(_) => resp::simple(&mut r, "OK"),
+                Err(NodeError::Membership(err @ (E::InProgress { .. } | E::LeaderNotReady))) => {
+                    resp::error(&mut r, &format!("TRYAGAIN {err}; nothing was done"))
+                }
+                Err(NodeError::Membership(err @ E::LearnerBehind { .. })) => {
+                    resp::error(&mut r, &format!("LAGGING {err}; nothing was done"))
+                }
+                Err(NodeError::Membership(err @ E::RemovedInThisTerm { .. })) => {
+                    // The node may come back in the next term: start one.
+                    if let (Some(to), Some(server)) = (transfer_to, server.upgrade()) {
+                        server.node.transfer_leader_with(to, |_| {});
+                    }
+                    resp::error(
+                        &mut r,
+                        &format!("TRYAGAIN {err}; leadership is moving, nothing was done"),
+                    )
+                }
+                Err(NodeError::Membership(err)) => {
+                    resp::error(&mut r, &format!("ERR {err}; nothing was done"))
+                }
+                Err(NodeError::Transferring { to }) => resp::error(
+                    &mut r,
+                    &format!("TRYAGAIN leadership is moving to node {to}; nothing was done"),
+                ),
+                Err(err) => r = error_reply(&err),
+            }
+            reply.send(r);
+        });
+        Waits::Local
+    }
 }
 
 #[cfg(test)]

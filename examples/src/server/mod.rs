@@ -27,10 +27,13 @@
 
 mod faults;
 mod forward;
+mod info;
 mod io;
 mod members;
+mod storage;
 
 pub use members::{fetch_members, format_address, parse_address, MemberInfo};
+pub use storage::LogStoreKind;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -45,7 +48,7 @@ use raft_core::node::{Batch, Node, NodeError, NodeOptions, ReadMode};
 use raft_core::{NodeId, Router, SnapshotStore};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
-use raft_wal::{Durability, Wal, WalConfig};
+use raft_wal::Durability;
 
 use crate::kv::{KvMachine, KvWrite, Output};
 use crate::resp;
@@ -87,41 +90,6 @@ pub struct ServerArgs {
     /// Join the running cluster that the server at this client address belongs to (instead of
     /// starting a new one with the `--peer` nodes).
     pub join: Option<SocketAddr>,
-}
-
-/// Which log store a server keeps its log in (`--log-store`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogStoreKind {
-    /// raft-wal (the default).
-    #[default]
-    Wal,
-    /// tikv's raft-engine (feature `raft-engine`, on by default).
-    RaftEngine,
-    /// In memory: nothing survives a restart.
-    Memory,
-}
-
-impl LogStoreKind {
-    /// The flag value: `wal`, `raft-engine` or `memory`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LogStoreKind::Wal => "wal",
-            LogStoreKind::RaftEngine => "raft-engine",
-            LogStoreKind::Memory => "memory",
-        }
-    }
-}
-
-impl std::str::FromStr for LogStoreKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<LogStoreKind, String> {
-        match s {
-            "wal" => Ok(LogStoreKind::Wal),
-            "raft-engine" => Ok(LogStoreKind::RaftEngine),
-            "memory" => Ok(LogStoreKind::Memory),
-            other => Err(format!("expected wal, raft-engine or memory, got {other}")),
-        }
-    }
 }
 
 /// `--help` text.
@@ -426,7 +394,7 @@ impl Server {
         let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
         let snap_dir = args.data_dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir).map_err(dir_err(snap_dir.clone()))?;
-        let log = open_log_store(&args)?;
+        let log = storage::open_log_store(&args)?;
         let (snapshots, snap_report) =
             FileSnapshotStore::open(&snap_dir, SnapshotStoreOptions::default())?;
         tracing::info!(?snap_report, "snapshot store opened");
@@ -435,7 +403,7 @@ impl Server {
         // Every address known at start: the --peer nodes, or the members of the cluster joined.
         let mut known = args.peers.clone();
         if let Some(join) = args.join {
-            let members = discover(join)?;
+            let members = members::discover(join)?;
             // A voter that lost its disk must not come back as if nothing happened: it would
             // have forgotten its votes and what it acknowledged. It is removed first, then
             // joins afresh (as a learner).
@@ -530,7 +498,7 @@ impl Server {
             let weak = Arc::downgrade(&server);
             std::thread::Builder::new()
                 .name("kv-join".into())
-                .spawn(move || join_cluster(weak, join))
+                .spawn(move || members::join_cluster(weak, join))
                 .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
         }
         Ok((server, listener))
@@ -839,51 +807,6 @@ impl Server {
         Waits::Local
     }
 
-    /// Runs a membership change as leader: `+OK` once it is complete (committed, and the group
-    /// out of the joint configuration).
-    fn change_membership(
-        self: &Arc<Self>,
-        changes: Vec<raft_core::MembershipChange>,
-        reply: ReplyTo,
-    ) -> Waits {
-        let node_id = self.args.id;
-        let transfer_to = self.book.membership().voters.into_iter().find(|&v| v != node_id);
-        let server = Arc::downgrade(self);
-        self.node.change_membership_with(changes, move |result| {
-            use raft_core::MembershipError as E;
-            let mut r = Vec::new();
-            match result {
-                Ok(_) => resp::simple(&mut r, "OK"),
-                Err(NodeError::Membership(err @ (E::InProgress { .. } | E::LeaderNotReady))) => {
-                    resp::error(&mut r, &format!("TRYAGAIN {err}; nothing was done"))
-                }
-                Err(NodeError::Membership(err @ E::LearnerBehind { .. })) => {
-                    resp::error(&mut r, &format!("LAGGING {err}; nothing was done"))
-                }
-                Err(NodeError::Membership(err @ E::RemovedInThisTerm { .. })) => {
-                    // The node may come back in the next term: start one.
-                    if let (Some(to), Some(server)) = (transfer_to, server.upgrade()) {
-                        server.node.transfer_leader_with(to, |_| {});
-                    }
-                    resp::error(
-                        &mut r,
-                        &format!("TRYAGAIN {err}; leadership is moving, nothing was done"),
-                    )
-                }
-                Err(NodeError::Membership(err)) => {
-                    resp::error(&mut r, &format!("ERR {err}; nothing was done"))
-                }
-                Err(NodeError::Transferring { to }) => resp::error(
-                    &mut r,
-                    &format!("TRYAGAIN leadership is moving to node {to}; nothing was done"),
-                ),
-                Err(err) => r = error_reply(&err),
-            }
-            reply.send(r);
-        });
-        Waits::Local
-    }
-
     fn route(&self, forwarded: bool) -> Route {
         if self.node.is_leader() {
             return Route::Local;
@@ -923,83 +846,6 @@ impl Server {
         };
         forwarder.send(args, read_only, reply);
         Waits::Forwarded
-    }
-
-    /// The `INFO` text: a `# Raft` section of `field:value` lines.
-    pub fn info(&self) -> String {
-        let mut s = String::from("# Raft\r\n");
-        let mut line = |k: &str, v: String| {
-            s.push_str(k);
-            s.push(':');
-            s.push_str(&v);
-            s.push_str("\r\n");
-        };
-        line("node_id", self.args.id.to_string());
-        line("cluster_id", self.args.cluster_id.to_string());
-        line("durability", durability_name(self.args.durability));
-        let leader = self.node.leader();
-        let leader_client = leader.and_then(|l| self.book.client_addr(l));
-        match self.node.status() {
-            Ok(status) => {
-                let r = &status.raft;
-                line("role", r.role.to_string());
-                line("term", r.term.to_string());
-                line("leader_id", r.leader.unwrap_or(0).to_string());
-                line(
-                    "leader_client_addr",
-                    leader_client.map(|a| a.to_string()).unwrap_or_default(),
-                );
-                line("commit_index", r.commit_index.to_string());
-                line("applied_index", status.applied_index.to_string());
-                line("first_index", r.first_index.to_string());
-                line("last_index", r.last_index.to_string());
-                line("persisted_index", r.persisted_index.to_string());
-                line("snapshot_index", r.snapshot_index.to_string());
-                line("read_mode", status.read_mode.to_string());
-                line("lease_holds", u8::from(r.lease_remaining_ticks > 0).to_string());
-                line(
-                    "lease_remaining_ms",
-                    (u128::from(r.lease_remaining_ticks) * self.args.tick.as_millis()).to_string(),
-                );
-                line(
-                    "transfer_target",
-                    r.transfer_target.map_or_else(String::new, |t| t.to_string()),
-                );
-                line("rejected_messages", status.rejected_messages.to_string());
-                line("membership_index", r.membership_index.to_string());
-                line("removed", u8::from(r.removed).to_string());
-                self.book.info_lines(&mut line);
-                line("failure", status.failure.unwrap_or_default());
-                for p in &r.progress {
-                    line(
-                        &format!("follower_{}", p.id),
-                        format!(
-                            "match={},next={},state={:?},inflight={}",
-                            p.match_index, p.next_index, p.state, p.inflight_msgs
-                        ),
-                    );
-                }
-            }
-            Err(_) => {
-                line("role", "failed".into());
-                line("term", self.node.term().to_string());
-                line("leader_id", "0".into());
-                line("commit_index", self.node.commit_index().to_string());
-                line("applied_index", self.node.applied_index().to_string());
-                line("failure", self.node.failure().unwrap_or_else(|| "stopped".into()));
-            }
-        }
-        for m in self.transport.metrics() {
-            line(
-                &format!("peer_{}", m.peer),
-                format!(
-                    "connected={},frames_sent={},frames_received={},bytes_sent={},bytes_received={},dropped={},reconnects={},bad_frames={},refused={}",
-                    u8::from(m.connected), m.frames_sent, m.frames_received, m.bytes_sent, m.bytes_received,
-                    m.dropped, m.reconnects, m.bad_frames, m.refused
-                ),
-            );
-        }
-        s
     }
 }
 
@@ -1060,110 +906,6 @@ fn error_line(err: &NodeError) -> String {
         NodeError::Busy { .. } => format!("BUSY {err}"),
         e if e.nothing_done() => format!("NOLEADER {err}"),
         _ => format!("TIMEOUT {err}"),
-    }
-}
-
-/// Opens the log store `--log-store` names in the data directory, refusing a directory that
-/// holds the other persistent store's log (starting on an empty log would forget the node's
-/// votes and acknowledged entries).
-fn open_log_store(args: &ServerArgs) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
-    let wal_dir = args.data_dir.join("wal");
-    let engine_dir = args.data_dir.join("raft-engine");
-    let holds = |dir: &std::path::Path| {
-        std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
-    };
-    let other = match args.log_store {
-        LogStoreKind::Wal => Some((&engine_dir, "raft-engine")),
-        LogStoreKind::RaftEngine => Some((&wal_dir, "wal")),
-        LogStoreKind::Memory => None,
-    };
-    if let Some((dir, name)) = other {
-        if holds(dir) {
-            return Err(ServerError::LogStore(format!(
-                "{} holds a {name} log: start with --log-store {name} (or use another data directory)",
-                dir.display()
-            )));
-        }
-    }
-    let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
-    match args.log_store {
-        LogStoreKind::Wal => {
-            std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
-            let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
-            let (wal, report) = Wal::open(&wal_dir, wal_config)?;
-            tracing::info!(?report, "WAL opened");
-            Ok(Arc::new(wal))
-        }
-        LogStoreKind::RaftEngine => open_engine(&engine_dir, args.durability),
-        LogStoreKind::Memory => {
-            tracing::warn!(
-                "--log-store memory: the log is kept in memory only; NOTHING survives a restart \
-                 of this node (its votes and acknowledged writes are forgotten). For tests only."
-            );
-            Ok(Arc::new(raft_core::MemLogStore::new()))
-        }
-    }
-}
-
-#[cfg(feature = "raft-engine")]
-fn open_engine(
-    dir: &std::path::Path,
-    durability: Durability,
-) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
-    let syncs = match durability {
-        Durability::Always | Durability::GroupCommit { .. } => true,
-        Durability::Never => false,
-        Durability::Interval(_) => return Err(ServerError::LogStore(
-            "--durability interval is a raft-wal mode; raft-engine takes always, group or never"
-                .into(),
-        )),
-    };
-    let store = crate::engine_store::EngineStore::open_with(dir, syncs)
-        .map_err(|e| ServerError::LogStore(format!("raft-engine in {}: {e}", dir.display())))?;
-    tracing::info!(dir = %dir.display(), syncs, "raft-engine opened");
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "raft-engine"))]
-fn open_engine(
-    _dir: &std::path::Path,
-    _durability: Durability,
-) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
-    Err(ServerError::LogStore(
-        "this build has no raft-engine: build with `--features raft-engine` (cargo build --release -p raftkit-examples --features raft-engine)".into(),
-    ))
-}
-
-/// The members of the cluster the server at `join` belongs to, asked for until it answers
-/// (for up to 30 s: it may be starting too).
-fn discover(join: SocketAddr) -> Result<Vec<MemberInfo>, ServerError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match fetch_members(join, Duration::from_secs(2)) {
-            Ok(members) if !members.is_empty() => return Ok(members),
-            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            Ok(_) => {
-                return Err(ServerError::Join { addr: join, why: "it lists no members".into() })
-            }
-            Err(err) => return Err(ServerError::Join { addr: join, why: err.to_string() }),
-        }
-    }
-}
-
-/// Asks the cluster to add this node as a learner, unless its log already makes it a member.
-fn join_cluster(server: std::sync::Weak<Server>, join: SocketAddr) {
-    let Some(s) = server.upgrade() else { return };
-    let (id, raft, client) = (s.args.id, s.args.raft_addr, s.args.client_addr);
-    drop(s);
-    let is_member = || server.upgrade().is_some_and(|s| s.book.membership().contains(id));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    match members::ask_to_join(join, id, raft, client, deadline, is_member) {
-        Ok(()) => {
-            tracing::info!(id, %join, "added to the cluster (as a learner, or already a member)")
-        }
-        Err(why) => tracing::error!(id, %join, %why, "could not join the cluster"),
     }
 }
 

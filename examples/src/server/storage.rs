@@ -1,0 +1,117 @@
+//! Where a server keeps its log: `--log-store wal|raft-engine|memory`, and the refusal of a data
+//! directory that holds the other persistent store's log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use raft_wal::{Durability, Wal, WalConfig};
+
+use super::{ServerArgs, ServerError};
+
+/// Which log store a server keeps its log in (`--log-store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogStoreKind {
+    /// raft-wal (the default).
+    #[default]
+    Wal,
+    /// tikv's raft-engine (feature `raft-engine`, on by default).
+    RaftEngine,
+    /// In memory: nothing survives a restart.
+    Memory,
+}
+
+impl LogStoreKind {
+    /// The flag value: `wal`, `raft-engine` or `memory`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStoreKind::Wal => "wal",
+            LogStoreKind::RaftEngine => "raft-engine",
+            LogStoreKind::Memory => "memory",
+        }
+    }
+}
+
+impl std::str::FromStr for LogStoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogStoreKind, String> {
+        match s {
+            "wal" => Ok(LogStoreKind::Wal),
+            "raft-engine" => Ok(LogStoreKind::RaftEngine),
+            "memory" => Ok(LogStoreKind::Memory),
+            other => Err(format!("expected wal, raft-engine or memory, got {other}")),
+        }
+    }
+}
+
+/// Opens the log store `--log-store` names in the data directory, refusing a directory that
+/// holds the other persistent store's log (starting on an empty log would forget the node's
+/// votes and acknowledged entries).
+pub(super) fn open_log_store(
+    args: &ServerArgs,
+) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    let wal_dir = args.data_dir.join("wal");
+    let engine_dir = args.data_dir.join("raft-engine");
+    let holds = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+    };
+    let other = match args.log_store {
+        LogStoreKind::Wal => Some((&engine_dir, "raft-engine")),
+        LogStoreKind::RaftEngine => Some((&wal_dir, "wal")),
+        LogStoreKind::Memory => None,
+    };
+    if let Some((dir, name)) = other {
+        if holds(dir) {
+            return Err(ServerError::LogStore(format!(
+                "{} holds a {name} log: start with --log-store {name} (or use another data directory)",
+                dir.display()
+            )));
+        }
+    }
+    let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
+    match args.log_store {
+        LogStoreKind::Wal => {
+            std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
+            let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
+            let (wal, report) = Wal::open(&wal_dir, wal_config)?;
+            tracing::info!(?report, "WAL opened");
+            Ok(Arc::new(wal))
+        }
+        LogStoreKind::RaftEngine => open_engine(&engine_dir, args.durability),
+        LogStoreKind::Memory => {
+            tracing::warn!(
+                "--log-store memory: the log is kept in memory only; NOTHING survives a restart \
+                 of this node (its votes and acknowledged writes are forgotten). For tests only."
+            );
+            Ok(Arc::new(raft_core::MemLogStore::new()))
+        }
+    }
+}
+
+#[cfg(feature = "raft-engine")]
+fn open_engine(
+    dir: &std::path::Path,
+    durability: Durability,
+) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    let syncs = match durability {
+        Durability::Always | Durability::GroupCommit { .. } => true,
+        Durability::Never => false,
+        Durability::Interval(_) => return Err(ServerError::LogStore(
+            "--durability interval is a raft-wal mode; raft-engine takes always, group or never"
+                .into(),
+        )),
+    };
+    let store = crate::engine_store::EngineStore::open_with(dir, syncs)
+        .map_err(|e| ServerError::LogStore(format!("raft-engine in {}: {e}", dir.display())))?;
+    tracing::info!(dir = %dir.display(), syncs, "raft-engine opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "raft-engine"))]
+fn open_engine(
+    _dir: &std::path::Path,
+    _durability: Durability,
+) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
+    Err(ServerError::LogStore(
+        "this build has no raft-engine: build with `--features raft-engine` (cargo build --release -p raftkit-examples --features raft-engine)".into(),
+    ))
+}
