@@ -14,6 +14,7 @@
 //!   a committed configuration is told so when it asks ([`MessageBody::NotAMember`]).
 
 use super::{Raft, Role};
+use crate::error::ConfigError;
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::{MessageBody, NotAMember};
 use crate::tracker::Progress;
@@ -104,6 +105,34 @@ impl Configs {
         self.base_index = index;
         self.base = membership;
     }
+}
+
+/// `m` with its lists sorted, after checking that no id is 0 or listed twice and that there are
+/// voters unless nobody is a member.
+pub(super) fn normalized(mut m: Membership) -> Result<Membership, ConfigError> {
+    for list in [&mut m.voters, &mut m.outgoing, &mut m.learners] {
+        list.sort_unstable();
+        if list.first() == Some(&0) {
+            return Err(ConfigError::ZeroNodeId);
+        }
+    }
+    if let Some(pair) = m.voters.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigError::DuplicateVoter(pair[0]));
+    }
+    if let Some(&both) = m
+        .learners
+        .windows(2)
+        .find(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .or_else(|| m.learners.iter().find(|&&l| m.is_voter(l)))
+    {
+        return Err(ConfigError::DuplicateMember(both));
+    }
+    if m.voters.is_empty() && !m.is_empty() {
+        return Err(ConfigError::NoVoters);
+    }
+    m.validate().map_err(|e| ConfigError::InconsistentState(e.to_string()))?;
+    Ok(m)
 }
 
 /// The configurations among `entries` (which were validated: their payloads decode).

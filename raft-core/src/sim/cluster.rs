@@ -17,7 +17,7 @@ use super::clients::Clients;
 use super::durable::{recovered_model, Ack, DurableModel, ModelWrite};
 use super::kv::KvWorkload;
 use super::node_io::NodeIo;
-use super::options::{DiskModel, NetFaults, SimError, SimOptions, SimStats};
+use super::options::{SimError, SimOptions, SimStats};
 use super::workload::Workload;
 use super::CrashableStore;
 use crate::error::{ProposeError, ReadError, StorageError, TransferError};
@@ -313,7 +313,7 @@ impl<W: Workload> Cluster<W> {
         cluster
     }
 
-    fn start_node(&mut self, id: NodeId) {
+    pub(super) fn start_node(&mut self, id: NodeId) {
         let learners = self.opts.learners.clone();
         let initial = match self.opts.initial_members {
             0 => self.opts.nodes,
@@ -655,145 +655,6 @@ impl<W: Workload> Cluster<W> {
             delay += self.rng.range(0, n.long_delay_max_us);
         }
         delay
-    }
-
-    // ----- faults -----
-
-    /// Cuts every link to and from `id`.
-    pub fn disconnect(&mut self, id: NodeId) {
-        self.isolated.insert(id);
-    }
-
-    /// Undoes [`disconnect`](Cluster::disconnect) (partitions set up by other calls stay).
-    pub fn connect(&mut self, id: NodeId) {
-        self.isolated.remove(&id);
-    }
-
-    /// Whether `id` is not disconnected (it may still be on one side of a partition).
-    pub fn is_connected(&self, id: NodeId) -> bool {
-        !self.isolated.contains(&id)
-    }
-
-    /// Splits the nodes into groups that cannot reach each other (nodes listed nowhere keep
-    /// their links).
-    pub fn partition(&mut self, groups: &[&[NodeId]]) {
-        self.blocked.clear();
-        for (i, a) in groups.iter().enumerate() {
-            for b in groups.iter().skip(i + 1) {
-                for &x in a.iter() {
-                    for &y in b.iter() {
-                        self.blocked.insert((x, y));
-                        self.blocked.insert((y, x));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Drops messages from `from` to `to` only (an asymmetric partition).
-    pub fn block_link(&mut self, from: NodeId, to: NodeId) {
-        self.blocked.insert((from, to));
-    }
-
-    /// Restores every link and reconnects every node.
-    pub fn heal(&mut self) {
-        self.blocked.clear();
-        self.isolated.clear();
-    }
-
-    /// Sets the length of node `id`'s tick in virtual microseconds from its next tick on (a
-    /// clock that runs fast or slow).
-    pub fn set_tick_us(&mut self, id: NodeId, tick_us: u64) {
-        self.nodes[(id - 1) as usize].tick_us = tick_us.max(1);
-    }
-
-    /// Replaces the network's fault settings.
-    pub fn set_net_faults(&mut self, net: NetFaults) {
-        self.opts.net = net;
-    }
-
-    /// Replaces the disk model.
-    pub fn set_disk_model(&mut self, disk: DiskModel) {
-        self.opts.disk = disk;
-    }
-
-    /// Crashes `id`: its process state is gone, its disk loses every write not yet durable, and
-    /// each message it sent that has not arrived yet is lost with probability 1/2 (a machine
-    /// that loses power loses what sat in its buffers).
-    pub fn crash(&mut self, id: NodeId) {
-        let node = &mut self.nodes[(id - 1) as usize];
-        if node.raft.is_none() {
-            return;
-        }
-        node.raft = None;
-        node.epoch += 1;
-        node.disk_free_at = self.now;
-        node.writes_in_flight = 0;
-        node.unsynced.clear();
-        node.pending.clear();
-        node.reads.clear();
-        node.read_waiting.clear();
-        node.receiver.clear();
-        node.snapshots.crash();
-        node.snapshot_disk_free_at = self.now;
-        if let Err(err) = node.store.power_loss() {
-            panic!("node {id}: store failed to recover from power loss: {err}");
-        }
-        self.stats.crashes += 1;
-        // The store must hold exactly what was synced: nothing acknowledged lost, and nothing
-        // reported as not durable resurrected.
-        let recovered = recovered_model(&*node.store, self.opts.raft.group);
-        if recovered.as_ref() != Ok(&node.durable) {
-            let violation = Violation {
-                property: "durability",
-                detail: format!(
-                    "node {id} recovered {recovered:?} from its store after a crash, but had synced {:?}",
-                    node.durable
-                ),
-            };
-            self.deferred.get_or_insert(SimError { time_us: self.now, violation });
-        }
-    }
-
-    /// Arms (or disarms) a crash of the next new leader whose commit index advances for the
-    /// first time in its term, at that very moment: after it counted a quorum, before its
-    /// followers learn of the commit (the worst time for a new leader to die).
-    pub fn set_crash_on_commit(&mut self, armed: bool) {
-        self.crash_on_commit = armed;
-    }
-
-    /// Crashes `id` and gives it a new, empty disk (log, snapshots and state machine gone). It
-    /// stays down; [`restart`](Cluster::restart) brings it back as a node waiting to be added.
-    pub fn wipe(&mut self, id: NodeId) {
-        self.crash(id);
-        let group = self.opts.raft.group;
-        let fresh = self.workload.machine();
-        let node = &mut self.nodes[(id - 1) as usize];
-        if let Err(err) = node.store.wipe() {
-            panic!("node {id}: store failed to wipe: {err}");
-        }
-        node.durable = recovered_model(&*node.store, group)
-            .unwrap_or_else(|e| panic!("node {id}: cannot read its wiped store: {e}"));
-        node.unsynced.clear();
-        node.snapshots = MemSnapshotStore::new(2);
-        node.machine = fresh;
-        node.applied_index = 0;
-        node.applied.clear();
-        node.applied_base = 0;
-        node.wiped = true;
-        self.checker.forget_node(id);
-    }
-
-    /// Restarts a crashed node from what its disk holds.
-    pub fn restart(&mut self, id: NodeId) {
-        if self.nodes[(id - 1) as usize].raft.is_none() {
-            self.start_node(id);
-        }
-    }
-
-    /// Whether `id` is running.
-    pub fn is_up(&self, id: NodeId) -> bool {
-        self.nodes[(id - 1) as usize].raft.is_some()
     }
 
     // ----- observing -----

@@ -22,7 +22,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `cluster` | [`Cluster`]: the event queue, nodes, network, crashes and restarts, observation |
+//! | `cluster` | [`Cluster`]: the event queue, nodes, network delivery, observation |
+//! | `faults` | link cuts, partitions, crashes, wiped disks, restarts |
 //! | `node_io` | how a simulated node carries out a Ready (the simulator's `ReadyHandler`) |
 //! | `clients` | the clients: requests, retries, timeouts, the recorded history |
 //! | `durable` | the model of each node's durable log that acknowledgements and recoveries are checked against |
@@ -36,6 +37,7 @@ pub mod checks;
 mod clients;
 mod cluster;
 mod durable;
+mod faults;
 pub mod kv;
 pub mod linearizability;
 mod node_io;
