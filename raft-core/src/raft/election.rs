@@ -193,7 +193,7 @@ impl Raft {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks {
-            if self.is_voter() && self.removed.is_none() {
+            if self.is_voter() && !self.removed {
                 self.campaign();
             } else {
                 // Learners, nodes waiting to join and removed nodes never campaign.

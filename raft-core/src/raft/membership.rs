@@ -165,7 +165,7 @@ impl Raft {
     /// removed while it could not hear the group). It does not campaign until its own log
     /// shows it as a voter again.
     pub fn is_removed(&self) -> bool {
-        self.removed.is_some()
+        self.removed
     }
 
     /// Proposes a batch of membership changes as leader and returns the entry that holds them.
@@ -295,7 +295,7 @@ impl Raft {
     pub(super) fn on_membership_changed(&mut self) {
         self.config = self.configs.current().quorum();
         self.out.membership_changed = true;
-        self.removed = None;
+        self.removed = false;
         let is_voter = self.is_voter();
         match &mut self.role {
             Role::Leader(l) => {
@@ -386,7 +386,7 @@ impl Raft {
 
     /// Another member says a committed configuration at `config_index` leaves this node out.
     pub(super) fn handle_not_a_member(&mut self, from: NodeId, msg: NotAMember) {
-        if msg.config_index <= self.configs.current_index() || self.removed.is_some() {
+        if msg.config_index <= self.configs.current_index() || self.removed {
             return; // This node's own log is at least as recent; it decides from that.
         }
         tracing::warn!(
@@ -397,7 +397,7 @@ impl Raft {
             "removed from the group by a configuration this node has not received; no longer \
              campaigning"
         );
-        self.removed = Some(msg.config_index);
+        self.removed = true;
         if !self.is_leader() {
             self.become_follower(self.term, None);
         }

@@ -282,9 +282,9 @@ pub struct Raft {
     configs: membership::Configs,
     /// The majorities of the configuration in effect (kept beside it for the hot paths).
     config: JointConfig,
-    /// A committed configuration elsewhere leaves this node out (it was told so, at this
-    /// configuration index): it does not campaign.
-    removed: Option<Index>,
+    /// A member whose committed configuration leaves this node out told it so: it does not
+    /// campaign (until its own log shows it a voter again).
+    removed: bool,
     /// **Invariant:** never decreases.
     term: Term,
     /// **Invariant:** at most one vote per term; reset only when the term grows.
@@ -421,7 +421,7 @@ impl Raft {
             faults: crate::sim::Faults::default(),
             configs,
             config: quorum,
-            removed: None,
+            removed: false,
             term,
             vote,
             log,
@@ -811,7 +811,7 @@ impl Raft {
             learners: self.learners().to_vec(),
             membership: self.configs.current().clone(),
             membership_index: self.configs.current_index(),
-            removed: self.removed.is_some(),
+            removed: self.removed,
         }
     }
 

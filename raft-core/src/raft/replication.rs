@@ -309,7 +309,7 @@ impl Raft {
             _ => self.become_follower(self.term, Some(from)),
         }
         self.election_elapsed = 0;
-        self.removed = None;
+        self.removed = false;
         true
     }
 
