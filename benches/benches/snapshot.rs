@@ -221,6 +221,7 @@ fn leader(meta: &SnapshotMeta) -> Raft {
         term_runs: Vec::new(),
         applied: meta.index,
         snapshot: Some(meta.clone()),
+        damage: None,
     };
     let cfg = {
         let mut c = Config::default();

@@ -129,6 +129,7 @@ fn main() -> ExitCode {
     let follower_reads = AtomicU64::new(0);
     let transfers = AtomicU64::new(0);
     let changes = AtomicU64::new(0);
+    let storage_faults = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -148,6 +149,7 @@ fn main() -> ExitCode {
                         follower_reads.fetch_add(report.follower_reads, Ordering::Relaxed);
                         transfers.fetch_add(report.transfers, Ordering::Relaxed);
                         changes.fetch_add(report.membership_changes, Ordering::Relaxed);
+                        storage_faults.fetch_add(report.storage_faults, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -186,6 +188,10 @@ fn main() -> ExitCode {
         transfers.load(Ordering::Relaxed)
     );
     println!("membership changes: {} accepted by a leader", changes.load(Ordering::Relaxed));
+    println!(
+        "storage faults: {} injected (every damaged member repaired)",
+        storage_faults.load(Ordering::Relaxed)
+    );
     for f in &failures {
         println!("  {f}");
     }

@@ -90,8 +90,11 @@ pub struct Config {
     /// leader's entries ([`MembershipError::LearnerBehind`](crate::MembershipError::LearnerBehind)
     /// otherwise): a voter that must first catch up would leave the group one vote short.
     pub promote_max_lag: u64,
-    /// Seed of the node's private random generator (election timeouts). Deterministic
-    /// simulation depends on it; a real deployment should draw it from the OS.
+    /// Seed of the node's private random generator (election timeouts, and the numbering of
+    /// reads forwarded to the leader). Deterministic simulation depends on it; a real
+    /// deployment should draw a new one from the OS for every start of a node (the node driver
+    /// does, when it is 0): a late answer to a read forwarded before a restart is told apart
+    /// from the new incarnation's by it.
     pub seed: u64,
 }
 

@@ -246,6 +246,18 @@ pub enum StorageError {
     /// The store found data it cannot trust.
     #[error("corrupt log store: {0}")]
     Corrupt(String),
+    /// An entry the store holds is damaged (its checksum does not match): the store cannot
+    /// return it. The core treats the group's log as ending before `index` and fetches the rest
+    /// from the leader ([`Health::Repairing`](crate::Health::Repairing)).
+    #[error("group {group}: entry {index} is damaged: {detail}")]
+    Damaged {
+        /// The group.
+        group: GroupId,
+        /// The first damaged index found.
+        index: Index,
+        /// What was wrong with it.
+        detail: String,
+    },
     /// An earlier failure (a failed sync, say) left the store unable to promise durability;
     /// it refuses all further work until reopened.
     #[error("log store is poisoned by an earlier failure: {0}")]

@@ -95,12 +95,18 @@ pub struct PersistWrite {
     /// Messages to send once this write and every earlier one are durable (votes and append
     /// acknowledgements promise durability).
     pub messages: Vec<Message>,
+    /// After writing, tell the store the group's damaged log is whole again
+    /// ([`LogStore::mark_repaired`]).
+    pub repaired: bool,
 }
 
 impl PersistWrite {
     /// Whether there is nothing to write to the store (only messages to hold back).
     pub fn is_empty(&self) -> bool {
-        self.compact.is_none() && self.hard_state.is_none() && self.entries.is_empty()
+        self.compact.is_none()
+            && self.hard_state.is_none()
+            && self.entries.is_empty()
+            && !self.repaired
     }
 }
 
@@ -262,6 +268,7 @@ impl Executor {
             snapshot_chunks,
             reads,
             membership,
+            repaired,
         } = ready;
         if let Some(membership) = &membership {
             handler.membership_changed(membership)?;
@@ -280,6 +287,7 @@ impl Executor {
         if compact.is_some()
             || hard_state.is_some()
             || !entries.is_empty()
+            || repaired
             || self.handed > self.durable
         {
             debug_assert!(
@@ -295,6 +303,7 @@ impl Executor {
                 hard_state,
                 entries,
                 messages: persisted_messages,
+                repaired,
             };
             if let Some(messages) = handler.persist(raft, write)? {
                 self.on_persisted(raft, number);
@@ -372,6 +381,9 @@ fn write_one<L: LogStore + ?Sized>(
         let one =
             LogWrite { group: write.group, hard_state: write.hard_state, entries: &write.entries };
         last = Some(log.write(&[one])?);
+    }
+    if write.repaired {
+        last = Some(log.mark_repaired(write.group)?.max(last.unwrap_or_default()));
     }
     Ok(last)
 }
@@ -453,6 +465,9 @@ impl LogWriter {
         }
         if !batch.is_empty() {
             last = Some(log.write(&batch)?);
+        }
+        for write in writes.iter().filter(|w| w.repaired) {
+            last = Some(log.mark_repaired(write.group)?.max(last.unwrap_or_default()));
         }
         Ok(last)
     }

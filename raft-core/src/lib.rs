@@ -60,5 +60,6 @@ pub use storage::{LogState, LogStore, LogWrite, Lsn, SnapshotView, StateMachine}
 pub use tracker::{PeerProgress, ProgressState};
 pub use transport::{Inbound, Router, Transport};
 pub use types::{
-    Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, SnapshotMeta, Term,
+    Entry, EntryKind, GroupId, HardState, Health, Index, LogDamage, NodeId, RoleKind, SnapshotMeta,
+    Term,
 };

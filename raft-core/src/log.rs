@@ -402,6 +402,24 @@ impl RaftLog {
         }
     }
 
+    /// The store lost entries from `from` on (which must be past `applying`): the log ends
+    /// before `from`, and the commit index falls back with it (it is knowledge this node can no
+    /// longer act on; the leader tells it again). The store still holds the damaged entries
+    /// until the next hand-out replaces them.
+    pub(crate) fn cut_damaged(&mut self, from: Index) {
+        assert!(
+            from > self.applying && from > self.base_index,
+            "damage at {from} reaches applied or compacted entries (applying {}, base {})",
+            self.applying,
+            self.base_index
+        );
+        self.committed = self.committed.min(from - 1);
+        self.truncate_after(from - 1);
+        // Whatever was handed out, the store's entries from `from` on must be replaced.
+        self.truncated_from = Some(self.truncated_from.map_or(from, |t| t.min(from)));
+        self.handed_index = self.handed_index.min(from - 1);
+    }
+
     /// Cuts the log back so that `index` is the last entry.
     fn truncate_after(&mut self, index: Index) {
         assert!(

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use crate::error::StorageError;
 use crate::storage::{validate_append, LogState, LogStore, LogWrite, Lsn};
-use crate::types::{Entry, GroupId, HardState, Index, Term};
+use crate::types::{Entry, GroupId, HardState, Index, LogDamage, Term};
 
 /// Entries per chunk of [`Chunks`].
 const CHUNK_ENTRIES: usize = 4096;
@@ -80,6 +80,14 @@ impl Chunks {
     }
 }
 
+/// Of a log end that may be unknown and a known one, the more up to date (Raft §5.4.1).
+fn later_end(a: Option<(Index, Term)>, b: (Index, Term)) -> (Index, Term) {
+    match a {
+        Some(a) if (a.1, a.0) > (b.1, b.0) => a,
+        _ => b,
+    }
+}
+
 /// One group's log and hard state.
 #[derive(Clone, Debug, Default)]
 struct MemGroup {
@@ -89,6 +97,10 @@ struct MemGroup {
     base_term: Term,
     /// Entries `base_index + 1 ..`.
     entries: Chunks,
+    /// Damage found at the last "open" that the node has not repaired yet.
+    damage: Option<LogDamage>,
+    /// An entry that fails its checksum when read (injected by a test).
+    unreadable: Option<Index>,
 }
 
 impl MemGroup {
@@ -109,6 +121,9 @@ impl MemGroup {
     fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), StorageError> {
         validate_append(group, entries, self.base_index, self.last_index(), |i| self.term(i))?;
         if let Some(first) = entries.first() {
+            if self.unreadable.is_some_and(|u| u >= first.index) {
+                self.unreadable = None; // Rewritten.
+            }
             self.entries.truncate((first.index - self.base_index - 1) as usize);
             for entry in entries {
                 self.entries.push(entry.clone());
@@ -117,9 +132,30 @@ impl MemGroup {
         Ok(())
     }
 
+    /// Cuts the log so that it ends before `from`, recording the damage.
+    fn damage(&mut self, from: Index) {
+        if from <= self.base_index || from > self.last_index() {
+            return;
+        }
+        let last = (self.last_index(), self.term(self.last_index()).unwrap_or_default());
+        self.entries.truncate((from - self.base_index - 1) as usize);
+        self.damage = Some(match self.damage {
+            // Damaged again before it was repaired: what it held before the first damage is
+            // still the bound its votes must respect.
+            Some(d) => LogDamage::new(d.from.min(from), Some(later_end(d.last, last))),
+            None => LogDamage::new(from, Some(last)),
+        });
+        if self.unreadable.is_some_and(|u| u >= from) {
+            self.unreadable = None;
+        }
+    }
+
     fn compact(&mut self, through: Index, term: Term) {
         if through <= self.base_index {
             return;
+        }
+        if self.unreadable.is_some_and(|u| u <= through) || self.term(through) != Some(term) {
+            self.unreadable = None;
         }
         if self.term(through) == Some(term) {
             self.entries.drop_front((through - self.base_index) as usize);
@@ -135,6 +171,7 @@ impl MemGroup {
 enum Op {
     Write { group: GroupId, hard_state: Option<HardState>, entries: Vec<Entry> },
     Compact { group: GroupId, through: Index, term: Term },
+    Repaired { group: GroupId },
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +198,9 @@ impl Inner {
             Op::Compact { group, through, term } => {
                 groups.entry(*group).or_default().compact(*through, *term);
             }
+            Op::Repaired { group } => {
+                groups.entry(*group).or_default().damage = None;
+            }
         }
         Ok(())
     }
@@ -171,6 +211,8 @@ impl Inner {
             base_index: 0,
             base_term: 0,
             entries: Chunks::EMPTY,
+            damage: None,
+            unreadable: None,
         };
         self.groups.get(&group).unwrap_or(&EMPTY)
     }
@@ -199,12 +241,67 @@ impl MemLogStore {
         MemLogStore { inner: Mutex::default(), explicit_sync: true }
     }
 
-    /// Drops every write not yet synced, as a power loss would. Positions keep growing.
+    /// Drops every write not yet synced, as a power loss would. Positions keep growing. The
+    /// store then "reopens": an entry made unreadable with
+    /// [`corrupt_entry`](MemLogStore::corrupt_entry) is found and the log cut before it, as
+    /// [`damage`](MemLogStore::damage) does.
     pub fn crash(&self) {
         let mut inner = self.inner.lock();
+        let corrupt: Vec<(GroupId, Index)> =
+            inner.groups.iter().filter_map(|(id, g)| g.unreadable.map(|at| (*id, at))).collect();
         if self.explicit_sync {
             inner.groups = inner.durable.clone();
             inner.unsynced.clear();
+        }
+        let Inner { groups, durable, .. } = &mut *inner;
+        for (id, at) in corrupt {
+            for g in [groups.get_mut(&id), durable.get_mut(&id)].into_iter().flatten() {
+                g.unreadable = None;
+                g.damage(at);
+            }
+        }
+    }
+
+    /// Simulates damage that an open of a real store would find: `group`'s log loses every
+    /// entry from `from` on (durable or not) and [`damage`](LogStore::damage)
+    /// reports it until [`mark_repaired`](LogStore::mark_repaired) is durable. For tests and
+    /// the simulator, on a store whose node is down.
+    pub fn damage_log(&self, group: GroupId, from: Index) {
+        let mut inner = self.inner.lock();
+        let Inner { groups, durable, .. } = &mut *inner;
+        if let Some(g) = groups.get_mut(&group) {
+            g.damage(from);
+        }
+        if let Some(g) = durable.get_mut(&group) {
+            g.damage(from);
+        }
+    }
+
+    /// Records that `group`'s whole log was lost (its disk was replaced) and where it ended is
+    /// unknown, until [`mark_repaired`](LogStore::mark_repaired).
+    pub fn mark_all_lost(&self, group: GroupId) {
+        let mut inner = self.inner.lock();
+        let Inner { groups, durable, .. } = &mut *inner;
+        let g = groups.entry(group).or_default();
+        g.damage = Some(LogDamage::new(g.base_index + 1, None));
+        let d = durable.entry(group).or_default();
+        d.damage = Some(LogDamage::new(d.base_index + 1, None));
+    }
+
+    /// The entry [`corrupt_entry`](MemLogStore::corrupt_entry) damaged, while it is still held.
+    pub fn corrupt_entry_at(&self, group: GroupId) -> Option<Index> {
+        self.inner.lock().group(group).unreadable
+    }
+
+    /// Simulates a flipped bit in entry `index` of `group`: reading it fails with
+    /// [`StorageError::Damaged`] until it is rewritten or compacted, and a
+    /// [`crash`](MemLogStore::crash) finds it and cuts the log before it.
+    pub fn corrupt_entry(&self, group: GroupId, index: Index) {
+        let mut inner = self.inner.lock();
+        if let Some(g) = inner.groups.get_mut(&group) {
+            if index > g.base_index && index <= g.last_index() {
+                g.unreadable = Some(g.unreadable.map_or(index, |u| u.min(index)));
+            }
         }
     }
 
@@ -309,6 +406,13 @@ impl LogStore for MemLogStore {
                 last: g.last_index(),
             });
         }
+        if let Some(at) = g.unreadable.filter(|&u| u >= lo && u <= hi) {
+            return Err(StorageError::Damaged {
+                group,
+                index: at,
+                detail: "checksum mismatch (injected)".into(),
+            });
+        }
         let start = (lo - g.base_index - 1) as usize;
         let end = (hi - g.base_index) as usize;
         let mut bytes = 0;
@@ -345,5 +449,13 @@ impl LogStore for MemLogStore {
 
     fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
         Ok(self.inner.lock().groups.keys().copied().collect())
+    }
+
+    fn damage(&self, group: GroupId) -> Option<LogDamage> {
+        self.inner.lock().group(group).damage
+    }
+
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        self.accept(Op::Repaired { group })
     }
 }

@@ -57,6 +57,12 @@ pub enum MessageBody {
     /// A member to a node that asked for its vote: "a committed configuration of mine leaves
     /// you out". The node stops campaigning (it was removed while it could not hear the group).
     NotAMember(NotAMember),
+    /// A node whose log was damaged to every other member: "my log ends before `from`; send me
+    /// my lost entries if you hold the entry my log ended with". A leader also learns from it
+    /// that the node holds less than it acknowledged.
+    Repair(RepairRequest),
+    /// The answer to a [`RepairRequest`] from a member that holds the entry it names.
+    RepairResponse(RepairResponse),
 }
 
 impl MessageBody {
@@ -77,6 +83,8 @@ impl MessageBody {
             MessageBody::ReadIndexResponse(_) => "read-index-response",
             MessageBody::TimeoutNow => "timeout-now",
             MessageBody::NotAMember(_) => "not-a-member",
+            MessageBody::Repair(_) => "repair",
+            MessageBody::RepairResponse(_) => "repair-response",
         }
     }
 }
@@ -235,4 +243,27 @@ pub enum SnapshotStatus {
 pub struct NotAMember {
     /// The index of the committed configuration entry that does not hold the node.
     pub config_index: Index,
+}
+
+/// A damaged node asks for the entries it lost (see [`Health`](crate::Health)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// The first index the node lacks (its log's last index plus one).
+    pub from: Index,
+    /// The last entry `(index, term)` its log held before the damage, if known. A member whose
+    /// log holds that entry holds the node's whole lost log before it (Log Matching).
+    pub last: Option<(Index, Term)>,
+}
+
+/// Entries a member sends a damaged node: its log's entries from `prev_index + 1`, which follow
+/// `(prev_index, prev_term)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairResponse {
+    /// The index just before the first entry carried.
+    pub prev_index: Index,
+    /// The term of the entry at `prev_index`.
+    pub prev_term: Term,
+    /// Consecutive entries from `prev_index + 1`, ending at or before the entry the request
+    /// named.
+    pub entries: Vec<Entry>,
 }

@@ -88,6 +88,11 @@ pub struct Ready {
     /// [`addresses`](Membership::addresses) and may drop those of nodes that left. Needs no
     /// ordering against the other fields.
     pub membership: Option<Membership>,
+    /// The node's damaged log is whole again ([`Health`](crate::Health)): once this Ready's
+    /// entries are written, tell the store with
+    /// [`LogStore::mark_repaired`](crate::LogStore::mark_repaired) (which makes them durable
+    /// first), so a restart does not start repairing again.
+    pub repaired: bool,
 }
 
 impl Ready {
@@ -138,6 +143,11 @@ pub enum FetchPurpose {
         to: NodeId,
         /// The leader's term when it asked; the answer is ignored in any other term.
         term: Term,
+    },
+    /// Entries a node whose log was damaged asked for ([`RepairRequest`](crate::message::RepairRequest)).
+    Repair {
+        /// The damaged node.
+        to: NodeId,
     },
 }
 

@@ -22,7 +22,7 @@ use crate::log::discover_term_runs;
 use crate::membership::Membership;
 use crate::raft::InitialState;
 use crate::ready::FetchRequest;
-use crate::types::{Entry, EntryKind, GroupId, HardState, Index, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, GroupId, HardState, Index, LogDamage, SnapshotMeta, Term};
 
 /// A position in a store's write order. Every accepted write gets a larger one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,6 +115,27 @@ pub trait LogStore: Send + Sync {
 
     /// Every group the store holds anything for.
     fn groups(&self) -> Result<Vec<GroupId>, StorageError>;
+
+    /// Damage the store found in `group`'s log when it opened (entries that failed their
+    /// checksums, or records it could not read): the log it serves ends before
+    /// [`from`](LogDamage::from). A node started from such a log repairs it from the leader
+    /// ([`Health::Repairing`](crate::Health::Repairing)). The store keeps reporting it, across
+    /// restarts, until [`mark_repaired`](LogStore::mark_repaired). The default, for stores that
+    /// detect no damage, is `None`.
+    fn damage(&self, group: GroupId) -> Option<LogDamage> {
+        let _ = group;
+        None
+    }
+
+    /// The node repaired `group`'s damaged log from its leader: forget the damage, so that
+    /// [`damage`](LogStore::damage) answers `None` after a restart, once the returned position
+    /// is [synced](LogStore::sync). The mark is ordered after every write accepted before it: a
+    /// crash that loses any of them must find the damage still recorded. The default, for
+    /// stores that record no damage, does nothing.
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        let _ = group;
+        Ok(self.durable_lsn())
+    }
 
     /// The membership-change entries ([`EntryKind::Config`]) among `lo..=hi`, in index order.
     /// A node reads them once when it starts, to learn its configuration from its log.
@@ -282,6 +303,9 @@ pub fn load_initial_state(
         last_index: state.last_index,
         term_runs,
         applied,
+        // Damage before a snapshot installed since still cost the node entries it may have
+        // acknowledged after it: the node repairs all the same.
+        damage: store.damage(group).map(|d| LogDamage { from: d.from.max(base_index + 1), ..d }),
         snapshot,
     })
 }

@@ -195,6 +195,21 @@ impl Progress {
         }
     }
 
+    /// The follower says its log ends at `last`, below what it acknowledged: its storage lost
+    /// entries. Replication restarts from its log's end.
+    pub(crate) fn regressed(&mut self, last: Index) {
+        if last < self.match_index {
+            tracing::warn!(
+                follower = self.id,
+                match_index = self.match_index,
+                last,
+                "follower lost entries it acknowledged; re-replicating from its log's end"
+            );
+            self.match_index = last;
+        }
+        self.become_probe();
+    }
+
     pub(crate) fn become_probe(&mut self) {
         self.snapshot = None;
         self.state = ProgressState::Probe;

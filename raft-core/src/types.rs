@@ -93,6 +93,52 @@ pub struct HardState {
     pub commit: Index,
 }
 
+/// The state of a node's log for one group, as far as damage to its storage goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Health {
+    /// No damage is known.
+    #[default]
+    Healthy,
+    /// Entries from `from` on were lost to damage (found when the store opened, or when an
+    /// entry failed its checksum on a read): the log now ends before `from`, and the node gets
+    /// the rest from the leader again. Until it holds the leader's log up to a commit index of
+    /// the leader's term, it acknowledges only what it holds, does not vote and does not
+    /// campaign (DESIGN: storage faults).
+    Repairing {
+        /// The first index lost.
+        from: Index,
+    },
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Repairing { from } => write!(f, "repairing from index {from}"),
+        }
+    }
+}
+
+/// Damage a log store found in one group's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LogDamage {
+    /// The first index lost: the log the store serves ends before it.
+    pub from: Index,
+    /// The last entry, `(index, term)`, the log held before the damage, when the store can tell
+    /// (intact records after the damaged ones say so). A repairing node votes only for
+    /// candidates at least as up to date as this; without it, it does not vote at all.
+    pub last: Option<(Index, Term)>,
+}
+
+impl LogDamage {
+    /// Damage from `from` on, where the log used to end at `last` if known.
+    pub fn new(from: Index, last: Option<(Index, Term)>) -> LogDamage {
+        LogDamage { from, last }
+    }
+}
+
 /// The role a node plays in its group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]

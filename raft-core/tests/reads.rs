@@ -147,6 +147,7 @@ fn fresh_leader_with(tweak: impl FnOnce(&mut Config)) -> Raft {
         term_runs: vec![(1, 1)],
         applied: 0,
         snapshot: None,
+        damage: None,
     };
     let mut node = Raft::new(config, state).unwrap();
     while node.role() != RoleKind::Candidate {
@@ -427,4 +428,62 @@ fn read_rounds_go_to_a_quorum_and_periodic_rounds_to_everyone() {
     assert_eq!(sent.len(), 2);
     l.step(answer(2, sent[0].1)).unwrap();
     assert_eq!(l.ready().reads, vec![ReadState { id: 1, result: Ok(2) }]);
+}
+
+/// A follower of node 2 in term 2 (ids: this node is 1), started with `seed`.
+fn follower_of_2(seed: u64) -> Raft {
+    let mut config = Config::new(1);
+    config.seed = seed;
+    let state = InitialState {
+        hard_state: HardState { term: 2, vote: Some(2), commit: 0 },
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut node = Raft::new(config, state).unwrap();
+    let hb = raft_core::message::Heartbeat { commit: 0, round: 1 };
+    node.step(to_1(2, 2, MessageBody::Heartbeat(hb))).unwrap();
+    assert_eq!(node.leader(), Some(2));
+    let rd = node.ready();
+    node.on_persisted(rd.number);
+    node
+}
+
+/// The read index request a follower's Ready forwards.
+fn forwarded_seq(node: &mut Raft) -> u64 {
+    let rd = node.ready();
+    node.on_persisted(rd.number);
+    rd.messages
+        .iter()
+        .find_map(|m| match m.body {
+            MessageBody::ReadIndex(req) => Some(req.seq),
+            _ => None,
+        })
+        .expect("a read index request")
+}
+
+/// A late answer to a read the node forwarded before it restarted carries an index from before
+/// the restart, perhaps older than what the node served then (it restarts from an older
+/// snapshot): it must not release the reads of the new incarnation.
+#[test]
+fn an_answer_to_a_request_from_before_a_restart_releases_nothing() {
+    // Restarted (the node driver draws a new seed for every start); the worst case is an old
+    // request numbered above the new one, which an ordered check alone would take as answered.
+    let (old_seq, mut after, new_seq) = (1..100)
+        .find_map(|seed| {
+            let mut before = follower_of_2(seed);
+            before.read_index(7).unwrap();
+            let old_seq = forwarded_seq(&mut before);
+            let mut after = follower_of_2(seed + 1000);
+            after.read_index(8).unwrap();
+            let new_seq = forwarded_seq(&mut after);
+            (old_seq > new_seq).then_some((old_seq, after, new_seq))
+        })
+        .unwrap();
+    let answer = |seq| {
+        let resp = raft_core::message::ReadIndexResponse { seq, index: Some(5) };
+        to_1(2, 2, MessageBody::ReadIndexResponse(resp))
+    };
+    after.step(answer(old_seq)).unwrap();
+    assert!(after.ready().reads.is_empty(), "the old answer released a read");
+    after.step(answer(new_seq)).unwrap();
+    assert_eq!(after.ready().reads, vec![ReadState { id: 8, result: Ok(5) }]);
 }

@@ -56,6 +56,7 @@ fn leader_from_snapshot(snap: &SnapshotMeta) -> Raft {
         term_runs: Vec::new(),
         applied: 100,
         snapshot: Some(snap.clone()),
+        damage: None,
     };
     let mut r = Raft::new(config(1), state).unwrap();
     for _ in 0..100 {
@@ -357,6 +358,7 @@ fn a_restart_adopts_the_term_of_a_snapshot_installed_before_its_hard_state_was_s
         term_runs: Vec::new(),
         applied: 100,
         snapshot: Some(snap),
+        damage: None,
     };
     let mut r = Raft::new(config(1), state).unwrap();
     assert_eq!((r.term(), r.commit_index()), (5, 100));

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use raft_core::message::{
     AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
     InstallSnapshotResponse, MessageBody, NotAMember, ReadIndexRequest, ReadIndexResponse,
-    SnapshotStatus, VoteRequest, VoteResponse,
+    RepairRequest, RepairResponse, SnapshotStatus, VoteRequest, VoteResponse,
 };
 use raft_core::wire::{decode, encode, MESSAGE_FORMAT_VERSION};
 use raft_core::{Entry, Membership, Message, SnapshotMeta};
@@ -105,6 +105,19 @@ fn samples() -> Vec<(&'static str, Message)> {
         ),
         ("timeout-now", msg(MessageBody::TimeoutNow)),
         ("not-a-member", msg(MessageBody::NotAMember(NotAMember { config_index: 1 << 20 }))),
+        (
+            "repair",
+            msg(MessageBody::Repair(RepairRequest { from: 70_000, last: Some((70_300, 250)) })),
+        ),
+        ("repair-unknown-end", msg(MessageBody::Repair(RepairRequest { from: 3, last: None }))),
+        (
+            "repair-response",
+            msg(MessageBody::RepairResponse(RepairResponse {
+                prev_index: 69_999,
+                prev_term: 249,
+                entries: vec![Entry::normal(250, 70_000, Bytes::from_static(b"lost"))],
+            })),
+        ),
         (
             "vote-transfer",
             msg(MessageBody::Vote(VoteRequest {

@@ -12,9 +12,27 @@ impl Raft {
     /// Applies the term rules (Raft §5.1: a higher term wins; a lower term is stale), then hands
     /// the message to its handler.
     pub(super) fn step_validated(&mut self, msg: Message) -> Result<(), StepError> {
+        // Repair is about log contents, which Log Matching ties to entries, not terms: it is
+        // handled in any term, and raises nobody's.
+        let msg = match msg.body {
+            MessageBody::Repair(req) => {
+                self.handle_repair_request(msg.from, req);
+                return Ok(());
+            }
+            MessageBody::RepairResponse(resp) => {
+                self.handle_repair_response(msg.from, resp);
+                return Ok(());
+            }
+            _ => msg,
+        };
         match &msg.body {
-            // Before the term rules: a node that is no voter here must not raise our term.
-            MessageBody::Vote(_) if !self.config.contains(msg.from) => {
+            // Before the term rules: a node that is no voter here must not raise our term,
+            // unless its log is ahead of ours (then our configuration may be the stale one: we
+            // lag, or lost entries to damage, and the candidate holds a newer one).
+            MessageBody::Vote(req)
+                if !self.config.contains(msg.from)
+                    && !self.candidate_ahead(req.last_index, req.last_term) =>
+            {
                 self.refuse_non_voter(msg.from);
                 return Ok(());
             }
@@ -79,12 +97,16 @@ impl Raft {
                     // makes the stale leader step down and a fresh election include us.
                     self.heartbeat_response(msg.from, 0);
                 }
-                MessageBody::Vote(req) if req.pre_vote => {
-                    // Tell a pre-candidate of an older term that it is behind, so it catches up
-                    // instead of campaigning forever.
+                MessageBody::Vote(req) => {
+                    // Tell a (pre-)candidate of an older term that it is behind (Raft §5.1), so
+                    // it catches up instead of campaigning forever: nobody else may be sending
+                    // it anything (its configuration and ours may name different voters).
                     self.send(
                         msg.from,
-                        MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: false }),
+                        MessageBody::VoteResponse(VoteResponse {
+                            pre_vote: req.pre_vote,
+                            granted: false,
+                        }),
                     );
                 }
                 _ => {}
@@ -106,7 +128,10 @@ impl Raft {
             MessageBody::ReadIndex(req) => self.handle_read_index(from, req),
             MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(from, resp),
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
-            MessageBody::NotAMember(_) => {} // Handled above.
+            // Handled above.
+            MessageBody::NotAMember(_)
+            | MessageBody::Repair(_)
+            | MessageBody::RepairResponse(_) => {}
         }
         Ok(())
     }
@@ -134,6 +159,7 @@ impl Raft {
         // Only a member votes: a node waiting to join, or one removed, may have lost the state
         // an earlier incarnation voted with.
         let can_vote = self.configs.current().contains(self.id)
+            && self.damage_allows_vote(req.last_index, req.last_term)
             && (self.vote == Some(from)
                 || (self.vote.is_none() && self.leader().is_none())
                 || (req.pre_vote && msg_term > self.term));
@@ -157,6 +183,14 @@ impl Raft {
         } else {
             if granted {
                 self.vote = Some(from);
+                self.reset_election_timer();
+            } else if self.log.is_up_to_date(req.last_index, req.last_term)
+                && self.damage_allows_vote(req.last_index, req.last_term)
+            {
+                // Refused only because this term's vote is gone (to ourselves, say): the
+                // candidate could win with it, so it should have the next try. Without this,
+                // a node whose clock runs fast and whose log nobody accepts can keep starting
+                // elections just before it, for ever (no pre-vote to stop it).
                 self.reset_election_timer();
             }
             // The vote is persisted before the answer leaves (DESIGN: persist before acknowledge).
@@ -193,10 +227,11 @@ impl Raft {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks {
-            if self.is_voter() && !self.removed {
+            if self.is_voter() && !self.removed && self.log_trusted() {
                 self.campaign();
             } else {
-                // Learners, nodes waiting to join and removed nodes never campaign.
+                // Learners, nodes waiting to join, removed nodes and nodes whose log is being
+                // repaired never campaign.
                 self.reset_election_timer();
             }
         }

@@ -8,6 +8,7 @@
 mod election;
 mod membership;
 mod read;
+mod repair;
 mod replication;
 mod snapshot;
 mod transfer;
@@ -27,7 +28,8 @@ use crate::ready::{FetchPurpose, FetchRequest, ReadState, Ready};
 use crate::rng::Rng;
 use crate::tracker::{PeerProgress, Progress};
 use crate::types::{
-    Entry, EntryKind, GroupId, HardState, Index, NodeId, RoleKind, SnapshotMeta, Term,
+    Entry, EntryKind, GroupId, HardState, Health, Index, LogDamage, NodeId, RoleKind, SnapshotMeta,
+    Term,
 };
 use crate::StorageError;
 
@@ -58,6 +60,9 @@ pub struct InitialState {
     /// The newest complete snapshot, from which the caller restored the state machine (so
     /// `applied` is at least its index).
     pub snapshot: Option<SnapshotMeta>,
+    /// Damage the store found when it opened (its log now ends before `from`;
+    /// [`LogStore::damage`](crate::LogStore::damage)): the node starts [`Health::Repairing`].
+    pub damage: Option<LogDamage>,
 }
 
 impl InitialState {
@@ -75,6 +80,7 @@ impl InitialState {
             term_runs: Vec::new(),
             applied: 0,
             snapshot: None,
+            damage: None,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct Status {
     pub membership_index: Index,
     /// Whether this node was told it was removed from the group (see [`Raft::is_removed`]).
     pub removed: bool,
+    /// Damage to this node's log and its repair.
+    pub health: Health,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -250,6 +258,8 @@ struct Outbox {
     reads: Vec<ReadState>,
     /// The configuration in effect changed since the last Ready.
     membership_changed: bool,
+    /// A damaged log was repaired since the last Ready.
+    repaired: bool,
 }
 
 /// One node of one Raft group, as a deterministic state machine.
@@ -314,6 +324,8 @@ pub struct Raft {
     ticks: u64,
     /// Reads forwarded to the leader (follower).
     forwarded: read::ForwardedReads,
+    /// Damage to this node's log and its repair.
+    repair: repair::Repair,
 }
 
 impl Raft {
@@ -408,9 +420,23 @@ impl Raft {
                 hs.term
             )));
         }
+        if let Some(damage) = state.damage {
+            tracing::warn!(
+                group = config.group,
+                id = config.id,
+                from = damage.from,
+                last_before = ?damage.last,
+                last_index = state.last_index,
+                "starting with a damaged log: repairing it from the leader, not voting until then"
+            );
+        }
         let mut rng = Rng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let randomized_election_ticks =
             config.election_ticks + rng.below(config.election_ticks as u64) as u32;
+        // Its own generator, so the election timeouts a seed picks stay what they were.
+        let read_start = Rng::new(config.seed ^ 0x5EAD_F0A2_u64.wrapping_mul(config.id)).next_u64();
+        let forwarded = read::ForwardedReads::starting_at(read_start >> 2);
+        let repair = repair::Repair::new(state.damage, config.election_ticks);
         let emitted_hard_state =
             HardState { term: hs.term, vote: hs.vote, commit: log.committed() };
         let raft = Raft {
@@ -440,7 +466,8 @@ impl Raft {
             applied_bytes_since_snapshot: 0,
             receiving: None,
             ticks: 0,
-            forwarded: read::ForwardedReads::default(),
+            forwarded,
+            repair,
         };
         raft.debug_check();
         Ok(raft)
@@ -471,6 +498,7 @@ impl Raft {
             self.tick_reads();
             self.tick_election();
         }
+        self.tick_repair();
         self.debug_check();
     }
 
@@ -538,6 +566,10 @@ impl Raft {
                 if request.purpose == FetchPurpose::Apply {
                     self.apply_fetch = ApplyFetch::Failed;
                 }
+                if let StorageError::Damaged { index, .. } = err {
+                    self.report_damage(index);
+                }
+                self.debug_check();
                 return;
             }
         };
@@ -555,6 +587,7 @@ impl Raft {
                 }
             }
             FetchPurpose::Replicate { to, term } => self.send_fetched(to, term, entries),
+            FetchPurpose::Repair { to } => self.send_repair(to, entries),
         }
         self.debug_check();
     }
@@ -574,6 +607,7 @@ impl Raft {
             || !out.snapshot_chunks.is_empty()
             || !out.reads.is_empty()
             || out.membership_changed
+            || out.repaired
             || self.reads_to_flush()
             || self.snapshot_due()
             || self.hard_state() != self.emitted_hard_state
@@ -628,6 +662,7 @@ impl Raft {
             snapshot_chunks: std::mem::take(&mut out.snapshot_chunks),
             reads: std::mem::take(&mut out.reads),
             membership,
+            repaired: std::mem::take(&mut out.repaired),
         };
         self.debug_check();
         ready
@@ -642,6 +677,9 @@ impl Raft {
         }
         let applied = self.log.applying();
         let since = self.snapshot.as_ref().map_or(0, |s| s.index);
+        if self.applied_damage_pending() && applied > since {
+            return true;
+        }
         let log_large_enough = self.snapshot.as_ref().is_none_or(|s| {
             self.applied_bytes_since_snapshot.saturating_mul(100)
                 >= s.size.saturating_mul(self.cfg.snapshot_log_ratio_pct)
@@ -812,6 +850,7 @@ impl Raft {
             membership: self.configs.current().clone(),
             membership_index: self.configs.current_index(),
             removed: self.removed,
+            health: self.health(),
         }
     }
 

@@ -111,6 +111,15 @@ pub(super) struct ForwardedReads {
     pub(super) wanted: bool,
 }
 
+impl ForwardedReads {
+    /// Requests numbered from `start` on. Each start of a node picks a random one, so that a
+    /// late answer to a request of an earlier incarnation (whose numbers began elsewhere) names
+    /// no request of this one.
+    pub(super) fn starting_at(start: u64) -> ForwardedReads {
+        ForwardedReads { seq: start, ..ForwardedReads::default() }
+    }
+}
+
 impl Raft {
     /// Asks for a linearizable read, named `id` (the caller's choice; unique among its reads in
     /// flight). The answer comes in a later [`Ready::reads`](crate::Ready): an index at which
@@ -353,6 +362,12 @@ impl Raft {
             return; // From a node this follower no longer follows: its reads were abandoned.
         }
         let f = &mut self.forwarded;
+        if !f.sent_at.iter().any(|&(seq, _)| seq == resp.seq) {
+            // Not a request of this incarnation waiting for its answer: one that timed out, or
+            // one a previous incarnation of this node sent (its index may be older than what
+            // this node served before it restarted).
+            return;
+        }
         while f.sent_at.front().is_some_and(|&(seq, _)| seq <= resp.seq) {
             f.sent_at.pop_front();
         }

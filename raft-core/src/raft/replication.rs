@@ -74,6 +74,13 @@ impl Raft {
                 return sent_any;
             }
             let (to, next) = (p.id, p.next_index);
+            if self.needs_damaged_entry(next) {
+                // Only a snapshot past the damaged entry can catch this follower up.
+                if self.applied_damage_pending() {
+                    return sent_any;
+                }
+                return self.send_snapshot(i) || sent_any;
+            }
             let prev_index = next - 1;
             let Some(prev_term) = self.log.term(prev_index) else {
                 // The entry before `next` was compacted away; only a snapshot can catch this
@@ -194,6 +201,7 @@ impl Raft {
                 // Raft §5.3: commit up to the leader's commit index, but not past what this
                 // message showed to match (older entries past it may still be replaced).
                 self.log.commit_to(commit.min(last_new));
+                self.repair_after_match(last_new, Some(commit));
                 self.send_after_persist(
                     from,
                     MessageBody::AppendResponse(AppendResponse::Success { match_index: last_new }),
@@ -318,7 +326,9 @@ impl Raft {
             return;
         }
         // The leader caps `commit` at our match index, which we hold durably.
-        self.log.commit_to(hb.commit.min(self.log.last_index()));
+        let matched = hb.commit.min(self.log.last_index());
+        self.log.commit_to(matched);
+        self.repair_after_match(matched, None);
         self.heartbeat_response(from, hb.round);
     }
 

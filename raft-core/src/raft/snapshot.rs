@@ -73,9 +73,14 @@ impl Raft {
         self.snapshot_taking = SnapshotTaking::Idle;
         self.record_snapshot(meta);
         let Some(meta) = self.snapshot.as_ref() else { return };
-        let through = meta.index.saturating_sub(self.cfg.log_keep_entries);
+        let mut through = meta.index.saturating_sub(self.cfg.log_keep_entries);
+        if self.repair.applied_damage.is_some_and(|d| d <= meta.index) {
+            // Entries kept for lagging followers are worthless once one of them is damaged.
+            through = meta.index;
+        }
         if let Some(term) = self.log.compact_prefix(through) {
             self.queue_compaction(through, term);
+            self.repair_after_compaction(through);
         }
         self.debug_check();
     }
@@ -405,6 +410,10 @@ impl Raft {
         self.apply_fetch = super::ApplyFetch::Idle;
         self.membership_after_snapshot(meta.index, meta.membership.clone());
         self.queue_compaction(meta.index, meta.term);
+        self.repair_after_compaction(meta.index);
+        if let Some(d) = &mut self.repair.damage {
+            d.from = d.from.max(meta.index + 1);
+        }
         self.out.restore_snapshot = Some(meta.clone());
         self.applied_bytes_since_snapshot = 0;
         self.snapshot = Some(meta);

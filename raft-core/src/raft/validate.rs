@@ -7,7 +7,7 @@ use super::Raft;
 use crate::error::StepError;
 use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
-use crate::types::EntryKind;
+use crate::types::{Entry, EntryKind, Index, Term};
 
 impl Raft {
     /// Rejects messages that do not belong here or break the protocol's shape, before any
@@ -38,41 +38,12 @@ impl Raft {
         let malformed =
             |reason: String| StepError::Malformed { kind: msg.body.name(), from: msg.from, reason };
         if let MessageBody::Append(req) = &msg.body {
-            // Reject index overflow up front, so the checks below cannot wrap.
-            let count = req.entries.len() as u64;
-            if req.prev_index.checked_add(count).is_none_or(|last| last == u64::MAX) {
-                return Err(malformed(format!(
-                    "{count} entries after prev_index {} overflow the index space",
-                    req.prev_index
-                )));
-            }
-            let mut prev_term = req.prev_term;
-            for (entry, expected) in req.entries.iter().zip(req.prev_index + 1..) {
-                if entry.kind == EntryKind::Config {
-                    if let Err(e) = Membership::from_entry_data(&entry.data) {
-                        return Err(malformed(format!("entry {}: {e}", entry.index)));
-                    }
-                }
-                if entry.index != expected {
-                    return Err(malformed(format!(
-                        "entry index {} where {} was expected",
-                        entry.index, expected
-                    )));
-                }
-                if entry.term < prev_term || entry.term > msg.term {
-                    return Err(malformed(format!(
-                        "entry {} has term {} outside [{}, {}]",
-                        entry.index, entry.term, prev_term, msg.term
-                    )));
-                }
-                prev_term = entry.term;
-            }
-            if req.prev_term > msg.term {
-                return Err(malformed(format!(
-                    "prev_term {} is above the message term {}",
-                    req.prev_term, msg.term
-                )));
-            }
+            check_entries(req.prev_index, req.prev_term, &req.entries, msg.term)
+                .map_err(malformed)?;
+        }
+        if let MessageBody::RepairResponse(resp) = &msg.body {
+            check_entries(resp.prev_index, resp.prev_term, &resp.entries, msg.term)
+                .map_err(malformed)?;
         }
         if let MessageBody::InstallSnapshot(req) = &msg.body {
             let meta = &req.meta;
@@ -112,4 +83,44 @@ impl Raft {
         }
         Ok(())
     }
+}
+
+/// Checks entries carried after `(prev_index, prev_term)` in a message of term `msg_term`:
+/// indexes consecutive and without overflow, terms that never decrease and never pass the
+/// message's, readable configuration payloads.
+fn check_entries(
+    prev_index: Index,
+    prev_term: Term,
+    entries: &[Entry],
+    msg_term: Term,
+) -> Result<(), String> {
+    // Reject index overflow up front, so the checks below cannot wrap.
+    let count = entries.len() as u64;
+    if prev_index.checked_add(count).is_none_or(|last| last == u64::MAX) {
+        return Err(format!(
+            "{count} entries after prev_index {prev_index} overflow the index space"
+        ));
+    }
+    if prev_term > msg_term {
+        return Err(format!("prev_term {prev_term} is above the message term {msg_term}"));
+    }
+    let mut before = prev_term;
+    for (entry, expected) in entries.iter().zip(prev_index + 1..) {
+        if entry.kind == EntryKind::Config {
+            if let Err(e) = Membership::from_entry_data(&entry.data) {
+                return Err(format!("entry {}: {e}", entry.index));
+            }
+        }
+        if entry.index != expected {
+            return Err(format!("entry index {} where {expected} was expected", entry.index));
+        }
+        if entry.term < before || entry.term > msg_term {
+            return Err(format!(
+                "entry {} has term {} outside [{before}, {msg_term}]",
+                entry.index, entry.term
+            ));
+        }
+        before = entry.term;
+    }
+    Ok(())
 }

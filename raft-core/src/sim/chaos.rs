@@ -77,6 +77,8 @@ pub struct ChaosReport {
     pub transfers: u64,
     /// Membership changes a leader accepted.
     pub membership_changes: u64,
+    /// Storage faults injected (logs damaged at a restart, entries corrupted while running).
+    pub storage_faults: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -197,6 +199,11 @@ pub fn changes_membership(seed: u64) -> bool {
     Rng::new(seed ^ 0xC0F1_6000).chance(0.5)
 }
 
+/// Whether the chaos run of `seed` damages nodes' logs, one node at a time (its own generator).
+pub fn damages_storage(seed: u64) -> bool {
+    Rng::new(seed ^ 0xD15C_DA3A).chance(0.5)
+}
+
 /// The drift allowance (in ticks per election timeout) that keeps a lease safe when every
 /// node's tick is within `drift_pct` percent of nominal: a leader's lease of `L` slow ticks
 /// must end before `election_ticks - 1` fast ticks of any follower, so
@@ -297,8 +304,13 @@ fn run_seed_inner<W: Workload>(
     let mut ever_member: Vec<NodeId> = (1..=n)
         .filter(|&id| cluster.raft(id).is_some_and(|r| r.membership().contains(id)))
         .collect();
+    // And storage faults (on the seeds that inject them).
+    let mut storage_rng = Rng::new(seed ^ 0x5709_A6E5);
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
+        if damages_storage(seed) && storage_rng.chance(0.15) {
+            damage_storage(&mut cluster, &mut storage_rng, n);
+        }
         if changes_membership(seed) && member_rng.chance(0.3) {
             change_membership(&mut cluster, &mut member_rng, n, &mut ever_member);
         }
@@ -363,11 +375,15 @@ fn run_seed_inner<W: Workload>(
     calmer.loss = calmer.loss.min(0.01);
     calmer.long_delay = 0.0;
     cluster.set_net_faults(calmer);
-    run(&mut cluster, opts.settle_us)?;
+    // A node still repairing its damaged log cannot help commit until it is whole, so the
+    // others must catch up first, at the pace the seed's limits allow: give them longer.
+    let settle_us =
+        if cluster.damaged_nodes().is_empty() { opts.settle_us } else { opts.settle_us * 3 };
+    run(&mut cluster, settle_us)?;
     if cluster.last_completion_us() <= healed_at {
         return Err(fail(format!(
             "no client operation completed within {} us after healing (leaders: {:?}){}",
-            opts.settle_us,
+            settle_us,
             cluster.leaders(),
             cluster.describe()
         )));
@@ -397,20 +413,27 @@ fn run_seed_inner<W: Workload>(
             return false;
         };
         members.iter().all(|&id| {
-            c.raft(id).is_some_and(|r| r.commit_index() == top && c.applied_len(id) as u64 == top)
+            c.raft(id).is_some_and(|r| {
+                r.commit_index() == top
+                    && c.applied_len(id) as u64 == top
+                    && r.health() == crate::Health::Healthy
+            })
         })
     };
     let done =
         cluster.run_until(30_000_000, 100_000, converged).map_err(|e| fail(e.to_string()))?;
     let top = cluster.max_committed();
     if !done {
-        let commits: Vec<(NodeId, u64, usize)> = (1..=n)
+        let commits: Vec<(NodeId, u64, usize, crate::Health)> = (1..=n)
             .filter_map(|id| {
-                cluster.raft(id).map(|r| (id, r.commit_index(), cluster.applied_len(id)))
+                cluster
+                    .raft(id)
+                    .map(|r| (id, r.commit_index(), cluster.applied_len(id), r.health()))
             })
             .collect();
         return Err(fail(format!(
-            "nodes did not converge on commit index {top}: (node, commit, applied) = {commits:?}{}",
+            "nodes did not converge on commit index {top} with healthy logs: (node, commit, \
+             applied, health) = {commits:?}{}",
             cluster.describe()
         )));
     }
@@ -440,7 +463,32 @@ fn run_seed_inner<W: Workload>(
         follower_reads: stats.follower_reads,
         transfers: stats.transfers,
         membership_changes: stats.membership_changes,
+        storage_faults: stats.storage_faults,
     })
+}
+
+/// One storage fault, on a node no other damage is being repaired on (one bad disk at a time):
+/// either the node is stopped, its log damaged from a random entry on and restarted, or a
+/// random entry of a running node's log is corrupted.
+fn damage_storage<W: Workload>(cluster: &mut Cluster<W>, rng: &mut Rng, n: NodeId) {
+    if !cluster.damaged_nodes().is_empty() {
+        return;
+    }
+    let id = rng.range(1, n);
+    let Some((first, last)) = cluster.log_range(id) else { return };
+    if last < first {
+        return;
+    }
+    let index = rng.range(first, last);
+    if rng.chance(0.5) {
+        let was_up = cluster.is_up(id);
+        cluster.damage_log(id, index);
+        if was_up {
+            cluster.restart(id);
+        }
+    } else {
+        cluster.corrupt_entry(id, index);
+    }
 }
 
 /// One random membership change on the leader: add a learner (a spare, or a removed node, on a

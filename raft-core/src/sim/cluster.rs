@@ -720,6 +720,29 @@ impl<W: Workload> Cluster<W> {
         (applied.len(), applied.first().map(|(_, e)| e.data.clone()))
     }
 
+    /// The first and last index node `id`'s store holds, if it can tell.
+    pub fn log_range(&self, id: NodeId) -> Option<(Index, Index)> {
+        let node = &self.nodes[(id - 1) as usize];
+        let state = node.store.log_state(self.opts.raft.group).ok()?;
+        Some((state.first_index, state.last_index))
+    }
+
+    /// Nodes whose log is damaged and not yet repaired: running ones not
+    /// [`Healthy`](crate::Health::Healthy), and stopped ones whose store still records damage.
+    pub fn damaged_nodes(&self) -> Vec<NodeId> {
+        let group = self.opts.raft.group;
+        (1..=self.nodes.len() as NodeId)
+            .filter(|&id| {
+                let node = &self.nodes[(id - 1) as usize];
+                node.store.corrupt_entry_at(group).is_some()
+                    || match &node.raft {
+                        Some(r) => r.health() != crate::Health::Healthy,
+                        None => node.store.damage(group).is_some(),
+                    }
+            })
+            .collect()
+    }
+
     /// The index node `id`'s state machine has applied (entries, or a snapshot covering them).
     pub fn applied_len(&self, id: NodeId) -> usize {
         self.nodes[(id - 1) as usize].applied_index as usize
@@ -790,7 +813,7 @@ impl<W: Workload> Cluster<W> {
                 None => out.push_str(&format!("\n  node {id}: down")),
                 Some(r) => out.push_str(&format!(
                     "\n  node {id}: {} term {} vote {:?} leader {:?}, log {}..={} (last term {:?}), \
-                     commit {}, config {} at {}{}",
+                     commit {}, config {} at {}{}, {}",
                     r.role(),
                     r.term(),
                     r.hard_state().vote,
@@ -802,6 +825,7 @@ impl<W: Workload> Cluster<W> {
                     r.membership(),
                     r.membership_index(),
                     if r.is_removed() { ", told it was removed" } else { "" },
+                    r.health(),
                 )),
             }
         }

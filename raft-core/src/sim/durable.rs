@@ -63,6 +63,13 @@ impl DurableModel {
         self.base_term = term;
     }
 
+    /// Damage took the entries from `from` on.
+    pub(super) fn cut_from(&mut self, from: Index) {
+        if from > self.base_index {
+            self.terms.truncate((from - self.base_index - 1) as usize);
+        }
+    }
+
     pub(super) fn term(&self, index: Index) -> Option<Term> {
         if index == self.base_index {
             Some(self.base_term)

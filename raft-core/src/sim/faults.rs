@@ -8,7 +8,7 @@ use super::durable::recovered_model;
 use super::options::{DiskModel, NetFaults, SimError};
 use super::workload::Workload;
 use crate::snapshot::MemSnapshotStore;
-use crate::types::NodeId;
+use crate::types::{Index, NodeId};
 
 impl<W: Workload> Cluster<W> {
     /// Cuts every link to and from `id`.
@@ -88,10 +88,16 @@ impl<W: Workload> Cluster<W> {
         node.receiver.clear();
         node.snapshots.crash();
         node.snapshot_disk_free_at = self.now;
+        let corrupt = node.store.corrupt_entry_at(self.opts.raft.group);
         if let Err(err) = node.store.power_loss() {
             panic!("node {id}: store failed to recover from power loss: {err}");
         }
         self.stats.crashes += 1;
+        // Damage the store found when it "reopened" (an entry corrupted while the node ran)
+        // cut its log: the model loses the same entries.
+        if let Some(from) = corrupt {
+            node.durable.cut_from(from);
+        }
         // The store must hold exactly what was synced: nothing acknowledged lost, and nothing
         // reported as not durable resurrected.
         let recovered = recovered_model(&*node.store, self.opts.raft.group);
@@ -124,6 +130,9 @@ impl<W: Workload> Cluster<W> {
         if let Err(err) = node.store.wipe() {
             panic!("node {id}: store failed to wipe: {err}");
         }
+        // The old incarnation's configurations, which the new one replays as it catches up,
+        // may make it a voter of a group long gone: it must not vote by them.
+        node.store.mark_all_lost(group);
         node.durable = recovered_model(&*node.store, group)
             .unwrap_or_else(|e| panic!("node {id}: cannot read its wiped store: {e}"));
         node.unsynced.clear();
@@ -134,6 +143,47 @@ impl<W: Workload> Cluster<W> {
         node.applied_base = 0;
         node.wiped = true;
         self.checker.forget_node(id);
+    }
+
+    /// Crashes `id` and damages its log from entry `from` on (the entry and all after it are
+    /// lost, as a store that found `from` failing its checksum at open leaves it); the node
+    /// stays down. Returns false if its store cannot simulate damage or holds no such entry.
+    pub fn damage_log(&mut self, id: NodeId, from: Index) -> bool {
+        self.crash(id);
+        let group = self.opts.raft.group;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Ok(state) = node.store.log_state(group) else { return false };
+        if from < state.first_index
+            || from > state.last_index
+            || !node.store.damage_log(group, from)
+        {
+            return false;
+        }
+        node.durable.cut_from(from);
+        self.stats.storage_faults += 1;
+        tracing::info!(node = id, from, "sim: log damaged at a restart");
+        true
+    }
+
+    /// Corrupts entry `index` in running node `id`'s store: its reads fail until the node
+    /// repairs it. Returns false if the node is down, its store cannot simulate damage or holds
+    /// no such entry.
+    pub fn corrupt_entry(&mut self, id: NodeId, index: Index) -> bool {
+        let group = self.opts.raft.group;
+        let node = &mut self.nodes[(id - 1) as usize];
+        if node.raft.is_none() {
+            return false;
+        }
+        let Ok(state) = node.store.log_state(group) else { return false };
+        if index < state.first_index || index > state.last_index {
+            return false;
+        }
+        if !node.store.corrupt_entry(group, index) {
+            return false;
+        }
+        tracing::info!(node = id, index, "sim: entry corrupted");
+        self.stats.storage_faults += 1;
+        true
     }
 
     /// Restarts a crashed node from what its disk holds.

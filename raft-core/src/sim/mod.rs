@@ -61,6 +61,38 @@ pub trait CrashableStore: LogStore {
 
     /// Loses everything: the node comes back on a new, empty disk.
     fn wipe(&mut self) -> Result<(), StorageError>;
+
+    /// Damages the stopped node's log of `group` from entry `from` on, as a reopen that found
+    /// the entry failing its checksum would leave it: the log ends before `from` and
+    /// [`LogStore::damage`] says so. Returns false if the store cannot simulate that (the
+    /// default).
+    fn damage_log(&mut self, group: crate::GroupId, from: crate::Index) -> bool {
+        let _ = (group, from);
+        false
+    }
+
+    /// Flips bits in entry `index` of `group` on a running node: reads of it fail with
+    /// [`StorageError::Damaged`], and a crash then finds it as [`damage_log`](Self::damage_log) would.
+    /// Returns false if the store cannot simulate that (the default).
+    fn corrupt_entry(&mut self, group: crate::GroupId, index: crate::Index) -> bool {
+        let _ = (group, index);
+        false
+    }
+
+    /// Records that the node lost all of `group`'s log (its disk was replaced): a node started
+    /// from it does not vote until it has caught up with a leader. Returns false if the store
+    /// cannot (the default).
+    fn mark_all_lost(&mut self, group: crate::GroupId) -> bool {
+        let _ = group;
+        false
+    }
+
+    /// The entry [`corrupt_entry`](Self::corrupt_entry) damaged, while it is still in the log
+    /// (found or not).
+    fn corrupt_entry_at(&self, group: crate::GroupId) -> Option<crate::Index> {
+        let _ = group;
+        None
+    }
 }
 
 impl CrashableStore for MemLogStore {
@@ -72,6 +104,25 @@ impl CrashableStore for MemLogStore {
     fn wipe(&mut self) -> Result<(), StorageError> {
         *self = MemLogStore::with_explicit_sync();
         Ok(())
+    }
+
+    fn damage_log(&mut self, group: crate::GroupId, from: crate::Index) -> bool {
+        MemLogStore::damage_log(self, group, from);
+        true
+    }
+
+    fn corrupt_entry(&mut self, group: crate::GroupId, index: crate::Index) -> bool {
+        MemLogStore::corrupt_entry(self, group, index);
+        true
+    }
+
+    fn corrupt_entry_at(&self, group: crate::GroupId) -> Option<crate::Index> {
+        MemLogStore::corrupt_entry_at(self, group)
+    }
+
+    fn mark_all_lost(&mut self, group: crate::GroupId) -> bool {
+        MemLogStore::mark_all_lost(self, group);
+        true
     }
 }
 

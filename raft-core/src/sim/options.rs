@@ -163,6 +163,8 @@ pub struct SimStats {
     pub dropped: u64,
     /// Node crashes.
     pub crashes: u64,
+    /// Storage faults injected (logs damaged at a restart, entries corrupted while running).
+    pub storage_faults: u64,
     /// Disk writes.
     pub disk_writes: u64,
     /// Log fetches served.
