@@ -65,8 +65,14 @@ pub enum AppendVia {
 /// What to do with corruption found before the tail of the log at open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
-    /// Refuse to open with [`WalError::Corrupt`]: never drop data silently.
+    /// Open anyway: keep every record that can be trusted, move the damaged segments aside,
+    /// and report which groups lost which entries
+    /// ([`RecoveryReport::damage`](crate::RecoveryReport::damage), and
+    /// [`LogStore::damage`](raft_core::LogStore::damage) until the node repaired them from its
+    /// peers). See the crate docs on storage faults.
     #[default]
+    Salvage,
+    /// Refuse to open with [`WalError::Corrupt`].
     Strict,
     /// Cut the log at the first corrupt record, dropping it and everything after it, and say
     /// so in the [`RecoveryReport`](crate::RecoveryReport).
@@ -107,7 +113,7 @@ impl Default for WalConfig {
         WalConfig {
             segment_size_bytes: 64 << 20,
             durability: Durability::group_commit(),
-            recovery: RecoveryMode::Strict,
+            recovery: RecoveryMode::Salvage,
             prepared_segments: 2,
             recycle_segments: true,
             append_via: AppendVia::Write,

@@ -55,6 +55,20 @@ pub enum WalError {
         /// The version this build reads.
         supported: u32,
     },
+    /// Salvaging a damaged log found that a group's hard state (its term and vote) may have
+    /// been in the damaged records, with no later record to restore it from. The node could
+    /// vote twice in a term with it, so it must not start: remove it from the group, wipe the
+    /// directory, and add it back (see the README on storage faults).
+    #[error(
+        "WAL {path}: the hard state (term and vote) of group {group} may have been lost to \
+         damage; remove the node from the group, clear its data directory and add it back"
+    )]
+    HardStateLost {
+        /// The WAL directory.
+        path: PathBuf,
+        /// The group.
+        group: raft_core::GroupId,
+    },
     /// Data that was acknowledged durable is damaged, or the directory is inconsistent (a
     /// missing segment, say). Open with `RecoveryMode::TruncateAtCorruption` to cut the log
     /// there instead.

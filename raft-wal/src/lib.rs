@@ -36,12 +36,14 @@
 #![deny(missing_docs)]
 
 mod config;
+mod damage;
 mod doorbell;
 mod error;
 pub mod format;
 mod index;
 pub mod inspect;
 mod recovery;
+pub mod salvage;
 mod segment;
 mod staging;
 mod state;

@@ -61,6 +61,11 @@ pub struct RecoveryReport {
     pub leftover_segments: usize,
     /// How long recovery took.
     pub elapsed: Duration,
+    /// Groups whose log lost entries to damage and are not repaired yet: found by a salvage at
+    /// this open or an earlier one ([`LogStore::damage`](raft_core::LogStore::damage)).
+    pub damage: BTreeMap<GroupId, raft_core::LogDamage>,
+    /// What a salvage did, if this open had to salvage a damaged log.
+    pub salvage: Option<crate::salvage::SalvageReport>,
 }
 
 /// Where the log was cut and what was dropped.
@@ -309,7 +314,10 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Recovered, WalEr
                 s.expected_seq, s.reason, claims.max_durable
             );
             match config.recovery {
-                RecoveryMode::Strict => return Err(corrupt(&path, s.offset as u64, detail)),
+                // Salvage reads the log again from scratch (crate::salvage).
+                RecoveryMode::Strict | RecoveryMode::Salvage => {
+                    return Err(corrupt(&path, s.offset as u64, detail))
+                }
                 RecoveryMode::TruncateAtCorruption => {
                     tracing::error!(path = %path.display(), offset = s.offset, %detail, "cutting the log at corruption");
                     report.corruption_cut = Some(TailCut {

@@ -146,7 +146,8 @@ fn a_bit_flip_in_the_middle_is_corruption() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[second.offset as usize + 20] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
-    match Wal::open(dir.path(), config()) {
+    let strict = WalConfig { recovery: RecoveryMode::Strict, ..config() };
+    match Wal::open(dir.path(), strict) {
         Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, second.offset),
         other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
     }
@@ -179,8 +180,10 @@ fn a_damaged_payload_is_found_when_read() {
     assert!(report.torn_tail.is_none());
     // ... and the damage is reported when the entry is read, never returned as data.
     match wal.entries(1, 1, 1, u64::MAX) {
-        Err(StorageError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
-        other => panic!("expected corruption, got {other:?}"),
+        Err(StorageError::Damaged { group: 1, index: 1, detail }) => {
+            assert!(detail.contains("checksum"), "{detail}")
+        }
+        other => panic!("expected damage, got {other:?}"),
     }
     assert_eq!(wal.entries(1, 2, 10, u64::MAX).unwrap().len(), 9, "other entries still read");
 }
@@ -256,7 +259,8 @@ fn a_missing_segment_with_live_entries_is_corruption() {
     drop(wal);
     std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
     // Segment 1 is now before a hole: the log is 3.. and group 1's early entries are missing.
-    match Wal::open(dir.path(), config()) {
+    let strict = WalConfig { recovery: RecoveryMode::Strict, ..config() };
+    match Wal::open(dir.path(), strict) {
         Err(WalError::Corrupt { detail, .. }) => assert!(detail.contains("missing"), "{detail}"),
         other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
     }
@@ -302,7 +306,8 @@ fn random_damage_never_panics_nor_returns_bad_data() {
     let mut corrupt = 0;
     for case in 0..300 {
         let dir = tempfile::tempdir().unwrap();
-        let lenient = case % 2 == 1;
+        let lenient = case % 3 == 1;
+        let salvage = case % 3 == 2;
         // With syncs, later records prove earlier ones durable and damage there is corruption;
         // without, every damage is a torn tail.
         let durability = if case % 4 < 2 { Durability::Always } else { Durability::Never };
@@ -310,6 +315,8 @@ fn random_damage_never_panics_nor_returns_bad_data() {
             durability,
             recovery: if lenient {
                 RecoveryMode::TruncateAtCorruption
+            } else if salvage {
+                RecoveryMode::Salvage
             } else {
                 RecoveryMode::Strict
             },
@@ -355,9 +362,11 @@ fn random_damage_never_panics_nor_returns_bad_data() {
                 }
             }
             Err(WalError::Corrupt { .. }) => {
-                assert!(!lenient, "case {case}: the lenient mode cuts instead");
+                assert!(!lenient && !salvage, "case {case}: the lenient modes open");
                 corrupt += 1;
             }
+            // These groups write no hard state: after a hole, nothing restores it.
+            Err(WalError::HardStateLost { .. }) => assert!(salvage, "case {case}"),
             Err(e) => panic!("case {case}: unexpected error {e}"),
         }
     }

@@ -24,7 +24,7 @@ mod retire;
 mod sync;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -36,11 +36,11 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use raft_core::storage::validate_append;
 use raft_core::{
-    Entry, EntryKind, GroupId, HardState, Index, LogState, LogStore, LogWrite, Lsn, StorageError,
-    Term,
+    Entry, EntryKind, GroupId, HardState, Index, LogDamage, LogState, LogStore, LogWrite, Lsn,
+    StorageError, Term,
 };
 
-use crate::config::{Durability, WalConfig};
+use crate::config::{Durability, RecoveryMode, WalConfig};
 use crate::doorbell::Doorbell;
 use crate::error::WalError;
 use crate::format::{self, Kind, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
@@ -51,6 +51,7 @@ use crate::state::{
     drop_live, end_batch, flush_staged, put_checkpoint, put_entries, put_record, write_header,
     DurablePosition, Segment, State,
 };
+use crate::{damage, salvage};
 use sync::{Arrivals, Durable, LeaderNotes};
 
 /// Bytes of records a write may leave staged for the next sync to write (see
@@ -61,6 +62,8 @@ const STAGED_MAX: usize = 1 << 20;
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) config: WalConfig,
+    /// Groups whose log lost entries to damage and are not repaired yet (the `DAMAGE` file).
+    damage: Mutex<BTreeMap<GroupId, LogDamage>>,
     pub(crate) state: RwLock<State>,
     /// Group commit, without a lock on the callers' path: a caller whose record is not durable
     /// either becomes the leader (`leading`, one at a time: on ext4 two fdatasyncs of one file
@@ -146,10 +149,40 @@ impl Wal {
         config: WalConfig,
     ) -> Result<(Wal, RecoveryReport), WalError> {
         config.validate()?;
-        let Recovered { state, lock, report, durable } = recover(dir.as_ref(), &config)?;
+        let dir = dir.as_ref();
+        salvage::finish_interrupted(dir)?;
+        let (recovered, salvaged) = match recover(dir, &config) {
+            Err(e @ WalError::Corrupt { .. }) if config.recovery == RecoveryMode::Salvage => {
+                let report = salvage::salvage(dir, &config, e.to_string())?;
+                (recover(dir, &config)?, Some(report))
+            }
+            other => (other?, None),
+        };
+        let Recovered { state, lock, mut report, durable } = recovered;
+        let damage = match damage::load(dir)? {
+            damage::Loaded::None => BTreeMap::new(),
+            damage::Loaded::Groups(groups) => groups,
+            damage::Loaded::Unreadable(why) => {
+                // Which groups were being repaired is lost: all of them repair (safe, if slow).
+                tracing::error!(dir = %dir.display(), %why, "the damage record is unreadable; every group repairs");
+                let all: BTreeMap<GroupId, LogDamage> = state
+                    .groups
+                    .iter()
+                    .map(|(&id, g)| (id, LogDamage::new(g.last_index() + 1, None)))
+                    .collect();
+                damage::store(dir, &all)?;
+                all
+            }
+        };
+        if !damage.is_empty() {
+            tracing::warn!(dir = %dir.display(), groups = damage.len(), "groups repairing damage: {damage:?}");
+        }
+        report.damage = damage.clone();
+        report.salvage = salvaged;
         let shared = Arc::new(Shared {
-            dir: dir.as_ref().to_path_buf(),
+            dir: dir.to_path_buf(),
             config,
+            damage: Mutex::new(damage),
             durable_seq: AtomicU64::new(durable.seq),
             last_sync_ns: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -314,6 +347,24 @@ impl LogStore for Wal {
             }
             .ok_or(StorageError::Unavailable { group, index, last })
         })
+    }
+
+    fn damage(&self, group: GroupId) -> Option<LogDamage> {
+        self.shared.damage.lock().get(&group).copied()
+    }
+
+    /// Makes everything written so far durable, then drops the group from the `DAMAGE` file.
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        let mut damage = self.shared.damage.lock();
+        if damage.contains_key(&group) {
+            self.shared.flush_all()?;
+            let mut rest = damage.clone();
+            rest.remove(&group);
+            crate::damage::store(&self.shared.dir, &rest)?;
+            *damage = rest;
+            tracing::info!(dir = %self.shared.dir.display(), group, "group repaired: damage record cleared");
+        }
+        Ok(self.durable_lsn())
     }
 
     fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {

@@ -29,7 +29,11 @@ pub(super) fn read_payload(
         return Err(corrupt(format!("payload {start}..{end} is outside segment {}", loc.segment)));
     };
     if !seg.verified && crc32c::crc32c(data) != loc.crc {
-        return Err(corrupt(format!("payload checksum mismatch in {}", seg.file.path.display())));
+        return Err(StorageError::Damaged {
+            group,
+            index,
+            detail: format!("payload checksum mismatch in {}", seg.file.path.display()),
+        });
     }
     Ok(Bytes::copy_from_slice(data))
 }

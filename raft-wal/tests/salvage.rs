@@ -1,0 +1,183 @@
+//! Opening a damaged WAL: the log is rebuilt from what can be trusted, the damaged segments are
+//! kept aside, and each group's loss is reported (and kept in the `DAMAGE` file) until the node
+//! says it repaired it.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{Entry, HardState, LogDamage, LogStore, LogWrite, StorageError};
+use raft_wal::{Durability, RecoveryMode, Wal, WalConfig, WalError};
+
+fn config() -> WalConfig {
+    WalConfig {
+        segment_size_bytes: 64 << 10,
+        durability: Durability::Always,
+        prepared_segments: 1,
+        ..WalConfig::default()
+    }
+}
+
+fn entry(group: u64, index: u64, term: u64) -> Entry {
+    let mut data = format!("g{group}i{index}t{term}:").into_bytes();
+    data.resize(data.len() + (index % 50) as usize, b'a' + (index % 26) as u8);
+    Entry::normal(term, index, Bytes::from(data))
+}
+
+/// Appends `lo..=hi` of term 2 to `group`, with a hard state (term 2, voted for 2, commit `lo`).
+fn append(wal: &Wal, group: u64, lo: u64, hi: u64) {
+    let es: Vec<Entry> = (lo..=hi).map(|i| entry(group, i, 2)).collect();
+    let hs = HardState { term: 2, vote: Some(2), commit: lo - 1 };
+    let lsn = wal.write(&[LogWrite { group, hard_state: Some(hs), entries: &es }]).unwrap();
+    wal.sync(lsn).unwrap();
+}
+
+/// Appends `lo..=hi` of term 2 to `group` in one record, then a hard state in a record of its
+/// own.
+fn append_then_hard_state(wal: &Wal, group: u64, lo: u64, hi: u64) {
+    let es: Vec<Entry> = (lo..=hi).map(|i| entry(group, i, 2)).collect();
+    wal.write(&[LogWrite { group, hard_state: None, entries: &es }]).unwrap();
+    let hs = HardState { term: 2, vote: Some(2), commit: lo - 1 };
+    let lsn = wal.write(&[LogWrite { group, hard_state: Some(hs), entries: &[] }]).unwrap();
+    wal.sync(lsn).unwrap();
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+/// A log of groups 1 and 2 with 30 batches each, interleaved; returns where the record of group
+/// 1's batch `broken` (entries `broken*3+1 ..= broken*3+3`) starts.
+fn two_groups(dir: &Path, broken: u64) -> (u64, u64) {
+    let (wal, _) = Wal::open(dir, config()).unwrap();
+    let mut at = (0, 0);
+    for b in 0..30 {
+        if b == broken {
+            let p = wal.durable_position();
+            at = (p.segment, p.offset);
+        }
+        append(&wal, 1, b * 3 + 1, b * 3 + 3);
+        append(&wal, 2, b * 2 + 1, b * 2 + 2);
+    }
+    wal.close().unwrap();
+    at
+}
+
+fn flip(dir: &Path, segment: u64, offset: u64) {
+    let path = segment_path(dir, segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_record_is_salvaged_and_every_group_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offset) = two_groups(dir.path(), 10);
+    // A flipped bit in the header of group 1's batch 10 (entries 31..=33).
+    flip(dir.path(), segment, offset + 20);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    let salvage = report.salvage.clone().expect("salvaged");
+    assert_eq!(salvage.holes.len(), 1, "{salvage:?}");
+    assert!(salvage.quarantine.join(format!("{segment:020}.wal")).exists(), "kept aside");
+    // Group 1 keeps 1..=30; its log ended at 90 (term 2). Group 2's log is cut where it stood
+    // when the hole began (its batch 9 is before it: 1..=20), and it ended at 60.
+    let d1 = LogDamage::new(31, Some((90, 2)));
+    let d2 = LogDamage::new(21, Some((60, 2)));
+    assert_eq!(report.damage.get(&1), Some(&d1));
+    assert_eq!(report.damage.get(&2), Some(&d2));
+    assert_eq!(wal.damage(1), Some(d1));
+    for (group, last) in [(1, 30), (2, 20)] {
+        let s = wal.log_state(group).unwrap();
+        assert_eq!(s.last_index, last);
+        assert_eq!((s.hard_state.term, s.hard_state.vote), (2, Some(2)), "the newest hard state");
+        assert!(s.hard_state.commit <= last, "the commit index stays within the kept log");
+        let es = wal.entries(group, 1, last, u64::MAX).unwrap();
+        assert!(es.iter().all(|e| *e == entry(group, e.index, 2)), "intact entries kept");
+    }
+    // The node gets its entries back; the damage is remembered until it says so.
+    let es: Vec<Entry> = (31..=90).map(|i| entry(1, i, 2)).collect();
+    wal.write(&[LogWrite { group: 1, hard_state: None, entries: &es }]).unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert!(report.salvage.is_none(), "the new log is whole");
+    assert_eq!(wal.damage(1), Some(d1), "a restart before the repair is marked keeps it");
+    assert_eq!(wal.log_state(1).unwrap().last_index, 90);
+    wal.mark_repaired(1).unwrap();
+    assert_eq!(wal.damage(1), None);
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert_eq!(wal.damage(1), None);
+    assert_eq!(report.damage.keys().copied().collect::<Vec<_>>(), vec![2]);
+    wal.mark_repaired(2).unwrap();
+    drop(wal);
+    assert!(!dir.path().join("DAMAGE").exists(), "nothing left to repair");
+}
+
+#[test]
+fn the_strict_mode_still_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offset) = two_groups(dir.path(), 10);
+    flip(dir.path(), segment, offset + 20);
+    let strict = WalConfig { recovery: RecoveryMode::Strict, ..config() };
+    assert!(matches!(Wal::open(dir.path(), strict), Err(WalError::Corrupt { .. })));
+}
+
+#[test]
+fn a_damaged_payload_behind_a_hole_cuts_its_group_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut at = Vec::new();
+    for b in 0..20 {
+        at.push(wal.durable_position());
+        append_then_hard_state(&wal, 1, b * 3 + 1, b * 3 + 3);
+    }
+    wal.close().unwrap();
+    // A payload byte of entry 16 (batch 5) and the header of batch 12.
+    let first_payload = at[5].offset + 32 + 24 + 3 * 16;
+    flip(dir.path(), at[5].segment, first_payload + 2);
+    flip(dir.path(), at[12].segment, at[12].offset + 20);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert_eq!(wal.log_state(1).unwrap().last_index, 15);
+    assert_eq!(report.damage.get(&1), Some(&LogDamage::new(16, Some((60, 2)))));
+    assert_eq!(report.salvage.unwrap().damaged_entries, 1);
+}
+
+#[test]
+fn a_group_whose_vote_may_be_lost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut at = Vec::new();
+    for b in 0..10u64 {
+        at.push(wal.durable_position());
+        // A hard state only with the first batch: none after the hole restores it.
+        let hs = (b == 0).then_some(HardState { term: 4, vote: Some(1), commit: 0 });
+        let es: Vec<Entry> = (b * 2 + 1..=b * 2 + 2).map(|i| entry(1, i, 4)).collect();
+        let lsn = wal.write(&[LogWrite { group: 1, hard_state: hs, entries: &es }]).unwrap();
+        wal.sync(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    flip(dir.path(), at[4].segment, at[4].offset + 20);
+    match Wal::open(dir.path(), config()) {
+        Err(WalError::HardStateLost { group: 1, .. }) => {}
+        other => panic!("expected the hard state refused, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+#[test]
+fn a_read_of_a_damaged_payload_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let start = wal.durable_position();
+    append_then_hard_state(&wal, 1, 1, 3);
+    append_then_hard_state(&wal, 1, 4, 6);
+    wal.close().unwrap();
+    flip(dir.path(), start.segment, start.offset + 32 + 24 + 3 * 16 + 1);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert!(report.salvage.is_none(), "payloads of durable records are checked when read");
+    match wal.entries(1, 1, 6, u64::MAX) {
+        Err(StorageError::Damaged { group: 1, index: 1, .. }) => {}
+        other => panic!("expected entry 1 damaged, got {other:?}"),
+    }
+}
