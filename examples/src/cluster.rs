@@ -318,6 +318,11 @@ impl LocalCluster {
         }
     }
 
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: NodeId) -> Option<PathBuf> {
+        self.specs.get(&id).map(|s| s.data_dir.clone())
+    }
+
     /// Kills every node.
     pub fn kill_all(&mut self) {
         for id in self.running() {

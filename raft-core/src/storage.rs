@@ -248,9 +248,10 @@ pub trait SnapshotView: Send {
 /// Builds a node's [`InitialState`] from what `store` holds for `group` and its newest complete
 /// snapshot, if any (the caller restores its state machine from that snapshot).
 ///
-/// If the snapshot is past the store's compaction point (a crash came between installing a
-/// snapshot and compacting the log), the store is compacted through it now and synced, so the
-/// log continues right after the snapshot. `applied` is the index a persistent state machine
+/// If the snapshot is past the store's compaction point and the log does not hold its last
+/// entry (a crash came between installing a snapshot from a leader and compacting the log),
+/// the store is compacted through it now and synced, so the log continues right after the
+/// snapshot. `applied` is the index a persistent state machine
 /// has already applied (0 for one rebuilt from the snapshot and the log).
 ///
 /// The membership comes from the snapshot and the log's configuration entries; `bootstrap`
@@ -269,7 +270,11 @@ pub fn load_initial_state(
     let mut state = store.log_state(group)?;
     let mut applied = applied;
     if let Some(snap) = &snapshot {
-        if snap.index > state.first_index.saturating_sub(1) {
+        // A log that holds the snapshot's last entry is kept whole (the entries before it are
+        // what a restart falls back on if this snapshot is found damaged later); one that does
+        // not (a snapshot installed from a leader replaced it) continues after the snapshot.
+        let holds = store.term(group, snap.index).ok() == Some(snap.term);
+        if snap.index > state.first_index.saturating_sub(1) && !holds {
             let lsn = store.compact(group, snap.index, snap.term)?;
             store.sync(lsn)?;
             state = store.log_state(group)?;

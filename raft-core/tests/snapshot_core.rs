@@ -330,15 +330,14 @@ fn a_snapshot_taken_compacts_the_log_and_a_restart_finishes_an_interrupted_compa
     assert!(request.index >= 20);
     let taken = request.meta_with(3, 0xABC);
     r.on_snapshot_taken(Ok(taken.clone()));
-    let rd = r.ready();
-    // Compaction keeps the last 5 entries before the snapshot.
-    assert_eq!(rd.compact, Some((request.index - 5, request.term)));
-    assert_eq!(r.first_index(), request.index - 4);
-    // A crash before the store saw the compaction: the restart compacts through the snapshot
-    // (the store still holds (index, term), so the entries after it are kept).
+    // The first snapshot compacts nothing: the log is kept back to the previous snapshot (here,
+    // the start), for a restart that finds this one damaged.
+    assert_eq!(r.ready().compact, None);
+    assert_eq!(r.first_index(), 1);
+    // A restart from the snapshot keeps the log that holds it whole.
     let state = load_initial_state(&store, 0, vec![1], Some(taken.clone()), 0).unwrap();
-    assert_eq!((state.base_index, state.applied), (request.index, request.index));
-    assert_eq!(store.log_state(0).unwrap().first_index, request.index + 1);
+    assert_eq!((state.base_index, state.applied), (0, request.index));
+    assert_eq!(store.log_state(0).unwrap().first_index, 1);
     let r = Raft::new(cfg, state).unwrap();
     assert_eq!(r.commit_index(), request.index);
     assert_eq!(r.status().snapshot_index, request.index);

@@ -57,6 +57,20 @@ pub struct OpenReport {
     pub temp_files_removed: usize,
     /// Bytes of snapshot data verified against their checksums.
     pub bytes_verified: u64,
+    /// Snapshot files found damaged and set aside (renamed to `*.damaged`), with why. Each
+    /// group falls back to its newest snapshot that checks out.
+    pub damaged: Vec<(PathBuf, String)>,
+}
+
+/// Renames a damaged snapshot file out of the way (`<name>.damaged`), keeping it for the
+/// operator; returns its new path.
+fn set_aside(path: &Path) -> Result<PathBuf, SnapshotError> {
+    let mut to = path.as_os_str().to_owned();
+    to.push(".damaged");
+    let to = PathBuf::from(to);
+    std::fs::rename(path, &to)
+        .map_err(|source| SnapshotError::File { path: to.clone(), source })?;
+    Ok(to)
 }
 
 /// Snapshots of many groups in one directory.
@@ -90,11 +104,16 @@ impl FileSnapshotStore {
     /// with [`verify_on_open`](SnapshotStoreOptions::verify_on_open), the newest snapshot of
     /// each group whole).
     ///
+    /// A snapshot file that does not check out (its header or trailer, or with
+    /// `verify_on_open` the whole of each group's newest) is never restored: it is renamed to
+    /// `*.damaged`, listed in [`OpenReport::damaged`], and the group falls back to its newest
+    /// snapshot that checks out (raft-core keeps the log back to the previous snapshot for
+    /// this; a node left with none gets a fresh one from its leader).
+    ///
     /// # Errors
     /// [`SnapshotError::Locked`] if another process holds the directory,
-    /// [`SnapshotError::Corrupt`], [`SnapshotError::ChecksumMismatch`] or
-    /// [`SnapshotError::UnsupportedVersion`] for a damaged or newer snapshot file (never
-    /// skipped silently: the log was compacted through it), [`SnapshotError::File`] for I/O.
+    /// [`SnapshotError::UnsupportedVersion`] for a newer snapshot file, [`SnapshotError::File`]
+    /// for I/O.
     pub fn open(
         dir: impl AsRef<Path>,
         options: SnapshotStoreOptions,
@@ -132,15 +151,21 @@ impl FileSnapshotStore {
                 report.temp_files_removed += 1;
             } else if format::is_snapshot_name(name) {
                 let file = File::open(&path).map_err(ctx(&path))?;
-                let (meta, _) = read_layout(&file, &path)?;
-                if format::file_name(&meta) != name {
-                    return Err(SnapshotError::Corrupt(format!(
-                        "{}: metadata {meta:?} does not match the file name",
-                        path.display()
-                    )));
+                let checked = match read_layout(&file, &path) {
+                    Ok((meta, _)) if format::file_name(&meta) == name => Ok(meta),
+                    Ok((meta, _)) => Err(SnapshotError::Corrupt(format!(
+                        "metadata {meta:?} does not match the file name"
+                    ))),
+                    Err(e @ SnapshotError::UnsupportedVersion { .. }) => return Err(e),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(meta) => {
+                        index.entry(meta.group).or_default().push(meta);
+                        report.snapshots += 1;
+                    }
+                    Err(e) => report.damaged.push((set_aside(&path)?, e.to_string())),
                 }
-                index.entry(meta.group).or_default().push(meta);
-                report.snapshots += 1;
             }
         }
         if report.temp_files_removed > 0 {
@@ -163,11 +188,33 @@ impl FileSnapshotStore {
             }),
         };
         if store.shared.options.verify_on_open {
-            let newest: Vec<SnapshotMeta> =
-                store.shared.index.lock().values().filter_map(|v| v.last().cloned()).collect();
-            for meta in newest {
-                report.bytes_verified += store.verify(&meta)?;
+            let groups: Vec<GroupId> = store.shared.index.lock().keys().copied().collect();
+            for group in groups {
+                // The newest that checks out; damaged ones are set aside.
+                while let Some(meta) = store.list(group).last().cloned() {
+                    match store.verify(&meta) {
+                        Ok(bytes) => {
+                            report.bytes_verified += bytes;
+                            break;
+                        }
+                        Err(e @ SnapshotError::File { .. }) => return Err(e),
+                        Err(e) => {
+                            let path = store.shared.dir.join(format::file_name(&meta));
+                            report.damaged.push((set_aside(&path)?, e.to_string()));
+                            if let Some(list) = store.shared.index.lock().get_mut(&group) {
+                                list.retain(|m| !m.same_data(&meta));
+                            }
+                            report.snapshots -= 1;
+                        }
+                    }
+                }
             }
+        }
+        for (path, why) in &report.damaged {
+            tracing::error!(path = %path.display(), %why, "damaged snapshot set aside; falling back to an older one");
+        }
+        if !report.damaged.is_empty() {
+            sync_dir(&store.shared.dir)?;
         }
         Ok((store, report))
     }

@@ -156,11 +156,11 @@ fn retention_keeps_the_newest_and_never_deletes_what_is_being_read() {
 }
 
 #[test]
-fn a_corrupted_frame_is_a_checksum_error_on_read_verify_and_open() {
+fn a_corrupted_frame_is_set_aside_at_open_and_a_checksum_error_on_read() {
     let dir = tempfile::tempdir().unwrap();
-    let meta = {
+    let (older, meta) = {
         let (store, _) = FileSnapshotStore::open(dir.path(), options()).unwrap();
-        write(&store, 5, &data(3_000, 9))
+        (write(&store, 4, &data(2_000, 8)), write(&store, 5, &data(3_000, 9)))
     };
     let path = dir.path().join(format::file_name(&meta));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -168,8 +168,17 @@ fn a_corrupted_frame_is_a_checksum_error_on_read_verify_and_open() {
     let at = format::frame_offset(1, 1000) as usize + format::FRAME_HEADER_LEN as usize + 17;
     bytes[at] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let err = FileSnapshotStore::open(dir.path(), options()).unwrap_err();
-    assert!(matches!(err, SnapshotError::ChecksumMismatch { .. }), "{err}");
+    // Never restored: set aside, and the group falls back to the older snapshot.
+    {
+        let (store, report) = FileSnapshotStore::open(dir.path(), options()).unwrap();
+        assert_eq!(report.damaged.len(), 1, "{report:?}");
+        assert!(report.damaged[0].1.contains("checksum"), "{report:?}");
+        assert_eq!(store.latest(1).unwrap(), Some(older));
+        assert!(!path.exists());
+    }
+    let mut aside = path.clone().into_os_string();
+    aside.push(".damaged");
+    std::fs::rename(&aside, &path).unwrap();
     // Without the whole check at open, the damage shows on the first read that touches it.
     let lazy = SnapshotStoreOptions { verify_on_open: false, ..options() };
     let (store, _) = FileSnapshotStore::open(dir.path(), lazy).unwrap();
@@ -180,7 +189,7 @@ fn a_corrupted_frame_is_a_checksum_error_on_read_verify_and_open() {
 }
 
 #[test]
-fn truncated_files_and_newer_versions_are_typed_errors_at_open() {
+fn truncated_files_are_set_aside_and_newer_versions_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let meta = {
         let (store, _) = FileSnapshotStore::open(dir.path(), options()).unwrap();
@@ -189,10 +198,15 @@ fn truncated_files_and_newer_versions_are_typed_errors_at_open() {
     let path = dir.path().join(format::file_name(&meta));
     let good = std::fs::read(&path).unwrap();
     // Every cut of the file is caught: no trailer, or lengths that do not add up.
+    let mut aside = path.clone().into_os_string();
+    aside.push(".damaged");
     for cut in (0..good.len()).step_by(97) {
         std::fs::write(&path, &good[..cut]).unwrap();
-        let err = FileSnapshotStore::open(dir.path(), options()).unwrap_err();
-        assert!(matches!(err, SnapshotError::Corrupt(_)), "cut at {cut}: {err}");
+        let (store, report) = FileSnapshotStore::open(dir.path(), options()).unwrap();
+        assert_eq!(report.damaged.len(), 1, "cut at {cut}");
+        assert_eq!(store.latest(1).unwrap(), None, "cut at {cut}: nothing restorable");
+        drop(store);
+        std::fs::remove_file(&aside).unwrap();
     }
     // A file from a newer format version.
     let mut newer = good.clone();
@@ -207,8 +221,9 @@ fn truncated_files_and_newer_versions_are_typed_errors_at_open() {
     bad.extend_from_slice(&format::encode_trailer(&lying));
     std::fs::remove_file(&path).unwrap();
     std::fs::write(dir.path().join(format::file_name(&lying)), &bad).unwrap();
-    let err = FileSnapshotStore::open(dir.path(), options()).unwrap_err();
-    assert!(matches!(err, SnapshotError::ChecksumMismatch { .. }), "{err}");
+    let (store, report) = FileSnapshotStore::open(dir.path(), options()).unwrap();
+    assert!(report.damaged[0].1.contains("checksum"), "{report:?}");
+    assert_eq!(store.latest(1).unwrap(), None);
 }
 
 #[test]

@@ -178,17 +178,9 @@ pub(crate) fn salvage(
         }
     }
 
-    // Build the new log.
-    let building = dir.join(BUILDING);
-    if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(|e| WalError::io(&building, e))?;
-    }
-    std::fs::create_dir(&building).map_err(|e| WalError::io(&building, e))?;
-    let new_config = WalConfig { recovery: RecoveryMode::Strict, ..config.clone() };
-    let (wal, _) = crate::Wal::open(&building, new_config)?;
     let mut damage_found: BTreeMap<GroupId, LogDamage> = BTreeMap::new();
     for (&id, g) in &groups {
-        let kept = copy_group(&wal, &segments, id, g)?;
+        let kept = trusted_end(&segments, g);
         report.damaged_entries += g
             .entries
             .values()
@@ -208,6 +200,81 @@ pub(crate) fn salvage(
             damage_found.insert(id, d);
         }
     }
+    let (quarantine, damage) = rebuild(dir, config, &segments, &groups, &damage_found)?;
+    report.quarantine = quarantine;
+    report.damage = damage;
+    tracing::warn!(
+        dir = %dir.display(),
+        quarantine = %report.quarantine.display(),
+        holes = report.holes.len(),
+        damaged_entries = report.damaged_entries,
+        groups_damaged = report.damage.len(),
+        "WAL salvaged; the damaged segments were kept aside"
+    );
+    Ok(report)
+}
+
+/// Forgets `group`'s log in the WAL in `dir` (keeping its hard state, with the commit index
+/// reset) and records it as damaged from its first entry, ending where it ended: for a node
+/// whose state machine cannot be rebuilt from its own storage (its snapshots are damaged and
+/// its log does not reach back far enough), which must then get everything from its leader.
+/// The WAL must not be open. Returns where the old segments were set aside.
+pub fn reset_group(dir: &Path, config: &WalConfig, group: GroupId) -> Result<PathBuf, WalError> {
+    let _lock = lock(dir)?;
+    finish_interrupted(dir)?;
+    let segments = map_segments(dir)?;
+    let records = scan(&segments);
+    let end = records.windows(2).position(|w| w[1].header.seq != w[0].header.seq + 1);
+    let trusted = end.map_or(&records[..], |i| &records[..=i]);
+    let mut groups: BTreeMap<GroupId, Group> = BTreeMap::new();
+    for r in trusted {
+        replay_before(&segments, r, &mut groups);
+    }
+    let g = groups.entry(group).or_default();
+    let last = g.entries.iter().next_back().map_or(g.base, |(&i, a)| (i, a.term));
+    tracing::warn!(dir = %dir.display(), group, ?last, "forgetting the group's log: it is repaired from the leader");
+    g.entries.clear();
+    g.base = (0, 0);
+    g.hard_state = g.hard_state.map(|hs| HardState { commit: 0, ..hs });
+    let lost: BTreeMap<GroupId, LogDamage> =
+        [(group, LogDamage::new(1, Some(last)))].into_iter().collect();
+    let (quarantine, _) = rebuild(dir, config, &segments, &groups, &lost)?;
+    Ok(quarantine)
+}
+
+/// The last index of `g` that can be kept: consecutive from its base, payloads intact.
+fn trusted_end(segments: &Segments, g: &Group) -> Index {
+    let mut kept = g.base.0;
+    for (&index, at) in g.entries.range(g.base.0 + 1..) {
+        let data = &segments.maps[at.file][at.start..at.start + at.len];
+        if index != kept + 1 || crc32c::crc32c(data) != at.crc {
+            break;
+        }
+        kept = index;
+    }
+    kept
+}
+
+/// Writes `groups` (each up to its trusted end) as a new log, records `lost` (merged with
+/// damage already recorded) in its `DAMAGE` file, and swaps it in for the segments of `dir`.
+/// Returns where the old segments went and the damage now recorded.
+fn rebuild(
+    dir: &Path,
+    config: &WalConfig,
+    segments: &Segments,
+    groups: &BTreeMap<GroupId, Group>,
+    lost: &BTreeMap<GroupId, LogDamage>,
+) -> Result<(PathBuf, BTreeMap<GroupId, LogDamage>), WalError> {
+    let building = dir.join(BUILDING);
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| WalError::io(&building, e))?;
+    }
+    std::fs::create_dir(&building).map_err(|e| WalError::io(&building, e))?;
+    let new_config = WalConfig { recovery: RecoveryMode::Strict, ..config.clone() };
+    let (wal, _) = crate::Wal::open(&building, new_config)?;
+    for (&id, g) in groups {
+        copy_group(&wal, segments, id, g)?;
+    }
     let lsn = wal.durable_lsn().max(raft_core::Lsn(wal.stats().last_seq));
     wal.sync(lsn)?;
     wal.close()?;
@@ -219,7 +286,7 @@ pub(crate) fn salvage(
             groups.keys().map(|&id| (id, LogDamage::new(1, None))).collect()
         }
     };
-    for (id, d) in &damage_found {
+    for (id, d) in lost {
         let merged = match all.get(id) {
             Some(old) => LogDamage::new(
                 old.from.min(d.from),
@@ -233,22 +300,12 @@ pub(crate) fn salvage(
         all.insert(*id, merged);
     }
     damage::store(&building, &all)?;
-    report.damage = all;
     std::fs::remove_file(building.join("LOCK")).ok();
     sync_dir(&building)?;
     let ready = dir.join(READY);
     std::fs::rename(&building, &ready).map_err(|e| WalError::io(&ready, e))?;
     sync_dir(dir)?;
-    report.quarantine = swap_in(dir)?;
-    tracing::warn!(
-        dir = %dir.display(),
-        quarantine = %report.quarantine.display(),
-        holes = report.holes.len(),
-        damaged_entries = report.damaged_entries,
-        groups_damaged = report.damage.len(),
-        "WAL salvaged; the damaged segments were kept aside"
-    );
-    Ok(report)
+    Ok((swap_in(dir)?, all))
 }
 
 /// Copies group `id`'s trusted entries (up to the first that fails its checksum or leaves a

@@ -47,6 +47,13 @@ impl Server {
                 line("rejected_messages", status.rejected_messages.to_string());
                 line("membership_index", r.membership_index.to_string());
                 line("removed", u8::from(r.removed).to_string());
+                // Storage damage being repaired from the other nodes (see raft-core's Health).
+                let (health, repair_from) = match r.health {
+                    raft_core::Health::Repairing { from } => ("repairing", from),
+                    _ => ("healthy", 0),
+                };
+                line("health", health.into());
+                line("repair_from", repair_from.to_string());
                 self.book.info_lines(&mut line);
                 line("failure", status.failure.unwrap_or_default());
                 for p in &r.progress {

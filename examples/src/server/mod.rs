@@ -394,10 +394,13 @@ impl Server {
         let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
         let snap_dir = args.data_dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir).map_err(dir_err(snap_dir.clone()))?;
-        let log = storage::open_log_store(&args)?;
+        // Snapshots first: a damaged one is set aside, and the log must reach back to the newest
+        // that remains (storage::open_log_store sees to it).
         let (snapshots, snap_report) =
             FileSnapshotStore::open(&snap_dir, SnapshotStoreOptions::default())?;
         tracing::info!(?snap_report, "snapshot store opened");
+        let latest = raft_core::SnapshotStore::latest(&snapshots, GROUP).ok().flatten();
+        let log = storage::open_log_store(&args, latest.map_or(0, |s| s.index))?;
 
         let router = Arc::new(Router::new());
         // Every address known at start: the --peer nodes, or the members of the cluster joined.

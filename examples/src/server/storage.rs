@@ -48,6 +48,7 @@ impl std::str::FromStr for LogStoreKind {
 /// votes and acknowledged entries).
 pub(super) fn open_log_store(
     args: &ServerArgs,
+    snapshot_index: raft_core::Index,
 ) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
     let wal_dir = args.data_dir.join("wal");
     let engine_dir = args.data_dir.join("raft-engine");
@@ -72,8 +73,25 @@ pub(super) fn open_log_store(
         LogStoreKind::Wal => {
             std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
             let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
-            let (wal, report) = Wal::open(&wal_dir, wal_config)?;
+            let (wal, report) = Wal::open(&wal_dir, wal_config.clone())?;
             tracing::info!(?report, "WAL opened");
+            let base = raft_core::LogStore::log_state(&wal, super::GROUP)
+                .map_or(0, |s| s.first_index.saturating_sub(1));
+            if base <= snapshot_index {
+                return Ok(Arc::new(wal));
+            }
+            // The log was compacted past every snapshot this node still has (the newer ones were
+            // damaged): its state machine cannot be rebuilt here. Forget the log (keeping the
+            // term and vote) and get everything from the leader, not voting until then.
+            tracing::error!(
+                snapshot_index,
+                log_base = base,
+                "no usable snapshot reaches the log: repairing this node from the leader"
+            );
+            wal.close()?;
+            raft_wal::salvage::reset_group(&wal_dir, &wal_config, super::GROUP)?;
+            let (wal, report) = Wal::open(&wal_dir, wal_config)?;
+            tracing::info!(?report, "WAL reopened");
             Ok(Arc::new(wal))
         }
         LogStoreKind::RaftEngine => open_engine(&engine_dir, args.durability),

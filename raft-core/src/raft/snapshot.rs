@@ -71,9 +71,12 @@ impl Raft {
             }
         };
         self.snapshot_taking = SnapshotTaking::Idle;
+        let previous = self.snapshot.as_ref().map_or(0, |s| s.index);
         self.record_snapshot(meta);
         let Some(meta) = self.snapshot.as_ref() else { return };
-        let mut through = meta.index.saturating_sub(self.cfg.log_keep_entries);
+        // The log is kept back to the previous snapshot: if the new one is found damaged after
+        // a restart, the node restores the previous one and replays the log from there.
+        let mut through = meta.index.saturating_sub(self.cfg.log_keep_entries).min(previous);
         if self.repair.applied_damage.is_some_and(|d| d <= meta.index) {
             // Entries kept for lagging followers are worthless once one of them is damaged.
             through = meta.index;

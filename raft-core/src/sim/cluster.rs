@@ -344,8 +344,11 @@ impl<W: Workload> Cluster<W> {
         let state = load_initial_state(&*node.store, config.group, bootstrap, snapshot.clone(), 0)
             .unwrap_or_else(|e| panic!("node {id}: cannot load its store: {e}"));
         if let Some(meta) = &snapshot {
-            // load_initial_state finishes a compaction the crash interrupted, and syncs it.
-            node.durable.compact(meta.index, meta.term);
+            // load_initial_state finishes a compaction the crash interrupted (when the log does
+            // not hold the snapshot's last entry), and syncs it.
+            if node.durable.term(meta.index) != Some(meta.term) {
+                node.durable.compact(meta.index, meta.term);
+            }
         }
         let mut raft = Raft::new(config, state).unwrap_or_else(|e| panic!("node {id}: {e}"));
         raft.set_faults(self.faults);
