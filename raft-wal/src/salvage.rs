@@ -1,4 +1,4 @@
-//! Opening a damaged WAL ([`RecoveryMode::Salvage`](crate::RecoveryMode::Salvage)): keep every
+//! Opening a damaged WAL ([`RecoveryMode::Salvage`]): keep every
 //! record that can be trusted, say exactly what each group lost, and start a clean log from it.
 //!
 //! Recovery refuses a log whose damage reaches records a later record proves durable. Salvage
@@ -22,7 +22,7 @@
 //! The result is written as a new log (through an ordinary [`Wal`](crate::Wal) in a temporary
 //! directory), then swapped in: the old segments move to a `damaged-N` directory, kept for the
 //! operator and for `raftkit-inspect`, and the groups that lost entries are listed in the
-//! `DAMAGE` file ([`crate::damage`]) until their nodes repair them. Each step is
+//! `DAMAGE` file (see the crate README) until their nodes repair them. Each step is
 //! crash-safe: an interrupted build is thrown away, an interrupted swap is finished at the next
 //! open.
 
