@@ -183,6 +183,8 @@ struct Inner {
     durable: BTreeMap<GroupId, MemGroup>,
     unsynced: VecDeque<(u64, Op)>,
     durable_lsn: u64,
+    /// Damage "found by scrubbing" (a test's report), not yet taken.
+    found: BTreeMap<GroupId, Index>,
 }
 
 impl Inner {
@@ -286,6 +288,15 @@ impl MemLogStore {
         g.damage = Some(LogDamage::new(g.base_index + 1, None));
         let d = durable.entry(group).or_default();
         d.damage = Some(LogDamage::new(d.base_index + 1, None));
+    }
+
+    /// Reports `index` of `group` as found damaged by the store's own checks: the next
+    /// [`take_damage_found`](LogStore::take_damage_found) returns it (as a scrubber would). For
+    /// tests, with [`corrupt_entry`](MemLogStore::corrupt_entry).
+    pub fn report_found(&self, group: GroupId, index: Index) {
+        let mut inner = self.inner.lock();
+        let first = inner.found.entry(group).or_insert(index);
+        *first = (*first).min(index);
     }
 
     /// The entry [`corrupt_entry`](MemLogStore::corrupt_entry) damaged, while it is still held.
@@ -453,6 +464,10 @@ impl LogStore for MemLogStore {
 
     fn damage(&self, group: GroupId) -> Option<LogDamage> {
         self.inner.lock().group(group).damage
+    }
+
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        self.inner.lock().found.remove(&group)
     }
 
     fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {

@@ -127,6 +127,14 @@ pub trait LogStore: Send + Sync {
         None
     }
 
+    /// Damage found in `group`'s log since the last call, by a check the store runs on its own
+    /// (scrubbing): the first damaged index. The runtime hands it to
+    /// [`Raft::report_damage`](crate::Raft::report_damage). The default finds nothing.
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        let _ = group;
+        None
+    }
+
     /// The node repaired `group`'s damaged log from its leader: forget the damage, so that
     /// [`damage`](LogStore::damage) answers `None` after a restart, once the returned position
     /// is [synced](LogStore::sync). The mark is ordered after every write accepted before it: a
@@ -200,6 +208,15 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
         hi: Index,
     ) -> Result<Vec<Entry>, StorageError> {
         (**self).config_entries(group, lo, hi)
+    }
+    fn damage(&self, group: GroupId) -> Option<LogDamage> {
+        (**self).damage(group)
+    }
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        (**self).take_damage_found(group)
+    }
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        (**self).mark_repaired(group)
     }
 }
 

@@ -810,3 +810,39 @@ fn members_are_added_promoted_and_removed_through_the_driver() {
     assert_eq!(status.raft.membership, m);
     assert!(!cluster.node(leader).status().expect("status").raft.membership.is_voter(leader));
 }
+
+/// Damage a store finds on its own (scrubbing) reaches the node at its next tick: an entry it
+/// already applied is repaired by a snapshot past it, and the group goes on.
+#[test]
+fn damage_a_store_finds_by_itself_is_repaired() {
+    let cluster = Cluster::new(3, |o| {
+        o.raft.snapshot_entries = 0;
+    });
+    for i in 0..20 {
+        cluster.put(&format!("k{i}"), "v");
+    }
+    let leader = cluster.leader();
+    let id = (1..=3).find(|&id| id != leader).unwrap();
+    let status = |id: NodeId| cluster.node(id).status().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while status(id).applied_index < 10 {
+        assert!(Instant::now() < deadline, "the follower applies");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let store = &cluster.stores[(id - 1) as usize];
+    store.corrupt_entry(7, 5);
+    store.report_found(7, 5);
+    while status(id).raft.first_index <= 5 {
+        assert!(
+            Instant::now() < deadline,
+            "a snapshot past the damaged entry: {:?}",
+            status(id).raft
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status(id).raft.health, raft_core::Health::Healthy, "its log's end was intact");
+    cluster.put("k20", "v");
+    let last = cluster.node(cluster.leader()).status().unwrap().raft.commit_index;
+    cluster.await_applied(last);
+    assert!(cluster.states().windows(2).all(|w| w[0] == w[1]), "replicas agree");
+}

@@ -177,3 +177,22 @@ fn a_leader_that_cannot_read_an_applied_entry_sends_a_snapshot_instead() {
     assert!(c.applied_len(lagging) as u64 >= last);
     assert!(c.stats().snapshots_installed >= 1, "the lagging node caught up by a snapshot");
 }
+
+/// A store shared through an `Arc` (as every runtime holds it) reports damage like the store
+/// itself: every damage method is forwarded.
+#[test]
+fn a_shared_store_forwards_damage_reports() {
+    use raft_core::{Entry, LogStore, LogWrite, MemLogStore};
+    use std::sync::Arc;
+    let store = Arc::new(MemLogStore::new());
+    let entries: Vec<Entry> = (1..=3).map(|i| Entry::normal(1, i, "x".into())).collect();
+    store.write(&[LogWrite { group: 1, hard_state: None, entries: &entries }]).unwrap();
+    store.damage_log(1, 2);
+    store.report_found(1, 1);
+    let shared: Arc<dyn LogStore> = store.clone();
+    let via: &dyn LogStore = &shared;
+    assert_eq!(via.damage(1).map(|d| d.from), Some(2));
+    assert_eq!(via.take_damage_found(1), Some(1));
+    via.mark_repaired(1).unwrap();
+    assert_eq!(store.damage(1), None);
+}

@@ -106,6 +106,10 @@ pub struct WalConfig {
     /// ~60k to ~95k appends/s of 1 KiB, for about twice the CPU time while waiting. A lone
     /// writer never spins: it syncs itself.
     pub spin_wait: Duration,
+    /// Bytes per second of live entries in sealed segments read back and checked against their
+    /// checksums in the background, so damage is found before the entries are needed (0: off).
+    /// What is found reaches the node through `LogStore::take_damage_found`.
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for WalConfig {
@@ -118,6 +122,7 @@ impl Default for WalConfig {
             recycle_segments: true,
             append_via: AppendVia::Write,
             spin_wait: Duration::from_micros(250),
+            scrub_bytes_per_sec: 4 << 20,
         }
     }
 }

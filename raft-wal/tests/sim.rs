@@ -79,6 +79,15 @@ impl LogStore for WalNode {
     ) -> Result<Vec<Entry>, StorageError> {
         self.wal().config_entries(group, lo, hi)
     }
+    fn damage(&self, group: GroupId) -> Option<raft_core::LogDamage> {
+        self.wal().damage(group)
+    }
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        self.wal().take_damage_found(group)
+    }
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        self.wal().mark_repaired(group)
+    }
 }
 
 impl CrashableStore for WalNode {

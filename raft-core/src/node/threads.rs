@@ -493,7 +493,13 @@ where
                     Err(err) => reply.send(Err(NodeError::Membership(err))),
                 }
             }
-            Input::Tick => core.raft.tick(),
+            Input::Tick => {
+                core.raft.tick();
+                // Damage the store's own checks found (scrubbing): repaired from the peers.
+                if let Some(index) = self.log.take_damage_found(self.group) {
+                    core.raft.report_damage(index);
+                }
+            }
             Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
             Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),
             Input::SnapshotRead(read, result) => core.raft.on_snapshot_read(read, result),

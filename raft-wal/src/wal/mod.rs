@@ -21,6 +21,7 @@
 mod background;
 mod read;
 mod retire;
+mod scrub;
 mod sync;
 mod write;
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) config: WalConfig,
     /// Groups whose log lost entries to damage and are not repaired yet (the `DAMAGE` file).
     damage: Mutex<BTreeMap<GroupId, LogDamage>>,
+    /// The background scrubber's findings and counters.
+    scrub: scrub::Scrub,
     pub(crate) state: RwLock<State>,
     /// Group commit, without a lock on the callers' path: a caller whose record is not durable
     /// either becomes the leader (`leading`, one at a time: on ext4 two fdatasyncs of one file
@@ -139,6 +142,12 @@ pub struct WalStats {
     /// Syncs (rounds of `fdatasync`) completed since the WAL opened; records written divided
     /// by syncs shows how well group commit gathers.
     pub syncs: u64,
+    /// Payload bytes the scrubber checked since the WAL opened.
+    pub scrubbed_bytes: u64,
+    /// Complete scrub passes over every live entry in sealed segments.
+    pub scrub_passes: u64,
+    /// Damaged entries the scrubber found.
+    pub scrub_damaged: u64,
 }
 
 impl Wal {
@@ -183,6 +192,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             config,
             damage: Mutex::new(damage),
+            scrub: scrub::Scrub::default(),
             durable_seq: AtomicU64::new(durable.seq),
             last_sync_ns: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -216,6 +226,16 @@ impl Wal {
                 .spawn(move || s.run_preparer())
                 .map_err(|e| WalError::io(&shared.dir, e))?,
         );
+        if shared.config.scrub_bytes_per_sec > 0 {
+            let s = Arc::clone(&shared);
+            let rate = shared.config.scrub_bytes_per_sec;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("raft-wal-scrub".into())
+                    .spawn(move || s.run_scrubber(rate))
+                    .map_err(|e| WalError::io(&shared.dir, e))?,
+            );
+        }
         if let Durability::Interval(every) = shared.config.durability {
             let s = Arc::clone(&shared);
             threads.push(
@@ -270,6 +290,9 @@ impl Wal {
             last_seq: st.next_seq - 1,
             durable_seq: self.shared.durable_seq.load(Ordering::Acquire),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
+            scrubbed_bytes: self.shared.scrub.bytes.load(Ordering::Relaxed),
+            scrub_passes: self.shared.scrub.passes.load(Ordering::Relaxed),
+            scrub_damaged: self.shared.scrub.damaged.load(Ordering::Relaxed),
         }
     }
 
@@ -351,6 +374,10 @@ impl LogStore for Wal {
 
     fn damage(&self, group: GroupId) -> Option<LogDamage> {
         self.shared.damage.lock().get(&group).copied()
+    }
+
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        self.shared.scrub.found.lock().remove(&group)
     }
 
     /// Makes everything written so far durable, then drops the group from the `DAMAGE` file.
