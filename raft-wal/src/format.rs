@@ -516,6 +516,52 @@ pub(crate) fn encode_seal(out: &mut [u8], next_seq: u64) {
     put_u64(out, 0, next_seq);
 }
 
+/// A record's payload, decoded by kind (for the readers that replay records without the
+/// index: inspection and salvage).
+pub(crate) enum Payload<'a> {
+    /// An ENTRIES record: its fixed part and its table of rows (`row(table, i)`).
+    Entries {
+        meta: EntriesMeta,
+        table: &'a [u8],
+    },
+    HardState(GroupId, HardState),
+    Truncate {
+        group: GroupId,
+        last_kept: Index,
+    },
+    Compact {
+        group: GroupId,
+        through: Index,
+        term: Term,
+    },
+    Checkpoint(Vec<CheckpointRow>),
+    Seal,
+}
+
+/// Decodes the payload of a record whose header is `h`; `None` if it does not parse.
+pub(crate) fn decode_payload<'a>(h: &RecordHeader, payload: &'a [u8]) -> Option<Payload<'a>> {
+    Some(match h.kind {
+        Kind::Entries => {
+            let table = payload.get(..h.meta_len as usize)?;
+            Payload::Entries { meta: decode_entries_meta(table, payload.len())?, table }
+        }
+        Kind::HardState => {
+            let (group, hs) = decode_hard_state(payload)?;
+            Payload::HardState(group, hs)
+        }
+        Kind::Truncate => {
+            let (group, last_kept) = decode_truncate(payload)?;
+            Payload::Truncate { group, last_kept }
+        }
+        Kind::Compact => {
+            let (group, through, term) = decode_compact(payload)?;
+            Payload::Compact { group, through, term }
+        }
+        Kind::Checkpoint => Payload::Checkpoint(decode_checkpoint(payload)?),
+        Kind::Seal => Payload::Seal,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use raft_core::{EntryKind, GroupId, HardState, Index, Term};
 
 use crate::error::WalError;
-use crate::format::{self, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{self, Kind, Payload, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::recovery::record_payload_ok;
 use crate::segment::parse_segment_name;
 
@@ -265,44 +265,36 @@ fn apply(
 ) {
     let start = offset + RECORD_HEADER_LEN;
     let payload = &bytes[start..start + h.payload_len as usize];
-    let meta = &payload[..h.meta_len as usize];
-    match h.kind {
-        Kind::Entries => {
-            let Some(m) = format::decode_entries_meta(meta, payload.len()) else { return };
+    match format::decode_payload(h, payload) {
+        Some(Payload::Entries { meta: m, table }) => {
             let g = groups.entry(m.group).or_default();
             g.records += 1;
             g.truncate_after(m.first_index - 1);
             let mut at = h.meta_len as usize;
             for i in 0..m.count as usize {
-                let row = format::row(meta, i);
+                let row = format::row(table, i);
                 let data = &payload[at..at + row.len as usize];
                 at += row.len as usize;
                 let intact = crc32c::crc32c(data) == row.crc;
                 g.entries.insert(m.first_index + i as u64, (row.term, intact, row.kind, row.len));
             }
         }
-        Kind::HardState => {
-            if let Some((group, hs)) = format::decode_hard_state(payload) {
-                groups.entry(group).or_default().hard_state = Some(hs);
-            }
+        Some(Payload::HardState(group, hs)) => {
+            groups.entry(group).or_default().hard_state = Some(hs)
         }
-        Kind::Truncate => {
-            if let Some((group, last_kept)) = format::decode_truncate(payload) {
-                groups.entry(group).or_default().truncate_after(last_kept);
-            }
+        Some(Payload::Truncate { group, last_kept }) => {
+            groups.entry(group).or_default().truncate_after(last_kept)
         }
-        Kind::Compact => {
-            if let Some((group, through, term)) = format::decode_compact(payload) {
-                groups.entry(group).or_default().compact(through, term);
-            }
+        Some(Payload::Compact { group, through, term }) => {
+            groups.entry(group).or_default().compact(through, term)
         }
-        Kind::Checkpoint => {
-            for row in format::decode_checkpoint(payload).unwrap_or_default() {
+        Some(Payload::Checkpoint(rows)) => {
+            for row in rows {
                 let g = groups.entry(row.group).or_default();
                 g.compact(row.base_index, row.base_term);
                 g.hard_state = Some(row.hard_state);
             }
         }
-        Kind::Seal => {}
+        Some(Payload::Seal) | None => {}
     }
 }

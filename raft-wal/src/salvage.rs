@@ -36,7 +36,7 @@ use raft_core::{Entry, EntryKind, GroupId, HardState, Index, LogDamage, LogStore
 use crate::config::{RecoveryMode, WalConfig};
 use crate::damage;
 use crate::error::WalError;
-use crate::format::{self, Kind, RecordHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{self, Kind, Payload, RecordHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::recovery::record_payload_ok;
 use crate::segment::{parse_segment_name, sync_dir};
 
@@ -433,101 +433,75 @@ fn payload<'a>(segments: &'a Segments, r: &Rec) -> &'a [u8] {
 
 /// Replays a record from before the first hole: it shapes the group's log.
 fn replay_before(segments: &Segments, r: &Rec, groups: &mut BTreeMap<GroupId, Group>) {
-    let payload = payload(segments, r);
-    match r.header.kind {
-        Kind::Entries => {
-            let meta = &payload[..r.header.meta_len as usize];
-            let Some(m) = format::decode_entries_meta(meta, payload.len()) else { return };
+    let Some(payload) = format::decode_payload(&r.header, payload(segments, r)) else { return };
+    match payload {
+        Payload::Entries { meta: m, table } => {
             let g = groups.entry(m.group).or_default();
             g.truncate_after(m.first_index.saturating_sub(1));
             let mut at = r.offset + RECORD_HEADER_LEN + r.header.meta_len as usize;
             for i in 0..m.count as usize {
-                let row = format::row(meta, i);
+                let row = format::row(table, i);
                 let index = m.first_index + i as Index;
                 if index > g.base.0 {
-                    g.entries.insert(
-                        index,
-                        At {
-                            term: row.term,
-                            kind: row.kind,
-                            file: r.file,
-                            start: at,
-                            len: row.len as usize,
-                            crc: row.crc,
-                        },
-                    );
+                    let (term, kind, len, crc) = (row.term, row.kind, row.len as usize, row.crc);
+                    g.entries.insert(index, At { term, kind, file: r.file, start: at, len, crc });
                 }
                 at += row.len as usize;
             }
         }
-        Kind::HardState => {
-            if let Some((group, hs)) = format::decode_hard_state(payload) {
-                groups.entry(group).or_default().hard_state = Some(hs);
-            }
-        }
-        Kind::Truncate => {
-            if let Some((group, last_kept)) = format::decode_truncate(payload) {
-                groups.entry(group).or_default().truncate_after(last_kept);
-            }
-        }
-        Kind::Compact => {
-            if let Some((group, through, term)) = format::decode_compact(payload) {
-                groups.entry(group).or_default().compact(through, term);
-            }
-        }
-        Kind::Checkpoint => {
-            for row in format::decode_checkpoint(payload).unwrap_or_default() {
-                let g = groups.entry(row.group).or_default();
-                g.compact(row.base_index, row.base_term);
-                g.hard_state = Some(row.hard_state);
-            }
-        }
-        Kind::Seal => {}
+        Payload::HardState(group, hs) => groups.entry(group).or_default().hard_state = Some(hs),
+        other => replay_common(other, groups, |g, hs| g.hard_state = Some(hs)),
     }
 }
 
 /// Replays a record from after the first hole: it may only take entries away (a truncation,
 /// a compaction), give a newer hard state, or say where the log ended.
 fn replay_after(segments: &Segments, r: &Rec, groups: &mut BTreeMap<GroupId, Group>) {
-    let payload = payload(segments, r);
-    match r.header.kind {
-        Kind::Entries => {
-            let meta = &payload[..r.header.meta_len as usize];
-            let Some(m) = format::decode_entries_meta(meta, payload.len()) else { return };
-            if m.count == 0 {
-                return;
-            }
-            let last = format::row(meta, m.count as usize - 1);
-            groups.entry(m.group).or_default().end_after =
-                Some((m.first_index + m.count as Index - 1, last.term));
-        }
-        Kind::HardState => {
-            if let Some((group, hs)) = format::decode_hard_state(payload) {
-                groups.entry(group).or_default().hard_state_after = Some(hs);
+    let Some(payload) = format::decode_payload(&r.header, payload(segments, r)) else { return };
+    match payload {
+        Payload::Entries { meta: m, table } => {
+            if m.count > 0 {
+                let last = format::row(table, m.count as usize - 1);
+                groups.entry(m.group).or_default().end_after =
+                    Some((m.first_index + m.count as Index - 1, last.term));
             }
         }
-        Kind::Truncate => {
-            if let Some((group, last_kept)) = format::decode_truncate(payload) {
-                let g = groups.entry(group).or_default();
-                g.truncate_after(last_kept);
-                if g.end_after.is_some_and(|(i, _)| i > last_kept) {
-                    g.end_after = None; // The end's term is not known.
-                }
+        Payload::HardState(group, hs) => {
+            groups.entry(group).or_default().hard_state_after = Some(hs)
+        }
+        Payload::Truncate { group, last_kept } => {
+            let g = groups.entry(group).or_default();
+            g.truncate_after(last_kept);
+            if g.end_after.is_some_and(|(i, _)| i > last_kept) {
+                g.end_after = None; // The end's term is not known.
             }
         }
-        Kind::Compact => {
-            if let Some((group, through, term)) = format::decode_compact(payload) {
-                groups.entry(group).or_default().compact(through, term);
-            }
+        other => replay_common(other, groups, |g, hs| g.hard_state_after = Some(hs)),
+    }
+}
+
+/// Truncations, compactions and checkpoints, replayed alike on both sides of a hole (a
+/// checkpoint's hard state goes where `keep_hard_state` puts it).
+fn replay_common(
+    payload: Payload<'_>,
+    groups: &mut BTreeMap<GroupId, Group>,
+    keep_hard_state: impl Fn(&mut Group, HardState),
+) {
+    match payload {
+        Payload::Truncate { group, last_kept } => {
+            groups.entry(group).or_default().truncate_after(last_kept)
         }
-        Kind::Checkpoint => {
-            for row in format::decode_checkpoint(payload).unwrap_or_default() {
+        Payload::Compact { group, through, term } => {
+            groups.entry(group).or_default().compact(through, term)
+        }
+        Payload::Checkpoint(rows) => {
+            for row in rows {
                 let g = groups.entry(row.group).or_default();
                 g.compact(row.base_index, row.base_term);
-                g.hard_state_after = Some(row.hard_state);
+                keep_hard_state(g, row.hard_state);
             }
         }
-        Kind::Seal => {}
+        Payload::Entries { .. } | Payload::HardState(..) | Payload::Seal => {}
     }
 }
 
