@@ -10,7 +10,7 @@ use bytes::Bytes;
 use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
 use raft_core::sim::chaos::{
-    bank_workload, changes_membership, run_seed, run_seed_with, ChaosOptions,
+    bank_workload, changes_membership, damages_storage, run_seed, run_seed_with, ChaosOptions,
 };
 use raft_core::sim::Workload;
 use raft_core::{Entry, MemLogStore, StateMachine};
@@ -116,6 +116,11 @@ fn regression_seeds() {
         // A node waiting to be added restarted with the entries before the one adding it and
         // was refused as a log without membership.
         30, 157, 273, 284,
+        // Storage faults exposed: a late answer to a read forwarded before a restart released
+        // a stale read; a wiped node re-added under its id voted by its old incarnation's
+        // configurations and elected a learner; candidates that could win could not (a voter
+        // with a stale configuration ignored them, or one behind in term never learned it).
+        8277, 9529, 3168, 6387, 9284,
     ];
     for seed in seeds {
         if let Err(failure) = run_seed(seed, &opts) {
@@ -124,7 +129,8 @@ fn regression_seeds() {
     }
     // The bank's: a learner that campaigned while cut off refused a lower-term leader forever.
     let store = |_| Box::new(MemLogStore::with_explicit_sync()) as _;
-    for seed in [2708, 4178, 7706] {
+    // And a hopeless candidate with a fast clock preempted the one that could win, forever.
+    for seed in [2708, 4178, 7706, 48] {
         if let Err(failure) = run_seed_with(seed, &opts, bank_workload, store) {
             panic!("{failure}");
         }
@@ -141,6 +147,18 @@ fn the_sweep_changes_membership() {
     let changes: u64 =
         seeds.iter().map(|&seed| run_seed(seed, &opts).expect("passes").membership_changes).sum();
     assert!(changes >= 6, "{changes} changes accepted in {} runs", seeds.len());
+}
+
+/// Half the seeds damage nodes' storage, one node at a time, and every damaged member is
+/// repaired by the end (the run's convergence check requires it).
+#[test]
+fn the_sweep_injects_storage_faults() {
+    let opts = ChaosOptions::default();
+    let seeds: Vec<u64> = (0..40).filter(|&s| damages_storage(s)).take(6).collect();
+    assert_eq!(seeds.len(), 6);
+    let faults: u64 =
+        seeds.iter().map(|&seed| run_seed(seed, &opts).expect("passes").storage_faults).sum();
+    assert!(faults >= 6, "{faults} storage faults in {} runs", seeds.len());
 }
 
 /// A user's machine with a bug the bank's invariant must catch: every 40th entry it applies
