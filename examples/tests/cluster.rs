@@ -134,12 +134,18 @@ fn a_stopped_follower_catches_up_when_resumed() {
         set(&cluster, l, &k, &v);
         expected.insert(k, v);
     }
-    // It fell behind past a snapshot, so it catches up by InstallSnapshot and then the log.
+    // It fell behind past the leader's snapshot; it catches up (from the log the leader keeps,
+    // or by InstallSnapshot once the log is compacted past it) and snapshots on its own.
     let snapshot = cluster.info_u64(l, "snapshot_index").expect("snapshot index");
     assert!(snapshot > 0, "the leader took a snapshot");
     cluster.signal(follower, "CONT").expect("SIGCONT");
     assert_all_nodes_hold(&cluster, &expected);
-    assert!(cluster.info_u64(follower, "snapshot_index").unwrap_or(0) > 0);
+    // Its own snapshot is written after it applied: wait for it rather than race it.
+    let deadline = Instant::now() + WAIT;
+    while cluster.info_u64(follower, "snapshot_index").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the follower holds no snapshot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
