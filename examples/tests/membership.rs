@@ -244,6 +244,19 @@ fn grow_shrink_and_replace_a_wiped_node_under_sixteen_clients() {
     wait_members(&cluster, &want);
     admin(&cluster, &["RAFTKIT.PROMOTE", &lost.to_string()]);
     wait_members(&cluster, &left.iter().map(|&id| (id, "voter")).collect::<Vec<_>>());
+    // The replacement joined with nothing under an old member's id: it counted as having lost
+    // its log until it caught up, and is whole now.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = cluster.info(lost).unwrap_or_default();
+        if info.iter().any(|(k, v)| k == "health" && v == "healthy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replacement is still repairing: {info:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(cluster.log_path(lost)).unwrap_or_default();
+    assert!(log.contains("starting with a damaged log"), "the replacement was not fenced");
     targets.lock().push(cluster.client_addr(lost));
     std::thread::sleep(Duration::from_millis(800));
 

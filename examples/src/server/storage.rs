@@ -75,8 +75,15 @@ pub(super) fn open_log_store(
             let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
             let (wal, report) = Wal::open(&wal_dir, wal_config.clone())?;
             tracing::info!(?report, "WAL opened");
-            let base = raft_core::LogStore::log_state(&wal, super::GROUP)
-                .map_or(0, |s| s.first_index.saturating_sub(1));
+            let state = raft_core::LogStore::log_state(&wal, super::GROUP).ok();
+            let base = state.map_or(0, |s| s.first_index.saturating_sub(1));
+            let empty = state.is_some_and(|s| s.last_index == 0 && s.hard_state.term == 0);
+            if args.join.is_some() && empty && snapshot_index == 0 {
+                // A node joining with nothing may be an old member under its old id: as it
+                // catches up it replays configurations that made its old incarnation a voter,
+                // and must vote by none of them until it holds the group's log.
+                wal.mark_lost(super::GROUP)?;
+            }
             if base <= snapshot_index {
                 return Ok(Arc::new(wal));
             }

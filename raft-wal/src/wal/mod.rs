@@ -248,6 +248,21 @@ impl Wal {
         Ok((Wal { shared, threads }, report))
     }
 
+    /// Records that `group`'s whole log was lost (the node's disk was replaced, or it joins a
+    /// group it was a member of before): until the node has caught up with a leader and marked
+    /// it repaired ([`LogStore::mark_repaired`]), [`LogStore::damage`] reports it, so the node
+    /// votes by none of the configurations its old incarnation's entries hold as it replays
+    /// them. Durable on return.
+    pub fn mark_lost(&self, group: GroupId) -> Result<(), WalError> {
+        let mut damage = self.shared.damage.lock();
+        let mut all = damage.clone();
+        let from = self.shared.group_state(group, |_, g| g.map_or(1, |g| g.first_index()));
+        all.insert(group, LogDamage::new(from, None));
+        damage::store(&self.shared.dir, &all)?;
+        *damage = all;
+        Ok(())
+    }
+
     /// Makes everything written durable, then closes the WAL.
     pub fn close(mut self) -> Result<(), WalError> {
         let result = self.shared.flush_all();
