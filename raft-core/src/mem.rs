@@ -80,14 +80,6 @@ impl Chunks {
     }
 }
 
-/// Of a log end that may be unknown and a known one, the more up to date (Raft §5.4.1).
-fn later_end(a: Option<(Index, Term)>, b: (Index, Term)) -> (Index, Term) {
-    match a {
-        Some(a) if (a.1, a.0) > (b.1, b.0) => a,
-        _ => b,
-    }
-}
-
 /// One group's log and hard state.
 #[derive(Clone, Debug, Default)]
 struct MemGroup {
@@ -139,12 +131,10 @@ impl MemGroup {
         }
         let last = (self.last_index(), self.term(self.last_index()).unwrap_or_default());
         self.entries.truncate((from - self.base_index - 1) as usize);
-        self.damage = Some(match self.damage {
-            // Damaged again before it was repaired: what it held before the first damage is
-            // still the bound its votes must respect.
-            Some(d) => LogDamage::new(d.from.min(from), Some(later_end(d.last, last))),
-            None => LogDamage::new(from, Some(last)),
-        });
+        // Damaged again before it was repaired: what it held before the first damage is still
+        // the bound its votes must respect.
+        let new = LogDamage::new(from, Some(last));
+        self.damage = Some(self.damage.map_or(new, |d| d.merged(new)));
         if self.unreadable.is_some_and(|u| u >= from) {
             self.unreadable = None;
         }

@@ -137,6 +137,16 @@ impl LogDamage {
     pub fn new(from: Index, last: Option<(Index, Term)>) -> LogDamage {
         LogDamage { from, last }
     }
+
+    /// This damage and `other` together: lost from the earlier index on, and the log ended at
+    /// the more up to date of the two ends (Raft §5.4.1), unknown if either is.
+    pub fn merged(self, other: LogDamage) -> LogDamage {
+        let last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(if (a.1, a.0) >= (b.1, b.0) { a } else { b }),
+            _ => None,
+        };
+        LogDamage { from: self.from.min(other.from), last }
+    }
 }
 
 /// The role a node plays in its group.

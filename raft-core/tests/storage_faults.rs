@@ -196,3 +196,36 @@ fn a_shared_store_forwards_damage_reports() {
     via.mark_repaired(1).unwrap();
     assert_eq!(store.damage(1), None);
 }
+
+/// A node whose log's end before the damage is unknown votes for nobody until repaired, also
+/// after more damage is found on a read (the new damage's known end must not stand in for the
+/// unknown one).
+#[test]
+fn an_unknown_end_stays_unknown_when_more_damage_is_found() {
+    use raft_core::message::{MessageBody, VoteRequest};
+    use raft_core::{HardState, InitialState, LogDamage, Message, Raft};
+    let state = InitialState {
+        hard_state: HardState { term: 1, vote: None, commit: 0 },
+        last_index: 3,
+        term_runs: vec![(1, 1)],
+        damage: Some(LogDamage::new(4, None)),
+        ..InitialState::new_group(vec![1, 2, 3])
+    };
+    let mut node = Raft::new(Config::new(1), state).unwrap();
+    node.report_damage(2);
+    assert_eq!(node.health(), Health::Repairing { from: 2 });
+    let vote = VoteRequest { pre_vote: false, last_index: 10, last_term: 1, transfer: false };
+    node.step(Message { group: 0, from: 2, to: 1, term: 2, body: MessageBody::Vote(vote) })
+        .unwrap();
+    let ready = node.ready();
+    let answers: Vec<bool> = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .filter_map(|m| match m.body {
+            MessageBody::VoteResponse(r) => Some(r.granted),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![false], "no vote while where the log ended is unknown");
+}

@@ -287,16 +287,7 @@ fn rebuild(
         }
     };
     for (id, d) in lost {
-        let merged = match all.get(id) {
-            Some(old) => LogDamage::new(
-                old.from.min(d.from),
-                match (old.last, d.last) {
-                    (Some(a), Some(b)) => Some(if (a.1, a.0) >= (b.1, b.0) { a } else { b }),
-                    _ => None,
-                },
-            ),
-            None => *d,
-        };
+        let merged = all.get(id).map_or(*d, |old| old.merged(*d));
         all.insert(*id, merged);
     }
     damage::store(&building, &all)?;

@@ -119,10 +119,8 @@ impl Raft {
         }
         self.out.fetched_apply.retain(|e| e.index < index);
         self.apply_fetch = ApplyFetch::Idle;
-        self.repair.damage = Some(match self.repair.damage {
-            Some(d) => LogDamage::new(d.from.min(index), Some(later_end(d.last, last))),
-            None => LogDamage::new(index, Some(last)),
-        });
+        let new = LogDamage::new(index, Some(last));
+        self.repair.damage = Some(self.repair.damage.map_or(new, |d| d.merged(new)));
         self.repair.ticks_since_request = self.cfg.election_ticks;
     }
 
@@ -320,13 +318,5 @@ impl Raft {
     /// a snapshot can replace.
     pub(super) fn needs_damaged_entry(&self, next: Index) -> bool {
         self.repair.applied_damage.is_some_and(|d| next <= d)
-    }
-}
-
-/// Of a log end that may be unknown and a known one, the more up to date (Raft §5.4.1).
-fn later_end(a: Option<(Index, Term)>, b: (Index, Term)) -> (Index, Term) {
-    match a {
-        Some(a) if (a.1, a.0) > (b.1, b.0) => a,
-        _ => b,
     }
 }
