@@ -178,9 +178,10 @@ pub(crate) fn salvage(
         }
     }
 
+    let kept = trusted_ends(&segments, &groups);
     let mut damage_found: BTreeMap<GroupId, LogDamage> = BTreeMap::new();
     for (&id, g) in &groups {
-        let kept = trusted_end(&segments, g);
+        let kept = kept[&id];
         report.damaged_entries += g
             .entries
             .values()
@@ -200,7 +201,7 @@ pub(crate) fn salvage(
             damage_found.insert(id, d);
         }
     }
-    let (quarantine, damage) = rebuild(dir, config, &segments, &groups, &damage_found)?;
+    let (quarantine, damage) = rebuild(dir, config, &segments, &groups, &kept, &damage_found)?;
     report.quarantine = quarantine;
     report.damage = damage;
     tracing::warn!(
@@ -238,8 +239,17 @@ pub fn reset_group(dir: &Path, config: &WalConfig, group: GroupId) -> Result<Pat
     g.hard_state = g.hard_state.map(|hs| HardState { commit: 0, ..hs });
     let lost: BTreeMap<GroupId, LogDamage> =
         [(group, LogDamage::new(1, Some(last)))].into_iter().collect();
-    let (quarantine, _) = rebuild(dir, config, &segments, &groups, &lost)?;
+    let kept = trusted_ends(&segments, &groups);
+    let (quarantine, _) = rebuild(dir, config, &segments, &groups, &kept, &lost)?;
     Ok(quarantine)
+}
+
+/// Each group's last index that can be kept.
+fn trusted_ends(
+    segments: &Segments,
+    groups: &BTreeMap<GroupId, Group>,
+) -> BTreeMap<GroupId, Index> {
+    groups.iter().map(|(&id, g)| (id, trusted_end(segments, g))).collect()
 }
 
 /// The last index of `g` that can be kept: consecutive from its base, payloads intact.
@@ -255,7 +265,7 @@ fn trusted_end(segments: &Segments, g: &Group) -> Index {
     kept
 }
 
-/// Writes `groups` (each up to its trusted end) as a new log, records `lost` (merged with
+/// Writes `groups` (each up to its end in `kept`) as a new log, records `lost` (merged with
 /// damage already recorded) in its `DAMAGE` file, and swaps it in for the segments of `dir`.
 /// Returns where the old segments went and the damage now recorded.
 fn rebuild(
@@ -263,6 +273,7 @@ fn rebuild(
     config: &WalConfig,
     segments: &Segments,
     groups: &BTreeMap<GroupId, Group>,
+    kept: &BTreeMap<GroupId, Index>,
     lost: &BTreeMap<GroupId, LogDamage>,
 ) -> Result<(PathBuf, BTreeMap<GroupId, LogDamage>), WalError> {
     let building = dir.join(BUILDING);
@@ -273,7 +284,7 @@ fn rebuild(
     let new_config = WalConfig { recovery: RecoveryMode::Strict, ..config.clone() };
     let (wal, _) = crate::Wal::open(&building, new_config)?;
     for (&id, g) in groups {
-        copy_group(&wal, segments, id, g)?;
+        copy_group(&wal, segments, id, g, kept.get(&id).copied().unwrap_or(g.base.0))?;
     }
     let lsn = wal.durable_lsn().max(raft_core::Lsn(wal.stats().last_seq));
     wal.sync(lsn)?;
@@ -299,35 +310,27 @@ fn rebuild(
     Ok((swap_in(dir)?, all))
 }
 
-/// Copies group `id`'s trusted entries (up to the first that fails its checksum or leaves a
-/// gap) and hard state into `wal`. Returns the last index kept.
+/// Copies group `id`'s entries through `kept` (checked by [`trusted_end`]) and its hard state
+/// into `wal`.
 fn copy_group(
     wal: &crate::Wal,
     segments: &Segments,
     id: GroupId,
     g: &Group,
-) -> Result<Index, WalError> {
-    let as_wal = WalError::from;
+    kept: Index,
+) -> Result<(), WalError> {
     if g.base.0 > 0 {
-        wal.compact(id, g.base.0, g.base.1).map_err(as_wal)?;
+        wal.compact(id, g.base.0, g.base.1)?;
     }
-    let mut kept = g.base.0;
     let mut chunk: Vec<Entry> = Vec::new();
     let mut chunk_bytes = 0;
-    for (&index, at) in g.entries.range(g.base.0 + 1..) {
-        if index != kept + 1 {
-            break; // A gap: what follows cannot be placed.
-        }
+    // (`range` refuses a start past its end: an empty log keeps nothing.)
+    for (&index, at) in g.entries.range(g.base.0 + 1..kept.max(g.base.0) + 1) {
         let data = &segments.maps[at.file][at.start..at.start + at.len];
-        if crc32c::crc32c(data) != at.crc {
-            break;
-        }
         chunk.push(Entry { term: at.term, index, kind: at.kind, data: data.to_vec().into() });
         chunk_bytes += at.len as u64;
-        kept = index;
         if chunk_bytes >= WRITE_BYTES {
-            wal.write(&[LogWrite { group: id, hard_state: None, entries: &chunk }])
-                .map_err(as_wal)?;
+            wal.write(&[LogWrite { group: id, hard_state: None, entries: &chunk }])?;
             chunk.clear();
             chunk_bytes = 0;
         }
@@ -337,9 +340,9 @@ fn copy_group(
         HardState { commit: commit.max(g.base.0), ..after }
     });
     if hs.is_some() || !chunk.is_empty() {
-        wal.write(&[LogWrite { group: id, hard_state: hs, entries: &chunk }]).map_err(as_wal)?;
+        wal.write(&[LogWrite { group: id, hard_state: hs, entries: &chunk }])?;
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// Takes the directory's lock for the salvage (a plain open that failed released it).

@@ -181,3 +181,39 @@ fn a_read_of_a_damaged_payload_names_the_entry() {
         other => panic!("expected entry 1 damaged, got {other:?}"),
     }
 }
+
+#[test]
+fn a_group_reset_keeps_its_hard_state_and_reports_what_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    for b in 0..5 {
+        append(&wal, 1, b * 2 + 1, b * 2 + 2);
+        append(&wal, 2, b + 1, b + 1);
+    }
+    wal.close().unwrap();
+    raft_wal::salvage::reset_group(dir.path(), &config(), 1).unwrap();
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    let s = wal.log_state(1).unwrap();
+    assert_eq!((s.first_index, s.last_index), (1, 0), "group 1's log is gone");
+    assert_eq!((s.hard_state.term, s.hard_state.vote), (2, Some(2)), "its term and vote kept");
+    assert_eq!(report.damage.get(&1), Some(&LogDamage::new(1, Some((10, 2)))));
+    assert_eq!(wal.log_state(2).unwrap().last_index, 5, "other groups keep their logs");
+    assert_eq!(wal.damage(2), None);
+}
+
+#[test]
+fn a_damaged_first_entry_leaves_its_group_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut at = Vec::new();
+    for b in 0..8 {
+        at.push(wal.durable_position());
+        append_then_hard_state(&wal, 1, b * 3 + 1, b * 3 + 3);
+    }
+    wal.close().unwrap();
+    flip(dir.path(), at[0].segment, at[0].offset + 32 + 24 + 3 * 16 + 1);
+    flip(dir.path(), at[5].segment, at[5].offset + 20);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert_eq!(wal.log_state(1).unwrap().last_index, 0);
+    assert_eq!(report.damage.get(&1), Some(&LogDamage::new(1, Some((24, 2)))));
+}
