@@ -28,6 +28,11 @@ pub struct ClusterOptions {
     pub log_store: LogStoreKind,
     /// The log store's durability mode on every node.
     pub durability: Durability,
+    /// WAL segment size of every node, in MiB.
+    pub wal_segment_mib: u64,
+    /// Where the nodes' data directories go (`<root>/node-<id>`); by default the cluster's
+    /// temporary directory. (A test can mount a small filesystem there first.)
+    pub data_root: Option<PathBuf>,
     /// Snapshot every this many applied entries.
     pub snapshot_entries: u64,
     /// Raft tick.
@@ -49,6 +54,8 @@ impl Default for ClusterOptions {
             cluster_id: 1,
             log_store: LogStoreKind::Wal,
             durability: Durability::Always,
+            wal_segment_mib: 64,
+            data_root: None,
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
             read_mode: ReadMode::Index,
@@ -107,9 +114,14 @@ impl LocalCluster {
                     raft_addr,
                     client_addr,
                     peers: ids.iter().filter(|&&p| p != id).map(|&p| (p, addr_of(p))).collect(),
-                    data_dir: dir.path().join(format!("node-{id}")),
+                    data_dir: options
+                        .data_root
+                        .as_deref()
+                        .unwrap_or(dir.path())
+                        .join(format!("node-{id}")),
                     log_store: options.log_store,
                     durability: options.durability,
+                    wal_segment_mib: options.wal_segment_mib,
                     request_timeout: options.request_timeout,
                     snapshot_entries: options.snapshot_entries,
                     tick: options.tick,

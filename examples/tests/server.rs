@@ -32,6 +32,7 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         data_dir: dir.path().to_path_buf(),
         log_store: Default::default(),
         durability: Durability::group_commit(),
+        wal_segment_mib: 64,
         request_timeout: Duration::from_secs(3),
         snapshot_entries: 0,
         tick: Duration::from_millis(5),

@@ -258,6 +258,11 @@ pub enum StorageError {
         /// What was wrong with it.
         detail: String,
     },
+    /// The store has no space for a write (a full disk). Nothing of the write was done and the
+    /// store stays usable: the same write succeeds once space is freed. The node driver keeps
+    /// such writes and retries them (see [`Raft::set_storage_stalled`](crate::Raft::set_storage_stalled)).
+    #[error("log store is out of space; nothing of the write was done: {0}")]
+    Full(String),
     /// An earlier failure (a failed sync, say) left the store unable to promise durability;
     /// it refuses all further work until reopened.
     #[error("log store is poisoned by an earlier failure: {0}")]

@@ -417,8 +417,25 @@ impl LogWriter {
     ///
     /// Hard states it holds back or attaches are changed in place, so `writes` afterwards say
     /// what was written.
+    ///
+    /// After an error the same `writes` may be handed again (a store out of space,
+    /// [`StorageError::Full`], did nothing): the writer then forgets what the failed call
+    /// meant to write, so a term or vote change is not mistaken for one already written.
     #[inline]
     pub fn write<L: LogStore + ?Sized>(
+        &mut self,
+        log: &L,
+        writes: &mut [PersistWrite],
+    ) -> Result<Option<Lsn>, StorageError> {
+        let written_before = self.written;
+        let result = self.write_all(log, writes);
+        if result.is_err() {
+            self.written = written_before;
+        }
+        result
+    }
+
+    fn write_all<L: LogStore + ?Sized>(
         &mut self,
         log: &L,
         writes: &mut [PersistWrite],
@@ -487,5 +504,37 @@ impl LogWriter {
     /// The hard state held back, if any.
     pub fn deferred(&self) -> Option<HardState> {
         self.deferred
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemLogStore;
+
+    fn vote_write(number: u64, term: Term, vote: u64, commit: Index) -> PersistWrite {
+        PersistWrite {
+            number,
+            group: 1,
+            hard_state: Some(HardState { term, vote: Some(vote), commit }),
+            ..PersistWrite::default()
+        }
+    }
+
+    /// A vote the store refused for lack of space is written when the same write is handed
+    /// again, not held back as if only its commit index were new.
+    #[test]
+    fn a_write_refused_for_space_is_written_in_full_when_retried() {
+        let store = MemLogStore::new();
+        let mut writer = LogWriter::new();
+        writer.write(&store, &mut [vote_write(1, 1, 1, 0)]).expect("first vote");
+        store.set_full(true);
+        let mut round = [vote_write(2, 2, 3, 0)];
+        assert!(matches!(writer.write(&store, &mut round), Err(StorageError::Full(_))));
+        store.set_full(false);
+        writer.write(&store, &mut round).expect("retried");
+        let hs = store.log_state(1).expect("state").hard_state;
+        assert_eq!((hs.term, hs.vote), (2, Some(3)), "the vote is durable, not deferred");
+        assert_eq!(writer.deferred(), None);
     }
 }

@@ -220,6 +220,8 @@ impl Inner {
 pub struct MemLogStore {
     inner: Mutex<Inner>,
     explicit_sync: bool,
+    /// Writes are refused for lack of space ([`MemLogStore::set_full`]).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl MemLogStore {
@@ -230,7 +232,7 @@ impl MemLogStore {
 
     /// A store whose writes are durable only once synced.
     pub fn with_explicit_sync() -> MemLogStore {
-        MemLogStore { inner: Mutex::default(), explicit_sync: true }
+        MemLogStore { explicit_sync: true, ..MemLogStore::default() }
     }
 
     /// Drops every write not yet synced, as a power loss would. Positions keep growing. The
@@ -306,7 +308,21 @@ impl MemLogStore {
         }
     }
 
+    /// Simulates a full disk: while `full`, every write, compaction and repair mark fails with
+    /// [`StorageError::Full`] and changes nothing (reads go on). For tests and the simulator.
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_space(&self) -> Result<(), StorageError> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Full("no space left on the (simulated) device".into()));
+        }
+        Ok(())
+    }
+
     fn accept(&self, op: Op) -> Result<Lsn, StorageError> {
+        self.check_space()?;
         let mut inner = self.inner.lock();
         Inner::apply(&mut inner.groups, &op)?;
         inner.last_lsn += 1;
@@ -322,6 +338,7 @@ impl MemLogStore {
 
 impl LogStore for MemLogStore {
     fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        self.check_space()?;
         let mut inner = self.inner.lock();
         // Validate every part first so a failed batch changes nothing. A group written twice in
         // one batch is validated against a scratch copy that has its earlier part applied.

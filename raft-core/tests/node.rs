@@ -846,3 +846,85 @@ fn damage_a_store_finds_by_itself_is_repaired() {
     cluster.await_applied(last);
     assert!(cluster.states().windows(2).all(|w| w[0] == w[1]), "replicas agree");
 }
+
+/// A leader whose disk fills hands leadership to a follower, so the group keeps taking writes,
+/// and catches up by itself once space is freed.
+#[test]
+fn a_leader_out_of_space_hands_over_and_catches_up_once_space_is_freed() {
+    let cluster = Cluster::new(3, |_| {});
+    for i in 0..10 {
+        cluster.put(&format!("k{i}"), "before");
+    }
+    let full = cluster.leader();
+    cluster.stores[(full - 1) as usize].set_full(true);
+    // Its next write is refused by the store: it stops taking proposals and hands over.
+    let command = KvOp::Put { key: "k10".into(), value: "maybe".into() };
+    let _ = cluster.node(full).propose(command.encode(), Duration::from_millis(200));
+    let deadline = Instant::now() + TIMEOUT;
+    while cluster.leader() == full {
+        assert!(Instant::now() < deadline, "leadership stays on the full node");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = cluster.node(full).status().expect("status");
+    assert!(status.storage_full.is_some(), "{status:?}");
+    assert!(status.raft.storage_stalled);
+    assert!(status.failure.is_none(), "a full disk does not stop the node");
+    for i in 11..30 {
+        cluster.put(&format!("k{i}"), "during");
+    }
+    // The full node cannot apply what it cannot make durable, so it falls behind; its
+    // reads wait for it (a server sends them to the leader meanwhile).
+    assert!(cluster.node(full).applied_index() < cluster.node(cluster.leader()).applied_index());
+    cluster.stores[(full - 1) as usize].set_full(false);
+    let deadline = Instant::now() + TIMEOUT;
+    while cluster.node(full).storage_full().is_some() {
+        assert!(Instant::now() < deadline, "the node takes writes again by itself");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.put("k30", "after");
+    let last = cluster.node(cluster.leader()).status().unwrap().raft.commit_index;
+    cluster.await_applied(last);
+    let states = cluster.states();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "replicas agree");
+    assert_eq!(states[0].iter().filter(|(k, _)| k != "k10").count(), 30, "{:?}", states[0]);
+}
+
+/// A group whose only node is out of space refuses new writes with an error that says nothing
+/// was done, keeps serving reads, and takes writes again once space is freed, losing nothing.
+#[test]
+fn a_lone_node_out_of_space_refuses_writes_and_serves_reads() {
+    let cluster = Cluster::new(1, |_| {});
+    cluster.put("a", "1");
+    let node = cluster.node(1);
+    cluster.stores[0].set_full(true);
+    let put = |key: &str, t: Duration| {
+        let command = KvOp::Put { key: key.into(), value: "2".into() };
+        node.propose(command.encode(), t)
+    };
+    // The write the store refused first waits for space (its outcome is unknown until then).
+    let first = put("b", Duration::from_millis(100));
+    assert!(matches!(first, Err(NodeError::Timeout(_))), "{first:?}");
+    let refused = put("c", TIMEOUT).unwrap_err();
+    assert!(matches!(refused, NodeError::StorageFull { .. }), "{refused:?}");
+    assert!(refused.nothing_done());
+    assert!(node.is_leader(), "a lone node keeps leading");
+    let read = node.read(|kv: &KvStore| kv.get("a").map(str::to_owned), TIMEOUT).expect("read");
+    assert_eq!(read.as_deref(), Some("1"));
+    assert!(node.status().expect("status").failure.is_none());
+    cluster.stores[0].set_full(false);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match put("d", TIMEOUT) {
+            Ok(_) => break,
+            Err(err) if err.nothing_done() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(err) => panic!("after space was freed: {err}"),
+        }
+    }
+    let got = node
+        .read(|kv: &KvStore| ["a", "b", "c", "d"].map(|k| kv.get(k).map(str::to_owned)), TIMEOUT)
+        .expect("read");
+    // The held write took effect once written; the refused one never did.
+    assert_eq!(got, [Some("1".into()), Some("2".into()), None, Some("2".into())]);
+}

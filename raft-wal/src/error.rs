@@ -134,6 +134,7 @@ impl From<WalError> for StorageError {
         match e {
             WalError::Invalid(inner) => inner,
             WalError::Poisoned(msg) => StorageError::Poisoned(msg),
+            WalError::DiskFull { .. } => StorageError::Full(e.to_string()),
             WalError::Corrupt { .. } => StorageError::Corrupt(e.to_string()),
             other => StorageError::Other(Box::new(other)),
         }

@@ -55,6 +55,9 @@ impl Server {
                 line("health", health.into());
                 line("repair_from", repair_from.to_string());
                 self.book.info_lines(&mut line);
+                // A full disk: writes wait (and a leader refuses new ones) until space is freed.
+                line("storage_full", u8::from(status.storage_full.is_some()).to_string());
+                line("storage_error", status.storage_full.unwrap_or_default());
                 line("failure", status.failure.unwrap_or_default());
                 for p in &r.progress {
                     line(

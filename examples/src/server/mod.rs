@@ -77,6 +77,8 @@ pub struct ServerArgs {
     pub log_store: LogStoreKind,
     /// When log writes are synced.
     pub durability: Durability,
+    /// Size of each WAL segment file, in MiB (`--log-store wal`).
+    pub wal_segment_mib: u64,
     /// How long a command may wait for its entry to apply before `-TIMEOUT`.
     pub request_timeout: Duration,
     /// Take a snapshot every this many applied entries (0: by size only, 64 MiB).
@@ -126,6 +128,8 @@ OPTIONS:
                             many groups into one fsync (still fsynced before they count);
                             interval:MS: fsync every MS milliseconds;
                             never: no fsync (a power loss can lose acknowledged writes)
+    --wal-segment-mib N     size of each WAL segment file (the WAL keeps two more ready
+                            ahead of the writer) [default: 64]
     --request-timeout-ms N  how long a command waits before -TIMEOUT [default: 3000]
     --snapshot-entries N    snapshot every N applied entries, and no sooner than the log
                             since the last snapshot is as large as it [default: 100000]
@@ -157,6 +161,8 @@ COMMANDS:
 REPLIES:
     -NOLEADER   no leader known, or leadership changed: nothing was done, retrying is safe
     -BUSY       too many uncommitted writes: nothing was done, retry later
+    -DISKFULL   the leader's disk is full: nothing was done. It hands leadership to a
+                node with space; retry, or free space (the node recovers by itself)
     -TIMEOUT    no answer in time: the outcome is unknown (the write may or may not apply)
     -TRYAGAIN   a membership change is in flight (or the leader is new): nothing was done
     -LAGGING    the learner to promote has not caught up yet: nothing was done
@@ -174,6 +180,7 @@ impl ServerArgs {
         let mut peers = BTreeMap::new();
         let mut data_dir = None;
         let mut durability = Durability::Always;
+        let mut wal_segment_mib = 64;
         let mut log_store = LogStoreKind::Wal;
         let mut request_timeout = Duration::from_millis(3000);
         let mut snapshot_entries = 100_000;
@@ -230,6 +237,14 @@ impl ServerArgs {
                         },
                     }
                 }
+                "--wal-segment-mib" => {
+                    wal_segment_mib = number(value()?)?;
+                    if !(1..=4095).contains(&wal_segment_mib) {
+                        return Err(format!(
+                            "--wal-segment-mib must be 1 to 4095, got {wal_segment_mib}"
+                        ));
+                    }
+                }
                 "--request-timeout-ms" => {
                     request_timeout = Duration::from_millis(number(value()?)?.max(1))
                 }
@@ -257,6 +272,7 @@ impl ServerArgs {
             data_dir: data_dir.ok_or("--data-dir is required")?,
             log_store,
             durability,
+            wal_segment_mib,
             request_timeout,
             snapshot_entries,
             tick,
@@ -283,6 +299,8 @@ impl ServerArgs {
             self.log_store.name().into(),
             "--durability".into(),
             durability_name(self.durability),
+            "--wal-segment-mib".into(),
+            self.wal_segment_mib.to_string(),
             "--request-timeout-ms".into(),
             self.request_timeout.as_millis().to_string(),
             "--snapshot-entries".into(),
@@ -721,7 +739,9 @@ impl Server {
         reply: &ReplyTo,
         batch: &mut Batch<'_, KvMachine>,
     ) -> Waits {
-        if self.args.read_mode == ReadMode::Log {
+        // A node whose disk is full cannot write what the leader sends, so it falls behind and
+        // its own reads would wait: the leader answers them meanwhile.
+        if self.args.read_mode == ReadMode::Log || self.node.storage_full().is_some() {
             match self.route(forwarded) {
                 Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
                 Route::NoLeader => {
@@ -907,6 +927,7 @@ fn error_reply(err: &NodeError) -> Vec<u8> {
 fn error_line(err: &NodeError) -> String {
     match err {
         NodeError::Busy { .. } => format!("BUSY {err}"),
+        NodeError::StorageFull { .. } => format!("DISKFULL {err}"),
         e if e.nothing_done() => format!("NOLEADER {err}"),
         _ => format!("TIMEOUT {err}"),
     }

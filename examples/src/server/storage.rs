@@ -72,7 +72,11 @@ pub(super) fn open_log_store(
     match args.log_store {
         LogStoreKind::Wal => {
             std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
-            let wal_config = WalConfig { durability: args.durability, ..WalConfig::default() };
+            let wal_config = WalConfig {
+                durability: args.durability,
+                segment_size_bytes: args.wal_segment_mib << 20,
+                ..WalConfig::default()
+            };
             let (wal, report) = Wal::open(&wal_dir, wal_config.clone())?;
             tracing::info!(?report, "WAL opened");
             let state = raft_core::LogStore::log_state(&wal, super::GROUP).ok();

@@ -67,6 +67,7 @@
 //! [`Batch`] ([`Node::batch`]): they share one round of the core, and the loop's thread runs it.
 
 mod builder;
+mod persist;
 mod reply;
 mod stage;
 mod threads;
@@ -144,6 +145,14 @@ pub enum NodeError {
     /// unknown...). Nothing was done.
     #[error("membership change refused: {0}; nothing was done")]
     Membership(MembershipError),
+    /// This node leads but its log store is out of space (a full disk), so it takes no
+    /// proposals: nothing was done. It hands leadership to a follower meanwhile; retry at the
+    /// new leader, or here once space is freed (the node recovers by itself).
+    #[error("the leader's log store is out of space ({detail}); nothing was done")]
+    StorageFull {
+        /// What the store said.
+        detail: String,
+    },
     /// Empty commands are reserved for the driver's read barriers. Nothing was done.
     #[error("empty commands are reserved for read barriers; nothing was done")]
     EmptyCommand,
@@ -185,6 +194,7 @@ impl NodeError {
                 | NodeError::ReadAbandoned
                 | NodeError::NotAVoter(_)
                 | NodeError::Membership(_)
+                | NodeError::StorageFull { .. }
         )
     }
 }
@@ -292,6 +302,9 @@ pub struct NodeStatus {
     pub rejected_messages: u64,
     /// Why the node stopped working, if a storage or state-machine failure stopped it.
     pub failure: Option<String>,
+    /// Why the log store refuses writes for now (out of space), while it does: the driver
+    /// retries them, and a leader takes no proposals ([`NodeError::StorageFull`]).
+    pub storage_full: Option<String>,
     /// How reads are made linearizable.
     pub read_mode: ReadMode,
 }
@@ -306,6 +319,8 @@ pub(crate) struct Shared {
     applied: AtomicU64,
     rejected: AtomicU64,
     failure: Mutex<Option<String>>,
+    /// Why the log store refuses writes for now, while it does.
+    storage_full: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -770,6 +785,13 @@ where
     /// Why the node stopped working, if it failed.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.lock().clone()
+    }
+
+    /// Why the log store refuses writes for now (out of space), while it does (see
+    /// [`NodeError::StorageFull`]): the node retries them and recovers by itself once space is
+    /// freed.
+    pub fn storage_full(&self) -> Option<String> {
+        self.shared.storage_full.lock().clone()
     }
 
     /// Stops the node: the raft loop stops taking inputs, the persist thread finishes (and

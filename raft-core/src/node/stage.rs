@@ -26,6 +26,11 @@ pub(crate) enum Round {
     /// Stop running inline: the jobs left in the round's deque go back to the front of the
     /// queue and the worker thread is called to run them.
     HandOff,
+    /// The jobs cannot be done now (a store out of space): they go back to the front of the
+    /// queue and nobody is called. The stage's worker retries them when its own deadline
+    /// passes (see [`Stage::wait_called`]); the stage is the one exception to the invariant
+    /// below while it stalls.
+    Stall,
 }
 
 /// How [`Stage::run`] gets the stage.
@@ -220,8 +225,10 @@ impl<S, J> Stage<S, J> {
                 jobs.append(&mut q.jobs);
                 std::mem::swap(&mut q.jobs, jobs);
             }
-            if next == Round::HandOff {
-                return Some(true);
+            match next {
+                Round::HandOff => return Some(true),
+                Round::Stall => return Some(false),
+                Round::Continue => {}
             }
         }
         drop(guard);
@@ -236,7 +243,8 @@ impl<S, J> Stage<S, J> {
 
     /// The worker thread's loop: waits to be called, then runs the stage until its queue is
     /// empty; returns once the stage is closed and drained. (The raft loop, which also ticks,
-    /// writes its own loop with [`Stage::wait_called`].)
+    /// and the persist worker, which retries stalled writes, write their own loops with
+    /// [`Stage::wait_called`].)
     pub(crate) fn work(&self, round: &mut dyn FnMut(&mut S, &mut VecDeque<J>) -> Round) {
         while self.wait_called(None) != Called::Closed {
             self.run(Take::Wait, round);
@@ -292,6 +300,24 @@ mod tests {
             Round::Continue
         });
         assert_eq!(stage.with_state(|s| s.clone()), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_stalled_round_keeps_its_jobs_and_calls_nobody() {
+        let stage: Stage<u32, u32> = Stage::new(0);
+        stage.push_all([1, 2]);
+        assert!(stage.run(Take::Wait, &mut |tries, _| {
+            *tries += 1;
+            Round::Stall
+        }));
+        assert_eq!(stage.with_state(|n| *n), 1, "one try, no spinning");
+        assert!(!stage.is_idle(), "the jobs wait for the retry");
+        assert_eq!(stage.wait_called(Some(Instant::now())), Called::Deadline, "nobody called");
+        stage.run(Take::Wait, &mut |seen, jobs| {
+            *seen = jobs.drain(..).sum();
+            Round::Continue
+        });
+        assert_eq!(stage.with_state(|n| *n), 3, "the retry gets them, in order");
     }
 
     #[test]

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::persist::Persister;
 use super::reply::Reply;
 use super::stage::{Called, Round, Stage, Take};
 use super::{
     is_read_barrier, NodeError, NodeOptions, NodeStatus, ReadFn, ReadMode, Shared, Waiter,
 };
 use crate::error::{ProposeError, ReadError, SnapshotError, StorageError, TransferError};
-use crate::execute::{ApplyWork, Executor, LogWriter, PersistWrite, ReadyHandler};
+use crate::execute::{ApplyWork, Executor, PersistWrite, ReadyHandler};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
 use crate::raft::{EntryId, Raft};
@@ -51,8 +52,6 @@ const APPLY_COST_UNKNOWN: u64 = u64::MAX;
 /// Client entries a machine must have been timed on before it may be applied inline (a leader's
 /// no-ops and read barriers, which the machine does not really work on, do not count).
 const INLINE_APPLY_TRUST_ENTRIES: u64 = 32;
-/// Most Readies' writes in one store call and one sync.
-const PERSIST_JOBS_MAX: usize = 4096;
 
 /// What the core reacts to.
 pub(crate) enum Input<M: StateMachine> {
@@ -81,6 +80,8 @@ pub(crate) enum Input<M: StateMachine> {
     SnapshotChunk(SnapshotChunk, Result<(), SnapshotError>),
     /// A status request.
     Status(Reply<NodeStatus>),
+    /// The log store refuses writes for lack of space (true), or takes them again (false).
+    StorageStalled(bool),
     /// A worker failed; the node stops.
     Failed,
     /// Stop.
@@ -136,15 +137,6 @@ pub(crate) struct Core<M: StateMachine> {
     stopped: bool,
 }
 
-/// The persist stage's state.
-pub(crate) struct Persister {
-    round: Vec<PersistWrite>,
-    /// Writes the round, holding back hard states that only move the commit index.
-    writer: LogWriter,
-    /// A write or sync failed: nothing more is written or acknowledged.
-    failed: bool,
-}
-
 /// A snapshot to write from a state machine's view, for the snapshot writer thread.
 type ViewJob = (Box<dyn SnapshotView>, SnapshotRequest);
 
@@ -163,13 +155,15 @@ pub(crate) struct Applier<M: StateMachine> {
 /// Everything a node's threads share.
 pub(crate) struct Driver<M: StateMachine> {
     pub(crate) core: Stage<Core<M>, Input<M>>,
-    persist: Stage<Persister, PersistWrite>,
+    pub(super) persist: Stage<Persister, PersistWrite>,
     pub(crate) apply: Stage<Applier<M>, ApplyJob<M>>,
-    group: GroupId,
+    pub(super) group: GroupId,
     pub(crate) shared: Arc<Shared>,
-    log: Arc<dyn LogStore>,
+    pub(super) log: Arc<dyn LogStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
-    transport: Arc<dyn Transport>,
+    pub(super) transport: Arc<dyn Transport>,
+    /// When the persist worker retries writes the store refused for lack of space.
+    pub(super) persist_retry: parking_lot::Mutex<Option<Instant>>,
     restore_chunk_bytes: usize,
     pub(crate) read_mode: ReadMode,
     tick: Duration,
@@ -222,7 +216,7 @@ where
         changes: Vec::new(),
         stopped: false,
     };
-    let persister = Persister { round: Vec::new(), writer: LogWriter::new(), failed: false };
+    let persister = Persister::new();
     let applier = Applier {
         machine,
         applied,
@@ -240,6 +234,7 @@ where
         log: parts.log,
         snapshots: parts.snapshots,
         transport: parts.transport,
+        persist_retry: parking_lot::Mutex::new(None),
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
         read_mode: options.read_mode,
         tick: options.tick.max(Duration::from_micros(100)),
@@ -308,7 +303,8 @@ where
     /// delay them. So only a machine whose entries are known to be cheap is applied inline,
     /// for at most [`INLINE_APPLY_BUDGET`] per call.
     fn follow_up(&self) {
-        if !self.persist.is_idle() {
+        if !self.persist.is_idle() && self.persist_retry.lock().is_none() {
+            // (A stalled persist stage retries on its own clock.)
             self.persist.call_worker();
         }
         if !self.apply.is_idle() {
@@ -453,6 +449,9 @@ where
                     tracing::debug!(id = core.raft.id(), %err, "message refused");
                 }
             }
+            Input::Propose { data, waiter } if core.raft.storage_stalled() && !data.is_empty() => {
+                waiter.fail(self.refused_for_space(core))
+            }
             Input::Propose { data, waiter } => match core.raft.propose(data) {
                 Ok(at) => core.registered.push((at.index, at.term, waiter)),
                 Err(ProposeError::NotLeader { leader }) => {
@@ -481,6 +480,9 @@ where
                     }
                 }
             },
+            Input::ChangeMembership { reply, .. } if core.raft.storage_stalled() => {
+                reply.send(Err(self.refused_for_space(core)))
+            }
             Input::ChangeMembership { changes, reply } => {
                 match core.raft.propose_membership(&changes) {
                     Ok(entry) => core.changes.push((entry, reply)),
@@ -511,71 +513,35 @@ where
                     applied_index: shared.applied.load(Ordering::Relaxed),
                     rejected_messages: shared.rejected.load(Ordering::Relaxed),
                     failure: shared.failure.lock().clone(),
+                    storage_full: shared.storage_full.lock().clone(),
                     read_mode: self.read_mode,
                 }));
             }
+            Input::StorageStalled(stalled) => core.raft.set_storage_stalled(stalled),
             Input::Failed | Input::Shutdown => return false,
         }
         true
     }
 
+    /// Why a proposal is refused while the log store is out of space: a leader hands leadership
+    /// away (retry at the new leader) and takes no proposals meanwhile; a follower sends the
+    /// proposer to its leader as ever.
+    fn refused_for_space(&self, core: &Core<M>) -> NodeError {
+        let raft = &core.raft;
+        match (raft.is_leader(), raft.transfer_target()) {
+            (false, _) => NodeError::NotLeader { leader: raft.leader() },
+            (true, Some(to)) => NodeError::Transferring { to },
+            (true, None) => NodeError::StorageFull {
+                detail: self.shared.storage_full.lock().clone().unwrap_or_default(),
+            },
+        }
+    }
+
     /// A worker failed: record why, and stop the core (from whichever thread gets to it).
-    fn fail(&self, what: String) {
+    pub(super) fn fail(&self, what: String) {
         self.shared.fail(what);
         self.core.push(Input::Failed);
         self.core.call_worker();
-    }
-
-    /// The persist thread: runs the writes nobody synced inline; at shutdown, once every queued
-    /// write is done, writes the commit index it held back.
-    fn persist_worker(&self) {
-        self.persist.work(&mut |p, jobs| self.persist_round(p, jobs));
-        let failure = self.persist.with_state(|p| {
-            if p.failed {
-                return Ok(());
-            }
-            p.writer.flush(self.log.as_ref(), self.group)
-        });
-        if let Err(err) = failure {
-            self.shared.fail(format!("log store: {err}"));
-        }
-    }
-
-    /// Writes every queued job as one ordered batch (see [`LogWriter`]), syncs once, then
-    /// releases the jobs' messages, reports them durable and runs the core (here, if it is free).
-    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistWrite>) -> Round {
-        if p.failed {
-            jobs.clear(); // Never written, never acknowledged.
-            return Round::Continue;
-        }
-        let take = jobs.len().min(PERSIST_JOBS_MAX);
-        p.round.extend(jobs.drain(..take));
-        let log = self.log.as_ref();
-        let written = p.writer.write(log, &mut p.round).and_then(|lsn| match lsn {
-            Some(lsn) => log.sync(lsn),
-            None => Ok(()),
-        });
-        if let Err(err) = written {
-            // Nothing of this round is acknowledged: its messages are never sent.
-            p.failed = true;
-            p.round.clear();
-            jobs.clear();
-            self.fail(format!("log store: {err}"));
-            return Round::Continue;
-        }
-        let mut last = 0;
-        let mut messages = Vec::new();
-        for job in p.round.drain(..) {
-            last = job.number;
-            messages.extend(job.messages);
-        }
-        if !messages.is_empty() {
-            self.transport.send_all(messages);
-        }
-        if self.core.push(Input::Persisted { number: last }) {
-            self.drive();
-        }
-        Round::Continue
     }
 
     /// The apply thread: applies what no inline runner did, restores and takes snapshots.

@@ -227,11 +227,11 @@ impl Raft {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks {
-            if self.is_voter() && !self.removed && self.log_trusted() {
+            if self.is_voter() && !self.removed && self.log_trusted() && !self.storage_stalled() {
                 self.campaign();
             } else {
-                // Learners, nodes waiting to join, removed nodes and nodes whose log is being
-                // repaired never campaign.
+                // Learners, nodes waiting to join, removed nodes, nodes whose log is being
+                // repaired and nodes that cannot write their vote never campaign.
                 self.reset_election_timer();
             }
         }

@@ -11,6 +11,7 @@ mod read;
 mod repair;
 mod replication;
 mod snapshot;
+mod stall;
 mod transfer;
 mod validate;
 
@@ -147,6 +148,8 @@ pub struct Status {
     pub removed: bool,
     /// Damage to this node's log and its repair.
     pub health: Health,
+    /// The log store refuses writes for lack of space (see [`Raft::set_storage_stalled`]).
+    pub storage_stalled: bool,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -237,8 +240,10 @@ enum SnapshotTaking {
     Idle,
     /// Asked for in a Ready; waiting for `on_snapshot_taken`.
     Requested,
-    /// The last attempt failed; ask again after the next tick.
-    Failed,
+    /// The last attempt failed (a full disk, say); ask again after `wait` more ticks.
+    Failed {
+        wait: u32,
+    },
 }
 
 /// Messages and reads gathered for the next [`Ready`].
@@ -316,6 +321,8 @@ pub struct Raft {
     /// The newest complete snapshot this node holds.
     snapshot: Option<SnapshotMeta>,
     snapshot_taking: SnapshotTaking,
+    /// Attempts to take a snapshot that failed in a row (they back off).
+    snapshot_failures: u32,
     /// Bytes of entries handed to the state machine since the last snapshot.
     applied_bytes_since_snapshot: u64,
     /// A snapshot being received from the leader.
@@ -326,6 +333,8 @@ pub struct Raft {
     forwarded: read::ForwardedReads,
     /// Damage to this node's log and its repair.
     repair: repair::Repair,
+    /// The log store refusing writes for lack of space.
+    stall: stall::Stall,
 }
 
 impl Raft {
@@ -463,11 +472,13 @@ impl Raft {
             apply_fetch: ApplyFetch::Idle,
             snapshot: state.snapshot,
             snapshot_taking: SnapshotTaking::Idle,
+            snapshot_failures: 0,
             applied_bytes_since_snapshot: 0,
             receiving: None,
             ticks: 0,
             forwarded,
             repair,
+            stall: stall::Stall::default(),
         };
         raft.debug_check();
         Ok(raft)
@@ -488,8 +499,11 @@ impl Raft {
             ApplyFetch::InFlight { ticks } => ApplyFetch::InFlight { ticks: ticks + 1 },
             ApplyFetch::Idle => ApplyFetch::Idle,
         };
-        if self.snapshot_taking == SnapshotTaking::Failed {
-            self.snapshot_taking = SnapshotTaking::Idle;
+        if let SnapshotTaking::Failed { wait } = self.snapshot_taking {
+            self.snapshot_taking = match wait {
+                0 => SnapshotTaking::Idle,
+                _ => SnapshotTaking::Failed { wait: wait - 1 },
+            };
         }
         self.ticks += 1;
         if matches!(self.role, Role::Leader(_)) {
@@ -499,6 +513,7 @@ impl Raft {
             self.tick_election();
         }
         self.tick_repair();
+        self.tick_stall();
         self.debug_check();
     }
 
@@ -851,6 +866,7 @@ impl Raft {
             membership_index: self.configs.current_index(),
             removed: self.removed,
             health: self.health(),
+            storage_stalled: self.storage_stalled(),
         }
     }
 

@@ -60,16 +60,27 @@ impl Raft {
 
     /// The caller took the snapshot a Ready asked for (or failed to). On success the log prefix
     /// it covers is compacted, keeping [`log_keep_entries`](crate::Config::log_keep_entries).
-    /// A failure is logged and the snapshot is asked for again after a tick.
+    /// A failure is logged and the snapshot is asked for again after a tick, then after
+    /// doubling pauses while failures go on (up to about 32 election timeouts).
     pub fn on_snapshot_taken(&mut self, result: Result<SnapshotMeta, SnapshotError>) {
         let meta = match result {
             Ok(meta) => meta,
             Err(err) => {
-                tracing::warn!(group = self.group, id = self.id, %err, "taking a snapshot failed");
-                self.snapshot_taking = SnapshotTaking::Failed;
+                let failures = self.snapshot_failures.saturating_add(1);
+                self.snapshot_failures = failures;
+                let wait = if failures == 1 {
+                    0
+                } else {
+                    self.cfg.election_ticks.saturating_mul(1 << (failures - 2).min(5))
+                };
+                if failures <= 2 || failures.is_power_of_two() {
+                    tracing::warn!(group = self.group, id = self.id, %err, failures, "taking a snapshot failed; retrying later");
+                }
+                self.snapshot_taking = SnapshotTaking::Failed { wait };
                 return;
             }
         };
+        self.snapshot_failures = 0;
         self.snapshot_taking = SnapshotTaking::Idle;
         let previous = self.snapshot.as_ref().map_or(0, |s| s.index);
         self.record_snapshot(meta);

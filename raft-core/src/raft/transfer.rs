@@ -98,7 +98,7 @@ impl Raft {
 
     /// The leader tells this node to campaign now (its log is up to date).
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.is_leader() || !self.is_voter() || !self.log_trusted() {
+        if self.is_leader() || !self.is_voter() || !self.log_trusted() || self.storage_stalled() {
             return;
         }
         tracing::info!(

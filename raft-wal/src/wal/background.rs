@@ -24,6 +24,9 @@ impl Shared {
     }
 
     pub(super) fn run_preparer(&self) {
+        // One warning when preparing starts failing (a full disk retries every 200 ms for as
+        // long as it lasts), one note when it works again.
+        let mut failing = false;
         loop {
             let want = self.config.prepared_segments;
             let id = {
@@ -41,10 +44,17 @@ impl Shared {
                 match segment::prepare_new(&self.dir, id, size, segment::Fill::Zeros) {
                     Ok(path) => {
                         self.state.write().prepared.push_back(path);
+                        if std::mem::take(&mut failing) {
+                            tracing::info!(dir = %self.dir.display(), "preparing segments works again");
+                        }
                         continue;
                     }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(dir = %self.dir.display(), %e, "preparing a segment failed; retrying every 200 ms")
+                    }
                     Err(e) => {
-                        tracing::warn!(dir = %self.dir.display(), %e, "preparing a segment failed; retrying")
+                        tracing::debug!(dir = %self.dir.display(), %e, "preparing a segment failed again")
                     }
                 }
             }

@@ -1,0 +1,147 @@
+//! The persist stage: writes the core's Readies to the log store in order, syncs, then releases
+//! the messages that promised durability.
+//!
+//! A store out of space ([`StorageError::Full`]) did nothing, so the stage keeps the writes and
+//! retries them on its own clock (10 ms, doubling to 500 ms) until space is freed; meanwhile
+//! nothing behind them is acknowledged, and the core knows
+//! ([`Raft::set_storage_stalled`](crate::Raft::set_storage_stalled)): it takes no proposals and
+//! hands leadership away. Any other failure stops the node for good.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::stage::{Called, Round, Take};
+use super::threads::{Driver, Input};
+use crate::error::StorageError;
+use crate::execute::{LogWriter, PersistWrite};
+use crate::storage::StateMachine;
+
+/// Most Readies' writes in one store call and one sync.
+const PERSIST_JOBS_MAX: usize = 4096;
+/// The first pause before writes refused for lack of space are tried again.
+const FULL_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between retries.
+const FULL_RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// The persist stage's state.
+pub(crate) struct Persister {
+    /// The writes being made durable.
+    round: Vec<PersistWrite>,
+    /// Writes the round, holding back hard states that only move the commit index.
+    writer: LogWriter,
+    /// A write or sync failed: nothing more is written or acknowledged.
+    failed: bool,
+    /// The store refused the round for lack of space: the pause before the next try.
+    full_backoff: Option<Duration>,
+}
+
+impl Persister {
+    pub(crate) fn new() -> Persister {
+        Persister { round: Vec::new(), writer: LogWriter::new(), failed: false, full_backoff: None }
+    }
+}
+
+impl<M: StateMachine> Driver<M> {
+    /// The persist thread: runs the writes handed to it, retries them on its clock while the
+    /// store is full; at shutdown, once every queued write is done, writes the commit index it
+    /// held back.
+    pub(super) fn persist_worker(&self) {
+        loop {
+            let retry = *self.persist_retry.lock();
+            if self.persist.wait_called(retry) == Called::Closed {
+                break;
+            }
+            self.persist.run(Take::Wait, &mut |p, jobs| self.persist_round(p, jobs));
+        }
+        let failure = self.persist.with_state(|p| {
+            if p.failed {
+                return Ok(());
+            }
+            p.writer.flush(self.log.as_ref(), self.group)
+        });
+        if let Err(err) = failure {
+            self.shared.fail(format!("log store: {err}"));
+        }
+    }
+
+    /// Writes the queued jobs as one ordered batch (see [`LogWriter`]), syncs once, then
+    /// releases the jobs' messages, reports them durable and runs the core (here, if it is free).
+    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistWrite>) -> Round {
+        if p.failed {
+            jobs.clear(); // Never written, never acknowledged.
+            return Round::Continue;
+        }
+        let closing = self.persist.is_closed();
+        let retry = *self.persist_retry.lock();
+        if retry.is_some_and(|at| Instant::now() < at) && !closing {
+            return Round::Stall; // Not time to try again yet.
+        }
+        let take = jobs.len().min(PERSIST_JOBS_MAX);
+        p.round.extend(jobs.drain(..take));
+        let log = self.log.as_ref();
+        let written = p.writer.write(log, &mut p.round).and_then(|lsn| match lsn {
+            Some(lsn) => log.sync(lsn),
+            None => Ok(()),
+        });
+        match written {
+            Ok(()) => {}
+            Err(StorageError::Full(why)) if !closing => {
+                // Nothing of the round was done: back to the front of the queue, in order, to
+                // be tried again after a pause.
+                for write in p.round.drain(..).rev() {
+                    jobs.push_front(write);
+                }
+                self.persist_full(p, why);
+                return Round::Stall;
+            }
+            Err(err) => {
+                // Nothing of this round is acknowledged: its messages are never sent.
+                p.failed = true;
+                p.round.clear();
+                jobs.clear();
+                if closing && matches!(err, StorageError::Full(_)) {
+                    tracing::warn!(group = self.group, %err, "shut down with writes the full store refused; none was acknowledged");
+                } else {
+                    self.fail(format!("log store: {err}"));
+                }
+                return Round::Continue;
+            }
+        }
+        if p.full_backoff.take().is_some() {
+            *self.persist_retry.lock() = None;
+            *self.shared.storage_full.lock() = None;
+            tracing::info!(group = self.group, "log store takes writes again");
+            self.core.push(Input::StorageStalled(false));
+        }
+        let mut last = 0;
+        let mut messages = Vec::new();
+        for job in p.round.drain(..) {
+            last = job.number;
+            messages.extend(job.messages);
+        }
+        if !messages.is_empty() {
+            self.transport.send_all(messages);
+        }
+        if self.core.push(Input::Persisted { number: last }) {
+            self.drive();
+        }
+        Round::Continue
+    }
+
+    /// The store refused the round for lack of space: schedules the next try, and on the first
+    /// refusal tells the core and the node's callers.
+    fn persist_full(&self, p: &mut Persister, why: String) {
+        let pause = match p.full_backoff {
+            None => {
+                tracing::warn!(group = self.group, %why, "log store is out of space; holding writes and retrying until space is freed");
+                *self.shared.storage_full.lock() = Some(why);
+                self.core.push(Input::StorageStalled(true));
+                self.core.call_worker();
+                FULL_RETRY_FIRST
+            }
+            Some(d) => (d * 2).min(FULL_RETRY_MAX),
+        };
+        p.full_backoff = Some(pause);
+        *self.persist_retry.lock() = Some(Instant::now() + pause);
+    }
+}
