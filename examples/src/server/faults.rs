@@ -2,12 +2,17 @@
 //! the server runs with `--enable-debug-commands`): `RAFTKIT.DEBUG CUT <id>...` drops every
 //! Raft message to and from those nodes, `RAFTKIT.DEBUG HEAL` restores them. Client traffic is
 //! untouched, so a test can cut a node off from its leader and still ask it questions.
+//! `RAFTKIT.DEBUG FAILSYNC` makes the log's syncs fail from then on.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft_core::{GroupId, Inbound, Membership, Message, NodeId, Transport};
+use raft_core::{
+    Entry, GroupId, Inbound, Index, LogDamage, LogState, LogStore, LogWrite, Lsn, Membership,
+    Message, NodeId, StorageError, Term, Transport,
+};
 
 /// The nodes this node's Raft messages are cut off from.
 #[derive(Debug, Default)]
@@ -73,5 +78,78 @@ impl Inbound for CutInbound {
         if !msgs.is_empty() {
             self.inner.deliver_all(msgs);
         }
+    }
+}
+
+/// `RAFTKIT.DEBUG FAILSYNC`: every later sync of the log fails, as an fsync that returned EIO
+/// would. The node stops (the server exits) and a restart brings it back.
+#[derive(Debug, Default)]
+pub(crate) struct SyncFault(AtomicBool);
+
+impl SyncFault {
+    /// Makes every later sync fail.
+    pub(crate) fn arm(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A log store whose syncs fail once its [`SyncFault`] is armed; otherwise the store itself.
+pub(crate) struct FaultyLog {
+    pub(crate) inner: Arc<dyn LogStore>,
+    pub(crate) fault: Arc<SyncFault>,
+}
+
+impl LogStore for FaultyLog {
+    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
+        self.inner.write(batch)
+    }
+    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
+        if self.fault.0.load(Ordering::Acquire) {
+            return Err(StorageError::Io(std::io::Error::other(
+                "fsync failed (RAFTKIT.DEBUG FAILSYNC)",
+            )));
+        }
+        self.inner.sync(lsn)
+    }
+    fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
+        self.inner.compact(group, through, term)
+    }
+    fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(group, lo, hi, max_bytes)
+    }
+    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
+        self.inner.term(group, index)
+    }
+    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
+        self.inner.log_state(group)
+    }
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        self.inner.groups()
+    }
+    fn config_entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.config_entries(group, lo, hi)
+    }
+    fn damage(&self, group: GroupId) -> Option<LogDamage> {
+        self.inner.damage(group)
+    }
+    fn take_damage_found(&self, group: GroupId) -> Option<Index> {
+        self.inner.take_damage_found(group)
+    }
+    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        self.inner.mark_repaired(group)
     }
 }
