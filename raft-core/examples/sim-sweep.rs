@@ -130,6 +130,7 @@ fn main() -> ExitCode {
     let transfers = AtomicU64::new(0);
     let changes = AtomicU64::new(0);
     let storage_faults = AtomicU64::new(0);
+    let disk_full = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -150,6 +151,7 @@ fn main() -> ExitCode {
                         transfers.fetch_add(report.transfers, Ordering::Relaxed);
                         changes.fetch_add(report.membership_changes, Ordering::Relaxed);
                         storage_faults.fetch_add(report.storage_faults, Ordering::Relaxed);
+                        disk_full.fetch_add(report.disk_full, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -189,8 +191,9 @@ fn main() -> ExitCode {
     );
     println!("membership changes: {} accepted by a leader", changes.load(Ordering::Relaxed));
     println!(
-        "storage faults: {} injected (every damaged member repaired)",
-        storage_faults.load(Ordering::Relaxed)
+        "storage faults: {} injected (every damaged member repaired); disks filled: {}",
+        storage_faults.load(Ordering::Relaxed),
+        disk_full.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");

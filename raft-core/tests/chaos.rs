@@ -10,7 +10,8 @@ use bytes::Bytes;
 use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
 use raft_core::sim::chaos::{
-    bank_workload, changes_membership, damages_storage, run_seed, run_seed_with, ChaosOptions,
+    bank_workload, changes_membership, damages_storage, fills_disks, run_seed, run_seed_with,
+    ChaosOptions,
 };
 use raft_core::sim::Workload;
 use raft_core::{Entry, MemLogStore, StateMachine};
@@ -159,6 +160,18 @@ fn the_sweep_injects_storage_faults() {
     let faults: u64 =
         seeds.iter().map(|&seed| run_seed(seed, &opts).expect("passes").storage_faults).sum();
     assert!(faults >= 6, "{faults} storage faults in {} runs", seeds.len());
+}
+
+/// Half the seeds fill nodes' disks for a while (the leader's too): writes are held and the
+/// core stalls, and every check still holds.
+#[test]
+fn the_sweep_fills_disks() {
+    let opts = ChaosOptions::default();
+    let seeds: Vec<u64> = (0..40).filter(|&s| fills_disks(s)).take(6).collect();
+    assert_eq!(seeds.len(), 6);
+    let filled: u64 =
+        seeds.iter().map(|&seed| run_seed(seed, &opts).expect("passes").disk_full).sum();
+    assert!(filled >= 6, "{filled} full disks in {} runs", seeds.len());
 }
 
 /// A user's machine with a bug the bank's invariant must catch: every 40th entry it applies

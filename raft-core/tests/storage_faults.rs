@@ -229,3 +229,35 @@ fn an_unknown_end_stays_unknown_when_more_damage_is_found() {
         .collect();
     assert_eq!(answers, vec![false], "no vote while where the log ended is unknown");
 }
+
+/// A leader whose disk fills hands leadership to an up-to-date follower, so the group commits
+/// on; the full node never campaigns while it cannot write its vote, and catches up once its
+/// disk has room again.
+#[test]
+fn a_leader_whose_disk_fills_hands_over_and_catches_up() {
+    for seed in 0..8 {
+        let mut c = cluster(3, seed);
+        let leader = check_one_leader(&mut c);
+        let term = c.raft(leader).unwrap().term();
+        for i in 0..5 {
+            one(&mut c, format!("a{i}").as_bytes(), 3, false);
+        }
+        c.fill_disk(leader, 3_000 * MS);
+        // Its next write is held: it stalls and hands over.
+        let _ = c.propose(leader, "held".into());
+        run(&mut c, 1_000);
+        let now = check_one_leader(&mut c);
+        assert_ne!(now, leader, "seed {seed}: leadership moved off the full node");
+        let full = c.raft(leader).unwrap();
+        assert!(full.storage_stalled(), "seed {seed}");
+        assert_eq!(full.role(), RoleKind::Follower, "seed {seed}: it never campaigns");
+        assert!(c.raft(now).unwrap().term() == term + 1, "seed {seed}: one election, no more");
+        let mut last = 0;
+        for i in 0..5 {
+            last = one(&mut c, format!("b{i}").as_bytes(), 2, false);
+        }
+        run(&mut c, 2_500);
+        assert!(!c.raft(leader).unwrap().storage_stalled(), "seed {seed}: room again");
+        wait_repaired(&mut c, last, 5_000);
+    }
+}

@@ -79,6 +79,8 @@ pub struct ChaosReport {
     pub membership_changes: u64,
     /// Storage faults injected (logs damaged at a restart, entries corrupted while running).
     pub storage_faults: u64,
+    /// Times a node's disk filled up for a while.
+    pub disk_full: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -204,6 +206,11 @@ pub fn damages_storage(seed: u64) -> bool {
     Rng::new(seed ^ 0xD15C_DA3A).chance(0.5)
 }
 
+/// Whether the chaos run of `seed` fills nodes' disks for a while (its own generator).
+pub fn fills_disks(seed: u64) -> bool {
+    Rng::new(seed ^ 0xF0_11D1_5C).chance(0.5)
+}
+
 /// The drift allowance (in ticks per election timeout) that keeps a lease safe when every
 /// node's tick is within `drift_pct` percent of nominal: a leader's lease of `L` slow ticks
 /// must end before `election_ticks - 1` fast ticks of any follower, so
@@ -306,10 +313,18 @@ fn run_seed_inner<W: Workload>(
         .collect();
     // And storage faults (on the seeds that inject them).
     let mut storage_rng = Rng::new(seed ^ 0x5709_A6E5);
+    // And full disks (on the seeds that fill them).
+    let mut full_rng = Rng::new(seed ^ 0xF1_11ED);
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
         if damages_storage(seed) && storage_rng.chance(0.15) {
             damage_storage(&mut cluster, &mut storage_rng, n);
+        }
+        if fills_disks(seed) && full_rng.chance(0.15) {
+            // Any node, the leader included, for up to two seconds.
+            let id = full_rng.range(1, n);
+            let for_us = full_rng.range(10_000, 2_000_000);
+            cluster.fill_disk(id, for_us);
         }
         if changes_membership(seed) && member_rng.chance(0.3) {
             change_membership(&mut cluster, &mut member_rng, n, &mut ever_member);
@@ -464,6 +479,7 @@ fn run_seed_inner<W: Workload>(
         transfers: stats.transfers,
         membership_changes: stats.membership_changes,
         storage_faults: stats.storage_faults,
+        disk_full: stats.disk_full,
     })
 }
 

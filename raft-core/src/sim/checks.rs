@@ -52,6 +52,15 @@ fn data_hash(entry: &Entry) -> u64 {
     h.finish()
 }
 
+/// When a node decided a write (see [`SafetyChecker::check_write`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Decided {
+    /// The node led.
+    pub leader: bool,
+    /// Entries known committed anywhere.
+    pub committed: usize,
+}
+
 /// Cluster-wide memory of what every node has said, to check the properties against.
 #[derive(Debug, Default)]
 pub struct SafetyChecker {
@@ -77,6 +86,11 @@ impl SafetyChecker {
         SafetyChecker::default()
     }
 
+    /// What [`check_write`](SafetyChecker::check_write) needs to know of a write decided now.
+    pub fn decided_now(&self, node: &Raft) -> Decided {
+        Decided { leader: node.is_leader(), committed: self.committed.len() }
+    }
+
     /// The highest index known committed anywhere.
     pub fn committed_index(&self) -> Index {
         self.committed.len() as Index
@@ -84,18 +98,25 @@ impl SafetyChecker {
 
     /// Checks entries a node is about to write, given what its store holds (`stored_term(i)`,
     /// before the write) and whether the node is leader in the entries' term.
+    ///
+    /// `decided` is when the node decided the write, for a write that reaches the store later
+    /// (held while its disk was full): whether it led then, and how many entries were known
+    /// committed then. An entry committed after a stale follower decided to replace it is not
+    /// its fault (the majority that committed it had moved on), so only those count.
     pub fn check_write(
         &mut self,
         node: &Raft,
         entries: &[Entry],
         store_last_index: Index,
         stored_term: impl Fn(Index) -> Option<Term>,
+        decided: Option<Decided>,
     ) -> Result<(), Violation> {
         let Some(first) = entries.first() else { return Ok(()) };
         let id = node.id();
+        let decided = decided.unwrap_or_else(|| self.decided_now(node));
         if first.index <= store_last_index {
             // A suffix is being replaced, which only a follower may do.
-            if node.is_leader() {
+            if decided.leader {
                 return Err(violation(
                     "leader append-only",
                     format!(
@@ -106,7 +127,9 @@ impl SafetyChecker {
                     ),
                 ));
             }
-            if let Some(&committed_term) = self.committed.get(first.index as usize - 1) {
+            let known = self.committed[..decided.committed.min(self.committed.len())]
+                .get(first.index as usize - 1);
+            if let Some(&committed_term) = known {
                 if stored_term(first.index) == Some(committed_term) && first.term != committed_term
                 {
                     return Err(violation(

@@ -21,7 +21,7 @@ use super::options::{SimError, SimOptions, SimStats};
 use super::workload::Workload;
 use super::CrashableStore;
 use crate::error::{ProposeError, ReadError, StorageError, TransferError};
-use crate::execute::{Executor, LogWriter};
+use crate::execute::{Executor, LogWriter, PersistWrite};
 use crate::message::Message;
 use crate::node::ReadMode;
 use crate::ready::ReadId;
@@ -147,6 +147,15 @@ pub(super) struct Pending {
     pub(super) op_id: u64,
 }
 
+/// A write held while its node's disk is full.
+pub(super) struct Held {
+    pub(super) write: PersistWrite,
+    /// The acknowledgements that wait for it.
+    pub(super) acks: Vec<Ack>,
+    /// When the node decided it (for the checks made when it reaches the store).
+    pub(super) decided: super::checks::Decided,
+}
+
 pub(super) struct SimNode<W: Workload> {
     pub(super) id: NodeId,
     pub(super) raft: Option<Raft>,
@@ -176,8 +185,13 @@ pub(super) struct SimNode<W: Workload> {
     pub(super) read_waiting: Vec<(Index, SimRead<W>)>,
     pub(super) next_read: ReadId,
     pub(super) disk_free_at: u64,
-    /// Writes handed to the disk whose durability event has not happened yet.
+    /// Writes handed to the disk whose durability event has not happened yet (held ones too).
     pub(super) writes_in_flight: u64,
+    /// The node's disk is full until then (simulated time): writes are held, not written.
+    pub(super) full_until: u64,
+    /// Writes held while the disk is full, with the acknowledgements that wait for them, in
+    /// order (process state: a crash loses them, never written and never acknowledged).
+    pub(super) held: VecDeque<Held>,
     pub(super) durable: DurableModel,
     /// Writes accepted by the store and not yet reported durable by it, oldest first. A store
     /// may make more durable than a sync asked for (one fdatasync covers every write so far):
@@ -279,6 +293,8 @@ impl<W: Workload> Cluster<W> {
                 next_read: 1,
                 disk_free_at: 0,
                 writes_in_flight: 0,
+                full_until: 0,
+                held: VecDeque::new(),
                 durable,
                 unsynced: VecDeque::new(),
                 tick_us,
@@ -604,11 +620,18 @@ impl<W: Workload> Cluster<W> {
         let idx = (id - 1) as usize;
         let Some(mut raft) = self.nodes[idx].raft.take() else { return Ok(()) };
         let mut executor = self.nodes[idx].executor;
-        let result = executor.run(&mut raft, &mut NodeIo { cluster: self, id, idx });
+        // A full disk: the writes held since it filled go to the disk once it has room again,
+        // in order; meanwhile the core knows (as the node driver tells it).
+        let mut io = NodeIo { cluster: self, id, idx };
+        let released = io.release_held(&raft);
+        raft.set_storage_stalled(!self.nodes[idx].held.is_empty());
+        let result = released.and_then(|()| {
+            executor.run(&mut raft, &mut NodeIo { cluster: self, id, idx }).map(|_| ())
+        });
         let node = &mut self.nodes[idx];
         node.raft = Some(raft);
         node.executor = executor;
-        result.map(|_| ())
+        result
     }
 
     /// Persist before acknowledge: when a node tells a leader that its log matches up to an
@@ -731,17 +754,17 @@ impl<W: Workload> Cluster<W> {
     }
 
     /// Nodes whose log is damaged and not yet repaired: running ones not
-    /// [`Healthy`](crate::Health::Healthy), and stopped ones whose store still records damage.
+    /// [`Healthy`](crate::Health::Healthy), and any whose store still records damage.
     pub fn damaged_nodes(&self) -> Vec<NodeId> {
         let group = self.opts.raft.group;
         (1..=self.nodes.len() as NodeId)
             .filter(|&id| {
                 let node = &self.nodes[(id - 1) as usize];
+                // A node whose repair is done but not yet durable (its disk full) still
+                // counts: a crash would bring the damage back.
                 node.store.corrupt_entry_at(group).is_some()
-                    || match &node.raft {
-                        Some(r) => r.health() != crate::Health::Healthy,
-                        None => node.store.damage(group).is_some(),
-                    }
+                    || node.store.damage(group).is_some()
+                    || node.raft.as_ref().is_some_and(|r| r.health() != crate::Health::Healthy)
             })
             .collect()
     }

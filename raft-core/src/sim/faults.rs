@@ -81,6 +81,7 @@ impl<W: Workload> Cluster<W> {
         node.epoch += 1;
         node.disk_free_at = self.now;
         node.writes_in_flight = 0;
+        node.held.clear(); // Never written, never acknowledged.
         node.unsynced.clear();
         node.pending.clear();
         node.reads.clear();
@@ -184,6 +185,17 @@ impl<W: Workload> Cluster<W> {
         tracing::info!(node = id, index, "sim: entry corrupted");
         self.stats.storage_faults += 1;
         true
+    }
+
+    /// Fills `id`'s disk for `for_us` (simulated time): its writes are held, in order, and go to
+    /// the disk once it has room again (as the node driver retries a store out of space); the
+    /// core is told meanwhile ([`Raft::set_storage_stalled`](crate::Raft::set_storage_stalled)).
+    /// A crash loses what was held; the disk stays full across it.
+    pub fn fill_disk(&mut self, id: NodeId, for_us: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.full_until = node.full_until.max(self.now + for_us);
+        self.stats.disk_full += 1;
+        tracing::info!(node = id, for_us, "sim: disk full");
     }
 
     /// Restarts a crashed node from what its disk holds.

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 
-use super::checks::Violation;
+use super::checks::{Decided, Violation};
 use super::clients::untag;
-use super::cluster::{storage_violation, Cluster, Event, Reply, SimNode};
+use super::cluster::{storage_violation, Cluster, Event, Held, Reply, SimNode};
 use super::durable::{Ack, ModelWrite};
 use super::workload::Workload;
 use crate::error::{SnapshotError, StorageError};
@@ -36,7 +36,12 @@ impl<W: Workload> NodeIo<'_, W> {
     ///
     /// A compaction goes to the store on its own first, so the check of the entries that follow
     /// sees the store they are written to.
-    fn write(&mut self, raft: &Raft, write: &mut PersistWrite) -> Result<Option<Lsn>, Violation> {
+    fn write(
+        &mut self,
+        raft: &Raft,
+        write: &mut PersistWrite,
+        decided: Option<Decided>,
+    ) -> Result<Option<Lsn>, Violation> {
         let mut last = None;
         if write.compact.is_some() && !write.entries.is_empty() {
             let mut compaction = PersistWrite {
@@ -45,15 +50,16 @@ impl<W: Workload> NodeIo<'_, W> {
                 ..PersistWrite::default()
             };
             compaction.compact = write.compact.take();
-            last = self.write_checked(raft, &mut compaction)?;
+            last = self.write_checked(raft, &mut compaction, decided)?;
         }
-        Ok(self.write_checked(raft, write)?.or(last))
+        Ok(self.write_checked(raft, write, decided)?.or(last))
     }
 
     fn write_checked(
         &mut self,
         raft: &Raft,
         write: &mut PersistWrite,
+        decided: Option<Decided>,
     ) -> Result<Option<Lsn>, Violation> {
         let (id, group) = (self.id, write.group);
         let cluster = &mut *self.cluster;
@@ -62,9 +68,13 @@ impl<W: Workload> NodeIo<'_, W> {
             let last =
                 node.store.log_state(group).map_err(|e| storage_violation(id, e))?.last_index;
             let store = &node.store;
-            cluster
-                .checker
-                .check_write(raft, &write.entries, last, |i| store.term(group, i).ok())?;
+            cluster.checker.check_write(
+                raft,
+                &write.entries,
+                last,
+                |i| store.term(group, i).ok(),
+                decided,
+            )?;
         }
         let lsn = node
             .writer
@@ -123,6 +133,58 @@ impl<W: Workload> NodeIo<'_, W> {
         })
     }
 
+    /// Writes `write` to the store and schedules its completion on the simulated disk (in
+    /// order behind every write before it), or acknowledges at once what needs no write.
+    /// A write that was held (`decided` then) always completes through the disk event (which
+    /// tells the executor), never at once.
+    fn persist_now(
+        &mut self,
+        raft: &Raft,
+        mut write: PersistWrite,
+        acks: Vec<Ack>,
+        decided: Option<Decided>,
+    ) -> Result<Option<Vec<Message>>, Violation> {
+        let lsn = self.write(raft, &mut write, decided)?;
+        if lsn.is_none() && self.node().writes_in_flight == 0 && decided.is_none() {
+            // Nothing written (or only a commit index held back) and nothing in flight: durable.
+            for ack in &acks {
+                self.cluster.check_acknowledgement(ack)?;
+            }
+            return Ok(Some(acks.into_iter().map(|ack| ack.msg).collect()));
+        }
+        // The disk completes writes in order; messages wait behind every write before them.
+        let d = &self.cluster.opts.disk;
+        let (min, max, slow, slow_max) =
+            (d.latency_min_us, d.latency_max_us, d.slow, d.slow_max_us);
+        let mut latency = 0;
+        if lsn.is_some() {
+            latency = self.cluster.rng.range(min, max.max(min));
+            if self.cluster.rng.chance(slow) {
+                latency += self.cluster.rng.range(0, slow_max);
+            }
+        }
+        let now = self.cluster.now;
+        let (id, number) = (self.id, write.number);
+        let node = self.node();
+        node.writes_in_flight += 1;
+        let done_at = (now + latency).max(node.disk_free_at);
+        node.disk_free_at = done_at;
+        let event = Event::DiskDone { node: id, epoch: node.epoch, lsn, number, messages: acks };
+        self.cluster.schedule(done_at - now, event);
+        Ok(None)
+    }
+
+    /// The disk has room again: the writes held while it was full go to it, in order.
+    pub(super) fn release_held(&mut self, raft: &Raft) -> Result<(), Violation> {
+        let now = self.cluster.now;
+        while self.node().full_until <= now {
+            let Some(held) = self.node().held.pop_front() else { break };
+            self.node().writes_in_flight -= 1;
+            self.persist_now(raft, held.write, held.acks, Some(held.decided))?;
+        }
+        Ok(())
+    }
+
     /// Schedules `event` after a random delay of at most the fetch delay.
     fn after_fetch_delay(&mut self, event: Event<W>) {
         let delay = self.cluster.rng.range(0, self.cluster.opts.fetch_delay_max_us);
@@ -170,34 +232,17 @@ impl<W: Workload> ReadyHandler for NodeIo<'_, W> {
                 Ack { msg, claims }
             })
             .collect();
-        let lsn = self.write(raft, &mut write)?;
-        if lsn.is_none() && self.node().writes_in_flight == 0 {
-            // Nothing written (or only a commit index held back) and nothing in flight: durable.
-            for ack in &acks {
-                self.cluster.check_acknowledgement(ack)?;
-            }
-            return Ok(Some(acks.into_iter().map(|ack| ack.msg).collect()));
-        }
-        // The disk completes writes in order; messages wait behind every write before them.
-        let d = &self.cluster.opts.disk;
-        let (min, max, slow, slow_max) =
-            (d.latency_min_us, d.latency_max_us, d.slow, d.slow_max_us);
-        let mut latency = 0;
-        if lsn.is_some() {
-            latency = self.cluster.rng.range(min, max.max(min));
-            if self.cluster.rng.chance(slow) {
-                latency += self.cluster.rng.range(0, slow_max);
-            }
-        }
         let now = self.cluster.now;
-        let (id, number) = (self.id, write.number);
+        let decided = self.cluster.checker.decided_now(raft);
         let node = self.node();
-        node.writes_in_flight += 1;
-        let done_at = (now + latency).max(node.disk_free_at);
-        node.disk_free_at = done_at;
-        let event = Event::DiskDone { node: id, epoch: node.epoch, lsn, number, messages: acks };
-        self.cluster.schedule(done_at - now, event);
-        Ok(None)
+        if node.full_until > now || !node.held.is_empty() {
+            // No room on the disk: held (in order behind any held before), never written or
+            // acknowledged until there is; the store is not even asked.
+            node.held.push_back(Held { write, acks, decided });
+            node.writes_in_flight += 1;
+            return Ok(None);
+        }
+        self.persist_now(raft, write, acks, None)
     }
 
     fn apply(

@@ -165,6 +165,8 @@ pub struct SimStats {
     pub crashes: u64,
     /// Storage faults injected (logs damaged at a restart, entries corrupted while running).
     pub storage_faults: u64,
+    /// Times a node's disk was filled (its writes held until it had room again).
+    pub disk_full: u64,
     /// Disk writes.
     pub disk_writes: u64,
     /// Log fetches served.
