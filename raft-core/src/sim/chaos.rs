@@ -208,7 +208,7 @@ pub fn damages_storage(seed: u64) -> bool {
 
 /// Whether the chaos run of `seed` fills nodes' disks for a while (its own generator).
 pub fn fills_disks(seed: u64) -> bool {
-    Rng::new(seed ^ 0xF0_11D1_5C).chance(0.5)
+    Rng::new(seed ^ 0xF011_D15C).chance(0.5)
 }
 
 /// The drift allowance (in ticks per election timeout) that keeps a lease safe when every
@@ -314,7 +314,7 @@ fn run_seed_inner<W: Workload>(
     // And storage faults (on the seeds that inject them).
     let mut storage_rng = Rng::new(seed ^ 0x5709_A6E5);
     // And full disks (on the seeds that fill them).
-    let mut full_rng = Rng::new(seed ^ 0xF1_11ED);
+    let mut full_rng = Rng::new(seed ^ 0x00F1_11ED);
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
         if damages_storage(seed) && storage_rng.chance(0.15) {
