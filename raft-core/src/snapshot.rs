@@ -59,6 +59,15 @@ pub trait SnapshotStore: Send + Sync {
     fn open_for_send(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
         self.open(meta)
     }
+
+    /// A snapshot of `group` the store's own checks (background scrubbing) found damaged since
+    /// the last call, and set aside: the node then takes a fresh one
+    /// ([`Raft::report_snapshot_damaged`](crate::Raft::report_snapshot_damaged)). The node
+    /// driver asks at every tick. The default finds nothing.
+    fn take_damage_found(&self, group: GroupId) -> Option<SnapshotMeta> {
+        let _ = group;
+        None
+    }
 }
 
 /// A snapshot being written. Dropping it without [`finish`](SnapshotWriter::finish) abandons it:
@@ -96,6 +105,9 @@ impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
     }
     fn open_for_send(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
         (**self).open_for_send(meta)
+    }
+    fn take_damage_found(&self, group: GroupId) -> Option<SnapshotMeta> {
+        (**self).take_damage_found(group)
     }
 }
 

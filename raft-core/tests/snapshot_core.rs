@@ -414,3 +414,37 @@ fn a_large_snapshot_is_not_retaken_until_the_log_since_it_is_as_large() {
     let third = next_snapshot_request(&mut r, 200).expect("a third snapshot");
     assert!(third.index - second.index <= 6, "{third:?}");
 }
+
+/// The newest snapshot found damaged (by the store's scrubber, or a read for a follower that
+/// failed its checksum) is replaced at once by a fresh one, at the same index when nothing was
+/// applied since; a report about an older snapshot changes nothing.
+#[test]
+fn a_damaged_newest_snapshot_is_retaken_at_once() {
+    let snap = meta(100, 2, 7);
+    let mut leader = leader_from_snapshot(&snap);
+    let drain = |r: &mut Raft| {
+        let mut asked = None;
+        while r.has_ready() {
+            let rd = r.ready();
+            r.on_persisted(rd.number);
+            asked = asked.or(rd.snapshot_request);
+        }
+        asked
+    };
+    drain(&mut leader);
+    leader.report_snapshot_damaged(&meta(90, 2, 1));
+    assert_eq!(drain(&mut leader), None, "not this node's newest: nothing to do");
+    // A chunk read for a follower fails its checksum.
+    start_transfer(&mut leader);
+    let rd = leader.ready();
+    leader.on_persisted(rd.number);
+    let read = rd.snapshot_reads[0].clone();
+    let err = raft_core::SnapshotError::ChecksumMismatch { expected: 1, actual: 2 };
+    leader.on_snapshot_read(read, Err(err));
+    let request = drain(&mut leader).expect("a fresh snapshot is asked for");
+    assert_eq!(request.index, leader.applied_index());
+    let fresh = request.meta_with(SIZE, 8);
+    leader.on_snapshot_taken(Ok(fresh.clone()));
+    assert_eq!(leader.status().snapshot_index, fresh.index);
+    assert_eq!(drain(&mut leader), None, "asked once");
+}

@@ -17,6 +17,10 @@
 //!   is never deleted.
 //! - **Rate-limited sending.** Readers opened for sending share a token bucket
 //!   ([`SnapshotStoreOptions::send_rate_bytes_per_sec`]).
+//! - **Scrubbed.** A background thread reads every snapshot back at
+//!   [`SnapshotStoreOptions::scrub_bytes_per_sec`] and sets aside one that fails its checks,
+//!   telling the node ([`SnapshotStore::take_damage_found`](raft_core::SnapshotStore::take_damage_found)),
+//!   which takes a fresh one; counted in [`FileSnapshotStore::stats`].
 //!
 //! ```
 //! use std::io::Write;
@@ -42,4 +46,4 @@
 pub mod format;
 mod store;
 
-pub use store::{verify_file, FileSnapshotStore, OpenReport, SnapshotStoreOptions};
+pub use store::{verify_file, FileSnapshotStore, OpenReport, SnapshotStats, SnapshotStoreOptions};

@@ -19,6 +19,8 @@ use raft_core::{
 
 use crate::format;
 
+mod scrub;
+
 /// Settings of a [`FileSnapshotStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotStoreOptions {
@@ -35,6 +37,11 @@ pub struct SnapshotStoreOptions {
     /// whole-data checksum (otherwise only the header and trailer are checked at open, and
     /// frames when they are read).
     pub verify_on_open: bool,
+    /// Background scrubbing: bytes per second of snapshot files read back and checked (every
+    /// frame's CRC and the whole data's checksum), so damage is found before a restore or a
+    /// follower needs the snapshot. A damaged one is set aside and reported to the node
+    /// ([`SnapshotStore::take_damage_found`]), which takes a fresh one. 0 turns it off.
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for SnapshotStoreOptions {
@@ -44,6 +51,7 @@ impl Default for SnapshotStoreOptions {
             frame_bytes: 1 << 20,
             send_rate_bytes_per_sec: None,
             verify_on_open: true,
+            scrub_bytes_per_sec: 4 << 20,
         }
     }
 }
@@ -96,6 +104,29 @@ struct Shared {
     readers: Mutex<HashMap<String, usize>>,
     next_temp: AtomicU64,
     limiter: Option<Mutex<Bucket>>,
+    scrub: ScrubState,
+}
+
+/// What the scrubber counted and found.
+#[derive(Debug, Default)]
+struct ScrubState {
+    bytes: AtomicU64,
+    passes: AtomicU64,
+    damaged: AtomicU64,
+    /// Damaged snapshots not yet handed to the node, per group.
+    found: Mutex<HashMap<GroupId, SnapshotMeta>>,
+}
+
+/// Counters of a [`FileSnapshotStore`] ([`FileSnapshotStore::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotStats {
+    /// Bytes of snapshot files read back by scrubbing.
+    pub scrubbed_bytes: u64,
+    /// Complete passes of scrubbing over every snapshot.
+    pub scrub_passes: u64,
+    /// Snapshots scrubbing found damaged (and set aside).
+    pub scrub_damaged: u64,
 }
 
 impl FileSnapshotStore {
@@ -185,6 +216,7 @@ impl FileSnapshotStore {
                 readers: Mutex::new(HashMap::new()),
                 next_temp: AtomicU64::new(0),
                 limiter,
+                scrub: ScrubState::default(),
             }),
         };
         if store.shared.options.verify_on_open {
@@ -216,7 +248,25 @@ impl FileSnapshotStore {
         if !report.damaged.is_empty() {
             sync_dir(&store.shared.dir)?;
         }
+        let rate = store.shared.options.scrub_bytes_per_sec;
+        if rate > 0 {
+            let weak = Arc::downgrade(&store.shared);
+            std::thread::Builder::new()
+                .name("snapshot-scrub".into())
+                .spawn(move || scrub::run(weak, rate))
+                .map_err(|source| SnapshotError::File { path: store.shared.dir.clone(), source })?;
+        }
         Ok((store, report))
+    }
+
+    /// What the store counted: scrubbing's bytes, passes and damaged snapshots.
+    pub fn stats(&self) -> SnapshotStats {
+        let s = &self.shared.scrub;
+        SnapshotStats {
+            scrubbed_bytes: s.bytes.load(Ordering::Relaxed),
+            scrub_passes: s.passes.load(Ordering::Relaxed),
+            scrub_damaged: s.damaged.load(Ordering::Acquire),
+        }
     }
 
     /// The directory.
@@ -380,6 +430,10 @@ impl SnapshotStore for FileSnapshotStore {
 
     fn open_for_send(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {
         self.open_reader(meta, true)
+    }
+
+    fn take_damage_found(&self, group: GroupId) -> Option<SnapshotMeta> {
+        self.shared.scrub.found.lock().remove(&group)
     }
 }
 

@@ -279,3 +279,43 @@ fn sending_is_rate_limited_and_restoring_is_not() {
     assert!(send_time.as_secs_f64() >= 1.4, "sent 1 MB in {send_time:?} at {rate} B/s");
     assert!(local_time.as_secs_f64() < 1.0, "local reads were throttled: {local_time:?}");
 }
+
+/// Scrubbing reads every snapshot back in the background: a healthy store passes again and
+/// again; a byte flipped in the newest snapshot while the store runs is found, that snapshot
+/// set aside and reported once to the node, and the group falls back to the older one.
+#[test]
+fn scrubbing_finds_damage_while_the_store_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = SnapshotStoreOptions { scrub_bytes_per_sec: 64 << 20, ..options() };
+    let (store, _) = FileSnapshotStore::open(dir.path(), fast).unwrap();
+    let older = write(&store, 4, &data(20_000, 1));
+    let newest = write(&store, 5, &data(30_000, 2));
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: {:?}", store.stats());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait("two passes", &|| store.stats().scrub_passes >= 2);
+    let stats = store.stats();
+    assert!(stats.scrubbed_bytes >= 2 * 50_000, "{stats:?}");
+    assert_eq!(stats.scrub_damaged, 0);
+    assert_eq!(store.take_damage_found(1), None);
+    // A bit flip in frame 7's data, behind the store's back.
+    let path = path_of(&store, &newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = format::frame_offset(7, 1000) as usize + format::FRAME_HEADER_LEN as usize + 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    wait("the damage is found", &|| store.stats().scrub_damaged == 1);
+    assert_eq!(store.take_damage_found(1), Some(newest.clone()));
+    assert_eq!(store.take_damage_found(1), None, "reported once");
+    assert_eq!(store.latest(1).unwrap(), Some(older.clone()));
+    assert!(!path.exists());
+    let mut aside = path.into_os_string();
+    aside.push(".damaged");
+    assert!(std::path::Path::new(&aside).exists(), "kept for the operator");
+    assert!(matches!(store.open(&newest), Err(SnapshotError::NotFound { .. })));
+    assert_eq!(read_all(&store, &older), data(20_000, 1));
+}

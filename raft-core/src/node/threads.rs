@@ -501,6 +501,11 @@ where
                 if let Some(index) = self.log.take_damage_found(self.group) {
                     core.raft.report_damage(index);
                 }
+                if let Some(meta) =
+                    self.snapshots.as_ref().and_then(|s| s.take_damage_found(self.group))
+                {
+                    core.raft.report_snapshot_damaged(&meta);
+                }
             }
             Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
             Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),

@@ -323,6 +323,8 @@ pub struct Raft {
     snapshot_taking: SnapshotTaking,
     /// Attempts to take a snapshot that failed in a row (they back off).
     snapshot_failures: u32,
+    /// The store found the newest snapshot damaged: a fresh one is taken at once.
+    snapshot_damaged: bool,
     /// Bytes of entries handed to the state machine since the last snapshot.
     applied_bytes_since_snapshot: u64,
     /// A snapshot being received from the leader.
@@ -473,6 +475,7 @@ impl Raft {
             snapshot: state.snapshot,
             snapshot_taking: SnapshotTaking::Idle,
             snapshot_failures: 0,
+            snapshot_damaged: false,
             applied_bytes_since_snapshot: 0,
             receiving: None,
             ticks: 0,
@@ -692,7 +695,7 @@ impl Raft {
         }
         let applied = self.log.applying();
         let since = self.snapshot.as_ref().map_or(0, |s| s.index);
-        if self.applied_damage_pending() && applied > since {
+        if (self.applied_damage_pending() && applied > since) || self.snapshot_damaged {
             return true;
         }
         let log_large_enough = self.snapshot.as_ref().is_none_or(|s| {

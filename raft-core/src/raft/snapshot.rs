@@ -105,11 +105,31 @@ impl Raft {
             tracing::error!(group = self.group, id = self.id, ?meta, "snapshot of another group");
             return;
         }
-        if self.snapshot.as_ref().is_some_and(|s| s.index >= meta.index) {
+        // A damaged snapshot is replaced by a fresh one, at the same index if nothing was
+        // applied since.
+        let replaces_damaged =
+            self.snapshot_damaged && self.snapshot.as_ref().is_some_and(|s| s.index == meta.index);
+        if self.snapshot.as_ref().is_some_and(|s| s.index >= meta.index) && !replaces_damaged {
             return;
         }
+        self.snapshot_damaged = false;
         self.applied_bytes_since_snapshot = 0;
         self.snapshot = Some(meta);
+    }
+
+    /// The snapshot store found snapshot `meta` damaged or gone (its scrubber, or a read for a
+    /// follower that failed its checksum). If it is this node's newest, a fresh one is taken
+    /// at once, so followers that need a snapshot get a good one (and a restart has one).
+    pub fn report_snapshot_damaged(&mut self, meta: &SnapshotMeta) {
+        if self.snapshot.as_ref().is_some_and(|s| s.same_data(meta)) && !self.snapshot_damaged {
+            tracing::warn!(
+                group = self.group,
+                id = self.id,
+                index = meta.index,
+                "the newest snapshot is damaged; taking a fresh one"
+            );
+            self.snapshot_damaged = true;
+        }
     }
 
     fn queue_compaction(&mut self, index: Index, term: Term) {
@@ -186,9 +206,18 @@ impl Raft {
             Ok(data) => data,
             Err(err) => {
                 tracing::warn!(group, id, to = read.to, %err, "reading a snapshot chunk failed");
-                // The resend timeout restarts the transfer from the newest snapshot.
+                // The resend timeout restarts the transfer from the newest snapshot (a fresh
+                // one, if this one is damaged or gone).
                 send.offset = 0;
                 send.idle_ticks = 0;
+                if matches!(
+                    err,
+                    SnapshotError::ChecksumMismatch { .. }
+                        | SnapshotError::Corrupt(_)
+                        | SnapshotError::NotFound { .. }
+                ) {
+                    self.report_snapshot_damaged(&read.meta);
+                }
                 return;
             }
         };
