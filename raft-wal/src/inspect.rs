@@ -50,6 +50,8 @@ pub struct GroupInspection {
     pub missing: Vec<(Index, Index)>,
     /// ENTRIES records of the group read.
     pub records: u64,
+    /// Term and vote in their second copy (the `VOTES` files), if it holds the group.
+    pub votes_copy: Option<(Term, Option<raft_core::NodeId>)>,
 }
 
 /// One entry of a dumped group ([`inspect_with`]).
@@ -82,6 +84,10 @@ pub struct Inspection {
     pub groups: BTreeMap<GroupId, GroupInspection>,
     /// The live entries of the group asked for with [`inspect_with`], in index order.
     pub dump: Vec<EntryInfo>,
+    /// Why a copy of the votes could not be read. One file of the two may be torn by a crash
+    /// while it was written (the other then holds the previous image), so this alone is not
+    /// counted as damage.
+    pub votes_unreadable: Vec<String>,
 }
 
 impl Inspection {
@@ -196,10 +202,16 @@ pub fn inspect_with(dir: &Path, dump: Option<GroupId>) -> Result<Inspection, Wal
                 damaged,
                 missing,
                 records: r.records,
+                votes_copy: None,
             };
             (id, g)
         })
         .collect();
+    let votes = crate::votes::load(dir)?;
+    out.votes_unreadable = votes.unreadable;
+    for (&id, &copy) in &votes.votes {
+        out.groups.entry(id).or_default().votes_copy = Some(copy);
+    }
     Ok(out)
 }
 

@@ -49,6 +49,7 @@ mod staging;
 mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod votes;
 mod wal;
 
 pub use config::{AppendVia, Durability, RecoveryMode, WalConfig, SEGMENT_SIZE_MIN, SPIN_WAIT_MAX};

@@ -196,6 +196,7 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Recovered, WalEr
         append_via: config.append_via,
         staging: Staging::new(SEGMENT_HEADER_LEN),
         start_writeback: config.durability != Durability::Never,
+        votes_dirty: false,
     };
     let mut report = RecoveryReport::default();
 

@@ -13,10 +13,12 @@
 //!   date until it has its entries back.
 //! - Hard state (term and vote) is taken from the newest record that holds it, before or after
 //!   the hole: a record after the hole is newer than anything the hole held. A group with no
-//!   such record after the hole may have had its vote in the hole; voting twice in a term is
-//!   the one thing a node must never do, so salvage refuses with
-//!   [`WalError::HardStateLost`]. The commit index is taken from before the hole, where it
-//!   cannot cover entries a lost truncation replaced.
+//!   such record after the hole may have had its vote in the hole: its term and vote then come
+//!   from their second copy (`VOTES-A`/`VOTES-B`, written by every sync that made a change
+//!   durable, before it returned, so before any vote it covers was sent). Only when that copy
+//!   is unreadable too (two faults) does salvage refuse, with [`WalError::HardStateLost`]:
+//!   voting twice in a term is the one thing a node must never do. The commit index is taken
+//!   from before the hole, where it cannot cover entries a lost truncation replaced.
 //! - Entries whose payload fails its checksum cut their group's log there too.
 //!
 //! The result is written as a new log (through an ordinary [`Wal`](crate::Wal) in a temporary
@@ -64,6 +66,8 @@ pub struct SalvageReport {
     pub damaged_entries: u64,
     /// The groups that lost entries, and what each lost.
     pub damage: BTreeMap<GroupId, LogDamage>,
+    /// Groups whose term and vote were lost in a hole and taken from their second copy.
+    pub votes_from_copy: Vec<GroupId>,
 }
 
 /// Finishes a salvage a crash interrupted: throws away a half-built log, completes a swap.
@@ -173,8 +177,20 @@ pub(crate) fn salvage(
         replay_after(&segments, r, &mut groups);
     }
     if hole.is_some() {
-        if let Some((&group, _)) = groups.iter().find(|(_, g)| g.hard_state_after.is_none()) {
-            return Err(WalError::HardStateLost { path: dir.to_path_buf(), group });
+        // Term and vote of a group with no record of them after the hole come from their
+        // second copy, which every sync that made a change durable wrote before returning.
+        let votes = crate::votes::load(dir)?.votes;
+        for (&group, g) in groups.iter_mut().filter(|(_, g)| g.hard_state_after.is_none()) {
+            let before = g.hard_state.unwrap_or_default();
+            match votes.get(&group) {
+                Some(&(term, vote))
+                    if !crate::votes::newer((before.term, before.vote), (term, vote)) =>
+                {
+                    g.hard_state_after = Some(HardState { term, vote, commit: before.commit });
+                    report.votes_from_copy.push(group);
+                }
+                _ => return Err(WalError::HardStateLost { path: dir.to_path_buf(), group }),
+            }
         }
     }
 

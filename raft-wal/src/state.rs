@@ -55,6 +55,9 @@ pub(crate) struct State {
     /// Long flushes start writeback as they go (every mode but `Never`, which leaves writing
     /// to the OS).
     pub(crate) start_writeback: bool,
+    /// A group's term or vote changed since the last sync: that sync writes the second copy
+    /// (`crate::votes`).
+    pub(crate) votes_dirty: bool,
 }
 
 /// Where the durable part of the log ends, for tests that emulate a power loss.

@@ -144,25 +144,81 @@ fn a_damaged_payload_behind_a_hole_cuts_its_group_earlier() {
     assert_eq!(report.salvage.unwrap().damaged_entries, 1);
 }
 
-#[test]
-fn a_group_whose_vote_may_be_lost_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+/// Ten synced batches of group 1; the hard state changes with batches 0 and 4 (4 is where the
+/// damage goes). Returns where each batch starts.
+fn votes_then_hole(dir: &Path) -> Vec<raft_wal::DurablePosition> {
+    let (wal, _) = Wal::open(dir, config()).unwrap();
     let mut at = Vec::new();
     for b in 0..10u64 {
         at.push(wal.durable_position());
-        // A hard state only with the first batch: none after the hole restores it.
-        let hs = (b == 0).then_some(HardState { term: 4, vote: Some(1), commit: 0 });
+        let hs = match b {
+            0 => Some(HardState { term: 4, vote: Some(1), commit: 0 }),
+            4 => Some(HardState { term: 5, vote: Some(2), commit: 0 }),
+            _ => None,
+        };
         let es: Vec<Entry> = (b * 2 + 1..=b * 2 + 2).map(|i| entry(1, i, 4)).collect();
         let lsn = wal.write(&[LogWrite { group: 1, hard_state: hs, entries: &es }]).unwrap();
         wal.sync(lsn).unwrap();
     }
     wal.close().unwrap();
-    flip(dir.path(), at[4].segment, at[4].offset + 20);
+    flip(dir, at[4].segment, at[4].offset + 20);
+    at
+}
+
+/// The record holding a vote is lost in a hole, with no hard state after it: the vote comes
+/// from its second copy, which the sync that made it durable wrote.
+#[test]
+fn a_vote_lost_in_a_hole_comes_from_its_second_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    votes_then_hole(dir.path());
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    let hs = wal.log_state(1).unwrap().hard_state;
+    assert_eq!((hs.term, hs.vote), (5, Some(2)), "the newest vote, from the copy");
+    assert_eq!(report.salvage.unwrap().votes_from_copy, vec![1]);
+    assert_eq!(report.damage.get(&1).map(|d| d.from), Some(9), "the log is cut at the hole");
+}
+
+/// With both copies of the vote lost (two faults), the node must not start: it could vote twice
+/// in a term.
+#[test]
+fn a_group_whose_vote_and_its_copy_are_lost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    votes_then_hole(dir.path());
+    for name in ["VOTES-A", "VOTES-B"] {
+        let path = dir.path().join(name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        if !bytes.is_empty() {
+            bytes[12] ^= 0x20;
+            std::fs::write(&path, &bytes).unwrap();
+        }
+    }
     match Wal::open(dir.path(), config()) {
         Err(WalError::HardStateLost { group: 1, .. }) => {}
         other => panic!("expected the hard state refused, got {:?}", other.map(|(_, r)| r)),
     }
+}
+
+/// The log's last synced batch, holding a vote, is damaged with nothing written after it: it
+/// looks like a torn write and is cut, but the copy of the vote is newer than what is left, so
+/// the group gets its vote back and is reported damaged (its last entries may be gone too).
+#[test]
+fn a_copy_newer_than_the_log_reveals_a_lost_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    append_then_hard_state(&wal, 1, 1, 3);
+    let tail = wal.durable_position();
+    let es: Vec<Entry> = (4..=5).map(|i| entry(1, i, 7)).collect();
+    let hs = HardState { term: 7, vote: Some(3), commit: 3 };
+    let lsn = wal.write(&[LogWrite { group: 1, hard_state: Some(hs), entries: &es }]).unwrap();
+    wal.sync(lsn).unwrap();
+    wal.close().unwrap();
+    flip(dir.path(), tail.segment, tail.offset + 20);
+    let (wal, report) = Wal::open(dir.path(), config()).unwrap();
+    assert!(report.salvage.is_none(), "a damaged tail is cut like a torn write");
+    let state = wal.log_state(1).unwrap();
+    assert_eq!((state.hard_state.term, state.hard_state.vote), (7, Some(3)));
+    assert_eq!(state.last_index, 3);
+    assert_eq!(wal.damage(1), Some(LogDamage::new(4, None)), "the lost tail is reported");
 }
 
 #[test]

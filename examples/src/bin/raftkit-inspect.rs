@@ -69,12 +69,17 @@ fn run(dir: &Path, dump: Option<u64>) -> Result<bool, String> {
                 u.reason
             );
         }
+        for why in &report.votes_unreadable {
+            println!("  note: a copy of the votes is unreadable ({why}); the other one is used");
+        }
         for (id, g) in &report.groups {
             let hs = g.hard_state.map_or("none".to_owned(), |h| {
                 format!("term {} vote {:?} commit {}", h.term, h.vote, h.commit)
             });
+            let copy =
+                g.votes_copy.map_or("none".to_owned(), |(t, v)| format!("term {t} vote {v:?}"));
             println!(
-                "  group {id}: entries {}..={} (base term {}), hard state {hs}",
+                "  group {id}: entries {}..={} (base term {}), hard state {hs}, its copy {copy}",
                 g.base.0 + 1,
                 g.last_index,
                 g.base.1

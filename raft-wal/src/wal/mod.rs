@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     damage: Mutex<BTreeMap<GroupId, LogDamage>>,
     /// The background scrubber's findings and counters.
     scrub: scrub::Scrub,
+    /// The second copy of every group's term and vote (`crate::votes`), written by syncs.
+    votes: Mutex<crate::votes::VoteFiles>,
     pub(crate) state: RwLock<State>,
     /// Group commit, without a lock on the callers' path: a caller whose record is not durable
     /// either becomes the leader (`leading`, one at a time: on ext4 two fdatasyncs of one file
@@ -167,7 +169,13 @@ impl Wal {
             }
             other => (other?, None),
         };
-        let Recovered { state, lock, mut report, durable } = recovered;
+        let Recovered { mut state, lock, mut report, durable } = recovered;
+        let loaded = crate::votes::load(dir)?;
+        for why in &loaded.unreadable {
+            tracing::warn!(dir = %dir.display(), %why, "a copy of the votes is unreadable; the other is used");
+        }
+        let vote_files = crate::votes::VoteFiles::open(dir, loaded.generation)?;
+        let newer = adopt_newer_votes(&mut state, &loaded.votes);
         let damage = match damage::load(dir)? {
             damage::Loaded::None => BTreeMap::new(),
             damage::Loaded::Groups(groups) => groups,
@@ -183,6 +191,19 @@ impl Wal {
                 all
             }
         };
+        let mut damage = damage;
+        if !newer.is_empty() {
+            // The log's tail lost records a sync had covered (the copy is written after the
+            // log is synced): the entries beside them may be lost too.
+            for &group in &newer {
+                let from = state.groups.get(&group).map_or(1, |g| g.last_index() + 1);
+                let d = LogDamage::new(from, None);
+                let merged = damage.get(&group).map_or(d, |old: &LogDamage| old.merged(d));
+                damage.insert(group, merged);
+            }
+            tracing::error!(dir = %dir.display(), groups = ?newer, "the copy of the votes is newer than the log: its tail lost synced records; those groups repair");
+            damage::store(dir, &damage)?;
+        }
         if !damage.is_empty() {
             tracing::warn!(dir = %dir.display(), groups = damage.len(), "groups repairing damage: {damage:?}");
         }
@@ -193,6 +214,7 @@ impl Wal {
             config,
             damage: Mutex::new(damage),
             scrub: scrub::Scrub::default(),
+            votes: Mutex::new(vote_files),
             durable_seq: AtomicU64::new(durable.seq),
             last_sync_ns: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -456,4 +478,19 @@ impl LogStore for Wal {
         }
         Ok(out)
     }
+}
+
+/// Takes term and vote from the second copy for every group where it is newer than the log
+/// (or the log holds no record of the group at all); returns those groups.
+fn adopt_newer_votes(state: &mut State, votes: &crate::votes::Votes) -> Vec<GroupId> {
+    let mut adopted = Vec::new();
+    for (&group, &(term, vote)) in votes {
+        let g = state.groups.entry(group).or_default();
+        let hs = g.hard_state;
+        if crate::votes::newer((term, vote), (hs.term, hs.vote)) {
+            g.hard_state = raft_core::HardState { term, vote, ..hs };
+            adopted.push(group);
+        }
+    }
+    adopted
 }

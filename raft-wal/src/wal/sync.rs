@@ -198,7 +198,7 @@ impl Shared {
 
     /// Makes everything written so far durable; returns where the durable log then ends.
     pub(super) fn flush(&self) -> Result<DurablePosition, WalError> {
-        let (end, files) = {
+        let (end, files, votes) = {
             let mut st = self.state.write();
             // What writers left staged goes to the file with one call (see
             // `maybe_flush_staged`); a failure poisons the instance like a failed sync.
@@ -213,7 +213,13 @@ impl Shared {
                 offset: st.offset as u64,
             };
             self.pending_bytes.store(0, Ordering::Release);
-            (end, files)
+            let votes = std::mem::take(&mut st.votes_dirty).then(|| {
+                st.groups
+                    .iter()
+                    .map(|(&id, g)| (id, (g.hard_state.term, g.hard_state.vote)))
+                    .collect::<crate::votes::Votes>()
+            });
+            (end, files, votes)
         };
         fail::fail_point!("wal::sync", |_| Err(WalError::Io {
             path: self.dir.clone(),
@@ -227,6 +233,12 @@ impl Shared {
                 self.dir_dirty.store(true, Ordering::Release);
                 return Err(e);
             }
+        }
+        // The second copy of changed terms and votes, after the log's (so a copy newer than
+        // the log means the log lost synced records), before the sync returns (so before any
+        // vote it covers is sent).
+        if let Some(votes) = votes {
+            self.votes.lock().write(&self.dir, &votes)?;
         }
         Ok(end)
     }

@@ -214,6 +214,10 @@ impl Shared {
                     format::HARD_STATE_LEN,
                     |p, _| format::encode_hard_state(p, w.group, &hs),
                 )?;
+                let g = st.groups.entry(w.group).or_default();
+                if (g.hard_state.term, g.hard_state.vote) != (hs.term, hs.vote) {
+                    st.votes_dirty = true;
+                }
                 st.groups.entry(w.group).or_default().hard_state = hs;
             }
             let Some(first) = w.entries.first() else { continue };
