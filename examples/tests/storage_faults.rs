@@ -78,6 +78,10 @@ fn file_kind(path: &Path) -> &'static str {
         "wal-prepared"
     } else if name.ends_with(".snap") || path.parent().is_some_and(|p| p.ends_with("snapshots")) {
         "snapshot"
+    } else if name.starts_with("VOTES-") {
+        "wal-votes-copy"
+    } else if name == "DAMAGE" {
+        "wal-damage-record"
     } else {
         "other"
     }
