@@ -51,20 +51,36 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, WalError> {
     })
 }
 
-fn decode(b: &[u8]) -> Result<BTreeMap<GroupId, LogDamage>, String> {
-    if b.len() < MAGIC.len() + 4 + 4 || &b[..MAGIC.len()] != MAGIC {
-        return Err("not a damage record (bad magic or too short)".into());
+/// The body of a small file framed as `magic, body..., CRC32C of everything before it`, once
+/// its magic, length (at least `head` bytes before the CRC) and checksum check out; `what`
+/// names the file in the error. Shared with the copy of the votes (`crate::votes`).
+pub(crate) fn checked_body<'a>(
+    b: &'a [u8],
+    magic: &[u8; 8],
+    head: usize,
+    what: &str,
+) -> Result<&'a [u8], String> {
+    if b.len() < head + 4 || &b[..magic.len()] != magic {
+        return Err(format!("not a {what} (bad magic or too short)"));
     }
     let (body, crc) = b.split_at(b.len() - 4);
     let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32c::crc32c(body) != crc {
         return Err("checksum mismatch".into());
     }
-    let u64_at = |at: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&body[at..at + 8]);
-        u64::from_le_bytes(raw)
-    };
+    Ok(body)
+}
+
+/// The little-endian `u64` at `at` of `body` (the caller checked the length).
+pub(crate) fn u64_at(body: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&body[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+fn decode(b: &[u8]) -> Result<BTreeMap<GroupId, LogDamage>, String> {
+    let body = checked_body(b, MAGIC, MAGIC.len() + 4, "damage record")?;
+    let u64_at = |at: usize| u64_at(body, at);
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&body[8..12]);
     let count = u32::from_le_bytes(raw) as usize;

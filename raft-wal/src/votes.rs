@@ -131,19 +131,8 @@ fn encode(generation: u64, votes: &Votes) -> Vec<u8> {
 
 fn decode(b: &[u8]) -> Result<(u64, Votes), String> {
     let head = MAGIC.len() + 8 + 4;
-    if b.len() < head + 4 || &b[..MAGIC.len()] != MAGIC {
-        return Err("not a votes file (bad magic or too short)".into());
-    }
-    let (body, crc) = b.split_at(b.len() - 4);
-    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32c::crc32c(body) != crc {
-        return Err("checksum mismatch".into());
-    }
-    let u64_at = |at: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&body[at..at + 8]);
-        u64::from_le_bytes(raw)
-    };
+    let body = crate::damage::checked_body(b, MAGIC, head, "votes file")?;
+    let u64_at = |at: usize| crate::damage::u64_at(body, at);
     let generation = u64_at(8);
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&body[16..20]);
