@@ -69,6 +69,7 @@
 mod builder;
 mod persist;
 mod reply;
+mod snapshots;
 mod stage;
 mod threads;
 

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use bytes::Bytes;
 
 use super::persist::Persister;
 use super::reply::Reply;
+use super::snapshots::{missing_snapshot, SnapshotIo, SnapshotJob, ViewJob};
 use super::stage::{Called, Round, Stage, Take};
 use super::{
     is_read_barrier, NodeError, NodeOptions, NodeStatus, ReadFn, ReadMode, Shared, Waiter,
@@ -26,11 +26,8 @@ use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
 use crate::raft::{EntryId, Raft};
 use crate::ready::{FetchRequest, ReadId, ReadState, SnapshotChunk, SnapshotRead, SnapshotRequest};
-use crate::snapshot::{
-    restore_snapshot, take_snapshot, take_snapshot_view, SnapshotReader, SnapshotReceiver,
-    SnapshotStore,
-};
-use crate::storage::{serve_fetch, LogStore, SnapshotView, StateMachine};
+use crate::snapshot::{restore_snapshot, take_snapshot, SnapshotStore};
+use crate::storage::{serve_fetch, LogStore, StateMachine};
 use crate::transport::Transport;
 use crate::types::{Entry, EntryKind, GroupId, Index, NodeId, SnapshotMeta, Term};
 
@@ -108,12 +105,6 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     Read { index: Index, queries: Vec<ReadFn<M>> },
 }
 
-/// Work for the snapshot thread.
-enum SnapshotJob {
-    Read(SnapshotRead),
-    Chunk(SnapshotChunk),
-}
-
 /// The core stage's state: the Raft core and what the driver tracks about its Readies.
 pub(crate) struct Core<M: StateMachine> {
     raft: Raft,
@@ -121,7 +112,6 @@ pub(crate) struct Core<M: StateMachine> {
     executor: Executor,
     /// Proposals of this round, for the apply stage (queued before this round's Readies).
     registered: Vec<(Index, Term, Waiter<M>)>,
-    snapshot_tx: Option<Sender<SnapshotJob>>,
     /// Messages of this round's Readies, sent together at its end (a transport can write the
     /// messages for one peer at once).
     outbox: Vec<Message>,
@@ -137,9 +127,6 @@ pub(crate) struct Core<M: StateMachine> {
     stopped: bool,
 }
 
-/// A snapshot to write from a state machine's view, for the snapshot writer thread.
-type ViewJob = (Box<dyn SnapshotView>, SnapshotRequest);
-
 /// The apply stage's state: the state machine and the requests waiting for their entries.
 pub(crate) struct Applier<M: StateMachine> {
     machine: M,
@@ -147,8 +134,6 @@ pub(crate) struct Applier<M: StateMachine> {
     waiting: BTreeMap<Index, (Term, Waiter<M>)>,
     /// Confirmed reads waiting for the machine to apply their index.
     reads: BTreeMap<Index, Vec<ReadFn<M>>>,
-    /// Where snapshots from a [`SnapshotView`] are written (with a snapshot store).
-    view_tx: Option<Sender<ViewJob>>,
     stopped: bool,
 }
 
@@ -157,6 +142,10 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(crate) core: Stage<Core<M>, Input<M>>,
     pub(super) persist: Stage<Persister, PersistWrite>,
     pub(crate) apply: Stage<Applier<M>, ApplyJob<M>>,
+    /// Snapshot chunks read for followers and written from the leader (with a snapshot store).
+    pub(super) snapshot_io: Option<Stage<SnapshotIo, SnapshotJob>>,
+    /// Snapshots written from state machine views (with a snapshot store).
+    pub(super) views: Option<Stage<Arc<dyn SnapshotStore>, ViewJob>>,
     pub(super) group: GroupId,
     pub(crate) shared: Arc<Shared>,
     pub(super) log: Arc<dyn LogStore>,
@@ -201,13 +190,10 @@ where
     let id = raft.id();
     let group = raft.group();
     let name = |what: &str| format!("raft-{group}-{id}-{what}");
-    let (snapshot_tx, snapshot_rx) = channel_if(parts.snapshots.is_some());
-    let (view_tx, view_rx) = channel_if(parts.snapshots.is_some());
     let core = Core {
         raft,
         executor: Executor::new(),
         registered: Vec::new(),
-        snapshot_tx,
         outbox: Vec::new(),
         reads: HashMap::new(),
         next_read: 1,
@@ -222,13 +208,14 @@ where
         applied,
         waiting: BTreeMap::new(),
         reads: BTreeMap::new(),
-        view_tx,
         stopped: false,
     };
     let driver = Arc::new(Driver {
         core: Stage::new(core),
         persist: Stage::new(persister),
         apply: Stage::new(applier),
+        snapshot_io: parts.snapshots.clone().map(|s| Stage::new(SnapshotIo::new(s))),
+        views: parts.snapshots.clone().map(Stage::new),
         group,
         shared: parts.shared,
         log: parts.log,
@@ -252,25 +239,15 @@ where
     threads.push(spawn_one("persist", Box::new(move || d.persist_worker()))?);
     let d = driver.clone();
     threads.push(spawn_one("apply", Box::new(move || d.apply_worker()))?);
-    if let (Some(store), Some(rx)) = (driver.snapshots.clone(), snapshot_rx) {
+    if driver.snapshot_io.is_some() {
         let d = driver.clone();
-        threads.push(spawn_one("snapshot", Box::new(move || d.snapshot_loop(store, rx)))?);
+        threads.push(spawn_one("snapshot", Box::new(move || d.snapshot_worker()))?);
     }
-    if let (Some(store), Some(rx)) = (driver.snapshots.clone(), view_rx) {
+    if driver.views.is_some() {
         let d = driver.clone();
-        threads.push(spawn_one("snapwrite", Box::new(move || d.snapshot_writer(store, rx)))?);
+        threads.push(spawn_one("snapwrite", Box::new(move || d.view_worker()))?);
     }
     Ok((driver, threads))
-}
-
-/// A channel, if `wanted`.
-fn channel_if<T>(wanted: bool) -> (Option<Sender<T>>, Option<Receiver<T>>) {
-    if wanted {
-        let (tx, rx) = mpsc::channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    }
 }
 
 impl<M> Driver<M>
@@ -404,8 +381,8 @@ where
                 return Round::Continue;
             }
         }
-        let Core { raft, executor, snapshot_tx, outbox, reads, .. } = core;
-        let mut io = CoreIo { driver: self, outbox, reads, snapshot_tx: snapshot_tx.as_ref() };
+        let Core { raft, executor, outbox, reads, .. } = core;
+        let mut io = CoreIo { driver: self, outbox, reads };
         let carried = executor.run(raft, &mut io);
         if !core.outbox.is_empty() {
             self.transport.send_all(std::mem::take(&mut core.outbox));
@@ -432,7 +409,9 @@ where
         core.round_reads.clear();
         core.transfers.clear();
         core.changes.clear();
-        core.snapshot_tx = None;
+        if let Some(stage) = &self.snapshot_io {
+            stage.close();
+        }
         self.core.close();
         self.apply.push(ApplyJob::Stop);
         self.apply.close();
@@ -580,7 +559,9 @@ where
                 }
                 ApplyJob::Stop => {
                     a.stopped = true;
-                    a.view_tx = None; // The snapshot writer finishes its snapshot and ends.
+                    if let Some(views) = &self.views {
+                        views.close(); // The writer finishes its snapshot and ends.
+                    }
                     for (_, (_, waiter)) in std::mem::take(&mut a.waiting) {
                         waiter.fail(NodeError::Stopped);
                     }
@@ -639,24 +620,17 @@ where
             self.core.call_worker();
             return;
         };
-        let request = match (a.machine.snapshot_view(), &a.view_tx) {
-            (Some(view), Some(tx)) => match tx.send((view, request)) {
-                Ok(()) => return,
-                Err(mpsc::SendError((_, request))) => request,
-            },
-            _ => request,
-        };
+        if let Some(views) = &self.views {
+            if let Some(view) = a.machine.snapshot_view() {
+                if views.push((view, request.clone())) {
+                    views.call_worker();
+                }
+                return;
+            }
+        }
         let result = take_snapshot(&mut a.machine, store, &request);
         self.core.push(Input::SnapshotTaken(result));
         self.core.call_worker();
-    }
-
-    /// The snapshot writer thread: writes snapshots from state machine views.
-    fn snapshot_writer(&self, store: Arc<dyn SnapshotStore>, jobs: Receiver<ViewJob>) {
-        while let Ok((view, request)) = jobs.recv() {
-            let result = take_snapshot_view(view, store.as_ref(), &request);
-            self.deliver(Input::SnapshotTaken(result));
-        }
     }
 
     fn restore(&self, a: &mut Applier<M>, meta: &SnapshotMeta) -> Result<(), String> {
@@ -731,43 +705,17 @@ where
         self.note_apply_cost(busy, timed);
     }
 
-    /// Reads chunks for followers and writes received chunks, off the core's threads.
-    fn snapshot_loop(&self, store: Arc<dyn SnapshotStore>, jobs: Receiver<SnapshotJob>) {
-        let mut receiver = SnapshotReceiver::new();
-        // The snapshot being sent stays open between chunks (and is protected from retention).
-        let mut sending: Option<Box<dyn SnapshotReader>> = None;
-        while let Ok(job) = jobs.recv() {
-            let input = match job {
-                SnapshotJob::Read(read) => {
-                    let reuse = sending.as_ref().is_some_and(|r| r.meta().same_data(&read.meta));
-                    if !reuse {
-                        sending = None;
-                        match store.open_for_send(&read.meta) {
-                            Ok(reader) => sending = Some(reader),
-                            Err(err) => {
-                                self.deliver(Input::SnapshotRead(read, Err(err)));
-                                continue;
-                            }
-                        }
-                    }
-                    let result = match sending.as_mut() {
-                        Some(reader) => reader.read_at(read.offset, read.max_bytes),
-                        None => Err(missing_snapshot(&read.meta)),
-                    };
-                    let finished = result
-                        .as_ref()
-                        .map_or(true, |data| read.offset + data.len() as u64 >= read.meta.size);
-                    if finished {
-                        sending = None;
-                    }
-                    Input::SnapshotRead(read, result)
-                }
-                SnapshotJob::Chunk(chunk) => {
-                    let result = receiver.write(store.as_ref(), &chunk);
-                    Input::SnapshotChunk(chunk, result)
-                }
-            };
-            self.deliver(input);
+    /// The snapshot thread: reads and writes snapshot chunks, in order.
+    fn snapshot_worker(&self) {
+        if let Some(stage) = &self.snapshot_io {
+            stage.work(&mut |io, jobs| self.snapshot_round(io, jobs));
+        }
+    }
+
+    /// The snapshot writer thread: writes snapshots from state machine views.
+    fn view_worker(&self) {
+        if let Some(stage) = &self.views {
+            stage.work(&mut |store, jobs| self.view_round(store, jobs));
         }
     }
 
@@ -846,10 +794,6 @@ fn settle_changes<M: StateMachine>(core: &mut Core<M>) {
     }
 }
 
-fn missing_snapshot(meta: &SnapshotMeta) -> SnapshotError {
-    SnapshotError::NotFound { group: meta.group, index: meta.index, term: meta.term }
-}
-
 /// The core stopped: a stage it hands work to has closed.
 struct Stopped;
 
@@ -870,7 +814,6 @@ struct CoreIo<'a, M: StateMachine> {
     driver: &'a Driver<M>,
     outbox: &'a mut Vec<Message>,
     reads: &'a mut HashMap<ReadId, Vec<ReadFn<M>>>,
-    snapshot_tx: Option<&'a Sender<SnapshotJob>>,
 }
 
 impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
@@ -932,8 +875,12 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         &mut self,
         read: &SnapshotRead,
     ) -> Result<Option<Result<Bytes, SnapshotError>>, Stopped> {
-        match self.snapshot_tx {
-            Some(tx) => later(tx.send(SnapshotJob::Read(read.clone())).is_ok()),
+        match &self.driver.snapshot_io {
+            Some(stage) => {
+                let queued = stage.push(SnapshotJob::Read(read.clone()));
+                stage.call_worker();
+                later(queued)
+            }
             None => Ok(Some(Err(missing_snapshot(&read.meta)))),
         }
     }
@@ -942,8 +889,12 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         &mut self,
         chunk: &SnapshotChunk,
     ) -> Result<Option<Result<(), SnapshotError>>, Stopped> {
-        match self.snapshot_tx {
-            Some(tx) => later(tx.send(SnapshotJob::Chunk(chunk.clone())).is_ok()),
+        match &self.driver.snapshot_io {
+            Some(stage) => {
+                let queued = stage.push(SnapshotJob::Chunk(chunk.clone()));
+                stage.call_worker();
+                later(queued)
+            }
             None => Ok(Some(Err(missing_snapshot(&chunk.meta)))),
         }
     }
