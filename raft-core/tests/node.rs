@@ -17,6 +17,12 @@ use raft_core::{
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the cluster's nodes share a runtime's threads instead of having their own: this
+/// file also builds as the `node_on_runtime` test binary, which runs every test that way.
+fn on_runtime() -> bool {
+    std::env::args().next().is_some_and(|arg0| arg0.contains("node_on_runtime"))
+}
+
 /// Delivers messages between nodes of one process; a cut-off node neither sends nor receives.
 #[derive(Default)]
 struct LocalNet {
@@ -57,6 +63,10 @@ impl Cluster {
         let voters: Vec<NodeId> = (1..=n).collect();
         let mut options = NodeOptions::new(1, 7, voters);
         options.tick = Duration::from_millis(5);
+        if on_runtime() {
+            options.runtime =
+                Some(raft_core::node::Runtime::new(Default::default()).expect("runtime"));
+        }
         tweak(&mut options);
         let mut cluster = Cluster {
             net: Arc::new(LocalNet::default()),

@@ -31,6 +31,15 @@
 //! thread reads chunks to send and writes received ones, and a **snapshot writer** writes
 //! snapshots from state machine views (both only with a snapshot store).
 //!
+//! # Many groups in one process
+//!
+//! A node on its own has those five threads. Nodes started with
+//! [`NodeOptions::runtime`] share a [`Runtime`]'s fixed threads instead: a called stage becomes
+//! a task on one of its lanes (cores; applying; log writes, syncs and snapshot I/O), and its
+//! timer ticks every node. A process can then host thousands of groups, each costing memory,
+//! not threads, and one group's slow state machine holds up only the apply lane. Everything
+//! else (stages, what runs inline, what each error means) is the same.
+//!
 //! # Requests and their outcomes
 //!
 //! [`Node::propose`] and [`Node::read`] block until the request's entry is applied, or fail
@@ -69,6 +78,7 @@
 mod builder;
 mod persist;
 mod reply;
+mod runtime;
 mod snapshots;
 mod stage;
 mod threads;
@@ -95,6 +105,7 @@ use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
 pub use builder::NodeBuilder;
 pub use reply::Pending;
 use reply::{reply_pair, Reply};
+pub use runtime::{Runtime, RuntimeOptions};
 use threads::{ApplyJob, Driver, Input, Parts};
 
 /// Why a request to a [`Node`] did not succeed. Each variant says whether the request may have
@@ -271,6 +282,9 @@ pub struct NodeOptions {
     /// How [`Node::read`] makes reads linearizable. It decides [`Config::lease_reads`] (on for
     /// [`ReadMode::Lease`], off otherwise), whatever `raft` says.
     pub read_mode: ReadMode,
+    /// Run on these shared threads instead of threads of the node's own (see [`Runtime`]):
+    /// how one process hosts many groups.
+    pub runtime: Option<Runtime>,
 }
 
 impl NodeOptions {
@@ -286,6 +300,7 @@ impl NodeOptions {
             max_inputs_per_round: 4096,
             restore_chunk_bytes: 1 << 20,
             read_mode: ReadMode::Index,
+            runtime: None,
         }
     }
 }
@@ -429,8 +444,10 @@ impl<M: StateMachine> Waiter<M> {
 pub struct Node<M: StateMachine> {
     driver: Arc<Driver<M>>,
     shared: Arc<Shared>,
+    /// The node's own threads (none on a runtime).
     threads: Vec<JoinHandle<()>>,
     id: NodeId,
+    stopped: bool,
 }
 
 impl<M: StateMachine> std::fmt::Debug for Node<M> {
@@ -508,7 +525,7 @@ where
         let parts = Parts { shared: shared.clone(), log, snapshots, transport };
         let (driver, threads) =
             threads::spawn(raft, machine, applied, &options, parts).map_err(NodeError::Spawn)?;
-        Ok(Node { driver, shared, threads, id })
+        Ok(Node { driver, shared, threads, id, stopped: false })
     }
 
     /// Where the transport delivers this node's messages.
@@ -806,10 +823,15 @@ where
 impl<M: StateMachine> Node<M> {
     /// Stops the core and joins every thread (the raft loop first); idempotent.
     fn stop(&mut self) {
-        if self.threads.is_empty() {
+        if std::mem::replace(&mut self.stopped, true) {
             return;
         }
         self.driver.shut_down();
+        if self.threads.is_empty() {
+            // On a runtime: finish here what the stages still hold.
+            self.driver.finish_on_caller();
+            return;
+        }
         for thread in self.threads.drain(..) {
             let name = thread.thread().name().unwrap_or("?").to_owned();
             if thread.join().is_err() {

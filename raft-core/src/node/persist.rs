@@ -51,8 +51,18 @@ impl<M: StateMachine> Driver<M> {
             if self.persist.wait_called(retry) == Called::Closed {
                 break;
             }
-            self.persist.run(Take::Wait, &mut |p, jobs| self.persist_round(p, jobs));
+            self.run_persist();
         }
+        self.flush_held_commit();
+    }
+
+    /// Runs the persist stage until its queue is empty (or it stalls on a full store).
+    pub(super) fn run_persist(&self) {
+        self.persist.run(Take::Wait, &mut |p, jobs| self.persist_round(p, jobs));
+    }
+
+    /// At shutdown, once every queued write is done: writes the commit index held back.
+    pub(super) fn flush_held_commit(&self) {
         let failure = self.persist.with_state(|p| {
             if p.failed {
                 return Ok(());

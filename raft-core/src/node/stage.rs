@@ -15,6 +15,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use std::sync::OnceLock;
+
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 /// What one round of a stage's work asks for next.
@@ -61,6 +63,9 @@ pub(crate) enum Called {
 pub(crate) struct Stage<S, J> {
     queue: Mutex<Queue<J>>,
     signal: Condvar,
+    /// On a [`Runtime`](super::Runtime): queues a task that runs the stage, instead of waking a
+    /// thread of its own. Called on every call of an uncalled stage, and when it closes.
+    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// The runner's state, and a spare deque the runner swaps with the queue's (so taking the
     /// queued jobs neither allocates nor copies).
     state: Mutex<(S, VecDeque<J>)>,
@@ -80,6 +85,7 @@ impl<S, J> Stage<S, J> {
         Stage {
             queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false, closed: false }),
             signal: Condvar::new(),
+            waker: OnceLock::new(),
             state: Mutex::new((state, VecDeque::new())),
         }
     }
@@ -110,13 +116,18 @@ impl<S, J> Stage<S, J> {
         self.queue.lock().jobs.is_empty()
     }
 
-    /// Asks the worker thread to run the stage.
+    /// Asks the worker (a thread, or a task on a runtime) to run the stage.
     pub(crate) fn call_worker(&self) {
         let mut q = self.queue.lock();
         if !q.called {
             q.called = true;
             drop(q);
-            self.signal.notify_one();
+            match self.waker.get() {
+                Some(wake) => wake(),
+                None => {
+                    self.signal.notify_one();
+                }
+            }
         }
     }
 
@@ -125,6 +136,20 @@ impl<S, J> Stage<S, J> {
     pub(crate) fn close(&self) {
         self.queue.lock().closed = true;
         self.signal.notify_all();
+        if self.waker.get().is_some() {
+            self.call_worker();
+        }
+    }
+
+    /// Makes the stage's worker a task `wake` queues (a stage on a runtime has no thread).
+    pub(crate) fn set_waker(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(wake);
+    }
+
+    /// A task's look at the stage: whether it was called (clearing the call), so the task
+    /// runs it again.
+    pub(crate) fn take_called(&self) -> bool {
+        std::mem::take(&mut self.queue.lock().called)
     }
 
     /// Whether the stage is closed.

@@ -153,9 +153,13 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(super) transport: Arc<dyn Transport>,
     /// When the persist worker retries writes the store refused for lack of space.
     pub(super) persist_retry: parking_lot::Mutex<Option<Instant>>,
+    /// The runtime whose threads run the stages (none: threads of the node's own).
+    pub(super) pool: Option<Arc<super::runtime::Pool>>,
+    /// On a runtime: when the next tick is due.
+    pub(super) next_tick: parking_lot::Mutex<Instant>,
     restore_chunk_bytes: usize,
     pub(crate) read_mode: ReadMode,
-    tick: Duration,
+    pub(super) tick: Duration,
     max_inputs: usize,
     /// Estimated nanoseconds to apply one client entry ([`Driver::note_apply_cost`]): jumps to
     /// any slower sample at once, comes down slowly.
@@ -222,6 +226,8 @@ where
         snapshots: parts.snapshots,
         transport: parts.transport,
         persist_retry: parking_lot::Mutex::new(None),
+        pool: options.runtime.as_ref().map(|r| r.pool().clone()),
+        next_tick: parking_lot::Mutex::new(Instant::now() + options.tick),
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
         read_mode: options.read_mode,
         tick: options.tick.max(Duration::from_micros(100)),
@@ -229,6 +235,10 @@ where
         apply_cost_ns: AtomicU64::new(APPLY_COST_UNKNOWN),
         apply_timed: AtomicU64::new(0),
     });
+    if driver.pool.is_some() {
+        driver.run_on_pool();
+        return Ok((driver, Vec::new()));
+    }
     let spawn_one = |what: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name(what)).spawn(f)
     };
@@ -267,7 +277,7 @@ where
         self.follow_up();
     }
 
-    fn run_core(&self, take: Take) {
+    pub(super) fn run_core(&self, take: Take) {
         self.core.run(take, &mut |core, inputs| self.core_round(core, inputs));
     }
 
@@ -279,7 +289,7 @@ where
     /// reader serves every group on its connection): one group's slow state machine must not
     /// delay them. So only a machine whose entries are known to be cheap is applied inline,
     /// for at most [`INLINE_APPLY_BUDGET`] per call.
-    fn follow_up(&self) {
+    pub(super) fn follow_up(&self) {
         if !self.persist.is_idle() && self.persist_retry.lock().is_none() {
             // (A stalled persist stage retries on its own clock.)
             self.persist.call_worker();
@@ -535,7 +545,7 @@ where
 
     /// Applies committed entries and answers their waiters. `inline` rounds (on a thread that
     /// brought other work) hand restores, snapshots and the final stop to the apply thread.
-    fn apply_round(
+    pub(super) fn apply_round(
         &self,
         a: &mut Applier<M>,
         jobs: &mut VecDeque<ApplyJob<M>>,
