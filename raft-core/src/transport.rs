@@ -81,12 +81,29 @@ impl<T: Inbound + ?Sized> Inbound for Arc<T> {
 
 /// Routes received messages to the node of their group: one transport, many groups.
 ///
-/// Messages for a group with no registered node are dropped and counted (the group may not be
-/// started yet, or was removed from this process).
+/// A message for a group with no registered node is dropped and counted, by why
+/// ([`RouteError`]): the group is not on this node (not started yet, or never here), or it was
+/// destroyed here. A destroyed group's id is never registered again, so a late message of its
+/// old incarnation can never reach a new group of the same id.
 #[derive(Default)]
 pub struct Router {
     groups: RwLock<HashMap<GroupId, Arc<dyn Inbound>>>,
-    unroutable: AtomicU64,
+    /// Groups destroyed on this node: their ids are not reused.
+    destroyed: RwLock<std::collections::HashSet<GroupId>>,
+    unknown: AtomicU64,
+    to_destroyed: AtomicU64,
+}
+
+/// Why a message, a proposal or a registration names a group this node cannot take it for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// No node of the group is on this node (not started yet, or never here). Nothing was done.
+    #[error("group {0} is not on this node")]
+    UnknownGroup(GroupId),
+    /// The group was destroyed on this node; its id is not used again. Nothing was done.
+    #[error("group {0} was destroyed on this node")]
+    Destroyed(GroupId),
 }
 
 impl std::fmt::Debug for Router {
@@ -107,35 +124,86 @@ impl Router {
     }
 
     /// Routes `group`'s messages to `inbound`, replacing any earlier registration.
-    pub fn register(&self, group: GroupId, inbound: Arc<dyn Inbound>) {
+    ///
+    /// # Errors
+    /// [`RouteError::Destroyed`] for a group destroyed on this node (its id is not reused).
+    pub fn register(&self, group: GroupId, inbound: Arc<dyn Inbound>) -> Result<(), RouteError> {
+        if self.destroyed.read().contains(&group) {
+            return Err(RouteError::Destroyed(group));
+        }
         self.groups.write().insert(group, inbound);
+        Ok(())
     }
 
-    /// Stops routing `group`'s messages.
+    /// Stops routing `group`'s messages (a node stopped for a while: it may be registered
+    /// again).
     pub fn unregister(&self, group: GroupId) {
         self.groups.write().remove(&group);
     }
 
-    /// Messages dropped because no node of their group was registered.
+    /// Stops routing `group`'s messages for good: the group was destroyed on this node, and its
+    /// id is refused from now on ([`RouteError::Destroyed`]).
+    pub fn destroy(&self, group: GroupId) {
+        self.destroyed.write().insert(group);
+        self.groups.write().remove(&group);
+    }
+
+    /// Whether messages for `group` would be delivered, and if not, why.
+    ///
+    /// # Errors
+    /// [`RouteError::Destroyed`] or [`RouteError::UnknownGroup`].
+    pub fn check(&self, group: GroupId) -> Result<(), RouteError> {
+        if self.groups.read().contains_key(&group) {
+            Ok(())
+        } else if self.destroyed.read().contains(&group) {
+            Err(RouteError::Destroyed(group))
+        } else {
+            Err(RouteError::UnknownGroup(group))
+        }
+    }
+
+    /// Messages dropped because no node of their group was registered (both kinds).
     pub fn unroutable(&self) -> u64 {
-        self.unroutable.load(Ordering::Relaxed)
+        self.unknown_group() + self.to_destroyed_group()
+    }
+
+    /// Messages dropped for a group not on this node.
+    pub fn unknown_group(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped for a group destroyed on this node (late messages of its incarnation).
+    pub fn to_destroyed_group(&self) -> u64 {
+        self.to_destroyed.load(Ordering::Relaxed)
     }
 }
 
 impl Router {
-    fn target(&self, msg: &Message) -> Option<Arc<dyn Inbound>> {
-        let target = self.groups.read().get(&msg.group).cloned();
-        if target.is_none() {
-            self.unroutable.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(group = msg.group, from = msg.from, "message for an unknown group");
+    fn target(&self, msg: &Message, count: u64) -> Option<Arc<dyn Inbound>> {
+        if let Some(target) = self.groups.read().get(&msg.group).cloned() {
+            return Some(target);
         }
-        target
+        match self.check(msg.group) {
+            Err(RouteError::Destroyed(_)) => {
+                self.to_destroyed.fetch_add(count, Ordering::Relaxed);
+                tracing::debug!(
+                    group = msg.group,
+                    from = msg.from,
+                    "message for a destroyed group"
+                );
+            }
+            _ => {
+                self.unknown.fetch_add(count, Ordering::Relaxed);
+                tracing::debug!(group = msg.group, from = msg.from, "message for an unknown group");
+            }
+        }
+        None
     }
 }
 
 impl Inbound for Router {
     fn deliver(&self, msg: Message) {
-        if let Some(inbound) = self.target(&msg) {
+        if let Some(inbound) = self.target(&msg, 1) {
             inbound.deliver(msg);
         }
     }
@@ -160,12 +228,8 @@ impl Inbound for Router {
 impl Router {
     /// Delivers messages of one group.
     fn deliver_run(&self, run: Vec<Message>) {
-        match self.target(&run[0]) {
-            Some(inbound) => inbound.deliver_all(run),
-            None => {
-                // Counted once above; the rest of the run is just as unroutable.
-                self.unroutable.fetch_add(run.len() as u64 - 1, Ordering::Relaxed);
-            }
+        if let Some(inbound) = self.target(&run[0], run.len() as u64) {
+            inbound.deliver_all(run);
         }
     }
 }

@@ -30,7 +30,7 @@
 //! config.peers.insert(3, "127.0.0.1:7003".parse().unwrap());
 //! let transport = TcpTransport::start(config, router.clone()).unwrap();
 //! // Start a raft_core::node::Node with `transport`, then
-//! // router.register(group, node.inbound()).
+//! // router.register(group, node.inbound())?.
 //! # drop(transport);
 //! ```
 

@@ -80,7 +80,7 @@ fn start_cluster() -> Vec<Process> {
             let machine = Counter { delay, applied: 0 };
             let node =
                 Node::start(options, store.clone(), None, transport.clone(), machine).unwrap();
-            router.register(group, node.inbound());
+            router.register(group, node.inbound()).expect("a new group");
             node
         };
         let slow = node(1, SLOW_APPLY);

@@ -147,8 +147,8 @@ fn groups_share_the_connection_and_are_routed() {
     let mut listeners = listeners.into_iter();
     let router = Arc::new(Router::new());
     let (a, b) = (Arc::new(Collector::default()), Arc::new(Collector::default()));
-    router.register(1, a.clone());
-    router.register(2, b.clone());
+    router.register(1, a.clone()).expect("a new group");
+    router.register(2, b.clone()).expect("a new group");
     let t1 = TcpTransport::start_with_listener(
         config(5, 1, &addrs),
         listeners.next().expect("listener"),

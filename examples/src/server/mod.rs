@@ -228,10 +228,12 @@ impl Server {
             cut_transport,
             KvMachine::default(),
         )?;
-        router.register(
-            GROUP,
-            Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
-        );
+        router
+            .register(
+                GROUP,
+                Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
+            )
+            .map_err(|e| ServerError::Node(NodeError::Group(e)))?;
         let listener = TcpListener::bind(args.client_addr)
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
         tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::ConfigError;
 use crate::snapshot::SnapshotStore;
 use crate::storage::{LogStore, StateMachine};
-use crate::transport::{Router, Transport};
+use crate::transport::{RouteError, Router, Transport};
 use crate::types::{GroupId, NodeId};
 
 /// Wires a [`Node`]: its id and group, the voters, a log store, an optional snapshot store, a
@@ -153,7 +153,8 @@ impl NodeBuilder {
     ///
     /// # Errors
     /// [`NodeError::Config`] with [`ConfigError::Missing`] if the log store or the transport
-    /// was not given, and whatever [`Node::start`] returns.
+    /// was not given, [`NodeError::Group`] for a group destroyed on this node, and whatever
+    /// [`Node::start`] returns.
     pub fn start<M>(self, machine: M) -> Result<Node<M>, NodeError>
     where
         M: StateMachine + Send + 'static,
@@ -162,9 +163,15 @@ impl NodeBuilder {
         let log = self.log.ok_or(ConfigError::Missing("a log store"))?;
         let transport = self.transport.ok_or(ConfigError::Missing("a transport"))?;
         let group = self.options.raft.group;
+        if let Some(router) = &self.router {
+            // A destroyed group's id is not reused: refused before anything starts.
+            if let Err(err @ RouteError::Destroyed(_)) = router.check(group) {
+                return Err(NodeError::Group(err));
+            }
+        }
         let node = Node::start(self.options, log, self.snapshots, transport, machine)?;
         if let Some(router) = self.router {
-            router.register(group, node.inbound());
+            router.register(group, node.inbound()).map_err(NodeError::Group)?;
         }
         Ok(node)
     }

@@ -99,7 +99,7 @@ use crate::message::Message;
 use crate::raft::{Raft, Status};
 use crate::snapshot::{restore_snapshot, SnapshotStore};
 use crate::storage::{load_initial_state, LogStore, StateMachine};
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, RouteError, Transport};
 use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
 
 pub use builder::NodeBuilder;
@@ -165,6 +165,10 @@ pub enum NodeError {
         /// What the store said.
         detail: String,
     },
+    /// The request names a group this node cannot take it for: not on this node, or destroyed
+    /// here. Nothing was done.
+    #[error("{0}; nothing was done")]
+    Group(RouteError),
     /// Empty commands are reserved for the driver's read barriers. Nothing was done.
     #[error("empty commands are reserved for read barriers; nothing was done")]
     EmptyCommand,
@@ -207,6 +211,7 @@ impl NodeError {
                 | NodeError::NotAVoter(_)
                 | NodeError::Membership(_)
                 | NodeError::StorageFull { .. }
+                | NodeError::Group(_)
         )
     }
 }
