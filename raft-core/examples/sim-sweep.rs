@@ -131,6 +131,8 @@ fn main() -> ExitCode {
     let changes = AtomicU64::new(0);
     let storage_faults = AtomicU64::new(0);
     let disk_full = AtomicU64::new(0);
+    let asleep = AtomicU64::new(0);
+    let liveness = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -152,6 +154,8 @@ fn main() -> ExitCode {
                         changes.fetch_add(report.membership_changes, Ordering::Relaxed);
                         storage_faults.fetch_add(report.storage_faults, Ordering::Relaxed);
                         disk_full.fetch_add(report.disk_full, Ordering::Relaxed);
+                        asleep.fetch_add(report.asleep_ticks, Ordering::Relaxed);
+                        liveness.fetch_add(report.liveness_wakes, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -194,6 +198,11 @@ fn main() -> ExitCode {
         "storage faults: {} injected (every damaged member repaired); disks filled: {}",
         storage_faults.load(Ordering::Relaxed),
         disk_full.load(Ordering::Relaxed)
+    );
+    println!(
+        "hibernation: {} node ticks asleep, {} sleeping followers woken by the liveness check",
+        asleep.load(Ordering::Relaxed),
+        liveness.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");

@@ -90,6 +90,12 @@ pub struct Config {
     /// leader's entries ([`MembershipError::LearnerBehind`](crate::MembershipError::LearnerBehind)
     /// otherwise): a voter that must first catch up would leave the group one vote short.
     pub promote_max_lag: u64,
+    /// Hibernation: a leader whose group has been idle this many ticks (every member holds
+    /// every entry, all committed and applied, nothing in flight) tells its followers to sleep
+    /// and stops its heartbeats; sleeping followers stop counting down to an election. Any
+    /// proposal, read or message wakes the group; a runtime wakes the followers of a leader it
+    /// finds down ([`Raft::wake`](crate::Raft::wake)). 0 (the default) never hibernates.
+    pub hibernate_ticks: u32,
     /// Seed of the node's private random generator (election timeouts, and the numbering of
     /// reads forwarded to the leader). Deterministic simulation depends on it; a real
     /// deployment should draw a new one from the OS for every start of a node (the node driver
@@ -122,6 +128,7 @@ impl Default for Config {
             log_keep_entries: 1024,
             snapshot_chunk_bytes: 1 << 20,
             promote_max_lag: 1000,
+            hibernate_ticks: 0,
             seed: 0,
         }
     }

@@ -63,6 +63,10 @@ pub enum MessageBody {
     Repair(RepairRequest),
     /// The answer to a [`RepairRequest`] from a member that holds the entry it names.
     RepairResponse(RepairResponse),
+    /// Leader to follower: "the group is idle and you hold everything: stop counting down to
+    /// an election until you hear from me again (or learn that I am down)". The leader stops
+    /// its heartbeats (hibernation, [`Config::hibernate_ticks`](crate::Config::hibernate_ticks)).
+    Hibernate(Hibernate),
 }
 
 impl MessageBody {
@@ -85,6 +89,7 @@ impl MessageBody {
             MessageBody::NotAMember(_) => "not-a-member",
             MessageBody::Repair(_) => "repair",
             MessageBody::RepairResponse(_) => "repair-response",
+            MessageBody::Hibernate(_) => "hibernate",
         }
     }
 }
@@ -161,6 +166,17 @@ pub struct Heartbeat {
     /// The leader's round of heartbeats (numbered from 1 in each term). A quorum answering
     /// round `r` proves that the leader still led when it sent `r`: reads that arrived before
     /// `r` was sent may be served, and the lease runs from then.
+    pub round: u64,
+}
+
+/// A leader's word that its group is idle (see [`MessageBody::Hibernate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hibernate {
+    /// The leader's commit index, which is also its last index: a follower whose log ends
+    /// there sleeps.
+    pub commit: Index,
+    /// The leader's last round of heartbeats: a heartbeat of that round or before, arriving
+    /// late, does not wake the follower.
     pub round: u64,
 }
 

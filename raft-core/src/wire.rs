@@ -7,7 +7,7 @@
 //! misreading each other's messages. Any transport may use [`encode`] and [`decode`]; raft-net-tcp
 //! frames their bytes with a length and a CRC32C.
 //!
-//! # Layout (format 4)
+//! # Layout (format 5)
 //!
 //! bincode 1 with variable-length integers: an integer below 251 is one byte; 251, 252 and 253
 //! announce a `u16`, `u32` or `u64` that follows (little endian). An enum is its variant's
@@ -34,6 +34,7 @@
 //!  11 NotAMember               | config_index
 //!  12 Repair                   | from | last: Option, (index, term)
 //!  13 RepairResponse           | prev_index | prev_term | entries: len, Entry*
+//!  14 Hibernate                | commit | round
 //! Entry       | term | index | kind: 0 Normal, 1 Noop, 2 Config | data: len, bytes
 //! SnapshotMeta| group | index | term | Membership | size | checksum (varint u32)
 //! Membership  | voters: len, ids | outgoing: len, ids | learners: len, ids
@@ -46,14 +47,15 @@ use bincode::Options;
 
 use crate::message::Message;
 
-/// The version of the message encoding this build speaks (4: `Repair` and `RepairResponse`,
+/// The version of the message encoding this build speaks (5: `Hibernate`, for idle groups;
+/// 4: `Repair` and `RepairResponse`,
 /// for nodes whose storage lost entries; 3: membership changes: the
 /// `Config` entry kind, the snapshot's whole membership, `NotAMember`; 2: heartbeat rounds,
 /// ReadIndex, TimeoutNow and the vote's transfer flag; 1: the first). Bump it with any change to
 /// [`Message`] or a type inside it that changes its bytes (a new variant, a new field, a
 /// reordering), and regenerate the golden file (`UPDATE_GOLDEN=1 cargo test -p raft-core
 /// --test wire`).
-pub const MESSAGE_FORMAT_VERSION: u16 = 4;
+pub const MESSAGE_FORMAT_VERSION: u16 = 5;
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use raft_core::message::{
-    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Hibernate, InstallSnapshot,
     InstallSnapshotResponse, MessageBody, NotAMember, ReadIndexRequest, ReadIndexResponse,
     RepairRequest, RepairResponse, SnapshotStatus, VoteRequest, VoteResponse,
 };
@@ -127,6 +127,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 transfer: true,
             })),
         ),
+        ("hibernate", msg(MessageBody::Hibernate(Hibernate { commit: 70_000, round: 12 }))),
     ]
 }
 

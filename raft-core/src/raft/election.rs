@@ -79,6 +79,7 @@ impl Raft {
                 MessageBody::VoteResponse(resp) if resp.pre_vote && resp.granted => {}
                 MessageBody::Append(_)
                 | MessageBody::Heartbeat(_)
+                | MessageBody::Hibernate(_)
                 | MessageBody::InstallSnapshot(_) => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
@@ -88,6 +89,7 @@ impl Raft {
             match &msg.body {
                 MessageBody::Append(_)
                 | MessageBody::Heartbeat(_)
+                | MessageBody::Hibernate(_)
                 | MessageBody::InstallSnapshot(_) => {
                     // A leader of an older term is talking to us. A node that raised its term
                     // while partitioned would otherwise never be heard again: its vote requests
@@ -128,6 +130,7 @@ impl Raft {
             MessageBody::ReadIndex(req) => self.handle_read_index(from, req),
             MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(from, resp),
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::Hibernate(h) => self.handle_hibernate(from, h),
             // Handled above.
             MessageBody::NotAMember(_)
             | MessageBody::Repair(_)

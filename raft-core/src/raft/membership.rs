@@ -179,6 +179,9 @@ impl Raft {
         &mut self,
         changes: &[MembershipChange],
     ) -> Result<EntryId, MembershipError> {
+        if self.is_leader() {
+            self.wake_for("membership change");
+        }
         let term = self.term;
         let last_index = self.log.last_index();
         let commit = self.log.committed();

@@ -6,6 +6,7 @@
 //! I/O, reads no clock and starts no thread: the same inputs always give the same outputs.
 
 mod election;
+mod hibernate;
 mod membership;
 mod read;
 mod repair;
@@ -150,6 +151,8 @@ pub struct Status {
     pub health: Health,
     /// The log store refuses writes for lack of space (see [`Raft::set_storage_stalled`]).
     pub storage_stalled: bool,
+    /// The node sleeps: its group is idle and hibernating (see [`Raft::is_asleep`]).
+    pub asleep: bool,
 }
 
 /// Votes gathered by a (pre-)candidate.
@@ -337,6 +340,8 @@ pub struct Raft {
     repair: repair::Repair,
     /// The log store refusing writes for lack of space.
     stall: stall::Stall,
+    /// Hibernation of an idle group.
+    sleep: hibernate::Sleep,
 }
 
 impl Raft {
@@ -482,6 +487,7 @@ impl Raft {
             forwarded,
             repair,
             stall: stall::Stall::default(),
+            sleep: hibernate::Sleep::default(),
         };
         raft.debug_check();
         Ok(raft)
@@ -509,8 +515,12 @@ impl Raft {
             };
         }
         self.ticks += 1;
+        if self.sleep.asleep {
+            return; // Hibernating: nothing is due until something wakes the group.
+        }
         if matches!(self.role, Role::Leader(_)) {
             self.tick_leader();
+            self.tick_hibernate();
         } else {
             self.tick_reads();
             self.tick_election();
@@ -524,6 +534,9 @@ impl Raft {
     /// they come from bad input, never from this node's state.
     pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
         self.validate(&msg)?;
+        if self.sleep.asleep && self.wakes(msg.from, &msg.body) {
+            self.wake_for("message");
+        }
         let result = self.step_validated(msg);
         self.debug_check();
         result
@@ -533,6 +546,9 @@ impl Raft {
     /// applied at that index if an entry with this term commits there; any other entry at that
     /// index means it was lost (a new leader overwrote it) and may be retried.
     pub fn propose(&mut self, data: Bytes) -> Result<EntryId, ProposeError> {
+        if self.is_leader() {
+            self.wake_for("proposal");
+        }
         let term = self.term;
         let leader_hint = self.leader();
         let Role::Leader(leader) = &mut self.role else {
@@ -870,6 +886,7 @@ impl Raft {
             removed: self.removed,
             health: self.health(),
             storage_stalled: self.storage_stalled(),
+            asleep: self.is_asleep(),
         }
     }
 
@@ -916,6 +933,8 @@ impl Raft {
     }
 
     fn reset_election_timer(&mut self) {
+        // A new role or a new timer ends any sleep.
+        self.sleep = hibernate::Sleep::default();
         self.election_elapsed = 0;
         self.randomized_election_ticks =
             self.cfg.election_ticks + self.rng.below(self.cfg.election_ticks as u64) as u32;

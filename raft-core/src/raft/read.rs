@@ -88,6 +88,11 @@ pub(super) struct LeaderReads {
 }
 
 impl LeaderReads {
+    /// Whether no read waits for anything.
+    pub(super) fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.before_commit.is_empty() && !self.round_wanted
+    }
+
     /// Whether a round for reads should go out now: reads wait for one, and none is out.
     fn round_due(&self) -> bool {
         self.round_wanted && self.confirmed == self.sent
@@ -112,6 +117,11 @@ pub(super) struct ForwardedReads {
 }
 
 impl ForwardedReads {
+    /// Whether no forwarded read waits.
+    pub(super) fn idle(&self) -> bool {
+        self.waiting.is_empty() && !self.wanted
+    }
+
     /// Requests numbered from `start` on. Each start of a node picks a random one, so that a
     /// late answer to a request of an earlier incarnation (whose numbers began elsewhere) names
     /// no request of this one.
@@ -129,6 +139,7 @@ impl Raft {
     /// answered at once while a lease holds); on a follower it is forwarded to the leader. Errors
     /// at once (nothing held) when this node knows no leader.
     pub fn read_index(&mut self, id: ReadId) -> Result<(), ReadError> {
+        self.wake_for("read");
         match self.role {
             Role::Leader(_) => self.leader_read(ReadSource::Local(id)),
             Role::Follower { leader: Some(_) } => {

@@ -31,6 +31,7 @@ impl Raft {
         if !self.config.incoming.contains(to) {
             return Err(TransferError::NotAVoter(to));
         }
+        self.wake_for("transfer");
         let id = self.id;
         let Role::Leader(l) = &mut self.role else { return Ok(()) };
         if to == id {

@@ -26,6 +26,7 @@ impl Raft {
             msg.body,
             MessageBody::Append(_)
                 | MessageBody::Heartbeat(_)
+                | MessageBody::Hibernate(_)
                 | MessageBody::InstallSnapshot(_)
                 | MessageBody::TimeoutNow
                 | MessageBody::ReadIndexResponse(_)

@@ -81,6 +81,11 @@ pub struct ChaosReport {
     pub storage_faults: u64,
     /// Times a node's disk filled up for a while.
     pub disk_full: u64,
+    /// Ticks nodes slept through (hibernation), and sleeping followers woken by the liveness
+    /// check.
+    pub asleep_ticks: u64,
+    /// See `asleep_ticks`.
+    pub liveness_wakes: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -169,8 +174,11 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         2 => ReadMode::Index,
         _ => ReadMode::Log,
     };
+    // Half the seeds hibernate idle groups (their own generator too).
+    let mut sleep_rng = Rng::new(seed ^ 0x051E_E9ED);
     let raft = Config {
         max_clock_drift_ticks: drift_ticks_needed(raft.election_ticks, clock_drift_pct),
+        hibernate_ticks: pick(&mut sleep_rng, &[0, 0, 3, 30]) as u32,
         ..raft
     };
     // A third of the five-node clusters run node 5 as a learner (four voters).
@@ -192,6 +200,7 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         check_node_invariants: true,
         learners,
         read_mode,
+        false_wake: 0.0005,
     }
 }
 
@@ -313,12 +322,21 @@ fn run_seed_inner<W: Workload>(
         .collect();
     // And storage faults (on the seeds that inject them).
     let mut storage_rng = Rng::new(seed ^ 0x5709_A6E5);
+    // And quiet spells, on the seeds that hibernate.
+    let mut sleep_rng = Rng::new(seed ^ 0x0051_EE95);
     // And full disks (on the seeds that fill them).
     let mut full_rng = Rng::new(seed ^ 0x00F1_11ED);
     while cluster.now_us() < opts.fault_us {
         run(&mut cluster, rng.range(20_000, 400_000))?;
         if damages_storage(seed) && storage_rng.chance(0.15) {
             damage_storage(&mut cluster, &mut storage_rng, n);
+        }
+        if cluster.options().raft.hibernate_ticks > 0 && sleep_rng.chance(0.2) {
+            // A quiet spell: the clients pause, the group falls asleep, and the faults below
+            // (a crashed or cut-off leader among them) hit it asleep.
+            cluster.stop_workload();
+            run(&mut cluster, sleep_rng.range(200_000, 1_500_000))?;
+            cluster.resume_workload();
         }
         if fills_disks(seed) && full_rng.chance(0.15) {
             // Any node, the leader included, for up to two seconds.
@@ -480,6 +498,8 @@ fn run_seed_inner<W: Workload>(
         membership_changes: stats.membership_changes,
         storage_faults: stats.storage_faults,
         disk_full: stats.disk_full,
+        asleep_ticks: stats.asleep_ticks,
+        liveness_wakes: stats.liveness_wakes,
     })
 }
 

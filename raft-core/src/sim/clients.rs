@@ -123,6 +123,20 @@ impl<W: Workload> Cluster<W> {
         }
     }
 
+    /// Clients start operations again after [`stop_workload`](Cluster::stop_workload).
+    pub fn resume_workload(&mut self) {
+        let Some(w) = &mut self.clients else { return };
+        if w.running {
+            return;
+        }
+        w.running = true;
+        let count = w.clients.len() as u64;
+        for client in 0..count {
+            let delay = self.rng.range(0, 10_000);
+            self.schedule(delay, Event::ClientNext { client });
+        }
+    }
+
     /// Virtual time of the last completed client operation.
     pub fn last_completion_us(&self) -> u64 {
         self.clients.as_ref().map_or(0, |w| w.last_completion_us)

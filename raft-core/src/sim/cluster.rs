@@ -192,6 +192,9 @@ pub(super) struct SimNode<W: Workload> {
     /// Writes held while the disk is full, with the acknowledgements that wait for them, in
     /// order (process state: a crash loses them, never written and never acknowledged).
     pub(super) held: VecDeque<Held>,
+    /// Ticks this sleeping follower's leader has been unreachable (the runtime's liveness
+    /// check, modelled: it wakes the node after an election timeout of them).
+    pub(super) leader_unreachable_ticks: u32,
     pub(super) durable: DurableModel,
     /// Writes accepted by the store and not yet reported durable by it, oldest first. A store
     /// may make more durable than a sync asked for (one fdatasync covers every write so far):
@@ -295,6 +298,7 @@ impl<W: Workload> Cluster<W> {
                 writes_in_flight: 0,
                 full_until: 0,
                 held: VecDeque::new(),
+                leader_unreachable_ticks: 0,
                 durable,
                 unsynced: VecDeque::new(),
                 tick_us,
@@ -443,6 +447,7 @@ impl<W: Workload> Cluster<W> {
             Event::Tick(id) => {
                 let tick_us = self.nodes[(id - 1) as usize].tick_us;
                 self.schedule(tick_us, Event::Tick(id));
+                self.detect_dead_leader(id);
                 match self.raft_mut(id) {
                     Some(raft) => {
                         raft.tick();
@@ -653,6 +658,41 @@ impl<W: Workload> Cluster<W> {
             });
         }
         Ok(())
+    }
+
+    /// The liveness check a runtime runs beside its sleeping groups, modelled: a sleeping
+    /// follower whose leader has been down or cut off for an election timeout is woken, and
+    /// now and then one is woken for nothing (a false suspicion).
+    fn detect_dead_leader(&mut self, id: NodeId) {
+        let idx = (id - 1) as usize;
+        let Some(raft) = self.nodes[idx].raft.as_ref() else { return };
+        if raft.is_asleep() {
+            self.stats.asleep_ticks += 1;
+        }
+        if !raft.is_asleep() || raft.is_leader() {
+            self.nodes[idx].leader_unreachable_ticks = 0;
+            return;
+        }
+        let election_ticks = self.opts.raft.election_ticks;
+        let reachable = raft.leader().is_some_and(|l| {
+            self.nodes[(l - 1) as usize].raft.is_some()
+                && !self.blocked.contains(&(l, id))
+                && !self.blocked.contains(&(id, l))
+                && !self.isolated.contains(&l)
+                && !self.isolated.contains(&id)
+        });
+        let node = &mut self.nodes[idx];
+        node.leader_unreachable_ticks =
+            if reachable { 0 } else { node.leader_unreachable_ticks + 1 };
+        let suspect = node.leader_unreachable_ticks >= election_ticks
+            || (self.opts.false_wake > 0.0 && self.rng.chance(self.opts.false_wake));
+        if suspect {
+            self.stats.liveness_wakes += 1;
+            node.leader_unreachable_ticks = 0;
+            if let Some(raft) = node.raft.as_mut() {
+                raft.wake();
+            }
+        }
     }
 
     /// Sends a message across the faulty network.

@@ -114,6 +114,9 @@ pub struct SimOptions {
     /// ([`ReadMode::Index`], on leaders and followers), from the leader's lease
     /// ([`ReadMode::Lease`], which turns on `lease_reads` on every node), or through the log.
     pub read_mode: ReadMode,
+    /// Chance per tick that the modelled liveness check wakes a sleeping follower whose leader
+    /// is fine (a false suspicion; see [`Config::hibernate_ticks`](crate::Config::hibernate_ticks)).
+    pub false_wake: f64,
 }
 
 impl Default for SimOptions {
@@ -131,6 +134,7 @@ impl Default for SimOptions {
             learners: Vec::new(),
             initial_members: 0,
             read_mode: ReadMode::Index,
+            false_wake: 0.0,
         }
     }
 }
@@ -167,6 +171,10 @@ pub struct SimStats {
     pub storage_faults: u64,
     /// Times a node's disk was filled (its writes held until it had room again).
     pub disk_full: u64,
+    /// Ticks a node slept through (hibernation).
+    pub asleep_ticks: u64,
+    /// Sleeping followers woken by the modelled liveness check.
+    pub liveness_wakes: u64,
     /// Disk writes.
     pub disk_writes: u64,
     /// Log fetches served.

@@ -1,0 +1,81 @@
+//! Hibernation: an idle group stops its heartbeats and election countdowns, and anything that
+//! needs it wakes it. (The chaos sweep runs it under every fault on half its seeds; these are
+//! the plain cases, each checked exactly.)
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod common;
+
+use common::*;
+use raft_core::sim::{Cluster, SimOptions};
+use raft_core::Config;
+
+fn sleepy(n: usize, seed: u64) -> Cluster {
+    let mut raft = Config::default();
+    raft.hibernate_ticks = 5;
+    Cluster::new(SimOptions { nodes: n, seed, raft, ..SimOptions::default() })
+}
+
+fn all_asleep(c: &Cluster) -> bool {
+    c.ids().all(|id| c.raft(id).is_some_and(|r| r.is_asleep()))
+}
+
+fn messages_sent(c: &Cluster) -> u64 {
+    c.stats().sent.values().sum()
+}
+
+#[test]
+fn an_idle_group_sleeps_and_sends_nothing_until_a_proposal_wakes_it() {
+    for seed in 0..8 {
+        let mut c = sleepy(3, seed);
+        check_one_leader(&mut c);
+        one(&mut c, b"a", 3, false);
+        run(&mut c, 500);
+        assert!(all_asleep(&c), "seed {seed}: every node of the idle group sleeps");
+        let sent = messages_sent(&c);
+        let term = check_terms(&c);
+        run(&mut c, 5_000);
+        assert_eq!(messages_sent(&c), sent, "seed {seed}: nothing is sent while asleep");
+        assert_eq!(check_terms(&c), term, "seed {seed}: no election");
+        // A proposal wakes the group and commits on every node.
+        let index = one(&mut c, b"b", 3, false);
+        assert!(index > 1);
+        assert_eq!(check_terms(&c), term, "seed {seed}: the same leader");
+    }
+}
+
+#[test]
+fn a_sleeping_group_whose_leader_dies_elects_another() {
+    for seed in 0..8 {
+        let mut c = sleepy(3, seed);
+        let leader = check_one_leader(&mut c);
+        let before = one(&mut c, b"a", 3, false);
+        run(&mut c, 500);
+        assert!(all_asleep(&c), "seed {seed}");
+        c.crash(leader);
+        // The runtime's liveness check (modelled) wakes the followers, which elect a leader.
+        let next = check_one_leader(&mut c);
+        assert_ne!(next, leader, "seed {seed}");
+        let after = one(&mut c, b"b", 2, true);
+        assert!(after > before);
+        c.restart(leader);
+        wait_committed(&mut c, after, 3, 5_000).expect("the old leader catches up");
+    }
+}
+
+#[test]
+fn a_leader_restarted_while_its_group_slept_is_heard() {
+    for seed in 0..8 {
+        let mut c = sleepy(3, seed);
+        let leader = check_one_leader(&mut c);
+        one(&mut c, b"a", 3, false);
+        run(&mut c, 500);
+        assert!(all_asleep(&c), "seed {seed}");
+        // Down and back within the liveness check's delay: the followers still think it leads;
+        // its campaign wakes them.
+        c.crash(leader);
+        c.restart(leader);
+        check_one_leader(&mut c);
+        one(&mut c, b"b", 3, true);
+    }
+}
