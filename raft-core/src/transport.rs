@@ -9,12 +9,42 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::membership::Membership;
 use crate::message::Message;
-use crate::types::GroupId;
+use crate::types::{GroupId, NodeId};
+
+/// The group id of the liveness pings nodes exchange (never a Raft group): while every group
+/// between two nodes sleeps, one ping per pair of nodes says both are alive (see
+/// [`Runtime::watch_peers`](crate::node::Runtime::watch_peers)).
+pub const LIVENESS_GROUP: GroupId = u64::MAX;
+
+/// When each peer was last heard from, by any message: kept by a [`Router`] for a runtime's
+/// liveness check.
+#[derive(Debug, Default)]
+pub struct PeerLiveness {
+    last: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl PeerLiveness {
+    /// Records that `peer` was heard from now.
+    pub fn heard(&self, peer: NodeId) {
+        self.last.lock().insert(peer, Instant::now());
+    }
+
+    /// When `peer` was last heard from, if ever.
+    pub fn last_heard(&self, peer: NodeId) -> Option<Instant> {
+        self.last.lock().get(&peer).copied()
+    }
+
+    /// Every peer heard from so far, with when.
+    pub fn peers(&self) -> Vec<(NodeId, Instant)> {
+        self.last.lock().iter().map(|(&p, &t)| (p, t)).collect()
+    }
+}
 
 /// Carries messages to peers. Implementations are shared by every group of a process.
 pub trait Transport: Send + Sync {
@@ -92,6 +122,7 @@ pub struct Router {
     destroyed: RwLock<std::collections::HashSet<GroupId>>,
     unknown: AtomicU64,
     to_destroyed: AtomicU64,
+    liveness: Arc<PeerLiveness>,
 }
 
 /// Why a message, a proposal or a registration names a group this node cannot take it for.
@@ -172,6 +203,11 @@ impl Router {
         self.unknown.load(Ordering::Relaxed)
     }
 
+    /// When each peer was last heard from (every message counts, liveness pings included).
+    pub fn liveness(&self) -> Arc<PeerLiveness> {
+        self.liveness.clone()
+    }
+
     /// Messages dropped for a group destroyed on this node (late messages of its incarnation).
     pub fn to_destroyed_group(&self) -> u64 {
         self.to_destroyed.load(Ordering::Relaxed)
@@ -180,6 +216,10 @@ impl Router {
 
 impl Router {
     fn target(&self, msg: &Message, count: u64) -> Option<Arc<dyn Inbound>> {
+        self.liveness.heard(msg.from);
+        if msg.group == LIVENESS_GROUP {
+            return None; // A ping: hearing it was all it was for.
+        }
         if let Some(target) = self.groups.read().get(&msg.group).cloned() {
             return Some(target);
         }

@@ -226,3 +226,151 @@ fn stale_requests_get_typed_errors_and_are_counted() {
     }
     assert!(start(7).is_ok(), "other groups start");
 }
+
+/// Three nodes, each its own runtime and router (as three processes would be), hosting 100
+/// groups together; one transport between them that can cut a node off.
+struct Processes {
+    net: Arc<ProcessNet>,
+    runtimes: Vec<Runtime>,
+    nodes: HashMap<(NodeId, GroupId), Node<KvStore>>,
+}
+
+#[derive(Default)]
+struct ProcessNet {
+    routers: RwLock<HashMap<NodeId, Arc<raft_core::Router>>>,
+    cut: RwLock<std::collections::HashSet<NodeId>>,
+    /// Raft messages (not liveness pings) delivered.
+    raft_messages: std::sync::atomic::AtomicU64,
+}
+
+struct ProcessPort {
+    net: Arc<ProcessNet>,
+    from: NodeId,
+}
+
+impl Transport for ProcessPort {
+    fn send(&self, msg: Message) {
+        let cut = self.net.cut.read();
+        if cut.contains(&self.from) || cut.contains(&msg.to) {
+            return;
+        }
+        drop(cut);
+        if msg.group != raft_core::LIVENESS_GROUP {
+            self.net.raft_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let router = self.net.routers.read().get(&msg.to).cloned();
+        if let Some(router) = router {
+            router.deliver(msg);
+        }
+    }
+}
+
+impl Processes {
+    fn start(groups: u64) -> Processes {
+        let net = Arc::new(ProcessNet::default());
+        let mut p = Processes { net: net.clone(), runtimes: Vec::new(), nodes: HashMap::new() };
+        for id in 1..=3u64 {
+            let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
+            let router = Arc::new(raft_core::Router::new());
+            let port: Arc<dyn Transport> = Arc::new(ProcessPort { net: net.clone(), from: id });
+            runtime.watch_peers(
+                id,
+                port.clone(),
+                &router,
+                Duration::from_millis(20),
+                Duration::from_millis(150),
+            );
+            net.routers.write().insert(id, router.clone());
+            let log = Arc::new(MemLogStore::new());
+            for group in 0..groups {
+                let node = raft_core::node::NodeBuilder::new(id)
+                    .group(group)
+                    .voters([1, 2, 3])
+                    .tick(Duration::from_millis(5))
+                    .config(|c| c.hibernate_ticks = 10)
+                    .options(|o| o.runtime = Some(runtime.clone()))
+                    .shared_log(log.clone())
+                    .transport(port.clone())
+                    .router(router.clone())
+                    .start(KvStore::default())
+                    .unwrap();
+                p.nodes.insert((id, group), node);
+            }
+            p.runtimes.push(runtime);
+        }
+        p
+    }
+
+    fn leader(&self, group: GroupId, among: &[NodeId]) -> NodeId {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let leaders: Vec<NodeId> = among
+                .iter()
+                .copied()
+                .filter(|&id| self.nodes.get(&(id, group)).is_some_and(|n| n.is_leader()))
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "group {group}: no single leader among {among:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn put(&self, group: GroupId, among: &[NodeId], value: &str) {
+        let command = KvOp::Put { key: "k".into(), value: value.into() }.encode();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let leader = self.leader(group, among);
+            match self.nodes[&(leader, group)].propose(command.clone(), TIMEOUT) {
+                Ok(_) => return,
+                Err(e) if e.nothing_done() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("group {group}: {e}"),
+            }
+        }
+    }
+
+    fn all_asleep(&self) -> bool {
+        self.nodes.values().all(|n| n.status().is_ok_and(|s| s.raft.asleep))
+    }
+}
+
+/// 100 groups over three nodes fall asleep once idle: no Raft message flows and no runtime
+/// ticks them, only one liveness ping per pair of nodes. A write wakes its group. A node whose
+/// peers stop hearing it (cut off) has its sleeping groups elect other leaders.
+#[test]
+fn idle_groups_sleep_and_a_dead_node_wakes_the_groups_it_led() {
+    let mut p = Processes::start(100);
+    let all = [1, 2, 3];
+    for group in 0..100 {
+        p.put(group, &all, "a");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.all_asleep() {
+        assert!(Instant::now() < deadline, "the idle groups fall asleep");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The timer lets each sleeping node go at its next due tick.
+    let ticking = || p.runtimes.iter().map(Runtime::ticking).sum::<usize>();
+    while ticking() > 0 {
+        assert!(Instant::now() < deadline, "{} sleeping nodes still ticked", ticking());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = p.net.raft_messages.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = p.net.raft_messages.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, before, "no Raft message while every group sleeps");
+    // A write wakes its group (and only it).
+    p.put(5, &all, "b");
+    // Node 1 is cut off: the groups it led elect leaders among 2 and 3 and take writes.
+    let led_by_1: Vec<GroupId> = (0..100).filter(|&g| p.leader(g, &all) == 1).collect();
+    p.net.cut.write().insert(1);
+    for &group in &led_by_1 {
+        p.put(group, &[2, 3], "c");
+    }
+    for ((_, _), node) in p.nodes.drain() {
+        node.shutdown();
+    }
+}

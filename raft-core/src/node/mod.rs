@@ -342,6 +342,8 @@ pub(crate) struct Shared {
     failure: Mutex<Option<String>>,
     /// Why the log store refuses writes for now, while it does.
     storage_full: Mutex<Option<String>>,
+    /// The core sleeps (its group hibernates): a runtime does not tick it.
+    asleep: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -356,6 +358,11 @@ impl Shared {
         };
         self.role.store(role, Ordering::Relaxed);
         self.commit.store(raft.commit_index(), Ordering::Relaxed);
+        self.asleep.store(raft.is_asleep(), Ordering::SeqCst);
+    }
+
+    fn is_leader(&self) -> bool {
+        self.role.load(Ordering::Relaxed) == 3
     }
 
     fn fail(&self, what: String) {

@@ -14,13 +14,17 @@
 //! clears the flag before each run of the stage and runs again while it finds it set, so a call
 //! that lands during a run is seen by that task or queues another.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::message::{Heartbeat, Message, MessageBody};
+use crate::transport::{PeerLiveness, Router, Transport, LIVENESS_GROUP};
+use crate::types::NodeId;
 
 /// A unit of work on a lane.
 pub(crate) type Task = Box<dyn FnOnce() + Send>;
@@ -36,10 +40,54 @@ pub(crate) enum Lane {
     Io,
 }
 
-/// Something the timer calls on every beat (a node's driver).
+/// Something the timer calls when it is due (a node's driver).
 pub(crate) trait Timed: Send + Sync {
-    /// One beat of the timer at `now`.
-    fn on_timer(&self, now: Instant);
+    /// Its time came at `now`: returns when it is due next, or `None` to be left alone until it
+    /// asks again ([`Pool::schedule`]; a sleeping node is not visited at all).
+    fn on_timer(&self, now: Instant) -> Option<Instant>;
+    /// The peer it sleeps under as a follower, if it sleeps as one.
+    fn sleeping_under(&self) -> Option<NodeId>;
+    /// The peer it sleeps under is down: count down to an election again.
+    fn wake_up(&self);
+}
+
+/// A timer entry: `node` is due at `at` (the heap's order is the earliest first).
+struct Due {
+    at: Instant,
+    seq: u64,
+    node: Weak<dyn Timed>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq)) // Reversed: a min-heap.
+    }
+}
+
+/// The liveness check between this process's nodes and their peers
+/// ([`Runtime::watch_peers`]).
+struct PeerWatch {
+    local: NodeId,
+    transport: Arc<dyn Transport>,
+    liveness: Arc<PeerLiveness>,
+    every: Duration,
+    down_after: Duration,
+    next_ping: Instant,
+    down: HashSet<NodeId>,
 }
 
 /// How many threads a [`Runtime`] has, and how often its timer beats.
@@ -102,7 +150,14 @@ struct Queue {
 
 pub(crate) struct Pool {
     lanes: [Queue; 3],
+    /// Every node started on the runtime (for the count, and to find the sleepers of a peer
+    /// found down).
     timed: Mutex<Vec<Weak<dyn Timed>>>,
+    /// Nodes by when they are due (sleeping ones are not in it).
+    timers: Mutex<BinaryHeap<Due>>,
+    timer_bell: Condvar,
+    timer_seq: AtomicU64,
+    watch: Mutex<Option<PeerWatch>>,
     timer: Duration,
     stop: AtomicBool,
     /// The threads (never joined, see `Drop`), kept for their names in a debugger.
@@ -116,6 +171,10 @@ impl Runtime {
         let pool = Arc::new(Pool {
             lanes: [queue(), queue(), queue()],
             timed: Mutex::new(Vec::new()),
+            timers: Mutex::new(BinaryHeap::new()),
+            timer_bell: Condvar::new(),
+            timer_seq: AtomicU64::new(0),
+            watch: Mutex::new(None),
             timer: options.timer.max(Duration::from_micros(100)),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -147,9 +206,40 @@ impl Runtime {
         &self.pool
     }
 
+    /// Nodes the timer is waiting to call (sleeping ones are not among them).
+    pub fn ticking(&self) -> usize {
+        self.pool.timers.lock().iter().filter(|d| d.node.strong_count() > 0).count()
+    }
+
     /// Nodes started on this runtime and not yet dropped.
     pub fn nodes(&self) -> usize {
         self.pool.timed.lock().iter().filter(|t| t.strong_count() > 0).count()
+    }
+
+    /// Turns on the liveness check that lets idle groups sleep safely (see
+    /// [`Config::hibernate_ticks`](crate::Config::hibernate_ticks)): every `every`, node
+    /// `local` pings each peer it has heard from, once per pair of nodes whatever the number of
+    /// groups ([`LIVENESS_GROUP`](crate::LIVENESS_GROUP)); a peer not heard from (by any
+    /// message, `router` records them) for `down_after` is taken as down, and every node of
+    /// this runtime sleeping under it as its leader is woken, so its group elects another.
+    pub fn watch_peers(
+        &self,
+        local: NodeId,
+        transport: Arc<dyn Transport>,
+        router: &Router,
+        every: Duration,
+        down_after: Duration,
+    ) {
+        *self.pool.watch.lock() = Some(PeerWatch {
+            local,
+            transport,
+            liveness: router.liveness(),
+            every,
+            down_after,
+            next_ping: Instant::now(),
+            down: HashSet::new(),
+        });
+        self.pool.timer_bell.notify_one();
     }
 }
 
@@ -170,9 +260,70 @@ impl Pool {
         q.ready.notify_one();
     }
 
-    /// Calls `timed` at every beat until it is dropped.
-    pub(crate) fn register(&self, timed: Weak<dyn Timed>) {
-        self.timed.lock().push(timed);
+    /// Counts `timed` among the runtime's nodes and has the timer call it at `at`.
+    pub(crate) fn register(&self, timed: Weak<dyn Timed>, at: Instant) {
+        self.timed.lock().push(timed.clone());
+        self.schedule(timed, at);
+    }
+
+    /// Has the timer call `node` at `at` (again: after it was left alone, or once more).
+    pub(crate) fn schedule(&self, node: Weak<dyn Timed>, at: Instant) {
+        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+        let mut timers = self.timers.lock();
+        let earliest = timers.peek().is_none_or(|d| at < d.at);
+        timers.push(Due { at, seq, node });
+        drop(timers);
+        if earliest {
+            self.timer_bell.notify_one();
+        }
+    }
+
+    /// Pings the watched peers when due, and wakes the sleepers of peers found down. Returns
+    /// when it is due next.
+    fn watch_peers(&self, now: Instant) -> Option<Instant> {
+        let mut guard = self.watch.lock();
+        let w = guard.as_mut()?;
+        if now < w.next_ping {
+            return Some(w.next_ping);
+        }
+        w.next_ping = now + w.every;
+        let peers = w.liveness.peers();
+        let pings: Vec<Message> = peers
+            .iter()
+            .filter(|&&(peer, _)| peer != w.local)
+            .map(|&(peer, _)| Message {
+                group: LIVENESS_GROUP,
+                from: w.local,
+                to: peer,
+                term: 0,
+                body: MessageBody::Heartbeat(Heartbeat { commit: 0, round: 0 }),
+            })
+            .collect();
+        let mut newly_down = Vec::new();
+        for (peer, last) in peers {
+            if now.saturating_duration_since(last) >= w.down_after {
+                if w.down.insert(peer) {
+                    newly_down.push(peer);
+                }
+            } else {
+                w.down.remove(&peer);
+            }
+        }
+        let transport = w.transport.clone();
+        let next = w.next_ping;
+        drop(guard);
+        transport.send_all(pings);
+        if !newly_down.is_empty() {
+            tracing::info!(peers = ?newly_down, "peers not heard from: waking the groups sleeping under them");
+            let nodes: Vec<Arc<dyn Timed>> =
+                self.timed.lock().iter().filter_map(Weak::upgrade).collect();
+            for node in nodes {
+                if node.sleeping_under().is_some_and(|l| newly_down.contains(&l)) {
+                    node.wake_up();
+                }
+            }
+        }
+        Some(next)
     }
 }
 
@@ -204,25 +355,44 @@ fn work(pool: Weak<Pool>, lane: Lane) {
     }
 }
 
-/// The timer thread: calls every registered node at each beat.
+/// The timer thread: calls each node when it is due (sleeping ones are not in its heap), and
+/// runs the liveness check.
 fn beat(pool: Weak<Pool>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
         if p.stop.load(Ordering::Acquire) {
             return;
         }
-        let period = p.timer;
         let now = Instant::now();
-        let live: Vec<Arc<dyn Timed>> = {
-            let mut timed = p.timed.lock();
-            timed.retain(|t| t.strong_count() > 0);
-            timed.iter().filter_map(Weak::upgrade).collect()
-        };
-        drop(p);
-        for t in live {
-            t.on_timer(now);
+        let mut due = Vec::new();
+        {
+            let mut timers = p.timers.lock();
+            while timers.peek().is_some_and(|d| d.at <= now) {
+                due.extend(timers.pop());
+            }
         }
-        std::thread::sleep(period.saturating_sub(now.elapsed()));
+        for d in due {
+            let Some(node) = d.node.upgrade() else { continue };
+            if let Some(at) = node.on_timer(now) {
+                p.schedule(d.node, at);
+            }
+        }
+        let watch_next = p.watch_peers(now);
+        // Sleep until the next node is due (at most a resolution step late), the next ping, or
+        // a new earlier entry; never longer than 100 ms (a dropped pool is noticed then).
+        let mut timers = p.timers.lock();
+        let next = timers
+            .peek()
+            .map(|d| d.at.max(now + p.timer))
+            .into_iter()
+            .chain(watch_next)
+            .min()
+            .unwrap_or(now + Duration::from_millis(100))
+            .min(now + Duration::from_millis(100));
+        let bell = &p.timer_bell;
+        bell.wait_until(&mut timers, next);
+        drop(timers);
+        drop(p);
     }
 }
 
@@ -276,7 +446,8 @@ where
             stage.set_waker(wire(StageId::Views, Lane::Io));
         }
         let timed: Arc<dyn Timed> = self.clone();
-        pool.register(Arc::downgrade(&timed));
+        let _ = self.me.set(Arc::downgrade(&timed));
+        pool.register(Arc::downgrade(&timed), Instant::now() + self.tick);
     }
 
     /// A task's run of a called stage: again while it was called meanwhile.
@@ -340,31 +511,65 @@ where
     M::Output: Send + 'static,
 {
     /// Ticks the core when its tick is due (a clock that fell behind gives up the lease, as the
-    /// raft loop does), and wakes a stalled persist stage when its retry is due.
-    fn on_timer(&self, now: Instant) {
+    /// raft loop does) and wakes a stalled persist stage when its retry is due. A sleeping
+    /// node is left alone: its next round that finds it awake asks the timer again
+    /// ([`Driver::resume_timer`]).
+    fn on_timer(&self, now: Instant) -> Option<Instant> {
         if self.stopped() {
-            return;
-        }
-        let due = {
-            let mut next = self.next_tick.lock();
-            if now < *next {
-                false
-            } else {
-                *next += self.tick;
-                if *next <= now {
-                    self.core.push(Input::ClockStalled);
-                    *next = now + self.tick;
-                }
-                true
-            }
-        };
-        if due {
-            self.core.push(Input::Tick);
-            self.core.call_worker();
+            return None;
         }
         let retry = *self.persist_retry.lock();
         if retry.is_some_and(|at| now >= at) {
             self.persist.call_worker();
+        }
+        let mut next = self.next_tick.lock();
+        if now >= *next {
+            *next += self.tick;
+            if *next <= now {
+                self.core.push(Input::ClockStalled);
+                *next = now + self.tick;
+            }
+            self.core.push(Input::Tick);
+            self.core.call_worker();
+        }
+        if retry.is_none() && self.shared.asleep.load(Ordering::SeqCst) {
+            // Parked; then look again, so a round that woke the node meanwhile (and found it not
+            // parked yet) is not missed: one of the two sees the other.
+            self.timer_parked.store(true, Ordering::SeqCst);
+            if self.shared.asleep.load(Ordering::SeqCst) {
+                return None;
+            }
+            self.timer_parked.store(false, Ordering::SeqCst);
+        }
+        Some(retry.map_or(*next, |r| r.min(*next)))
+    }
+
+    fn sleeping_under(&self) -> Option<NodeId> {
+        if !self.shared.asleep.load(Ordering::SeqCst) {
+            return None;
+        }
+        let leader = self.shared.leader.load(Ordering::Relaxed);
+        (leader != 0 && !self.shared.is_leader()).then_some(leader)
+    }
+
+    fn wake_up(&self) {
+        self.core.push(Input::Wake);
+        self.core.call_worker();
+    }
+}
+
+impl<M: StateMachine> Driver<M> {
+    /// After a core round: a node the timer left alone while it slept and that is awake now
+    /// asks the timer again (its ticks resume from now).
+    pub(crate) fn resume_timer(&self) {
+        if self.shared.asleep.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.timer_parked.swap(false, Ordering::SeqCst) {
+            let (Some(pool), Some(me)) = (&self.pool, self.me.get()) else { return };
+            let at = Instant::now() + self.tick;
+            *self.next_tick.lock() = at;
+            pool.schedule(me.clone(), at);
         }
     }
 }

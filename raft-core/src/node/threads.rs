@@ -79,6 +79,8 @@ pub(crate) enum Input<M: StateMachine> {
     Status(Reply<NodeStatus>),
     /// The log store refuses writes for lack of space (true), or takes them again (false).
     StorageStalled(bool),
+    /// The runtime found the leader this node sleeps under down: count down again.
+    Wake,
     /// A worker failed; the node stops.
     Failed,
     /// Stop.
@@ -157,6 +159,10 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(super) pool: Option<Arc<super::runtime::Pool>>,
     /// On a runtime: when the next tick is due.
     pub(super) next_tick: parking_lot::Mutex<Instant>,
+    /// On a runtime: the timer left this node alone while it slept.
+    pub(super) timer_parked: std::sync::atomic::AtomicBool,
+    /// On a runtime: this driver, for the timer.
+    pub(super) me: std::sync::OnceLock<std::sync::Weak<dyn super::runtime::Timed>>,
     restore_chunk_bytes: usize,
     pub(crate) read_mode: ReadMode,
     pub(super) tick: Duration,
@@ -228,6 +234,8 @@ where
         persist_retry: parking_lot::Mutex::new(None),
         pool: options.runtime.as_ref().map(|r| r.pool().clone()),
         next_tick: parking_lot::Mutex::new(Instant::now() + options.tick),
+        timer_parked: std::sync::atomic::AtomicBool::new(false),
+        me: std::sync::OnceLock::new(),
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
         read_mode: options.read_mode,
         tick: options.tick.max(Duration::from_micros(100)),
@@ -402,6 +410,9 @@ where
             return Round::Continue;
         }
         self.shared.publish(&core.raft);
+        if self.pool.is_some() {
+            self.resume_timer();
+        }
         if !core.transfers.is_empty() {
             settle_transfers(core);
         }
@@ -512,6 +523,7 @@ where
                 }));
             }
             Input::StorageStalled(stalled) => core.raft.set_storage_stalled(stalled),
+            Input::Wake => core.raft.wake(),
             Input::Failed | Input::Shutdown => return false,
         }
         true
