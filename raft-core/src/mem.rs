@@ -38,7 +38,8 @@ impl Chunks {
         match self.chunks.back_mut() {
             Some(last) if last.len() < CHUNK_ENTRIES => last.push(entry),
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
+                // Grown as entries come (an idle group of thousands holds a handful).
+                let mut chunk = Vec::new();
                 chunk.push(entry);
                 self.chunks.push_back(chunk);
             }

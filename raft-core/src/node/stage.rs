@@ -19,6 +19,9 @@ use std::sync::OnceLock;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+/// Capacity of the spare deque a stage keeps between bursts.
+const SPARE_JOBS_KEPT: usize = 64;
+
 /// What one round of a stage's work asks for next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Round {
@@ -255,6 +258,11 @@ impl<S, J> Stage<S, J> {
                 Round::Stall => return Some(false),
                 Round::Continue => {}
             }
+        }
+        // A burst (an election storm, a catch-up) can leave a deque thousands of jobs large;
+        // an idle stage gives that memory back (thousands of idle groups would keep it all).
+        if jobs.capacity() > SPARE_JOBS_KEPT {
+            jobs.shrink_to(SPARE_JOBS_KEPT);
         }
         drop(guard);
         // Anything queued between the last look and the release is ours to run (see the module
