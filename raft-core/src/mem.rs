@@ -39,9 +39,7 @@ impl Chunks {
             Some(last) if last.len() < CHUNK_ENTRIES => last.push(entry),
             _ => {
                 // Grown as entries come (an idle group of thousands holds a handful).
-                let mut chunk = Vec::new();
-                chunk.push(entry);
-                self.chunks.push_back(chunk);
+                self.chunks.push_back(vec![entry]);
             }
         }
         self.len += 1;
