@@ -161,6 +161,12 @@ fn many_groups_share_a_fixed_set_of_threads() {
     for group in 0..64 {
         groups.agree(group, "k", &format!("v{group}"));
     }
+    assert!(
+        runtime.ticking() <= runtime.nodes(),
+        "each node is in the timer at most once: {} entries for {} nodes",
+        runtime.ticking(),
+        runtime.nodes()
+    );
     // A leader restarted in one group: another leads, the node catches up from its store.
     let leader = groups.leader(7);
     groups.stop_node(leader, 7);

@@ -18,6 +18,8 @@ use crate::storage::StateMachine;
 
 /// Most Readies' writes in one store call and one sync.
 const PERSIST_JOBS_MAX: usize = 4096;
+/// Capacity of the round a persist stage keeps between bursts.
+const ROUND_KEPT: usize = 16;
 /// The first pause before writes refused for lack of space are tried again.
 const FULL_RETRY_FIRST: Duration = Duration::from_millis(10);
 /// The longest pause between retries.
@@ -128,6 +130,10 @@ impl<M: StateMachine> Driver<M> {
         for job in p.round.drain(..) {
             last = job.number;
             messages.extend(job.messages);
+        }
+        if p.round.capacity() > ROUND_KEPT {
+            // A burst's round gives its memory back (thousands of idle groups would keep it).
+            p.round.shrink_to(ROUND_KEPT);
         }
         if !messages.is_empty() {
             self.transport.send_all(messages);

@@ -534,12 +534,14 @@ where
         }
         if retry.is_none() && self.shared.asleep.load(Ordering::SeqCst) {
             // Parked; then look again, so a round that woke the node meanwhile (and found it not
-            // parked yet) is not missed: one of the two sees the other.
+            // parked yet) is not missed. Whoever takes the parked flag back schedules the node,
+            // exactly once: this look, or the round's `resume_timer`.
             self.timer_parked.store(true, Ordering::SeqCst);
-            if self.shared.asleep.load(Ordering::SeqCst) {
+            if self.shared.asleep.load(Ordering::SeqCst)
+                || !self.timer_parked.swap(false, Ordering::SeqCst)
+            {
                 return None;
             }
-            self.timer_parked.store(false, Ordering::SeqCst);
         }
         Some(retry.map_or(*next, |r| r.min(*next)))
     }
