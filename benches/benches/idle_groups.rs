@@ -146,7 +146,13 @@ fn main() {
         }
         runtimes.push(runtime);
     }
-    println!("{groups} groups x 3 replicas started in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "{groups} groups x 3 replicas started in {:.1} s ({:.1} KiB live per replica)",
+        started.elapsed().as_secs_f64(),
+        LIVE.load(Ordering::Relaxed).saturating_sub(live_before) as f64
+            / (3 * groups) as f64
+            / 1024.0
+    );
     // Every group elects a leader and commits one write.
     let mut pending: HashSet<GroupId> = (0..groups).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
