@@ -10,7 +10,7 @@
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,17 @@ use raftkit_benches::procstat::cpu_seconds;
 struct LiveAlloc;
 
 static LIVE: AtomicU64 = AtomicU64::new(0);
+/// Live bytes by allocation size class (powers of two), to see what dominates.
+static LIVE_BY_CLASS: [std::sync::atomic::AtomicI64; 40] =
+    [const { std::sync::atomic::AtomicI64::new(0) }; 40];
+
+fn class(size: usize) -> usize {
+    (usize::BITS - size.max(1).leading_zeros()) as usize % 40
+}
+
+fn account(size: usize, sign: i64) {
+    LIVE_BY_CLASS[class(size)].fetch_add(sign * size as i64, Ordering::Relaxed);
+}
 
 // SAFETY: every method forwards to the system allocator with the caller's arguments unchanged,
 // so the `GlobalAlloc` contract holds as it does for `System`; the counter is a relaxed atomic
@@ -34,17 +45,21 @@ static LIVE: AtomicU64 = AtomicU64::new(0);
 unsafe impl std::alloc::GlobalAlloc for LiveAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        account(layout.size(), 1);
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        account(layout.size(), -1);
         // SAFETY: `ptr` came from `System` through this allocator with this layout.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as u64, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        account(new, 1);
+        account(layout.size(), -1);
         // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds `realloc`'s
         // contract for `new`.
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
@@ -153,21 +168,22 @@ fn main() {
             / (3 * groups) as f64
             / 1024.0
     );
-    // Every group elects a leader and commits one write.
-    let mut pending: HashSet<GroupId> = (0..groups).collect();
+    // Every group elects a leader and commits one write (asked again only if it did not commit
+    // within a few seconds: leadership may have moved).
+    let mut pending: HashMap<GroupId, Option<Instant>> = (0..groups).map(|g| (g, None)).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
     while !pending.is_empty() {
         assert!(Instant::now() < deadline, "{} groups never committed", pending.len());
-        pending.retain(|&g| {
-            let Some(leader) = (1..=3).find(|&id| nodes[&(id, g)].is_leader()) else { return true };
-            let mut done = false;
-            nodes[&(leader, g)].propose_with(Bytes::from_static(b"x"), |r| {
-                let _ = r;
-            });
-            if nodes[&(leader, g)].commit_index() >= 2 {
-                done = true;
+        pending.retain(|&g, asked| {
+            if (1..=3).any(|id| nodes[&(id, g)].commit_index() >= 2) {
+                return false;
             }
-            !done
+            let Some(leader) = (1..=3).find(|&id| nodes[&(id, g)].is_leader()) else { return true };
+            if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                nodes[&(leader, g)].propose_with(Bytes::from_static(b"x"), |_| {});
+                *asked = Some(Instant::now());
+            }
+            true
         });
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -185,6 +201,13 @@ fn main() {
     }
     println!("every replica asleep {:.1} s after the last write", quiet.elapsed().as_secs_f64());
     let replicas = (3 * groups) as f64;
+    let rss_kept = rss_bytes().saturating_sub(rss_before);
+    // What the allocator kept from the election storm goes back to the system first (glibc
+    // returns freed memory lazily; a server would do the same after a burst).
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let rss = rss_bytes().saturating_sub(rss_before);
     let live = LIVE.load(Ordering::Relaxed).saturating_sub(live_before);
     let window = Duration::from_secs(10);
@@ -199,14 +222,34 @@ fn main() {
         window.as_secs()
     );
     println!(
-        "memory per group replica: {:.1} KiB live on the heap, {:.1} KiB resident ({:.0} MiB \
-         resident for {} replicas; logs in memory; resident includes what the allocator kept \
-         after the election storm)",
+        "memory per group replica: {:.1} KiB live on the heap, {:.1} KiB resident after \
+         malloc_trim ({:.1} KiB before it; {:.0} MiB resident for {} replicas, logs in memory)",
         live as f64 / replicas / 1024.0,
         rss as f64 / replicas / 1024.0,
+        rss_kept as f64 / replicas / 1024.0,
         rss as f64 / (1 << 20) as f64,
         replicas
     );
+    let mut classes: Vec<(usize, i64)> = LIVE_BY_CLASS
+        .iter()
+        .enumerate()
+        .map(|(c, b)| (c, b.load(Ordering::Relaxed)))
+        .filter(|&(_, b)| b > 0)
+        .collect();
+    classes.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+    let top: Vec<String> = classes
+        .iter()
+        .take(4)
+        .map(|&(c, b)| {
+            format!(
+                "{}-{} B: {:.1} KiB/replica",
+                1u64 << c.saturating_sub(1),
+                (1u64 << c) - 1,
+                b as f64 / replicas / 1024.0
+            )
+        })
+        .collect();
+    println!("live heap by allocation size (largest shares): {}", top.join("; "));
     // One group wakes for a write.
     let g = groups / 2;
     let leader = (1..=3).find(|&id| nodes[&(id, g)].is_leader()).unwrap_or(1);

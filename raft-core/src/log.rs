@@ -447,6 +447,13 @@ impl RaftLog {
 
     /// Entries not yet handed out for persisting, and the number of the hand-out. Returns
     /// nothing when there is nothing new.
+    /// Gives back memory a burst grew (a sleeping group keeps none).
+    pub(crate) fn shrink(&mut self) {
+        self.cache.shrink_to_fit();
+        self.persisting.shrink_to_fit();
+        self.terms.runs.shrink_to_fit();
+    }
+
     pub(crate) fn take_unpersisted(&mut self, number: u64) -> Vec<Entry> {
         if self.handed_index == self.last_index && self.truncated_from.is_none() {
             return Vec::new();

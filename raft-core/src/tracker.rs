@@ -45,6 +45,11 @@ pub(crate) struct Inflights {
 }
 
 impl Inflights {
+    /// Gives back memory a burst grew (a sleeping group keeps none).
+    pub(crate) fn shrink(&mut self) {
+        self.msgs.shrink_to_fit();
+    }
+
     fn add(&mut self, last_index: Index, bytes: u64) {
         self.bytes += bytes;
         self.msgs.push_back((last_index, bytes));

@@ -69,6 +69,9 @@ pub(crate) struct Stage<S, J> {
     /// On a [`Runtime`](super::Runtime): queues a task that runs the stage, instead of waking a
     /// thread of its own. Called on every call of an uncalled stage, and when it closes.
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Give the deques' memory back at the end of the current run (see
+    /// [`Stage::shrink_when_idle`]).
+    shrink: std::sync::atomic::AtomicBool,
     /// The runner's state, and a spare deque the runner swaps with the queue's (so taking the
     /// queued jobs neither allocates nor copies).
     state: Mutex<(S, VecDeque<J>)>,
@@ -89,6 +92,7 @@ impl<S, J> Stage<S, J> {
             queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false, closed: false }),
             signal: Condvar::new(),
             waker: OnceLock::new(),
+            shrink: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new((state, VecDeque::new())),
         }
     }
@@ -141,6 +145,21 @@ impl<S, J> Stage<S, J> {
         self.signal.notify_all();
         if self.waker.get().is_some() {
             self.call_worker();
+        }
+    }
+
+    /// Gives back the memory the stage's queues hold (a node whose group went to sleep: with
+    /// thousands of groups, deques a burst grew would add up): now if no runner holds the
+    /// stage, else at the end of the runner's run.
+    pub(crate) fn shrink_when_idle(&self) {
+        self.shrink.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(mut state) = self.state.try_lock() {
+            state.1.shrink_to_fit();
+            drop(state);
+            let mut q = self.queue.lock();
+            if q.jobs.is_empty() {
+                q.jobs.shrink_to_fit();
+            }
         }
     }
 
@@ -261,13 +280,22 @@ impl<S, J> Stage<S, J> {
         }
         // A burst (an election storm, a catch-up) can leave a deque thousands of jobs large;
         // an idle stage gives that memory back (thousands of idle groups would keep it all).
-        if jobs.capacity() > SPARE_JOBS_KEPT {
+        let shrink = self.shrink.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if shrink {
+            jobs.shrink_to_fit();
+        } else if jobs.capacity() > SPARE_JOBS_KEPT {
             jobs.shrink_to(SPARE_JOBS_KEPT);
         }
         drop(guard);
         // Anything queued between the last look and the release is ours to run (see the module
         // docs for why this look cannot miss a job).
-        if self.queue.lock().jobs.is_empty() {
+        let mut q = self.queue.lock();
+        if q.jobs.is_empty() {
+            if shrink {
+                q.jobs.shrink_to_fit();
+            } else if q.jobs.capacity() > SPARE_JOBS_KEPT {
+                q.jobs.shrink_to(SPARE_JOBS_KEPT);
+            }
             Some(false)
         } else {
             None

@@ -409,7 +409,14 @@ where
             self.stop(core);
             return Round::Continue;
         }
+        let was_asleep = self.shared.asleep.load(Ordering::Relaxed);
         self.shared.publish(&core.raft);
+        if core.raft.is_asleep() && !was_asleep {
+            // Fell asleep: the queues give back what bursts grew.
+            self.core.shrink_when_idle();
+            self.persist.shrink_when_idle();
+            self.apply.shrink_when_idle();
+        }
         if self.pool.is_some() {
             self.resume_timer();
         }

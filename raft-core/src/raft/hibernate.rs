@@ -111,6 +111,11 @@ impl Raft {
         let round = l.reads.sent;
         let members: Vec<NodeId> = l.progress.iter().map(|p| p.id).collect();
         tracing::debug!(group = self.group, id = self.id, commit, "group idle: hibernating");
+        l.reads.shrink();
+        for p in &mut l.progress {
+            p.inflights.shrink();
+        }
+        self.shrink_idle();
         self.sleep.asleep = true;
         for to in members {
             self.send(to, MessageBody::Hibernate(Hibernate { commit, round }));
@@ -148,6 +153,13 @@ impl Raft {
             self.sleep.asleep = true;
             self.sleep.round = h.round;
             self.election_elapsed = 0;
+            self.shrink_idle();
         }
+    }
+
+    /// What any sleeping node gives back: memory bursts grew in its log and queues.
+    fn shrink_idle(&mut self) {
+        self.log.shrink();
+        self.forwarded.shrink();
     }
 }

@@ -88,6 +88,13 @@ pub(super) struct LeaderReads {
 }
 
 impl LeaderReads {
+    /// Gives back memory a burst grew (a sleeping group keeps none).
+    pub(super) fn shrink(&mut self) {
+        self.sent_at.shrink_to_fit();
+        self.waiting.shrink_to_fit();
+        self.before_commit.shrink_to_fit();
+    }
+
     /// Whether no read waits for anything.
     pub(super) fn idle(&self) -> bool {
         self.waiting.is_empty() && self.before_commit.is_empty() && !self.round_wanted
@@ -117,6 +124,12 @@ pub(super) struct ForwardedReads {
 }
 
 impl ForwardedReads {
+    /// Gives back memory a burst grew (a sleeping group keeps none).
+    pub(super) fn shrink(&mut self) {
+        self.waiting.shrink_to_fit();
+        self.sent_at.shrink_to_fit();
+    }
+
     /// Whether no forwarded read waits.
     pub(super) fn idle(&self) -> bool {
         self.waiting.is_empty() && !self.wanted
