@@ -19,9 +19,6 @@ use std::sync::OnceLock;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-/// Capacity of the spare deque a stage keeps between bursts.
-const SPARE_JOBS_KEPT: usize = 64;
-
 /// What one round of a stage's work asks for next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Round {
@@ -278,13 +275,12 @@ impl<S, J> Stage<S, J> {
                 Round::Continue => {}
             }
         }
-        // A burst (an election storm, a catch-up) can leave a deque thousands of jobs large;
-        // an idle stage gives that memory back (thousands of idle groups would keep it all).
+        // A burst (an election storm, a catch-up) can leave a deque thousands of jobs large; a
+        // node that fell asleep gives that memory back (thousands of idle groups would keep
+        // it all). Only then: shrinking after every run would reallocate under steady load.
         let shrink = self.shrink.swap(false, std::sync::atomic::Ordering::AcqRel);
         if shrink {
             jobs.shrink_to_fit();
-        } else if jobs.capacity() > SPARE_JOBS_KEPT {
-            jobs.shrink_to(SPARE_JOBS_KEPT);
         }
         drop(guard);
         // Anything queued between the last look and the release is ours to run (see the module
@@ -293,8 +289,6 @@ impl<S, J> Stage<S, J> {
         if q.jobs.is_empty() {
             if shrink {
                 q.jobs.shrink_to_fit();
-            } else if q.jobs.capacity() > SPARE_JOBS_KEPT {
-                q.jobs.shrink_to(SPARE_JOBS_KEPT);
             }
             Some(false)
         } else {
