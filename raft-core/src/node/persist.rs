@@ -18,8 +18,6 @@ use crate::storage::StateMachine;
 
 /// Most Readies' writes in one store call and one sync.
 const PERSIST_JOBS_MAX: usize = 4096;
-/// Capacity of the round a persist stage keeps between bursts.
-const ROUND_KEPT: usize = 16;
 /// The first pause before writes refused for lack of space are tried again.
 const FULL_RETRY_FIRST: Duration = Duration::from_millis(10);
 /// The longest pause between retries.
@@ -40,6 +38,11 @@ pub(crate) struct Persister {
 impl Persister {
     pub(crate) fn new() -> Persister {
         Persister { round: Vec::new(), writer: LogWriter::new(), failed: false, full_backoff: None }
+    }
+
+    /// Gives back what a burst's round grew (its node fell asleep).
+    pub(crate) fn shrink(&mut self) {
+        self.round.shrink_to_fit();
     }
 }
 
@@ -130,10 +133,6 @@ impl<M: StateMachine> Driver<M> {
         for job in p.round.drain(..) {
             last = job.number;
             messages.extend(job.messages);
-        }
-        if p.round.capacity() > ROUND_KEPT {
-            // A burst's round gives its memory back (thousands of idle groups would keep it).
-            p.round.shrink_to(ROUND_KEPT);
         }
         if !messages.is_empty() {
             self.transport.send_all(messages);

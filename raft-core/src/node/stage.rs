@@ -306,6 +306,11 @@ impl<S, J> Stage<S, J> {
         }
     }
 
+    /// Runs `f` on the runner's state if no runner holds it now.
+    pub(crate) fn try_with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> Option<R> {
+        self.state.try_lock().map(|mut s| f(&mut s.0))
+    }
+
     /// Runs `f` on the runner's state, waiting for any runner to finish first.
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         f(&mut self.state.lock().0)

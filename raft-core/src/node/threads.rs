@@ -415,6 +415,7 @@ where
             // Fell asleep: the queues give back what bursts grew.
             self.core.shrink_when_idle();
             self.persist.shrink_when_idle();
+            self.persist.try_with_state(Persister::shrink);
             self.apply.shrink_when_idle();
         }
         if self.pool.is_some() {
