@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     pub request_timeout: Duration,
     /// `RUST_LOG` for the nodes (their logs go to `node-<id>.log` in the cluster's directory).
     pub log_filter: String,
+    /// `--shards` of every node.
+    pub shards: usize,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             log_store: LogStoreKind::Wal,
             durability: Durability::Always,
             wal_segment_mib: 64,
+            shards: 1,
             data_root: None,
             snapshot_entries: 100_000,
             tick: Duration::from_millis(10),
@@ -128,6 +131,7 @@ impl LocalCluster {
                     read_mode: options.read_mode,
                     debug_commands: options.debug_commands,
                     join: None,
+                    shards: options.shards,
                 },
             );
         }

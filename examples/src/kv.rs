@@ -20,15 +20,15 @@ type Map = hashbrown::HashMap<Bytes, Bytes>;
 /// and the copying is spread over later writes, a 256th of the map at a time.
 const SHARDS: usize = 256;
 
-/// The shard a key lives in: the same on every replica (unlike the maps' seeded hasher), so
-/// that snapshots, written shard by shard, are the same bytes everywhere.
-fn shard_of(key: &[u8]) -> usize {
+/// The part (of `parts`) a key lives in: the same on every replica (unlike the maps' seeded
+/// hasher), so that snapshots, written part by part, are the same bytes everywhere.
+fn shard_of(key: &[u8], parts: usize) -> usize {
     // FNV-1a: cheap, deterministic, and spreads keys well enough for picking a shard.
     let mut h: u32 = 0x811c_9dc5;
     for &b in key {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    (h as usize) % SHARDS
+    (h as usize) % parts
 }
 
 /// A write command.
@@ -140,14 +140,22 @@ pub struct KvMachine {
 
 impl Default for KvMachine {
     fn default() -> KvMachine {
-        KvMachine { shards: (0..SHARDS).map(|_| Arc::new(Map::new())).collect(), len: 0 }
+        KvMachine::with_parts(SHARDS)
     }
 }
 
 impl KvMachine {
+    /// An empty map in `parts` parts (1 to 256; 256 by default). While a snapshot is written the
+    /// map is copied on write part by part, so a large map wants many parts; a process hosting
+    /// thousands of small maps wants few, since every part costs memory even when empty.
+    pub fn with_parts(parts: usize) -> KvMachine {
+        let parts = parts.clamp(1, SHARDS);
+        KvMachine { shards: (0..parts).map(|_| Arc::new(Map::new())).collect(), len: 0 }
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.shards[shard_of(key)].get(key).map(|v| &v[..])
+        self.shards[shard_of(key, self.shards.len())].get(key).map(|v| &v[..])
     }
 
     /// How many keys exist.
@@ -161,14 +169,16 @@ impl KvMachine {
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) {
-        let shard = Arc::make_mut(&mut self.shards[shard_of(&key)]);
+        let part = shard_of(&key, self.shards.len());
+        let shard = Arc::make_mut(&mut self.shards[part]);
         if shard.insert(key, value).is_none() {
             self.len += 1;
         }
     }
 
     fn remove(&mut self, key: &[u8]) -> bool {
-        let shard = &mut self.shards[shard_of(key)];
+        let part = shard_of(key, self.shards.len());
+        let shard = &mut self.shards[part];
         if !shard.contains_key(key) {
             return false; // Leaves a shard a view shares alone.
         }
@@ -278,7 +288,7 @@ impl StateMachine for KvMachine {
         let mut word = [0u8; 8];
         input.read_exact(&mut word)?;
         let count = u64::from_le_bytes(word);
-        let mut restored = KvMachine::default();
+        let mut restored = KvMachine::with_parts(self.shards.len());
         let field = |input: &mut std::io::BufReader<&mut dyn Read>| -> std::io::Result<Bytes> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len)?;
@@ -378,7 +388,7 @@ mod tests {
         kv.execute(KvWrite::Del { keys: vec![b(b"absent")] });
         let copied: Vec<usize> =
             (0..SHARDS).filter(|&i| !Arc::ptr_eq(&kv.shards[i], &view.shards[i])).collect();
-        assert_eq!(copied, vec![shard_of(b"k1")], "only the shard written to was copied");
+        assert_eq!(copied, vec![shard_of(b"k1", SHARDS)], "only the shard written to was copied");
     }
 
     #[test]

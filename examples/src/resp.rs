@@ -155,6 +155,23 @@ pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
+/// Appends `reply` as the server would send it.
+pub fn encode(out: &mut Vec<u8>, reply: &Reply) {
+    match reply {
+        Reply::Simple(s) => simple(out, s),
+        Reply::Error(line) => error(out, line),
+        Reply::Integer(n) => integer(out, *n),
+        Reply::Bulk(b) => bulk(out, b.as_deref()),
+        Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+        Reply::Array(Some(items)) => {
+            array_header(out, items.len());
+            for item in items {
+                encode(out, item);
+            }
+        }
+    }
+}
+
 /// A reply as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {

@@ -22,6 +22,11 @@ fn free_addr() -> SocketAddr {
 
 /// Starts a one-node server; returns its client address (and the directory to keep).
 fn start() -> (SocketAddr, tempfile::TempDir) {
+    start_sharded(1)
+}
+
+/// Starts a one-node server with `shards` groups, once it leads them all.
+fn start_sharded(shards: usize) -> (SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let args = ServerArgs {
         id: 1,
@@ -39,13 +44,14 @@ fn start() -> (SocketAddr, tempfile::TempDir) {
         read_mode: ReadMode::Index,
         debug_commands: false,
         join: None,
+        shards,
     };
     let addr = args.client_addr;
     let (server, listener) = Server::start(args).expect("server starts");
     let s: Arc<Server> = server.clone();
     std::thread::spawn(move || s.serve(listener));
     let deadline = Instant::now() + TIMEOUT;
-    while !server.node().is_leader() {
+    while !server.shards().iter().all(|n| n.is_leader()) {
         assert!(Instant::now() < deadline, "the single node did not elect itself");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -87,6 +93,36 @@ fn a_deep_pipeline_is_answered_in_order() {
             _ => assert_eq!(reply, Reply::Simple("PONG".into()), "command {i}"),
         }
     }
+}
+
+/// With the keys over 8 groups, a pipeline of writes and reads over several shards is answered
+/// in order, each read seeing the writes sent before it.
+#[test]
+fn a_pipeline_over_shards_keeps_its_order() {
+    let (addr, _dir) = start_sharded(8);
+    let mut client = Client::connect(addr, TIMEOUT).expect("connect");
+    let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("key:{i}").into_bytes()).collect();
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().map(|k| &k[..]));
+    for round in 0..200u32 {
+        let k = &keys[round as usize % keys.len()];
+        client.send(&[b"SET", k, round.to_string().as_bytes()]).expect("queue");
+        client.send(&mget).expect("queue");
+    }
+    client.send(&[b"DBSIZE"]).expect("queue");
+    client.flush().expect("send");
+    let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    for round in 0..200u32 {
+        assert_eq!(client.read().expect("reply"), Reply::Simple("OK".into()), "SET {round}");
+        values[round as usize % keys.len()] = Some(round.to_string().into_bytes());
+        let want = Reply::Array(Some(values.iter().cloned().map(Reply::Bulk).collect()));
+        assert_eq!(client.read().expect("reply"), want, "MGET after SET {round}");
+    }
+    assert_eq!(client.read().expect("reply"), Reply::Integer(keys.len() as i64));
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().map(|k| &k[..]));
+    assert_eq!(client.call(&del).expect("DEL"), Reply::Integer(keys.len() as i64));
+    assert_eq!(client.call(&[b"DBSIZE"]).expect("DBSIZE"), Reply::Integer(0));
 }
 
 #[test]

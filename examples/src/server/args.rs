@@ -45,7 +45,12 @@ pub struct ServerArgs {
     /// Join the running cluster that the server at this client address belongs to (instead of
     /// starting a new one with the `--peer` nodes).
     pub join: Option<SocketAddr>,
+    /// How many Raft groups the keys are hashed over (1: one group, as before sharding).
+    pub shards: usize,
 }
+
+/// The most shards (groups) `--shards` takes.
+pub const MAX_SHARDS: u64 = 100_000;
 
 /// `--help` text.
 pub const USAGE: &str = "\
@@ -94,13 +99,20 @@ OPTIONS:
                             lease: the leader answers from its lease without a round (every
                             node must use lease; clocks must not drift by more than 2 ticks
                             per election timeout); log: a read barrier through the log
+    --shards N              hash the keys over N Raft groups (1 to 100000), every node
+                            hosting all of them on a fixed set of threads; idle groups
+                            sleep; each node leads about N/nodes of them. Every node of
+                            the cluster must use the same N, for the data directory's
+                            life [default: 1]
     --enable-debug-commands accept RAFTKIT.DEBUG (fault injection for tests)
     -h, --help              print this help
 
 COMMANDS:
     GET, MGET, EXISTS, DBSIZE, SET, DEL, INCR, DECR, INCRBY, DECRBY, PING, ECHO, INFO
     INFO raft               the node's Raft state, read mode and lease
-    RAFTKIT.TRANSFER ID     hand leadership to node ID; +OK once this node follows it
+    RAFTKIT.TRANSFER ID [G] hand leadership of group G (default 1) to node ID; +OK once
+                            this node follows it
+    RAFTKIT.SHARDS          one line per group: leader, role, term, commit, applied, asleep
     RAFTKIT.MEMBERS         every member: [id, voter|learner|leaving, raft addr, client addr]
     RAFTKIT.ADDLEARNER ID RAFT CLIENT   add node ID as a learner (receives the log, no vote)
     RAFTKIT.PROMOTE ID...   make learners voters (refused with -LAGGING until caught up)
@@ -142,6 +154,7 @@ impl ServerArgs {
         let mut read_mode = ReadMode::Index;
         let mut debug_commands = false;
         let mut join = None;
+        let mut shards = 1;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "-h" || flag == "--help" {
@@ -203,6 +216,13 @@ impl ServerArgs {
                     request_timeout = Duration::from_millis(number(value()?)?.max(1))
                 }
                 "--snapshot-entries" => snapshot_entries = number(value()?)?,
+                "--shards" => {
+                    let n = number(value()?)?;
+                    if !(1..=MAX_SHARDS).contains(&n) {
+                        return Err(format!("--shards must be 1 to {MAX_SHARDS}, got {n}"));
+                    }
+                    shards = n as usize;
+                }
                 "--tick-ms" => tick = Duration::from_millis(number(value()?)?.max(1)),
                 "--read-mode" => {
                     read_mode = value()?.parse().map_err(|e| format!("--read-mode: {e}"))?
@@ -216,6 +236,9 @@ impl ServerArgs {
         }
         if peers.contains_key(&id) {
             return Err(format!("--peer {id} is this node's own id"));
+        }
+        if shards > 1 && join.is_some() {
+            return Err("--join needs --shards 1: membership changes are not sharded yet".into());
         }
         Ok(Some(ServerArgs {
             id,
@@ -233,6 +256,7 @@ impl ServerArgs {
             read_mode,
             debug_commands,
             join,
+            shards,
         }))
     }
 
@@ -263,6 +287,8 @@ impl ServerArgs {
             self.tick.as_millis().to_string(),
             "--read-mode".into(),
             self.read_mode.to_string(),
+            "--shards".into(),
+            self.shards.to_string(),
         ];
         if self.debug_commands {
             a.push("--enable-debug-commands".into());

@@ -29,7 +29,7 @@ impl Cuts {
         self.0.write().clear();
     }
 
-    fn passes(&self, peer: NodeId) -> bool {
+    pub(crate) fn passes(&self, peer: NodeId) -> bool {
         let cut = self.0.read();
         cut.is_empty() || !cut.contains(&peer)
     }

@@ -1,5 +1,5 @@
-//! `INFO`: the node's Raft state, membership, read mode, lease and transport, as a `# Raft`
-//! section of `field:value` lines.
+//! `INFO`: the node's Raft state (a summary of its shards, then group 1's state), membership,
+//! read mode, lease and transport, as a `# Raft` section of `field:value` lines.
 
 use super::{durability_name, Server};
 
@@ -16,9 +16,11 @@ impl Server {
         line("node_id", self.args.id.to_string());
         line("cluster_id", self.args.cluster_id.to_string());
         line("durability", durability_name(self.args.durability));
-        let leader = self.node.leader();
+        // With shards, what follows the summary is group 1's (RAFTKIT.SHARDS has each group).
+        self.shard_summary(&mut line);
+        let leader = self.node().leader();
         let leader_client = leader.and_then(|l| self.book.client_addr(l));
-        match self.node.status() {
+        match self.node().status() {
             Ok(status) => {
                 let r = &status.raft;
                 line("role", r.role.to_string());
@@ -71,11 +73,11 @@ impl Server {
             }
             Err(_) => {
                 line("role", "failed".into());
-                line("term", self.node.term().to_string());
+                line("term", self.node().term().to_string());
                 line("leader_id", "0".into());
-                line("commit_index", self.node.commit_index().to_string());
-                line("applied_index", self.node.applied_index().to_string());
-                line("failure", self.node.failure().unwrap_or_else(|| "stopped".into()));
+                line("commit_index", self.node().commit_index().to_string());
+                line("applied_index", self.node().applied_index().to_string());
+                line("failure", self.node().failure().unwrap_or_else(|| "stopped".into()));
             }
         }
         for m in self.transport.metrics() {

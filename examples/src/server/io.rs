@@ -1,5 +1,5 @@
 //! The client side of the server: one event-loop thread (mio) reads and parses every client
-//! connection and starts the commands, handing each round's commands to the node as one batch
+//! connection and starts the commands, handing each round's commands to each shard's node as one batch
 //! (run on this thread); whoever finishes a command (the thread that applied its entry, the
 //! forwarder, the loop itself) writes its reply straight to the socket, in command order.
 //!
@@ -17,10 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use parking_lot::Mutex;
 
-use raft_core::node::Batch;
-
 use super::Server;
-use crate::kv::KvMachine;
 use crate::resp::{self, Parsed};
 
 const LISTENER: Token = Token(0);
@@ -222,8 +219,7 @@ impl Conn {
 pub(crate) struct ReplyTo(Arc<ReplySlot>);
 
 struct ReplySlot {
-    conn: Arc<Conn>,
-    seq: u64,
+    target: Target,
     answered: AtomicBool,
     /// Whether the command reads or writes, for the connection's order.
     kind: Kind,
@@ -231,13 +227,26 @@ struct ReplySlot {
     started: Instant,
 }
 
+/// Who takes a reply.
+enum Target {
+    /// The client: reply `seq` of its connection.
+    Conn { conn: Arc<Conn>, seq: u64 },
+    /// Part `index` of a command spread over several shards.
+    Part { gather: Arc<Gather>, index: usize },
+}
+
 impl ReplyTo {
     /// Sends the reply (unless the command was answered already).
     pub(crate) fn send(&self, reply: Vec<u8>) {
         if !self.0.answered.swap(true, Ordering::AcqRel) {
-            self.0.conn.deliver(self.0.seq, reply);
-            if self.0.kind != Kind::Other {
-                self.0.conn.finished(self.0.kind);
+            match &self.0.target {
+                Target::Conn { conn, seq } => {
+                    conn.deliver(*seq, reply);
+                    if self.0.kind != Kind::Other {
+                        conn.finished(self.0.kind);
+                    }
+                }
+                Target::Part { gather, index } => gather.put(*index, reply),
             }
         }
     }
@@ -249,6 +258,48 @@ impl ReplyTo {
     /// How long ago the command was started.
     pub(crate) fn age(&self) -> Duration {
         self.0.started.elapsed()
+    }
+
+    /// Splits this command into `parts` (one per shard it touches): the returned replies take
+    /// the parts' answers, and once all have one, `combine` makes this command's reply.
+    pub(crate) fn split(&self, parts: usize, combine: Combine) -> Vec<ReplyTo> {
+        let gather = Arc::new(Gather {
+            parts: Mutex::new(vec![None; parts]),
+            left: std::sync::atomic::AtomicUsize::new(parts),
+            combine,
+            whole: self.clone(),
+        });
+        (0..parts)
+            .map(|index| {
+                ReplyTo(Arc::new(ReplySlot {
+                    target: Target::Part { gather: gather.clone(), index },
+                    answered: AtomicBool::new(false),
+                    kind: Kind::Other,
+                    started: self.0.started,
+                }))
+            })
+            .collect()
+    }
+}
+
+/// How the parts of a command spread over shards make its reply.
+pub(crate) type Combine = Box<dyn Fn(Vec<Vec<u8>>) -> Vec<u8> + Send + Sync>;
+
+/// The answers of a command's parts, gathered until all are in.
+struct Gather {
+    parts: Mutex<Vec<Option<Vec<u8>>>>,
+    left: std::sync::atomic::AtomicUsize,
+    combine: Combine,
+    whole: ReplyTo,
+}
+
+impl Gather {
+    fn put(&self, index: usize, reply: Vec<u8>) {
+        self.parts.lock()[index] = Some(reply);
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let parts = std::mem::take(&mut *self.parts.lock());
+            self.whole.send((self.combine)(parts.into_iter().flatten().collect()));
+        }
     }
 }
 
@@ -373,7 +424,7 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
         let mut gone = Vec::new();
         // This round's requests reach the node together, as one round of its core run on this
         // thread (one append to the followers, one log write).
-        let mut batch = server.node().batch();
+        let mut batch = super::shards::Batches::new(server);
         for token in busy.drain(..) {
             let Some(client) = clients.get_mut(&token) else { continue };
             if client.paused && unanswered(client) < MAX_UNANSWERED / 2 {
@@ -495,7 +546,7 @@ fn start_commands(
     client: &mut Client,
     local: &mut Deadlines,
     forwarded: &mut Deadlines,
-    batch: &mut Batch<'_, KvMachine>,
+    batch: &mut super::shards::Batches<'_>,
 ) {
     let mut used = 0;
     client.blocked = false;
@@ -532,8 +583,7 @@ fn start_commands(
             break;
         }
         let reply = ReplyTo(Arc::new(ReplySlot {
-            conn: client.conn.clone(),
-            seq: client.next_seq,
+            target: Target::Conn { conn: client.conn.clone(), seq: client.next_seq },
             answered: AtomicBool::new(false),
             kind,
             started: Instant::now(),

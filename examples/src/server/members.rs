@@ -317,7 +317,7 @@ impl Server {
         let node_id = self.args.id;
         let transfer_to = self.book.membership().voters.into_iter().find(|&v| v != node_id);
         let server = Arc::downgrade(self);
-        self.node.change_membership_with(changes, move |result| {
+        self.node().change_membership_with(changes, move |result| {
             use raft_core::MembershipError as E;
             let mut r = Vec::new();
             match result {
@@ -331,7 +331,7 @@ impl Server {
                 Err(NodeError::Membership(err @ E::RemovedInThisTerm { .. })) => {
                     // The node may come back in the next term: start one.
                     if let (Some(to), Some(server)) = (transfer_to, server.upgrade()) {
-                        server.node.transfer_leader_with(to, |_| {});
+                        server.node().transfer_leader_with(to, |_| {});
                     }
                     resp::error(
                         &mut r,

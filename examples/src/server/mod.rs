@@ -31,10 +31,12 @@ mod forward;
 mod info;
 mod io;
 mod members;
+mod shards;
 mod storage;
 
-pub use args::{durability_name, ServerArgs, USAGE};
+pub use args::{durability_name, ServerArgs, MAX_SHARDS, USAGE};
 pub use members::{fetch_members, format_address, parse_address, MemberInfo};
+pub use shards::shard_of;
 pub use storage::LogStoreKind;
 
 use std::collections::HashMap;
@@ -46,7 +48,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use raft_core::node::{Batch, Node, NodeError, NodeOptions, ReadMode};
+use raft_core::node::{Node, NodeError, NodeOptions, ReadMode, Runtime, RuntimeOptions};
 use raft_core::{NodeId, Router, SnapshotStore};
 use raft_net_tcp::{TcpConfig, TcpTransport};
 use raft_snapshot::{FileSnapshotStore, SnapshotStoreOptions};
@@ -56,7 +58,7 @@ use crate::resp;
 use forward::Forwarder;
 use io::{Kind, ReplyTo};
 
-/// The Raft group the server's data lives in.
+/// The Raft group the server's data lives in with one shard (shard `s` is group `s + 1`).
 pub const GROUP: u64 = 1;
 
 /// Why the server could not start.
@@ -104,6 +106,9 @@ pub enum ServerError {
         /// What went wrong.
         why: String,
     },
+    /// `--shards` does not fit the data directory.
+    #[error("shards: {0}")]
+    Shards(String),
     /// The client port could not be bound.
     #[error("cannot listen for clients on {addr}: {source}")]
     ClientBind {
@@ -117,7 +122,10 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     args: ServerArgs,
-    node: Node<KvMachine>,
+    /// One node per shard: shard `s` is group `s + 1`.
+    shards: Vec<Node<KvMachine>>,
+    /// The threads every shard runs on (with more than one shard).
+    runtime: Option<Runtime>,
     transport: Arc<TcpTransport>,
     /// The way to each leader this node has forwarded to.
     forwarders: Mutex<HashMap<NodeId, Arc<Forwarder>>>,
@@ -138,9 +146,18 @@ struct Parked {
 }
 
 impl Server {
-    /// Opens the node's storage, starts Raft and binds the client port.
+    /// Opens the node's storage, starts Raft (a node per shard) and binds the client port.
     pub fn start(args: ServerArgs) -> Result<(Arc<Server>, TcpListener), ServerError> {
         let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
+        let shard_count = args.shards;
+        if shard_count > 1 && args.join.is_some() {
+            return Err(ServerError::Shards(
+                "--join works with one shard only: membership changes are not sharded yet".into(),
+            ));
+        }
+        std::fs::create_dir_all(&args.data_dir).map_err(dir_err(args.data_dir.clone()))?;
+        shards::check_count(&args.data_dir, shard_count)?;
+        let groups: Vec<u64> = (1..=shard_count as u64).collect();
         let snap_dir = args.data_dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir).map_err(dir_err(snap_dir.clone()))?;
         // Snapshots first: a damaged one is set aside, and the log must reach back to the newest
@@ -148,8 +165,16 @@ impl Server {
         let (snapshots, snap_report) =
             FileSnapshotStore::open(&snap_dir, SnapshotStoreOptions::default())?;
         tracing::info!(?snap_report, "snapshot store opened");
-        let latest = raft_core::SnapshotStore::latest(&snapshots, GROUP).ok().flatten();
-        let mut log = storage::open_log_store(&args, latest.map_or(0, |s| s.index))?;
+        let snapshots = Arc::new(snapshots);
+        let latest: Vec<(u64, u64)> = groups
+            .iter()
+            .map(|&g| {
+                let snap = raft_core::SnapshotStore::latest(&*snapshots, g).ok().flatten();
+                (g, snap.map_or(0, |s| s.index))
+            })
+            .collect();
+        let mut log = storage::open_log_store(&args, &latest)?;
+        shards::check_log_groups(&*log, shard_count)?;
         let sync_fault = Arc::new(faults::SyncFault::default());
         if args.debug_commands {
             log = Arc::new(faults::FaultyLog { inner: log, fault: sync_fault.clone() });
@@ -167,7 +192,7 @@ impl Server {
                 .log_state(GROUP)
                 .map(|s| s.last_index == 0 && s.hard_state.term == 0)
                 .unwrap_or(false)
-                && raft_core::SnapshotStore::latest(&snapshots, GROUP).ok().flatten().is_none();
+                && raft_core::SnapshotStore::latest(&*snapshots, GROUP).ok().flatten().is_none();
             if let Some(me) = members.iter().find(|m| m.id == args.id && m.role != "learner") {
                 if empty {
                     return Err(ServerError::Join {
@@ -202,6 +227,23 @@ impl Server {
         let cut_transport =
             Arc::new(faults::CutTransport { inner: book_transport, cuts: cuts.clone() });
 
+        // Many shards share a fixed set of threads; idle ones sleep, and one liveness ping per
+        // pair of nodes stands in for their heartbeats.
+        let runtime = if shard_count > 1 {
+            let runtime = Runtime::new(RuntimeOptions::default())
+                .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
+            runtime.watch_peers(
+                args.id,
+                cut_transport.clone(),
+                &router,
+                args.tick * LIVENESS_PING_TICKS,
+                args.tick * LIVENESS_DOWN_TICKS,
+            );
+            Some(runtime)
+        } else {
+            None
+        };
+
         // A new cluster starts with the --peer nodes as voters; a joining node with none (it
         // waits to be added). Either way, once the log or a snapshot holds a configuration,
         // that is what counts.
@@ -210,37 +252,54 @@ impl Server {
         } else {
             args.peers.keys().copied().chain([args.id]).collect()
         };
-        let mut options = NodeOptions::new(args.id, GROUP, voters);
-        options.addresses = addresses
+        let address_list: std::collections::BTreeMap<NodeId, String> = addresses
             .iter()
             .map(|(&id, &(raft, client))| (id, format_address(raft, client)))
             .collect();
-        options.tick = args.tick;
-        options.read_mode = args.read_mode;
-        options.raft.snapshot_entries = args.snapshot_entries;
-        // A large map is snapshotted less often than a small one: writing snapshots then costs
-        // the disk at most what writing the log does.
-        options.raft.snapshot_log_ratio_pct = 100;
-        let node = Node::start(
-            options,
-            log,
-            Some(Arc::new(snapshots) as Arc<dyn SnapshotStore>),
-            cut_transport,
-            KvMachine::default(),
-        )?;
-        router
-            .register(
-                GROUP,
-                Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
-            )
-            .map_err(|e| ServerError::Node(NodeError::Group(e)))?;
+        let mut nodes = Vec::with_capacity(shard_count);
+        for &group in &groups {
+            let mut options = NodeOptions::new(args.id, group, voters.clone());
+            options.addresses = address_list.clone();
+            options.tick = args.tick;
+            options.read_mode = args.read_mode;
+            options.raft.snapshot_entries = args.snapshot_entries;
+            // A large map is snapshotted less often than a small one: writing snapshots then
+            // costs the disk at most what writing the log does.
+            options.raft.snapshot_log_ratio_pct = 100;
+            if let Some(runtime) = &runtime {
+                options.runtime = Some(runtime.clone());
+                options.raft.hibernate_ticks = HIBERNATE_TICKS;
+            }
+            let machine = KvMachine::with_parts(kv_parts(shard_count));
+            let node = Node::start(
+                options,
+                log.clone(),
+                Some(snapshots.clone() as Arc<dyn SnapshotStore>),
+                cut_transport.clone(),
+                machine,
+            )?;
+            router
+                .register(
+                    group,
+                    Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
+                )
+                .map_err(|e| ServerError::Node(NodeError::Group(e)))?;
+            nodes.push(node);
+        }
         let listener = TcpListener::bind(args.client_addr)
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;
-        tracing::info!(id = args.id, client = %args.client_addr, raft = %args.raft_addr, "serving");
+        tracing::info!(
+            id = args.id,
+            client = %args.client_addr,
+            raft = %args.raft_addr,
+            shards = shard_count,
+            "serving"
+        );
         let (parked, parked_rx) = std::sync::mpsc::channel();
         let server = Arc::new(Server {
             args,
-            node,
+            shards: nodes,
+            runtime,
             transport,
             forwarders: Mutex::new(HashMap::new()),
             parked,
@@ -248,17 +307,22 @@ impl Server {
             sync_fault,
             book,
         });
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| ServerError::Node(NodeError::Spawn(e)))
+        };
         let weak = Arc::downgrade(&server);
-        std::thread::Builder::new()
-            .name("kv-parked".into())
-            .spawn(move || retry_parked(weak, parked_rx))
-            .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
+        spawn("kv-parked", Box::new(move || retry_parked(weak, parked_rx)))?;
         if let Some(join) = server.args.join {
             let weak = Arc::downgrade(&server);
-            std::thread::Builder::new()
-                .name("kv-join".into())
-                .spawn(move || members::join_cluster(weak, join))
-                .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
+            spawn("kv-join", Box::new(move || members::join_cluster(weak, join)))?;
+        }
+        if shard_count > 1 {
+            let weak = Arc::downgrade(&server);
+            spawn("kv-balance", Box::new(move || shards::balance_leaders(weak)))?;
         }
         Ok((server, listener))
     }
@@ -269,19 +333,25 @@ impl Server {
         io::serve(self, listener)
     }
 
-    /// The Raft node (for status and tests).
+    /// The Raft node of the first shard (group 1; with one shard, the only one).
     pub fn node(&self) -> &Node<KvMachine> {
-        &self.node
+        &self.shards[0]
     }
 
-    /// Starts a command: answers it at once, or hands it to Raft (through `batch`) or to the
-    /// leader, whose answer goes to `reply` later. Says which deadline the command needs.
+    /// The runtime the shards run on (`None` with one shard, whose node has threads of its
+    /// own).
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
+    }
+
+    /// Starts a command: answers it at once, or hands it to Raft (through its shard's batch) or
+    /// to the leader, whose answer goes to `reply` later. Says which deadline the command needs.
     fn start_command(
         self: &Arc<Self>,
         args: Vec<Vec<u8>>,
         forwarded: bool,
         reply: &ReplyTo,
-        batch: &mut Batch<'_, KvMachine>,
+        batches: &mut shards::Batches<'_>,
     ) -> Waits {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let argc = args.len() - 1;
@@ -321,16 +391,31 @@ impl Server {
                 let info = self.info();
                 done(&|r| resp::bulk(r, Some(info.as_bytes())))
             }
-            "RAFTKIT.TRANSFER" if argc == 1 => {
-                let Some(to) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse().ok())
-                else {
-                    return done(&|r| resp::error(r, "ERR node id is not a number"));
+            "RAFTKIT.TRANSFER" if argc == 1 || argc == 2 => {
+                // An optional second word names the group (1 to --shards; 1 by default).
+                let group = match args.get(2) {
+                    None => Some(1),
+                    Some(g) => std::str::from_utf8(g).ok().and_then(|s| s.parse::<usize>().ok()),
                 };
-                match self.route(forwarded) {
-                    Route::Local => self.transfer(to, reply.clone()),
-                    Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
-                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
+                match group {
+                    Some(g) if (1..=self.shards.len()).contains(&g) => {
+                        let args = args[..2].to_vec();
+                        self.start_in_shard(g - 1, args, forwarded, reply, batches)
+                    }
+                    _ => done(&|r| {
+                        resp::error(
+                            r,
+                            &format!("ERR no such group (groups are 1 to {})", self.shards.len()),
+                        )
+                    }),
                 }
+            }
+            "RAFTKIT.SHARD" if argc >= 3 => {
+                self.start_shard_command(args, forwarded, reply, batches)
+            }
+            "RAFTKIT.SHARDS" => {
+                reply.send(self.shards_reply());
+                Waits::No
             }
             "RAFTKIT.MEMBERS" => {
                 let r = self.book.members_reply();
@@ -338,11 +423,16 @@ impl Server {
                 Waits::No
             }
             "RAFTKIT.ADDLEARNER" | "RAFTKIT.PROMOTE" | "RAFTKIT.REMOVE" | "RAFTKIT.CHANGE" => {
+                if self.shards.len() > 1 {
+                    return done(&|r| {
+                        resp::error(r, "ERR membership changes need --shards 1 (not sharded yet)")
+                    });
+                }
                 let changes = match members::parse_changes(&name, &args[1..]) {
                     Ok(changes) => changes,
                     Err(line) => return done(&|r| resp::error(r, &line)),
                 };
-                match self.route(forwarded) {
+                match self.route(0, forwarded) {
                     Route::Local => self.change_membership(changes, reply.clone()),
                     Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
                     Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
@@ -378,12 +468,87 @@ impl Server {
             "RAFTKIT.LEADER" if argc >= 1 => {
                 let mut args = args;
                 args.remove(0);
-                self.start_command(args, true, reply, batch)
+                self.start_command(args, true, reply, batches)
+            }
+            "RAFTKIT.LOCALMGET" | "GET" | "MGET" | "EXISTS" | "DBSIZE" | "SET" | "DEL" | "INCR"
+            | "DECR" | "INCRBY" | "DECRBY" => {
+                let arity_ok = match name.as_str() {
+                    "GET" | "INCR" | "DECR" => argc == 1,
+                    "DBSIZE" => argc == 0,
+                    "SET" | "INCRBY" | "DECRBY" => argc >= 2,
+                    _ => argc >= 1,
+                };
+                if !arity_ok {
+                    return wrong_arity();
+                }
+                match name.as_str() {
+                    // Several keys, or every shard: split over the shards they live in.
+                    "RAFTKIT.LOCALMGET" | "MGET" | "EXISTS" | "DEL" | "DBSIZE" => {
+                        self.start_keyed(&name, args, forwarded, reply, batches)
+                    }
+                    _ => {
+                        let shard = shards::shard_of(&args[1], self.shards.len());
+                        self.start_in_shard(shard, args, forwarded, reply, batches)
+                    }
+                }
+            }
+            _ => done(&|r| {
+                resp::error(
+                    r,
+                    &format!("ERR unknown command '{}'", String::from_utf8_lossy(&args[0])),
+                )
+            }),
+        }
+    }
+
+    /// Starts a command of shard `shard` (a command on its keys, or `RAFTKIT.TRANSFER`).
+    fn start_in_shard(
+        self: &Arc<Self>,
+        shard: usize,
+        args: Vec<Vec<u8>>,
+        forwarded: bool,
+        reply: &ReplyTo,
+        batches: &mut shards::Batches<'_>,
+    ) -> Waits {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let argc = args.len() - 1;
+        let node = &self.shards[shard];
+        let done = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut r = Vec::new();
+            f(&mut r);
+            reply.send(r);
+            Waits::No
+        };
+        let wrong_arity = || {
+            done(&|r| {
+                resp::error(
+                    r,
+                    &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
+                )
+            })
+        };
+        match name.as_str() {
+            "RAFTKIT.TRANSFER" => {
+                let Some(to) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse().ok())
+                else {
+                    return done(&|r| resp::error(r, "ERR node id is not a number"));
+                };
+                match self.route(shard, forwarded) {
+                    Route::Local => self.transfer(shard, to, reply.clone()),
+                    Route::Forward(leader) => {
+                        let mut args = args;
+                        if self.shards.len() > 1 {
+                            args.push((shard + 1).to_string().into_bytes());
+                        }
+                        self.forward(leader, &args, false, reply.clone())
+                    }
+                    Route::NoLeader => done(&|r| r.extend_from_slice(&no_leader())),
+                }
             }
             "RAFTKIT.LOCALMGET" if argc >= 1 => {
                 let keys: Vec<Vec<u8>> = args[1..].to_vec();
                 let r = reply.clone();
-                self.node.read_local_with(
+                node.read_local_with(
                     move |kv: &KvMachine| mget_reply(kv, &keys),
                     move |result| match result {
                         Ok(bytes) => r.send(bytes),
@@ -401,7 +566,7 @@ impl Server {
                 if !arity_ok {
                     return wrong_arity();
                 }
-                self.start_read(name, args, forwarded, reply, batch)
+                self.start_read(shard, name, args, forwarded, reply, batches)
             }
             "SET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let write = match (name.as_str(), argc) {
@@ -438,27 +603,31 @@ impl Server {
                     }
                     _ => return wrong_arity(),
                 };
-                match self.route(forwarded) {
+                match self.route(shard, forwarded) {
                     Route::Local => {
                         let server = self.clone();
                         let r = reply.clone();
-                        batch.propose_with(write.encode(), move |result| {
+                        batches.get(shard).propose_with(write.encode(), move |result| {
                             let mut out = Vec::new();
                             match result {
                                 Ok(Output::Ok) => resp::simple(&mut out, "OK"),
                                 Ok(Output::Integer(n)) => resp::integer(&mut out, n),
                                 Ok(Output::Error(e)) => resp::error(&mut out, &e),
-                                Err(err) => return server.failed(err, &args, forwarded, false, r),
+                                Err(err) => {
+                                    return server.failed(shard, err, &args, forwarded, false, r)
+                                }
                             }
                             r.send(out);
                         });
                         Waits::Local
                     }
-                    Route::Forward(leader) => self.forward(leader, &args, false, reply.clone()),
+                    Route::Forward(leader) => {
+                        self.forward(leader, &self.in_shard(shard, &args), false, reply.clone())
+                    }
                     Route::NoLeader if forwarded => done(&|r| r.extend_from_slice(&no_leader())),
                     Route::NoLeader => {
                         // Leadership is changing hands: the write waits for the new leader.
-                        self.park(args, reply.clone());
+                        self.park(self.in_shard(shard, &args), reply.clone());
                         Waits::Local
                     }
                 }
@@ -476,17 +645,20 @@ impl Server {
     /// to the leader in log mode, where reads are barriers in the leader's log.
     fn start_read(
         self: &Arc<Self>,
+        shard: usize,
         name: String,
         args: Vec<Vec<u8>>,
         forwarded: bool,
         reply: &ReplyTo,
-        batch: &mut Batch<'_, KvMachine>,
+        batches: &mut shards::Batches<'_>,
     ) -> Waits {
         // A node whose disk is full cannot write what the leader sends, so it falls behind and
         // its own reads would wait: the leader answers them meanwhile.
-        if self.args.read_mode == ReadMode::Log || self.node.storage_full().is_some() {
-            match self.route(forwarded) {
-                Route::Forward(leader) => return self.forward(leader, &args, true, reply.clone()),
+        if self.args.read_mode == ReadMode::Log || self.shards[shard].storage_full().is_some() {
+            match self.route(shard, forwarded) {
+                Route::Forward(leader) => {
+                    return self.forward(leader, &self.in_shard(shard, &args), true, reply.clone())
+                }
                 Route::NoLeader => {
                     reply.send(no_leader());
                     return Waits::No;
@@ -512,9 +684,9 @@ impl Server {
         let r = reply.clone();
         let done = move |result: Result<Vec<u8>, NodeError>| match result {
             Ok(bytes) => r.send(bytes),
-            Err(err) => server.failed(err, &args, forwarded, true, r),
+            Err(err) => server.failed(shard, err, &args, forwarded, true, r),
         };
-        batch.read_with(query, done);
+        batches.get(shard).read_with(query, done);
         Waits::Local
     }
 
@@ -522,6 +694,7 @@ impl Server {
     /// if leadership moved before anything was done, otherwise the error.
     fn failed(
         &self,
+        shard: usize,
         err: NodeError,
         args: &[Vec<u8>],
         forwarded: bool,
@@ -533,13 +706,13 @@ impl Server {
                 if !forwarded && l != self.args.id && !self.reads_here(read_only) =>
             {
                 // The deadline the command already has covers the forwarded trip too.
-                let _ = self.forward(l, args, read_only, reply);
+                let _ = self.forward(l, &self.in_shard(shard, args), read_only, reply);
             }
             NodeError::Transferring { .. } | NodeError::NotLeader { leader: None }
                 if !read_only && !forwarded =>
             {
                 // Nothing was done: the write waits for the new leader. Its deadline stands.
-                self.park(args.to_vec(), reply);
+                self.park(self.in_shard(shard, args), reply);
             }
             err => reply.send(error_reply(&err)),
         }
@@ -557,9 +730,10 @@ impl Server {
         read_only && self.args.read_mode != ReadMode::Log
     }
 
-    /// Runs `RAFTKIT.TRANSFER`: answered once this node follows `to` (or the transfer failed).
-    fn transfer(&self, to: NodeId, reply: ReplyTo) -> Waits {
-        self.node.transfer_leader_with(to, move |result| {
+    /// Runs `RAFTKIT.TRANSFER` in shard `shard`: answered once this node follows `to` (or the
+    /// transfer failed).
+    fn transfer(&self, shard: usize, to: NodeId, reply: ReplyTo) -> Waits {
+        self.shards[shard].transfer_leader_with(to, move |result| {
             let mut r = Vec::new();
             match result {
                 Ok(()) => resp::simple(&mut r, "OK"),
@@ -573,11 +747,12 @@ impl Server {
         Waits::Local
     }
 
-    fn route(&self, forwarded: bool) -> Route {
-        if self.node.is_leader() {
+    fn route(&self, shard: usize, forwarded: bool) -> Route {
+        let node = &self.shards[shard];
+        if node.is_leader() {
             return Route::Local;
         }
-        match self.node.leader() {
+        match node.leader() {
             Some(leader) if !forwarded && leader != self.args.id => Route::Forward(leader),
             _ => Route::NoLeader,
         }
@@ -634,7 +809,8 @@ enum Route {
     NoLeader,
 }
 
-/// Which deadline a started command needs.
+/// Which deadline a started command needs (the longest of its parts' for a split command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Waits {
     /// None: it was answered.
     No,
@@ -696,20 +872,37 @@ fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
         waiting.extend(parked.try_iter());
         let Some(server) = server.upgrade() else { return };
         let give_up = server.args.request_timeout / 2;
-        let mut batch = server.node.batch();
+        let mut batches = shards::Batches::new(&server);
         for p in waiting.drain(..) {
             if p.reply.age() > give_up {
                 p.reply.send(no_leader());
             } else {
-                let _ = server.start_command(p.args, false, &p.reply, &mut batch);
+                let _ = server.start_command(p.args, false, &p.reply, &mut batches);
             }
         }
-        batch.submit();
+        batches.submit();
     }
 }
 
 /// How often [`run`] looks for a failed node.
 const FAILURE_CHECK: Duration = Duration::from_millis(50);
+
+/// With shards, how often (in ticks) each node pings each other one, standing in for the
+/// heartbeats of its sleeping groups, and after how long without a word a peer counts as down
+/// (its sleeping groups then wake and elect another leader).
+const LIVENESS_PING_TICKS: u32 = 10;
+const LIVENESS_DOWN_TICKS: u32 = 100;
+
+/// With shards, the ticks a group with nothing to do waits before it sleeps (a few election
+/// timeouts: a busy group never sleeps, an idle one soon does).
+const HIBERNATE_TICKS: u32 = 50;
+
+/// How many parts each shard's map has: the map is copied on write part by part while a
+/// snapshot is written, so a big map wants many; thousands of small shards want few (each part
+/// costs memory even when empty).
+fn kv_parts(shards: usize) -> usize {
+    (256 / shards).clamp(1, 256)
+}
 
 /// Runs a server until the process is killed, or until its Raft node fails (a failed fsync,
 /// say): then it returns [`ServerError::NodeFailed`], and a restart recovers from the data
@@ -722,7 +915,7 @@ pub fn run(args: ServerArgs) -> Result<(), ServerError> {
         .spawn(move || serving.serve(listener))
         .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
     loop {
-        if let Some(why) = server.node.failure() {
+        if let Some(why) = server.shards.iter().find_map(Node::failure) {
             return Err(ServerError::NodeFailed(why));
         }
         if clients.is_finished() {

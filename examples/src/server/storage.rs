@@ -46,9 +46,12 @@ impl std::str::FromStr for LogStoreKind {
 /// Opens the log store `--log-store` names in the data directory, refusing a directory that
 /// holds the other persistent store's log (starting on an empty log would forget the node's
 /// votes and acknowledged entries).
+///
+/// `snapshots` holds each group's newest usable snapshot index (0 for none): a group whose log
+/// was compacted past it is reset and repaired from the leader.
 pub(super) fn open_log_store(
     args: &ServerArgs,
-    snapshot_index: raft_core::Index,
+    snapshots: &[(raft_core::GroupId, raft_core::Index)],
 ) -> Result<Arc<dyn raft_core::LogStore>, ServerError> {
     let wal_dir = args.data_dir.join("wal");
     let engine_dir = args.data_dir.join("raft-engine");
@@ -79,28 +82,40 @@ pub(super) fn open_log_store(
             };
             let (wal, report) = Wal::open(&wal_dir, wal_config.clone())?;
             tracing::info!(?report, "WAL opened");
+            let snapshot_of = |group| snapshots.iter().find(|s| s.0 == group).map_or(0, |s| s.1);
             let state = raft_core::LogStore::log_state(&wal, super::GROUP).ok();
-            let base = state.map_or(0, |s| s.first_index.saturating_sub(1));
             let empty = state.is_some_and(|s| s.last_index == 0 && s.hard_state.term == 0);
-            if args.join.is_some() && empty && snapshot_index == 0 {
+            if args.join.is_some() && empty && snapshot_of(super::GROUP) == 0 {
                 // A node joining with nothing may be an old member under its old id: as it
                 // catches up it replays configurations that made its old incarnation a voter,
                 // and must vote by none of them until it holds the group's log.
                 wal.mark_lost(super::GROUP)?;
             }
-            if base <= snapshot_index {
+            // Groups whose log was compacted past every snapshot this node still has (the newer
+            // ones were damaged): their state machines cannot be rebuilt here. Forget their
+            // logs (keeping the term and vote) and get everything from the leader, not voting
+            // until then.
+            let stranded: Vec<(raft_core::GroupId, raft_core::Index, raft_core::Index)> = snapshots
+                .iter()
+                .filter_map(|&(group, snapshot_index)| {
+                    let state = raft_core::LogStore::log_state(&wal, group).ok()?;
+                    let base = state.first_index.saturating_sub(1);
+                    (base > snapshot_index).then_some((group, snapshot_index, base))
+                })
+                .collect();
+            if stranded.is_empty() {
                 return Ok(Arc::new(wal));
             }
-            // The log was compacted past every snapshot this node still has (the newer ones were
-            // damaged): its state machine cannot be rebuilt here. Forget the log (keeping the
-            // term and vote) and get everything from the leader, not voting until then.
-            tracing::error!(
-                snapshot_index,
-                log_base = base,
-                "no usable snapshot reaches the log: repairing this node from the leader"
-            );
             wal.close()?;
-            raft_wal::salvage::reset_group(&wal_dir, &wal_config, super::GROUP)?;
+            for (group, snapshot_index, log_base) in stranded {
+                tracing::error!(
+                    group,
+                    snapshot_index,
+                    log_base,
+                    "no usable snapshot reaches the log: repairing this node from the leader"
+                );
+                raft_wal::salvage::reset_group(&wal_dir, &wal_config, group)?;
+            }
             let (wal, report) = Wal::open(&wal_dir, wal_config)?;
             tracing::info!(?report, "WAL reopened");
             Ok(Arc::new(wal))
