@@ -12,7 +12,10 @@
 //! (default `1,16,64`), `RAFTKIT_CLUSTER_VALUES` (bytes, default `64,1024`),
 //! `RAFTKIT_CLUSTER_MODES` (default `always,group`; `never` runs without fsync, to show what the
 //! cluster costs apart from the disk), `RAFTKIT_CLUSTER_STORES` (default `wal`, plus
-//! `raft-engine` when built with `--features compare`). fio's limit on the same disk (one write
+//! `raft-engine` when built with `--features compare`), `RAFTKIT_CLUSTER_SHARDS` (default `1`;
+//! e.g. `1,256`: with N shards the keys are hashed over N groups, every node leads about a
+//! third, and each client writes the keys of a few groups to the node leading them, as a
+//! cluster-aware client does; the groups share each node's WAL and its fsyncs). fio's limit on the same disk (one write
 //! plus fdatasync per write, for each value size) is printed first, from the same run.
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
@@ -20,11 +23,12 @@
 use std::time::Duration;
 
 use raft_wal::Durability;
-use raftkit_benches::load::{self, Op};
+use raftkit_benches::load;
 use raftkit_benches::procstat::total_cpu_seconds;
 use raftkit_benches::wal_matrix::fio_limit;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
-use raftkit_examples::server::LogStoreKind;
+use raftkit_examples::resp::Reply;
+use raftkit_examples::server::{shard_of, LogStoreKind};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -35,6 +39,7 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 }
 
 struct Cell {
+    shards: usize,
     store: String,
     mode: String,
     clients: usize,
@@ -46,8 +51,75 @@ struct Cell {
     cpu_us_per_write: f64,
 }
 
+/// Each group's leader, as node `via` sees it (`RAFTKIT.SHARDS`); `None` until every group has
+/// one.
+fn shard_leaders(cluster: &LocalCluster, via: u64) -> Option<Vec<u64>> {
+    let mut client = cluster.client(via, Duration::from_secs(5)).ok()?;
+    let Reply::Array(Some(lines)) = client.call(&[b"RAFTKIT.SHARDS"]).ok()? else { return None };
+    let leaders: Option<Vec<u64>> = lines
+        .iter()
+        .map(|l| {
+            let text = l.as_text()?;
+            text.split_whitespace().find_map(|kv| kv.strip_prefix("leader="))?.parse().ok()
+        })
+        .collect();
+    leaders.filter(|l| l.iter().all(|&id| id != 0))
+}
+
+/// With shards: waits for the leaders to be balanced (within one), then gives each of
+/// `clients` connections the keys of some groups, and the address of the node leading them.
+fn routed_targets(
+    cluster: &LocalCluster,
+    shards: usize,
+    clients: usize,
+) -> Result<Vec<(std::net::SocketAddr, Vec<String>)>, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let leaders = loop {
+        if let Some(l) = shard_leaders(cluster, 1) {
+            let counts: Vec<usize> =
+                cluster.ids().iter().map(|&id| l.iter().filter(|&&x| x == id).count()).collect();
+            let (lo, hi) = (counts.iter().min().copied(), counts.iter().max().copied());
+            if hi.unwrap_or(0) - lo.unwrap_or(0) <= 1 {
+                break l;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("leaders never balanced".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // A few keys per group.
+    let mut keys: Vec<Vec<String>> = vec![Vec::new(); shards];
+    let mut i = 0u64;
+    while keys.iter().any(|k| k.len() < 8) {
+        let key = format!("bench:{i}");
+        let g = shard_of(key.as_bytes(), shards);
+        if keys[g].len() < 8 {
+            keys[g].push(key);
+        }
+        i += 1;
+    }
+    let ids = cluster.ids();
+    let mut targets = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let node = ids[c % ids.len()];
+        let mine: Vec<usize> = (0..shards).filter(|&g| leaders[g] == node).collect();
+        let on_node = (clients - c % ids.len()).div_ceil(ids.len());
+        let index = c / ids.len();
+        let groups: Vec<usize> =
+            mine.iter().copied().skip(index % mine.len().max(1)).step_by(on_node.max(1)).collect();
+        let client_keys: Vec<String> = groups.iter().flat_map(|&g| keys[g].clone()).collect();
+        if client_keys.is_empty() {
+            return Err(format!("node {node} leads no group"));
+        }
+        targets.push((cluster.client_addr(node), client_keys));
+    }
+    Ok(targets)
+}
+
 fn run_cell(
     exe: &std::path::Path,
+    shards: usize,
     store: &str,
     mode: &str,
     clients: usize,
@@ -66,17 +138,21 @@ fn run_cell(
         durability,
         log_store,
         log_filter: "warn".into(),
+        shards,
         ..ClusterOptions::default()
     };
     let cluster =
         LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).ok_or("no leader")?;
-    let addr = cluster.client_addr(leader);
+    let targets = if shards > 1 {
+        routed_targets(&cluster, shards, clients)?
+    } else {
+        vec![(cluster.client_addr(leader), Vec::new()); clients]
+    };
     let pids: Vec<u32> = cluster.ids().iter().filter_map(|&id| cluster.pid(id)).collect();
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(secs);
-    let addrs = vec![addr; clients];
-    let load = std::thread::spawn(move || load::run(&addrs, Op::Set { value }, warmup, measure));
+    let load = std::thread::spawn(move || load::run_sets(&targets, value, warmup, measure));
     std::thread::sleep(warmup);
     let cpu_before = total_cpu_seconds(&pids);
     let result = load.join().map_err(|_| "load generator panicked")?;
@@ -92,6 +168,7 @@ fn run_cell(
             .unwrap_or(0) as u64
     };
     Ok(Cell {
+        shards,
         store: store.into(),
         mode: mode.into(),
         clients,
@@ -125,33 +202,48 @@ fn main() {
     let default_stores = if cfg!(feature = "compare") { "wal,raft-engine" } else { "wal" };
     println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum (unless `never`); {secs} s per cell");
     println!(
-        "{:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
-        "store", "mode", "clients", "value", "writes/s", "p50 ms", "p99 ms", "CPU us/write"
+        "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
+        "shards",
+        "store",
+        "mode",
+        "clients",
+        "value",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/write"
     );
-    for store in env_list("RAFTKIT_CLUSTER_STORES", default_stores) {
-        for mode in env_list("RAFTKIT_CLUSTER_MODES", "always,group") {
-            for value in &values {
-                for clients in env_list("RAFTKIT_CLUSTER_CLIENTS", "1,16,64") {
-                    let (Ok(value), Ok(clients)) =
-                        (value.parse::<usize>(), clients.parse::<usize>())
-                    else {
-                        eprintln!("bad cell {store} {mode} {value} {clients}");
-                        continue;
-                    };
-                    match run_cell(&exe, &store, &mode, clients, value, secs) {
-                        Ok(c) => println!(
-                            "{:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
-                            c.store,
-                            c.mode,
-                            c.clients,
-                            c.value,
-                            c.writes as f64 / c.secs,
-                            c.p50_us as f64 / 1e3,
-                            c.p99_us as f64 / 1e3,
-                            c.cpu_us_per_write
-                        ),
-                        Err(e) => {
-                            println!("{store:<12} {mode:<7} {clients:>7} {value:>6} failed: {e}")
+    for shards in env_list("RAFTKIT_CLUSTER_SHARDS", "1") {
+        let Ok(shards) = shards.parse::<usize>() else {
+            eprintln!("bad shard count {shards}");
+            continue;
+        };
+        for store in env_list("RAFTKIT_CLUSTER_STORES", default_stores) {
+            for mode in env_list("RAFTKIT_CLUSTER_MODES", "always,group") {
+                for value in &values {
+                    for clients in env_list("RAFTKIT_CLUSTER_CLIENTS", "1,16,64") {
+                        let (Ok(value), Ok(clients)) =
+                            (value.parse::<usize>(), clients.parse::<usize>())
+                        else {
+                            eprintln!("bad cell {store} {mode} {value} {clients}");
+                            continue;
+                        };
+                        match run_cell(&exe, shards, &store, &mode, clients, value, secs) {
+                            Ok(c) => println!(
+                                "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
+                                c.shards,
+                                c.store,
+                                c.mode,
+                                c.clients,
+                                c.value,
+                                c.writes as f64 / c.secs,
+                                c.p50_us as f64 / 1e3,
+                                c.p99_us as f64 / 1e3,
+                                c.cpu_us_per_write
+                            ),
+                            Err(e) => {
+                                println!("{shards:>6} {store:<12} {mode:<7} {clients:>7} {value:>6} failed: {e}")
+                            }
                         }
                     }
                 }

@@ -68,6 +68,8 @@ struct Conn {
     out_sent: usize,
     input: Vec<u8>,
     next_key: u64,
+    /// The keys this connection writes in turn (empty: `bench:<client>:<n % 10000>`).
+    keys: Vec<String>,
 }
 
 /// Runs one connection per address in `addrs` repeating `op`: `warmup` first, then `measure`
@@ -89,13 +91,35 @@ pub fn run_until(
     measure: Duration,
     stop: &AtomicBool,
 ) -> io::Result<LoadResult> {
+    let targets: Vec<(SocketAddr, Vec<String>)> = addrs.iter().map(|&a| (a, Vec::new())).collect();
+    run_targets(&targets, op, warmup, measure, stop)
+}
+
+/// `SET`s of `value` bytes, one connection per target, each writing its own keys in turn (a
+/// client that sends each key to the node leading its shard).
+pub fn run_sets(
+    targets: &[(SocketAddr, Vec<String>)],
+    value: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> io::Result<LoadResult> {
+    run_targets(targets, Op::Set { value }, warmup, measure, &AtomicBool::new(false))
+}
+
+fn run_targets(
+    targets: &[(SocketAddr, Vec<String>)],
+    op: Op,
+    warmup: Duration,
+    measure: Duration,
+    stop: &AtomicBool,
+) -> io::Result<LoadResult> {
     let mut poll = Poll::new()?;
     let payload = match op {
         Op::Set { value } => vec![b'x'; value],
         Op::Get { .. } => Vec::new(),
     };
-    let mut conns = Vec::with_capacity(addrs.len());
-    for (c, addr) in addrs.iter().enumerate() {
+    let mut conns = Vec::with_capacity(targets.len());
+    for (c, (addr, keys)) in targets.iter().enumerate() {
         let std_stream = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(10))?;
         std_stream.set_nodelay(true)?;
         std_stream.set_nonblocking(true)?;
@@ -108,6 +132,7 @@ pub fn run_until(
             out_sent: 0,
             input: Vec::new(),
             next_key: c as u64 * 7919,
+            keys: keys.clone(),
         });
     }
     let began = Instant::now();
@@ -193,6 +218,10 @@ fn start(conn: &mut Conn, client: usize, op: Op, payload: &[u8]) -> io::Result<(
     conn.out.clear();
     conn.out_sent = 0;
     match op {
+        Op::Set { .. } if !conn.keys.is_empty() => {
+            let key = &conn.keys[conn.next_key as usize % conn.keys.len()];
+            resp::command(&mut conn.out, &[b"SET", key.as_bytes(), payload]);
+        }
         Op::Set { .. } => {
             let key = format!("bench:{client}:{}", conn.next_key % 10_000);
             resp::command(&mut conn.out, &[b"SET", key.as_bytes(), payload]);

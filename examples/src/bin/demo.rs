@@ -7,6 +7,8 @@
 //!
 //! `demo --log-store raft-engine` keeps every node's log in tikv's raft-engine instead of
 //! raft-wal (`memory` keeps it in memory: the restarted node then rejoins with nothing).
+//! `demo --shards N` hashes the keys over N Raft groups (the node killed is group 1's leader,
+//! which leads about a third of them), and shows the leaders balanced again after the restart.
 
 #![allow(clippy::print_stdout)] // The demo's output is its purpose.
 
@@ -44,27 +46,29 @@ fn main() {
         args.next();
         std::process::exit(raftkit_examples::server_main(args));
     }
-    let log_store = match args.next().as_deref() {
-        None => LogStoreKind::Wal,
-        Some("--log-store") => match args.next().as_deref().map(str::parse::<LogStoreKind>) {
-            Some(Ok(kind)) => kind,
-            Some(Err(why)) => {
-                eprintln!("demo: --log-store: {why}");
-                std::process::exit(2);
-            }
-            None => {
-                eprintln!("demo: --log-store needs a value (wal, raft-engine or memory)");
-                std::process::exit(2);
-            }
-        },
-        Some(other) => {
-            eprintln!(
-                "demo: unknown argument {other}; usage: demo [--log-store wal|raft-engine|memory]"
-            );
+    let usage = "usage: demo [--log-store wal|raft-engine|memory] [--shards N]";
+    let mut log_store = LogStoreKind::Wal;
+    let mut shards = 1;
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        let parsed = match (flag.as_str(), value.as_deref()) {
+            ("--log-store", Some(v)) => v.parse::<LogStoreKind>().map(|k| log_store = k),
+            ("--shards", Some(v)) => match v.parse::<usize>() {
+                Ok(n) if (1..=raftkit_examples::server::MAX_SHARDS as usize).contains(&n) => {
+                    shards = n;
+                    Ok(())
+                }
+                _ => Err(format!("--shards: expected a count of groups, got {v}")),
+            },
+            (_, None) if flag.starts_with("--") => Err(format!("{flag} needs a value")),
+            _ => Err(format!("unknown argument {flag}")),
+        };
+        if let Err(why) = parsed {
+            eprintln!("demo: {why}; {usage}");
             std::process::exit(2);
         }
-    };
-    match run(log_store) {
+    }
+    match run(log_store, shards) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(err) => {
@@ -78,10 +82,10 @@ fn say(start: Instant, what: &str) {
     println!("[{:6.2}s] {what}", start.elapsed().as_secs_f64());
 }
 
-fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(log_store: LogStoreKind, shards: usize) -> Result<bool, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
     let options =
-        ClusterOptions { snapshot_entries: 20_000, log_store, ..ClusterOptions::default() };
+        ClusterOptions { snapshot_entries: 20_000, log_store, shards, ..ClusterOptions::default() };
     let start = Instant::now();
     let mut cluster = LocalCluster::start(exe, vec!["--serve".into()], &options)?;
     say(
@@ -104,7 +108,10 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let (leader, term) =
         cluster.wait_for_leader(Duration::from_secs(10)).ok_or("no leader elected within 10 s")?;
-    say(start, &format!("node {leader} is leader (term {term})"));
+    if shards > 1 {
+        say(start, &format!("keys hashed over {shards} Raft groups; {}", leaders_line(&cluster)));
+    }
+    say(start, &format!("node {leader} is leader (term {term}{})", group_one(shards)));
 
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,7 +148,14 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
 
     std::thread::sleep(PHASE);
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).ok_or("lost the leader")?;
-    say(start, &format!("SIGKILL leader node {leader} (pid {})", cluster.pid(leader).unwrap_or(0)));
+    say(
+        start,
+        &format!(
+            "SIGKILL leader node {leader}{} (pid {})",
+            group_one(shards),
+            cluster.pid(leader).unwrap_or(0)
+        ),
+    );
     let killed_at = Instant::now();
     cluster.kill(leader)?;
     let (new_leader, new_term) =
@@ -161,7 +175,7 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
     let caught_up = loop {
         let target = cluster.info_u64(new_leader, "commit_index").unwrap_or(0);
         let applied = cluster.info_u64(leader, "applied_index").unwrap_or(0);
-        if applied >= target && target > 0 {
+        if applied >= target && target > 0 && shards_caught_up(&cluster, leader, new_leader) {
             break applied;
         }
         if restarted.elapsed() > Duration::from_secs(30) {
@@ -180,6 +194,9 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
         ),
     );
     std::thread::sleep(PHASE / 2);
+    if shards > 1 {
+        say(start, &format!("after the restart: {}", leaders_line(&cluster)));
+    }
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -195,6 +212,13 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
     let commit = cluster.info_u64(leader, "commit_index").ok_or("no commit index")?;
     if !cluster.wait_applied(commit, Duration::from_secs(30)) {
         return Err("nodes did not apply the final commit index within 30 s".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.ids().iter().all(|&id| shards_caught_up(&cluster, id, leader)) {
+        if Instant::now() > deadline {
+            return Err("nodes did not apply every group's commit index within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let written = stats.written.lock().clone();
     let keys: Vec<&String> = written.keys().collect();
@@ -245,6 +269,59 @@ fn run(log_store: LogStoreKind) -> Result<bool, Box<dyn std::error::Error>> {
         eprintln!("kept {}", kept.display());
     }
     Ok(ok && acked > 0)
+}
+
+/// " of group 1" when there are shards (the leader the demo follows is group 1's).
+fn group_one(shards: usize) -> &'static str {
+    if shards > 1 {
+        " of group 1"
+    } else {
+        ""
+    }
+}
+
+/// Each group's `(leader, commit, applied)` as node `id` sees it (`RAFTKIT.SHARDS`).
+fn shard_states(cluster: &LocalCluster, id: NodeId) -> Option<Vec<(u64, u64, u64)>> {
+    let mut client = cluster.client(id, Duration::from_secs(5)).ok()?;
+    let Reply::Array(Some(lines)) = client.call(&[b"RAFTKIT.SHARDS"]).ok()? else { return None };
+    lines
+        .iter()
+        .map(|line| {
+            let text = line.as_text()?;
+            let field = |name: &str| -> Option<u64> {
+                text.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((field("leader")?, field("commit")?, field("applied")?))
+        })
+        .collect()
+}
+
+/// Whether node `id` has applied, in every group, what node `reference` knows is committed.
+fn shards_caught_up(cluster: &LocalCluster, id: NodeId, reference: NodeId) -> bool {
+    // The reference first: what it has committed, the node must have applied since.
+    let theirs = shard_states(cluster, reference);
+    match (shard_states(cluster, id), theirs) {
+        (Some(mine), Some(theirs)) if mine.len() == theirs.len() => {
+            mine.iter().zip(&theirs).all(|(m, t)| m.2 >= t.1)
+        }
+        _ => false,
+    }
+}
+
+/// How many groups each node leads.
+fn leaders_line(cluster: &LocalCluster) -> String {
+    let Some(states) = cluster.running().first().and_then(|&id| shard_states(cluster, id)) else {
+        return "leaders unknown".into();
+    };
+    let counts: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|&id| format!("node {id} leads {}", states.iter().filter(|s| s.0 == id).count()))
+        .collect();
+    counts.join(", ")
 }
 
 /// Reads every key from node `id`'s own state machine; returns (present and right, missing or

@@ -212,7 +212,7 @@ impl Server {
         }
         let positions: Vec<Vec<usize>> = by_shard.values().cloned().collect();
         let combine: super::io::Combine = match name {
-            "MGET" => Box::new(move |parts| combine_mget(&parts, &positions)),
+            "MGET" | "RAFTKIT.LOCALMGET" => Box::new(move |parts| combine_mget(&parts, &positions)),
             "DEL" => Box::new(|parts| combine_sum(&parts, true)),
             _ => Box::new(|parts| combine_sum(&parts, false)),
         };

@@ -80,6 +80,7 @@ mod error;
 mod persist;
 mod reply;
 mod runtime;
+mod shared_sync;
 mod snapshots;
 mod stage;
 mod threads;

@@ -8,13 +8,17 @@
 //! hands leadership away. Any other failure stops the node for good.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::runtime::Lane;
+use super::shared_sync::SyncWait;
 use super::stage::{Called, Round, Take};
 use super::threads::{Driver, Input};
 use crate::error::StorageError;
 use crate::execute::{LogWriter, PersistWrite};
-use crate::storage::StateMachine;
+use crate::storage::{Lsn, StateMachine};
 
 /// Most Readies' writes in one store call and one sync.
 const PERSIST_JOBS_MAX: usize = 4096;
@@ -33,11 +37,20 @@ pub(crate) struct Persister {
     failed: bool,
     /// The store refused the round for lack of space: the pause before the next try.
     full_backoff: Option<Duration>,
+    /// On a runtime: the round is written and waits for the runtime's shared sync to reach
+    /// this position (the flag is set once the sync was tried).
+    awaiting: Option<(Lsn, Arc<AtomicBool>)>,
 }
 
 impl Persister {
     pub(crate) fn new() -> Persister {
-        Persister { round: Vec::new(), writer: LogWriter::new(), failed: false, full_backoff: None }
+        Persister {
+            round: Vec::new(),
+            writer: LogWriter::new(),
+            failed: false,
+            full_backoff: None,
+            awaiting: None,
+        }
     }
 
     /// Gives back what a burst's round grew (its node fell asleep).
@@ -66,6 +79,20 @@ impl<M: StateMachine> Driver<M> {
         self.persist.run(Take::Wait, &mut |p, jobs| self.persist_round(p, jobs));
     }
 
+    /// On a runtime, once the shared sync was tried for the round waiting on it: finishes that
+    /// round (its jobs left the queue, so no queued job would run it), then runs what queued
+    /// meanwhile.
+    pub(super) fn finish_synced(&self) {
+        self.persist.with_state(|p| {
+            if p.awaiting.is_some() {
+                self.persist_round(p, &mut VecDeque::new());
+            }
+        });
+        if !self.persist.is_idle() {
+            self.persist.call_worker();
+        }
+    }
+
     /// At shutdown, once every queued write is done: writes the commit index held back.
     pub(super) fn flush_held_commit(&self) {
         let failure = self.persist.with_state(|p| {
@@ -91,13 +118,53 @@ impl<M: StateMachine> Driver<M> {
         if retry.is_some_and(|at| Instant::now() < at) && !closing {
             return Round::Stall; // Not time to try again yet.
         }
-        let take = jobs.len().min(PERSIST_JOBS_MAX);
-        p.round.extend(jobs.drain(..take));
         let log = self.log.as_ref();
-        let written = p.writer.write(log, &mut p.round).and_then(|lsn| match lsn {
-            Some(lsn) => log.sync(lsn),
-            None => Ok(()),
-        });
+        let written = match p.awaiting.take() {
+            // The round was written and the shared sync asked for: once it was tried, the
+            // round is durable, or this stage syncs itself (and meets the sync's error).
+            Some((lsn, tried)) => {
+                if !tried.load(Ordering::Acquire) && !closing && log.durable_lsn() < lsn {
+                    p.awaiting = Some((lsn, tried));
+                    return Round::Stall; // Called back by the sync thread.
+                }
+                // Cheap once durable; otherwise it syncs, or meets the error.
+                log.sync(lsn)
+            }
+            None => {
+                let take = jobs.len().min(PERSIST_JOBS_MAX);
+                p.round.extend(jobs.drain(..take));
+                match p.writer.write(log, &mut p.round) {
+                    Ok(Some(lsn)) if log.durable_lsn() < lsn => {
+                        if let (Some(pool), false) = (&self.pool, closing) {
+                            // Let the I/O thread go; the sync thread calls the stage back.
+                            let tried = Arc::new(AtomicBool::new(false));
+                            let me = self.me.get().cloned();
+                            let lanes = Arc::downgrade(pool);
+                            pool.sync.request(SyncWait {
+                                log: self.log.clone(),
+                                lsn,
+                                tried: tried.clone(),
+                                wake: Box::new(move || {
+                                    let node = me.and_then(|w| w.upgrade());
+                                    if let (Some(node), Some(pool)) = (node, lanes.upgrade()) {
+                                        pool.spawn(
+                                            Lane::Io,
+                                            Box::new(move || node.persist_synced()),
+                                        );
+                                    }
+                                }),
+                            });
+                            p.awaiting = Some((lsn, tried));
+                            return Round::Stall;
+                        }
+                        log.sync(lsn)
+                    }
+                    Ok(Some(lsn)) => log.sync(lsn),
+                    Ok(None) => Ok(()),
+                    Err(err) => Err(err),
+                }
+            }
+        };
         match written {
             Ok(()) => {}
             Err(StorageError::Full(why)) if !closing => {

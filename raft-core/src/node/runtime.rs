@@ -5,9 +5,11 @@
 //! a raft loop that ticks it. On a runtime ([`NodeOptions::runtime`](super::NodeOptions)), a
 //! stage whose worker is called becomes a task on one of three lanes instead: the core's rounds
 //! on the core lane; applying on the apply lane (a slow state machine holds up only that lane,
-//! never another group's messages); log writes and syncs and snapshot chunk I/O on the I/O lane
-//! (they wait for disks). One timer thread ticks every node on time and wakes a persist stage
-//! whose store ran out of space when its retry is due.
+//! never another group's messages); log writes and snapshot chunk I/O on the I/O lane (they
+//! wait for disks). A persist stage does not hold an I/O thread through its sync: one sync
+//! thread serves every node, one sync per store for all the rounds written meanwhile
+//! ([`shared_sync`](super::shared_sync)). One timer thread ticks every node on time and wakes a
+//! persist stage whose store ran out of space when its retry is due.
 //!
 //! **Invariant:** a called stage is run. *Enforced by:* a stage calls its waker on every
 //! transition of its `called` flag from false to true (and when it closes); the task it queues
@@ -49,6 +51,8 @@ pub(crate) trait Timed: Send + Sync {
     fn sleeping_under(&self) -> Option<NodeId>;
     /// The peer it sleeps under is down: count down to an election again.
     fn wake_up(&self);
+    /// The sync its persist stage asked the runtime for was tried: run the stage.
+    fn persist_synced(&self);
 }
 
 /// A timer entry: `node` is due at `at` (the heap's order is the earliest first).
@@ -160,6 +164,8 @@ pub(crate) struct Pool {
     watch: Mutex<Option<PeerWatch>>,
     timer: Duration,
     stop: AtomicBool,
+    /// Syncs shared by the persist stages of every node (see [`shared_sync`](super::shared_sync)).
+    pub(crate) sync: Arc<super::shared_sync::SharedSync>,
     /// The threads (never joined, see `Drop`), kept for their names in a debugger.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -177,6 +183,7 @@ impl Runtime {
             watch: Mutex::new(None),
             timer: options.timer.max(Duration::from_micros(100)),
             stop: AtomicBool::new(false),
+            sync: Arc::new(super::shared_sync::SharedSync::default()),
             threads: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
@@ -198,6 +205,12 @@ impl Runtime {
         let weak = Arc::downgrade(&pool);
         threads
             .push(std::thread::Builder::new().name("raft-timer".into()).spawn(move || beat(weak))?);
+        let weak = Arc::downgrade(&pool.sync);
+        threads.push(
+            std::thread::Builder::new()
+                .name("raft-sync".into())
+                .spawn(move || super::shared_sync::SharedSync::run(weak))?,
+        );
         *pool.threads.lock() = threads;
         Ok(Runtime { pool })
     }
@@ -249,6 +262,7 @@ impl Runtime {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.sync.stop();
     }
 }
 
@@ -492,6 +506,7 @@ impl<M: StateMachine> Driver<M> {
     /// caller's thread, then writes the commit index held back, as the node's own threads
     /// would before they end.
     pub(crate) fn finish_on_caller(&self) {
+        self.finish_synced();
         self.run_persist();
         self.apply.run(Take::Wait, &mut |a, jobs| self.apply_round(a, jobs, false));
         if let Some(s) = &self.snapshot_io {
@@ -557,6 +572,10 @@ where
     fn wake_up(&self) {
         self.core.push(Input::Wake);
         self.core.call_worker();
+    }
+
+    fn persist_synced(&self) {
+        self.finish_synced();
     }
 }
 
