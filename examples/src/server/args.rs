@@ -82,8 +82,9 @@ OPTIONS:
     --durability MODE       always | group | interval:MS | never [default: always]
                             always: every log write is fsynced before it counts (the
                             node batches the writes of concurrent requests, so they share
-                            an fsync); group: the WAL also gathers concurrent writers of
-                            many groups into one fsync (still fsynced before they count);
+                            an fsync; with --shards, the same as group); group: the WAL
+                            also gathers concurrent writers of many groups into one fsync
+                            (still fsynced before they count);
                             interval:MS: fsync every MS milliseconds;
                             never: no fsync (a power loss can lose acknowledged writes)
     --wal-segment-mib N     size of each WAL segment file (the WAL keeps two more ready

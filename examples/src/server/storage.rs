@@ -76,7 +76,7 @@ pub(super) fn open_log_store(
         LogStoreKind::Wal => {
             std::fs::create_dir_all(&wal_dir).map_err(dir_err(wal_dir.clone()))?;
             let wal_config = WalConfig {
-                durability: args.durability,
+                durability: wal_durability(args),
                 segment_size_bytes: args.wal_segment_mib << 20,
                 ..WalConfig::default()
             };
@@ -128,6 +128,17 @@ pub(super) fn open_log_store(
             );
             Ok(Arc::new(raft_core::MemLogStore::new()))
         }
+    }
+}
+
+/// The WAL's mode for `--durability`. With shards, `always` opens the WAL in group commit: the
+/// guarantee is the same (the node syncs every round before anything in it counts), but a
+/// write no longer syncs on the thread that makes it, so the rounds of every group written
+/// meanwhile share the runtime's next sync.
+fn wal_durability(args: &ServerArgs) -> Durability {
+    match args.durability {
+        Durability::Always if args.shards > 1 => Durability::group_commit(),
+        d => d,
     }
 }
 

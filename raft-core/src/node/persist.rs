@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::runtime::Lane;
 use super::shared_sync::SyncWait;
 use super::stage::{Called, Round, Take};
 use super::threads::{Driver, Input};
@@ -108,7 +107,11 @@ impl<M: StateMachine> Driver<M> {
 
     /// Writes the queued jobs as one ordered batch (see [`LogWriter`]), syncs once, then
     /// releases the jobs' messages, reports them durable and runs the core (here, if it is free).
-    fn persist_round(&self, p: &mut Persister, jobs: &mut VecDeque<PersistWrite>) -> Round {
+    pub(super) fn persist_round(
+        &self,
+        p: &mut Persister,
+        jobs: &mut VecDeque<PersistWrite>,
+    ) -> Round {
         if p.failed {
             jobs.clear(); // Never written, never acknowledged.
             return Round::Continue;
@@ -139,18 +142,13 @@ impl<M: StateMachine> Driver<M> {
                             // Let the I/O thread go; the sync thread calls the stage back.
                             let tried = Arc::new(AtomicBool::new(false));
                             let me = self.me.get().cloned();
-                            let lanes = Arc::downgrade(pool);
                             pool.sync.request(SyncWait {
                                 log: self.log.clone(),
                                 lsn,
                                 tried: tried.clone(),
                                 wake: Box::new(move || {
-                                    let node = me.and_then(|w| w.upgrade());
-                                    if let (Some(node), Some(pool)) = (node, lanes.upgrade()) {
-                                        pool.spawn(
-                                            Lane::Io,
-                                            Box::new(move || node.persist_synced()),
-                                        );
+                                    if let Some(node) = me.and_then(|w| w.upgrade()) {
+                                        node.persist_synced();
                                     }
                                 }),
                             });

@@ -299,8 +299,16 @@ where
     /// for at most [`INLINE_APPLY_BUDGET`] per call.
     pub(super) fn follow_up(&self) {
         if !self.persist.is_idle() && self.persist_retry.lock().is_none() {
-            // (A stalled persist stage retries on its own clock.)
-            self.persist.call_worker();
+            // (A stalled persist stage retries on its own clock.) On a runtime a round's write
+            // is quick and its sync goes to the shared sync thread, so it runs here: no hand-off
+            // to an I/O thread per round.
+            if self.pool.is_none()
+                || !self
+                    .persist
+                    .run(Take::Try { max_rounds: 1 }, &mut |p, jobs| self.persist_round(p, jobs))
+            {
+                self.persist.call_worker();
+            }
         }
         if !self.apply.is_idle() {
             if self.apply_is_cheap() {
