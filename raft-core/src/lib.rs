@@ -25,6 +25,7 @@ mod mem_transport;
 pub mod membership;
 pub mod message;
 pub mod node;
+mod outbox;
 pub mod quorum;
 mod raft;
 pub mod ready;

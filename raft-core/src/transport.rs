@@ -248,8 +248,15 @@ impl Inbound for Router {
         }
     }
 
-    /// Hands each run of consecutive messages of one group to that group's node together.
+    /// Hands each run of consecutive messages of one group to that group's node together; what
+    /// the nodes answer meanwhile (on this thread) leaves together at the end, a write per peer.
     fn deliver_all(&self, msgs: Vec<Message>) {
+        crate::outbox::gathered(|| self.deliver_runs(msgs));
+    }
+}
+
+impl Router {
+    fn deliver_runs(&self, msgs: Vec<Message>) {
         let mut run: Vec<Message> = Vec::new();
         let mut run_group = None;
         for msg in msgs {

@@ -445,7 +445,8 @@ pub(crate) fn serve(server: &Arc<Server>, listener: std::net::TcpListener) -> io
                 held.insert(token);
             }
         }
-        batch.submit();
+        // What the shards' nodes send as they take the round's requests leaves together.
+        raft_core::node::gather_sends(|| batch.submit());
         for token in gone {
             // Replies still owed keep the connection (and its socket, which leaves the poll
             // when closed) until they are sent.

@@ -103,6 +103,7 @@ use crate::storage::{load_initial_state, LogStore, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::types::{EntryKind, Index, NodeId, RoleKind, SnapshotMeta, Term};
 
+pub use crate::outbox::gathered as gather_sends;
 pub use builder::NodeBuilder;
 pub use error::NodeError;
 pub use reply::Pending;

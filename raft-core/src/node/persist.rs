@@ -200,7 +200,7 @@ impl<M: StateMachine> Driver<M> {
             messages.extend(job.messages);
         }
         if !messages.is_empty() {
-            self.transport.send_all(messages);
+            crate::outbox::send_all(&self.transport, messages);
         }
         if self.core.push(Input::Persisted { number: last }) {
             self.drive();

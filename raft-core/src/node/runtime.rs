@@ -364,10 +364,26 @@ fn work(pool: Weak<Pool>, lane: Lane) {
         };
         drop(p);
         if let Some(task) = task {
-            task();
+            // The tasks queued behind it run in the same batch (up to a bound, so no message
+            // waits long), and what their nodes send leaves together at the end.
+            crate::outbox::gathered(|| {
+                task();
+                for _ in 1..TASKS_PER_BATCH {
+                    let Some(p) = pool.upgrade() else { return };
+                    let next = p.lanes[lane as usize].tasks.lock().pop_front();
+                    drop(p);
+                    match next {
+                        Some(task) => task(),
+                        None => return,
+                    }
+                }
+            });
         }
     }
 }
+
+/// Most tasks a lane thread runs before what their nodes sent leaves.
+const TASKS_PER_BATCH: usize = 64;
 
 /// The timer thread: calls each node when it is due (sleeping ones are not in its heap), and
 /// runs the liveness check.

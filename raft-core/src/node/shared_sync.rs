@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -53,6 +54,8 @@ impl SharedSync {
     /// and calls the stages back.
     pub(crate) fn run(me: Weak<SharedSync>) {
         let mut batch: Vec<SyncWait> = Vec::new();
+        // The last sync: how many rounds it covered and how long it took.
+        let (mut last_batch, mut last_sync) = (0usize, Duration::ZERO);
         loop {
             let Some(shared) = me.upgrade() else { return };
             {
@@ -62,15 +65,31 @@ impl SharedSync {
                         return;
                     }
                     // The timeout lets the thread notice a dropped runtime.
-                    shared.bell.wait_for(&mut waiting, std::time::Duration::from_millis(100));
+                    shared.bell.wait_for(&mut waiting, Duration::from_millis(100));
+                }
+                // Fewer rounds than the last sync covered: wait a little (at most as long as a
+                // sync takes) for the rest of the groups that are writing, so one sync covers
+                // them too instead of each paying for its own.
+                if waiting.len() < last_batch {
+                    let until = Instant::now() + last_sync.min(GATHER_MAX);
+                    while waiting.len() < last_batch
+                        && !shared.bell.wait_until(&mut waiting, until).timed_out()
+                    {
+                    }
                 }
                 std::mem::swap(&mut *waiting, &mut batch);
             }
             drop(shared);
+            last_batch = batch.len();
+            let started = Instant::now();
             sync_all(&mut batch);
+            last_sync = started.elapsed();
         }
     }
 }
+
+/// The longest a sync waits to gather more rounds.
+const GATHER_MAX: Duration = Duration::from_micros(1000);
 
 /// Syncs each store of `batch` once, to the highest position asked of it, then wakes them all.
 fn sync_all(batch: &mut Vec<SyncWait>) {
@@ -90,10 +109,13 @@ fn sync_all(batch: &mut Vec<SyncWait>) {
             }
         }
     }
-    for w in batch.drain(..) {
-        w.tried.store(true, Ordering::Release);
-        (w.wake)();
-    }
+    // What the stages release leaves together, a write per peer for the whole batch.
+    crate::outbox::gathered(|| {
+        for w in batch.drain(..) {
+            w.tried.store(true, Ordering::Release);
+            (w.wake)();
+        }
+    });
 }
 
 /// Whether two handles name the same store (their data, not their vtables).

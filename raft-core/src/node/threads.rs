@@ -411,7 +411,7 @@ where
         let mut io = CoreIo { driver: self, outbox, reads };
         let carried = executor.run(raft, &mut io);
         if !core.outbox.is_empty() {
-            self.transport.send_all(std::mem::take(&mut core.outbox));
+            crate::outbox::send_all(&self.transport, std::mem::take(&mut core.outbox));
         }
         if carried.is_err() {
             self.stop(core);
