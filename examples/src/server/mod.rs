@@ -355,20 +355,8 @@ impl Server {
     ) -> Waits {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let argc = args.len() - 1;
-        let done = |f: &dyn Fn(&mut Vec<u8>)| {
-            let mut r = Vec::new();
-            f(&mut r);
-            reply.send(r);
-            Waits::No
-        };
-        let wrong_arity = || {
-            done(&|r| {
-                resp::error(
-                    r,
-                    &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
-                )
-            })
-        };
+        let done = |f: &dyn Fn(&mut Vec<u8>)| answer_now(reply, f);
+        let wrong_arity = || done(&|r| arity_error(r, &name));
         match name.as_str() {
             "PING" => match argc {
                 0 => done(&|r| resp::simple(r, "PONG")),
@@ -492,12 +480,7 @@ impl Server {
                     }
                 }
             }
-            _ => done(&|r| {
-                resp::error(
-                    r,
-                    &format!("ERR unknown command '{}'", String::from_utf8_lossy(&args[0])),
-                )
-            }),
+            _ => done(&|r| unknown_command(r, &args[0])),
         }
     }
 
@@ -513,20 +496,8 @@ impl Server {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let argc = args.len() - 1;
         let node = &self.shards[shard];
-        let done = |f: &dyn Fn(&mut Vec<u8>)| {
-            let mut r = Vec::new();
-            f(&mut r);
-            reply.send(r);
-            Waits::No
-        };
-        let wrong_arity = || {
-            done(&|r| {
-                resp::error(
-                    r,
-                    &format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()),
-                )
-            })
-        };
+        let done = |f: &dyn Fn(&mut Vec<u8>)| answer_now(reply, f);
+        let wrong_arity = || done(&|r| arity_error(r, &name));
         match name.as_str() {
             "RAFTKIT.TRANSFER" => {
                 let Some(to) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse().ok())
@@ -632,12 +603,7 @@ impl Server {
                     }
                 }
             }
-            _ => done(&|r| {
-                resp::error(
-                    r,
-                    &format!("ERR unknown command '{}'", String::from_utf8_lossy(&args[0])),
-                )
-            }),
+            _ => done(&|r| unknown_command(r, &args[0])),
         }
     }
 
@@ -818,6 +784,23 @@ enum Waits {
     Local,
     /// A little more: it waits for the leader, which has its own timeout.
     Forwarded,
+}
+
+/// Answers at once with what `f` writes.
+fn answer_now(reply: &ReplyTo, f: &dyn Fn(&mut Vec<u8>)) -> Waits {
+    let mut r = Vec::new();
+    f(&mut r);
+    reply.send(r);
+    Waits::No
+}
+
+fn arity_error(r: &mut Vec<u8>, name: &str) {
+    let line = format!("ERR wrong number of arguments for '{}' command", name.to_lowercase());
+    resp::error(r, &line);
+}
+
+fn unknown_command(r: &mut Vec<u8>, name: &[u8]) {
+    resp::error(r, &format!("ERR unknown command '{}'", String::from_utf8_lossy(name)));
 }
 
 fn mget_reply(kv: &KvMachine, keys: &[Vec<u8>]) -> Vec<u8> {
