@@ -9,7 +9,7 @@
 //! position, and if its round is still not durable (the sync failed, say) it syncs itself, and
 //! meets the error exactly as a node with threads of its own does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,18 +30,37 @@ pub(crate) struct SyncWait {
 }
 
 /// The requests for the sync thread.
-#[derive(Default)]
 pub(crate) struct SharedSync {
     waiting: Mutex<Vec<SyncWait>>,
     bell: Condvar,
+    /// While the thread gathers: how many requests wake it (fewer wait for its timeout, so a
+    /// gathering sync is not woken by every request). Otherwise `usize::MAX`: only the first
+    /// request wakes it (a thread busy syncing takes the others when it looks again).
+    want: AtomicUsize,
     stop: AtomicBool,
+}
+
+impl Default for SharedSync {
+    fn default() -> SharedSync {
+        SharedSync {
+            waiting: Mutex::new(Vec::new()),
+            bell: Condvar::new(),
+            want: AtomicUsize::new(usize::MAX),
+            stop: AtomicBool::new(false),
+        }
+    }
 }
 
 impl SharedSync {
     /// Asks for a sync covering `wait.lsn`.
     pub(crate) fn request(&self, wait: SyncWait) {
-        self.waiting.lock().push(wait);
-        self.bell.notify_one();
+        let mut waiting = self.waiting.lock();
+        waiting.push(wait);
+        let n = waiting.len();
+        drop(waiting);
+        if n == 1 || n >= self.want.load(Ordering::Acquire) {
+            self.bell.notify_one();
+        }
     }
 
     /// Ends the sync thread (after the requests it has).
