@@ -161,6 +161,7 @@ enum Op {
     Write { group: GroupId, hard_state: Option<HardState>, entries: Vec<Entry> },
     Compact { group: GroupId, through: Index, term: Term },
     Repaired { group: GroupId },
+    Remove { group: GroupId },
 }
 
 #[derive(Debug, Default)]
@@ -191,6 +192,9 @@ impl Inner {
             }
             Op::Repaired { group } => {
                 groups.entry(*group).or_default().damage = None;
+            }
+            Op::Remove { group } => {
+                groups.remove(group);
             }
         }
         Ok(())
@@ -402,6 +406,10 @@ impl LogStore for MemLogStore {
 
     fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
         self.accept(Op::Compact { group, through, term })
+    }
+
+    fn remove_group(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        self.accept(Op::Remove { group })
     }
 
     fn entries(

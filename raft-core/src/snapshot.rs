@@ -68,6 +68,14 @@ pub trait SnapshotStore: Send + Sync {
         let _ = group;
         None
     }
+
+    /// Deletes every snapshot of a destroyed group (called from
+    /// [`Node::destroy`](crate::node::Node::destroy) after its node stopped). The default keeps
+    /// them (a store that cannot delete: the application's catalogue says the group is gone).
+    fn remove_group(&self, group: GroupId) -> Result<(), SnapshotError> {
+        let _ = group;
+        Ok(())
+    }
 }
 
 /// A snapshot being written. Dropping it without [`finish`](SnapshotWriter::finish) abandons it:
@@ -449,6 +457,11 @@ impl SnapshotStore for MemSnapshotStore {
     fn latest(&self, group: GroupId) -> Result<Option<SnapshotMeta>, SnapshotError> {
         let inner = self.inner.lock();
         Ok(inner.groups.get(&group).and_then(|v| v.last()).map(|(m, _)| m.clone()))
+    }
+
+    fn remove_group(&self, group: GroupId) -> Result<(), SnapshotError> {
+        self.inner.lock().groups.remove(&group);
+        Ok(())
     }
 
     fn open(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotReader>, SnapshotError> {

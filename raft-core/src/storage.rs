@@ -145,6 +145,22 @@ pub trait LogStore: Send + Sync {
         Ok(self.durable_lsn())
     }
 
+    /// Removes a destroyed group's log: once the returned position is durable, its entries are
+    /// gone and nothing of it comes back at a restart. The node driver calls it from
+    /// [`Node::destroy`](crate::node::Node::destroy), after the group's node has stopped.
+    ///
+    /// The default, for stores that cannot drop a group, compacts its log through its last entry
+    /// (freeing the entries; the hard state stays, and [`groups`](LogStore::groups) may still
+    /// list the group: the application's catalogue of groups says it is gone).
+    fn remove_group(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        let state = self.log_state(group)?;
+        if state.last_index < state.first_index {
+            return Ok(self.durable_lsn());
+        }
+        let term = self.term(group, state.last_index)?;
+        self.compact(group, state.last_index, term)
+    }
+
     /// The membership-change entries ([`EntryKind::Config`]) among `lo..=hi`, in index order.
     /// A node reads them once when it starts, to learn its configuration from its log.
     ///

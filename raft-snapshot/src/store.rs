@@ -435,6 +435,26 @@ impl SnapshotStore for FileSnapshotStore {
     fn take_damage_found(&self, group: GroupId) -> Option<SnapshotMeta> {
         self.shared.scrub.found.lock().remove(&group)
     }
+
+    /// Deletes every snapshot file of `group` (a reader still open keeps reading its file:
+    /// the data goes when it closes), then syncs the directory.
+    fn remove_group(&self, group: GroupId) -> Result<(), SnapshotError> {
+        let doomed = self.shared.index.lock().remove(&group).unwrap_or_default();
+        self.shared.scrub.found.lock().remove(&group);
+        for m in &doomed {
+            let path = self.shared.dir.join(format::file_name(m));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(SnapshotError::File { path, source }),
+            }
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.shared.dir)?;
+            tracing::info!(group, snapshots = doomed.len(), "destroyed group's snapshots removed");
+        }
+        Ok(())
+    }
 }
 
 /// Reads and checks a file's header and trailer; returns its metadata and frame size.

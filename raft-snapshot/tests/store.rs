@@ -69,6 +69,29 @@ fn snapshots_round_trip_across_reopen() {
 }
 
 #[test]
+fn a_destroyed_groups_snapshots_are_deleted_and_stay_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = {
+        let (store, _) = FileSnapshotStore::open(dir.path(), options()).unwrap();
+        let gone = write(&store, 10, &data(2_000, 3));
+        let mut w = store.create(&SnapshotRequest { group: 2, ..request(12) }).unwrap();
+        w.write_all(&data(1_000, 4)).unwrap();
+        let kept = w.finish().unwrap();
+        store.remove_group(1).unwrap();
+        assert_eq!(store.latest(1).unwrap(), None);
+        assert!(!path_of(&store, &gone).exists(), "the file is deleted");
+        assert!(matches!(store.open(&gone), Err(SnapshotError::NotFound { .. })));
+        store.remove_group(1).unwrap(); // Again: nothing left, no error.
+        assert_eq!(store.latest(2).unwrap(), Some(kept.clone()));
+        kept
+    };
+    let (store, report) = FileSnapshotStore::open(dir.path(), options()).unwrap();
+    assert_eq!(report.snapshots, 1);
+    assert_eq!(store.latest(1).unwrap(), None);
+    assert_eq!(store.latest(2).unwrap(), Some(kept));
+}
+
+#[test]
 fn a_state_machine_snapshots_and_restores_through_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = FileSnapshotStore::open(dir.path(), options()).unwrap();

@@ -35,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod catalog;
 mod config;
 mod damage;
 mod doorbell;

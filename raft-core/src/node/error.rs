@@ -85,10 +85,11 @@ pub enum NodeError {
     /// The configuration or the stored state cannot start a node.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
-    /// The log store failed while starting the node.
+    /// The log store failed while starting the node (or removing a destroyed group's log).
     #[error("log store: {0}")]
     Storage(#[from] StorageError),
-    /// The snapshot store failed while starting the node.
+    /// The snapshot store failed while starting the node (or removing a destroyed group's
+    /// snapshots).
     #[error("snapshot store: {0}")]
     Snapshot(#[from] SnapshotError),
     /// A thread could not be started.

@@ -725,6 +725,29 @@ where
     pub fn shutdown(mut self) {
         self.stop();
     }
+
+    /// Stops the node, then removes its group's log and snapshots from the stores
+    /// ([`LogStore::remove_group`], [`SnapshotStore::remove_group`]), syncing the log. For a
+    /// group destroyed at run time: the application also marks it destroyed in its
+    /// [`Router`](crate::Router) (so late messages of this incarnation are refused, counted) and
+    /// in its own durable catalogue of groups, *before* calling this, so a crash in between
+    /// finds the group destroyed rather than half gone.
+    ///
+    /// # Errors
+    /// [`NodeError::Storage`] or [`NodeError::Snapshot`] if a store could not remove the
+    /// group's data (the node is stopped either way; calling the stores again is safe).
+    pub fn destroy(mut self) -> Result<(), NodeError> {
+        self.stop();
+        let group = self.driver.group;
+        let log = &self.driver.log;
+        let lsn = log.remove_group(group).map_err(NodeError::Storage)?;
+        log.sync(lsn).map_err(NodeError::Storage)?;
+        if let Some(snapshots) = &self.driver.snapshots {
+            snapshots.remove_group(group).map_err(NodeError::Snapshot)?;
+        }
+        tracing::info!(group, id = self.id, "group destroyed: its log and snapshots are removed");
+        Ok(())
+    }
 }
 
 impl<M: StateMachine> Node<M> {

@@ -151,7 +151,7 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(super) group: GroupId,
     pub(crate) shared: Arc<Shared>,
     pub(super) log: Arc<dyn LogStore>,
-    snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) transport: Arc<dyn Transport>,
     /// When the persist worker retries writes the store refused for lack of space.
     pub(super) persist_retry: parking_lot::Mutex<Option<Instant>>,
