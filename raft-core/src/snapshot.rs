@@ -117,6 +117,9 @@ impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
     fn take_damage_found(&self, group: GroupId) -> Option<SnapshotMeta> {
         (**self).take_damage_found(group)
     }
+    fn remove_group(&self, group: GroupId) -> Result<(), SnapshotError> {
+        (**self).remove_group(group)
+    }
 }
 
 /// Reads a whole snapshot as a stream, `chunk` bytes per store read.

@@ -234,6 +234,9 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
         (**self).mark_repaired(group)
     }
+    fn remove_group(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        (**self).remove_group(group)
+    }
 }
 
 /// The application's replicated state machine.

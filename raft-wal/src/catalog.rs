@@ -175,7 +175,8 @@ impl Catalog {
             )));
         }
         self.append(&body)?;
-        self.groups.insert(group, GroupRecord { group, voters: voters.to_vec(), data: data.to_vec() });
+        self.groups
+            .insert(group, GroupRecord { group, voters: voters.to_vec(), data: data.to_vec() });
         self.compact_if_mostly_history()
     }
 
@@ -343,9 +344,13 @@ fn record_at(bytes: &[u8], at: usize) -> Result<(&[u8], usize), Bad> {
         return Err(Bad::Torn);
     };
     let len = len as usize;
-    if len > MAX_RECORD_BYTES || len < 9 {
+    if !(9..=MAX_RECORD_BYTES).contains(&len) {
         // A length no record has: at the very end a torn header, otherwise damage.
-        return if bytes.len() - at < HEADER + 9 { Err(Bad::Torn) } else { Err(Bad::Damaged(format!("record length {len}"))) };
+        return if bytes.len() - at < HEADER + 9 {
+            Err(Bad::Torn)
+        } else {
+            Err(Bad::Damaged(format!("record length {len}")))
+        };
     }
     let end = at + HEADER + len;
     let Some(body) = bytes.get(at + HEADER..end) else { return Err(Bad::Torn) };

@@ -149,6 +149,9 @@ impl LogStore for FaultyLog {
     fn take_damage_found(&self, group: GroupId) -> Option<Index> {
         self.inner.take_damage_found(group)
     }
+    fn remove_group(&self, group: GroupId) -> Result<Lsn, StorageError> {
+        self.inner.remove_group(group)
+    }
     fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
         self.inner.mark_repaired(group)
     }

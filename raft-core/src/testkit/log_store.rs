@@ -129,6 +129,27 @@ pub fn entry_kinds_survive_reopen<H: StoreHarness>(h: &mut H) {
     assert_eq!(configs(&store, 6, 9), Vec::new());
 }
 
+/// A removed group ([`LogStore::remove_group`]) holds no entry, before and after reopening;
+/// other groups keep theirs.
+pub fn a_removed_group_stays_empty<H: StoreHarness>(h: &mut H) {
+    let store = h.open();
+    write(&store, 5, &entries(1, 20, 1));
+    write(&store, 6, &entries(1, 5, 1));
+    let lsn = store.remove_group(5).unwrap_or_else(|e| panic!("remove_group: {e}"));
+    store.sync(lsn).unwrap_or_else(|e| panic!("sync: {e}"));
+    let empty = |store: &H::Store| {
+        let s = state(store, 5);
+        assert!(s.last_index < s.first_index, "group 5 holds entries: {s:?}");
+        assert!(store.entries(5, 1, 1, u64::MAX).is_err());
+    };
+    empty(&store);
+    let lsn = store.remove_group(5).unwrap_or_else(|e| panic!("remove_group again: {e}"));
+    store.sync(lsn).unwrap_or_else(|e| panic!("sync: {e}"));
+    let store = reopen(h, store);
+    empty(&store);
+    assert_eq!(read_all(&store, 6), entries(1, 5, 1));
+}
+
 /// One `write` call with several writes of one group (a node writes several Readies at once)
 /// applies them in order: each continues or replaces what the ones before it wrote, and the
 /// last hard state wins.
@@ -552,6 +573,10 @@ macro_rules! log_store_conformance {
             #[test]
             fn compaction_past_the_log_discards_it() {
                 kit::compaction_past_the_log_discards_it(&mut $harness);
+            }
+            #[test]
+            fn a_removed_group_stays_empty() {
+                kit::a_removed_group_stays_empty(&mut $harness);
             }
             #[test]
             fn durability_positions_grow() {
