@@ -54,6 +54,9 @@ struct Groups {
     nodes: HashMap<(NodeId, GroupId), Node<KvStore>>,
     stores: HashMap<NodeId, Arc<MemLogStore>>,
     runtime: Runtime,
+    /// Take a snapshot every this many entries, sent in chunks of `chunk_bytes` (0: never).
+    snapshot_entries: u64,
+    chunk_bytes: u64,
 }
 
 impl Groups {
@@ -64,6 +67,8 @@ impl Groups {
             // One log store per node id, shared by all of its groups (as one WAL would be).
             stores: (1..=3).map(|id| (id, Arc::new(MemLogStore::new()))).collect(),
             runtime: runtime.clone(),
+            snapshot_entries: 0,
+            chunk_bytes: 0,
         };
         for group in 0..groups {
             for id in 1..=3 {
@@ -77,6 +82,11 @@ impl Groups {
         let mut options = NodeOptions::new(id, group, vec![1, 2, 3]);
         options.tick = Duration::from_millis(5);
         options.runtime = Some(self.runtime.clone());
+        if self.snapshot_entries > 0 {
+            options.raft.snapshot_entries = self.snapshot_entries;
+            options.raft.snapshot_chunk_bytes = self.chunk_bytes;
+            options.raft.log_keep_entries = 0;
+        }
         let node = Node::start(
             options,
             self.stores[&id].clone(),
@@ -182,6 +192,45 @@ fn many_groups_share_a_fixed_set_of_threads() {
     while runtime.nodes() > 0 {
         assert!(Instant::now() < deadline, "{} nodes still held", runtime.nodes());
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Snapshot transfers wait for the runtime's budget: eight groups whose third node missed
+/// enough to need a snapshot each all catch up, never more than two sending at once.
+#[test]
+fn snapshot_transfers_take_turns_within_the_runtimes_budget() {
+    let mut options = RuntimeOptions::default();
+    options.snapshot_sends = 2;
+    let runtime = Runtime::new(options).unwrap();
+    let mut groups = Groups::start(0, &runtime);
+    (groups.snapshot_entries, groups.chunk_bytes) = (10, 64);
+    for group in 0..8 {
+        for id in 1..=3 {
+            groups.start_node(id, group);
+        }
+    }
+    for group in 0..8 {
+        groups.stop_node(3, group);
+    }
+    let value = "v".repeat(100);
+    for group in 0..8 {
+        for i in 0..40 {
+            groups.put(group, &format!("k{i}"), &value);
+        }
+    }
+    // Back: the leaders compacted past its log, so every group sends it a snapshot of many
+    // chunks.
+    for group in 0..8 {
+        groups.start_node(3, group);
+    }
+    for group in 0..8 {
+        groups.agree(group, "k39", &value);
+    }
+    let stats = runtime.snapshot_sends();
+    assert_eq!(stats.peak, 2, "two transfers at once at most, and at times two: {stats:?}");
+    assert!(stats.deferred > 0, "transfers waited for a slot: {stats:?}");
+    for (_, node) in groups.nodes.drain() {
+        node.shutdown();
     }
 }
 

@@ -109,6 +109,7 @@ pub use error::NodeError;
 pub use reply::Pending;
 use reply::{reply_pair, Reply};
 pub use runtime::{Runtime, RuntimeOptions};
+pub use snapshots::SnapshotSendStats;
 use threads::{ApplyJob, Driver, Input, Parts};
 
 /// How [`Node::read`] makes a read linearizable (see the [module docs](self#reads)).

@@ -107,6 +107,9 @@ pub struct RuntimeOptions {
     /// How often the timer looks at every node (a node ticks at its own `tick`, to this
     /// resolution).
     pub timer: Duration,
+    /// Most snapshot transfers the runtime's nodes send at once, across all their groups;
+    /// the others wait their turn (see [`Runtime::snapshot_sends`]).
+    pub snapshot_sends: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -116,6 +119,7 @@ impl Default for RuntimeOptions {
             apply_threads: 2,
             io_threads: 4,
             timer: Duration::from_millis(1),
+            snapshot_sends: 2,
         }
     }
 }
@@ -166,6 +170,8 @@ pub(crate) struct Pool {
     stop: AtomicBool,
     /// Syncs shared by the persist stages of every node (see [`shared_sync`](super::shared_sync)).
     pub(crate) sync: Arc<super::shared_sync::SharedSync>,
+    /// The snapshot transfers sent at once.
+    pub(crate) transfers: super::snapshots::TransferBudget,
     /// The threads (never joined, see `Drop`), kept for their names in a debugger.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -184,6 +190,7 @@ impl Runtime {
             timer: options.timer.max(Duration::from_micros(100)),
             stop: AtomicBool::new(false),
             sync: Arc::new(super::shared_sync::SharedSync::default()),
+            transfers: super::snapshots::TransferBudget::new(options.snapshot_sends),
             threads: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
@@ -217,6 +224,12 @@ impl Runtime {
 
     pub(crate) fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// The snapshot-transfer budget's figures: transfers sending now, the most at once, chunk
+    /// reads put off for want of a slot.
+    pub fn snapshot_sends(&self) -> super::SnapshotSendStats {
+        self.pool.transfers.stats()
     }
 
     /// Nodes the timer is waiting to call (sleeping ones are not among them).
