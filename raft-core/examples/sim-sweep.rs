@@ -6,6 +6,7 @@
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --machine bank --seeds 10000
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --seeds 500..1000
 //! cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
+//! cargo run --release -p raft-core --features sim --example sim-sweep -- --groups 16 --seeds 1000
 //! RUST_LOG=trace cargo run --release -p raft-core --features sim --example sim-sweep -- --seed 1234
 //! ```
 #![allow(clippy::print_stdout)]
@@ -45,7 +46,7 @@ fn run(machine: Machine, seed: u64, opts: &ChaosOptions) -> Result<ChaosReport, 
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim-sweep [--machine kv|bank] [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS] [--break-commit-rule]"
+        "usage: sim-sweep [--machine kv|bank] [--groups G] [--seed N | --seeds COUNT | --seeds FROM..TO] [--threads T] [--fault-ms MS] [--break-commit-rule]"
     );
     ExitCode::from(2)
 }
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut opts = ChaosOptions::default();
     let mut machine = Machine::Kv;
+    let mut groups = 0usize;
     while let Some(arg) = args.next() {
         if arg == "--break-commit-rule" {
             // The checker's self-test: every run should fail.
@@ -87,12 +89,19 @@ fn main() -> ExitCode {
                 "bank" => machine = Machine::Bank,
                 _ => return usage(),
             },
+            "--groups" => match value.parse() {
+                Ok(g) if g > 0 => groups = g,
+                _ => return usage(),
+            },
             "--fault-ms" => match value.parse::<u64>() {
                 Ok(ms) => opts.fault_us = ms * 1000,
                 Err(_) => return usage(),
             },
             _ => return usage(),
         }
+    }
+    if groups > 0 {
+        return sweep_groups(range, groups, threads, &opts);
     }
     if single {
         // RUST_LOG=trace prints every event of the run.
@@ -210,6 +219,66 @@ fn main() -> ExitCode {
     if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--groups G`: every seed with G groups on each node ([`raft_core::sim::groups`]).
+fn sweep_groups(
+    range: std::ops::Range<u64>,
+    groups: usize,
+    threads: usize,
+    opts: &ChaosOptions,
+) -> ExitCode {
+    std::panic::set_hook(Box::new(|_| {}));
+    let next = AtomicU64::new(range.start);
+    let ops = AtomicU64::new(0);
+    let asleep = AtomicU64::new(0);
+    let installed = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= range.end {
+                    break;
+                }
+                let run = std::panic::catch_unwind(|| {
+                    raft_core::sim::groups::run_groups_seed(seed, groups, opts)
+                });
+                match run {
+                    Ok(Ok(report)) => {
+                        ops.fetch_add(report.ops_completed, Ordering::Relaxed);
+                        asleep.fetch_add(report.asleep_ticks, Ordering::Relaxed);
+                        installed.fetch_add(report.snapshots_installed, Ordering::Relaxed);
+                    }
+                    Ok(Err(failure)) => {
+                        eprintln!("\n{failure} (with --groups {groups})");
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(seed);
+                    }
+                    Err(_) => {
+                        eprintln!("\nseed {seed} panicked (with --groups {groups})");
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(seed);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "{} seeds x {groups} groups in {:.1} s ({threads} threads): {} client operations completed, {} ticks asleep, {} snapshots installed, {} failed",
+        range.end.saturating_sub(range.start),
+        started.elapsed().as_secs_f64(),
+        ops.load(Ordering::Relaxed),
+        asleep.load(Ordering::Relaxed),
+        installed.load(Ordering::Relaxed),
+        failures.len()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("failed seeds: {failures:?}");
         ExitCode::FAILURE
     }
 }

@@ -397,6 +397,22 @@ fn run_seed_inner<W: Workload>(
         }
     }
 
+    settle_and_check(&mut cluster, seed, opts, faults, &fail)
+}
+
+/// After the faults: heals everything and requires that the group serves clients again, that
+/// every member converges on the same committed, applied and healthy log, and that the clients'
+/// history is linearizable. Returns the run's report.
+pub(super) fn settle_and_check<W: Workload>(
+    cluster: &mut Cluster<W>,
+    seed: u64,
+    opts: &ChaosOptions,
+    faults: u64,
+    fail: &dyn Fn(String) -> ChaosFailure,
+) -> Result<ChaosReport, ChaosFailure> {
+    let n = cluster.options().nodes as NodeId;
+    let run =
+        |cluster: &mut Cluster<W>, us: u64| cluster.run_for(us).map_err(|e| fail(e.to_string()));
     // Heal everything: the group must recover and serve clients again.
     cluster.heal();
     cluster.set_crash_on_commit(false);
@@ -412,7 +428,7 @@ fn run_seed_inner<W: Workload>(
     // others must catch up first, at the pace the seed's limits allow: give them longer.
     let settle_us =
         if cluster.damaged_nodes().is_empty() { opts.settle_us } else { opts.settle_us * 3 };
-    run(&mut cluster, settle_us)?;
+    run(cluster, settle_us)?;
     if cluster.last_completion_us() <= healed_at {
         return Err(fail(format!(
             "no client operation completed within {} us after healing (leaders: {:?}){}",

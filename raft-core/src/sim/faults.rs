@@ -82,7 +82,14 @@ impl<W: Workload> Cluster<W> {
         node.disk_free_at = self.now;
         node.writes_in_flight = 0;
         node.held.clear(); // Never written, never acknowledged.
-        node.unsynced.clear();
+                           // Writes this node had not synced yet that the store made durable anyway (a store shared
+                           // with other groups, whose syncs cover everything written before them): they survive.
+        let durable_lsn = node.store.durable_lsn();
+        while let Some(w) = node.unsynced.pop_front() {
+            if w.lsn <= durable_lsn {
+                node.durable.apply(&w);
+            }
+        }
         node.pending.clear();
         node.reads.clear();
         node.read_waiting.clear();
@@ -99,7 +106,7 @@ impl<W: Workload> Cluster<W> {
         if let Some(from) = corrupt {
             node.durable.cut_from(from);
         }
-        // The store must hold exactly what was synced: nothing acknowledged lost, and nothing
+        // The store must hold exactly what was durable: nothing acknowledged lost, and nothing
         // reported as not durable resurrected.
         let recovered = recovered_model(&*node.store, self.opts.raft.group);
         if recovered.as_ref() != Ok(&node.durable) {

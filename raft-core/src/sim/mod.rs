@@ -38,6 +38,7 @@ mod clients;
 mod cluster;
 mod durable;
 mod faults;
+pub mod groups;
 pub mod kv;
 pub mod linearizability;
 mod node_io;
