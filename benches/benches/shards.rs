@@ -1,0 +1,252 @@
+//! Many groups per process, as real processes: three kv-server nodes (this binary, re-executed
+//! with `--serve`) with `--shards N` (default 10,000; `RAFTKIT_SHARDS`), raft-wal logs, on
+//! loopback. Prints, from one run:
+//!
+//! - how long until every group has a leader, and until each has committed a write;
+//! - idle: once every group sleeps, the CPU of the three processes together over 10 s (as a
+//!   share of one core), and each process's resident memory per group (its RSS less that of a
+//!   one-group node started in the same run, divided by N);
+//! - restart: a node SIGKILLed and started again, the time until every group serves a read
+//!   through it, and until the leaders are balanced again (within one of even);
+//! - how many groups each node leads.
+//!
+//! `cargo bench -p raftkit-benches --bench shards`
+
+#![allow(clippy::print_stdout)] // A bench binary that prints its figures.
+
+use std::time::{Duration, Instant};
+
+use raftkit_benches::procstat::total_cpu_seconds;
+use raftkit_examples::client::Client;
+use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
+use raftkit_examples::resp::Reply;
+use raftkit_examples::server::shard_of;
+
+/// `(leader, asleep)` of every group, as node `via` sees it.
+fn shard_lines(cluster: &LocalCluster, via: u64) -> Option<Vec<(u64, bool)>> {
+    let mut client = cluster.client(via, Duration::from_secs(30)).ok()?;
+    let Reply::Array(Some(lines)) = client.call(&[b"RAFTKIT.SHARDS"]).ok()? else { return None };
+    lines
+        .iter()
+        .map(|l| {
+            let text = l.as_text()?;
+            let field = |name: &str| {
+                text.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some((field("leader")?.parse().ok()?, field("asleep")? == "1"))
+        })
+        .collect()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A key in each group.
+fn key_per_group(n: usize) -> Vec<String> {
+    let mut keys = vec![String::new(); n];
+    let (mut left, mut i) = (n, 0u64);
+    while left > 0 {
+        let key = format!("g{i}");
+        let g = shard_of(key.as_bytes(), n);
+        if keys[g].is_empty() {
+            keys[g] = key;
+            left -= 1;
+        }
+        i += 1;
+    }
+    keys
+}
+
+/// Sends `SET key value` for every key through node `via`, pipelined, until each is
+/// acknowledged.
+fn write_all(cluster: &LocalCluster, via: u64, keys: &[String], value: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut left: Vec<usize> = (0..keys.len()).collect();
+    while !left.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("{} writes never acknowledged", left.len()));
+        }
+        let mut client = cluster.client(via, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        let mut retry = Vec::new();
+        for chunk in left.chunks(500) {
+            for &i in chunk {
+                client
+                    .send(&[b"SET", keys[i].as_bytes(), value.as_bytes()])
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().map_err(|e| e.to_string())?;
+            for &i in chunk {
+                match client.read() {
+                    Ok(Reply::Simple(ok)) if ok == "OK" => {}
+                    _ => retry.push(i),
+                }
+            }
+        }
+        left = retry;
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Whether every key reads back `value` through node `via` (MGETs of 500 keys).
+fn reads_back(cluster: &LocalCluster, via: u64, keys: &[String], value: &str) -> bool {
+    let Ok(mut client) = cluster.client(via, Duration::from_secs(30)) else { return false };
+    keys.chunks(500).all(|chunk| {
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(chunk.iter().map(|k| k.as_bytes()));
+        match client.call(&args) {
+            Ok(Reply::Array(Some(values))) => {
+                values.iter().all(|v| v.as_text().as_deref() == Some(value))
+            }
+            _ => false,
+        }
+    })
+}
+
+fn counts(lines: &[(u64, bool)], ids: &[u64]) -> Vec<usize> {
+    ids.iter().map(|&id| lines.iter().filter(|l| l.0 == id).count()).collect()
+}
+
+fn balanced(c: &[usize]) -> bool {
+    c.iter().max().copied().unwrap_or(0) - c.iter().min().copied().unwrap_or(0) <= 1
+}
+
+fn main() {
+    raftkit_benches::serve_if_node();
+    let exe = std::env::current_exe().expect("own path");
+    let n: usize =
+        std::env::var("RAFTKIT_SHARDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    if let Err(e) = run(&exe, n) {
+        println!("failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
+    // A one-group node's resident memory, for the baseline.
+    let one = LocalCluster::start(
+        exe,
+        vec!["--serve".into()],
+        &ClusterOptions { nodes: 1, log_filter: "warn".into(), ..ClusterOptions::default() },
+    )
+    .map_err(|e| e.to_string())?;
+    one.wait_for_leader(Duration::from_secs(20)).ok_or("the one-group node never led")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let base_rss = one.pid(1).map_or(0, rss_bytes);
+    drop(one);
+
+    let options =
+        ClusterOptions { shards: n, log_filter: "warn".into(), ..ClusterOptions::default() };
+    let started = Instant::now();
+    let mut cluster =
+        LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
+    let ids = cluster.ids();
+    println!("3 kv-server processes, {n} groups each (--shards {n}), raft-wal, loopback");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if shard_lines(&cluster, 1).is_some_and(|l| l.iter().all(|x| x.0 != 0)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("not every group elected a leader within 15 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("start: every group has a leader after {:.1} s", started.elapsed().as_secs_f64());
+    let keys = key_per_group(n);
+    write_all(&cluster, 1, &keys, "a")?;
+    println!("start: every group committed a write after {:.1} s", started.elapsed().as_secs_f64());
+
+    // Idle: wait for every group to sleep on every node.
+    let idle_from = Instant::now();
+    loop {
+        let asleep: usize = ids
+            .iter()
+            .filter_map(|&id| shard_lines(&cluster, id))
+            .map(|l| l.iter().filter(|x| x.1).count())
+            .sum();
+        if asleep == 3 * n {
+            break;
+        }
+        if idle_from.elapsed() > Duration::from_secs(120) {
+            println!("idle: only {asleep} of {} replicas asleep after 120 s", 3 * n);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "idle: every replica asleep {:.1} s after the writes",
+        idle_from.elapsed().as_secs_f64()
+    );
+    let pids: Vec<u32> = ids.iter().filter_map(|&id| cluster.pid(id)).collect();
+    let cpu_before = total_cpu_seconds(&pids);
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let cpu = (total_cpu_seconds(&pids) - cpu_before) / window.as_secs_f64();
+    let rss: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    println!(
+        "idle: CPU of the three processes together {:.1}% of one core (goal: at most 5%)",
+        cpu * 100.0
+    );
+    for (id, r) in ids.iter().zip(&rss) {
+        println!(
+            "idle: node {id} resident {:.1} MiB, {:.1} KiB per group above a one-group node's {:.1} MiB (goal: at most 16 KiB)",
+            *r as f64 / (1 << 20) as f64,
+            r.saturating_sub(base_rss) as f64 / n as f64 / 1024.0,
+            base_rss as f64 / (1 << 20) as f64
+        );
+    }
+    if let Some(l) = shard_lines(&cluster, 1) {
+        println!("leaders before the restart: {:?} (nodes {ids:?})", counts(&l, &ids));
+    }
+
+    // Restart: node 3 killed, started again; every group must serve a read through it.
+    cluster.kill(3).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    cluster.spawn(3).map_err(|e| e.to_string())?;
+    loop {
+        if Client::connect(cluster.client_addr(3), Duration::from_secs(1)).is_ok()
+            && reads_back(&cluster, 3, &keys, "a")
+        {
+            break;
+        }
+        if restarted.elapsed() > Duration::from_secs(300) {
+            return Err("the restarted node did not serve every group within 5 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "restart: every group serves through the restarted node {:.2} s after it was started (goal: at most 3 s)",
+        restarted.elapsed().as_secs_f64()
+    );
+    let mut last = Vec::new();
+    loop {
+        if let Some(l) = shard_lines(&cluster, 1) {
+            last = counts(&l, &ids);
+            if l.iter().all(|x| x.0 != 0) && balanced(&last) {
+                break;
+            }
+        }
+        if restarted.elapsed() > Duration::from_secs(300) {
+            println!("restart: leaders not balanced within 5 minutes: {last:?}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "restart: leaders balanced within one of even {:.1} s after the restart: {last:?} (nodes {ids:?})",
+        restarted.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
