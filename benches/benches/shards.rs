@@ -98,19 +98,42 @@ fn write_all(cluster: &LocalCluster, via: u64, keys: &[String], value: &str) -> 
     Ok(())
 }
 
-/// Whether every key reads back `value` through node `via` (MGETs of 500 keys).
-fn reads_back(cluster: &LocalCluster, via: u64, keys: &[String], value: &str) -> bool {
-    let Ok(mut client) = cluster.client(via, Duration::from_secs(30)) else { return false };
-    keys.chunks(500).all(|chunk| {
-        let mut args: Vec<&[u8]> = vec![b"MGET"];
-        args.extend(chunk.iter().map(|k| k.as_bytes()));
-        match client.call(&args) {
-            Ok(Reply::Array(Some(values))) => {
-                values.iter().all(|v| v.as_text().as_deref() == Some(value))
+/// Reads every key of `left` back through node `via` (GETs, 500 pipelined), keeping in `left`
+/// those that did not read `value`; returns the first error reply seen.
+fn read_back(
+    cluster: &LocalCluster,
+    via: u64,
+    keys: &[String],
+    left: &mut Vec<usize>,
+    value: &str,
+) -> Option<String> {
+    let Ok(mut client) = cluster.client(via, Duration::from_secs(30)) else {
+        return Some("cannot connect".into());
+    };
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    for chunk in left.chunks(500) {
+        // GETs pipelined: each group answers for itself.
+        for &i in chunk {
+            if client.send(&[b"GET", keys[i].as_bytes()]).is_err() {
+                return Some("send failed".into());
             }
-            _ => false,
         }
-    })
+        if client.flush().is_err() {
+            return Some("send failed".into());
+        }
+        for &i in chunk {
+            match client.read() {
+                Ok(v) if v.as_text().as_deref() == Some(value) => {}
+                other => {
+                    first_error.get_or_insert(format!("{other:?}"));
+                    failed.push(i);
+                }
+            }
+        }
+    }
+    *left = failed;
+    first_error
 }
 
 fn counts(lines: &[(u64, bool)], ids: &[u64]) -> Vec<usize> {
@@ -145,13 +168,19 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     let base_rss = one.pid(1).map_or(0, rss_bytes);
     drop(one);
 
-    let options =
+    let mut options =
         ClusterOptions { shards: n, log_filter: "warn".into(), ..ClusterOptions::default() };
+    if let Some(ms) = std::env::var("RAFTKIT_TICK_MS").ok().and_then(|v| v.parse().ok()) {
+        options.tick = Duration::from_millis(ms);
+    }
     let started = Instant::now();
     let mut cluster =
         LocalCluster::start(exe, vec!["--serve".into()], &options).map_err(|e| e.to_string())?;
     let ids = cluster.ids();
-    println!("3 kv-server processes, {n} groups each (--shards {n}), raft-wal, loopback");
+    println!(
+        "3 kv-server processes, {n} groups each (--shards {n}, --tick-ms {}), raft-wal, loopback",
+        options.tick.as_millis()
+    );
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if shard_lines(&cluster, 1).is_some_and(|l| l.iter().all(|x| x.0 != 0)) {
@@ -215,11 +244,25 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(2));
     let restarted = Instant::now();
     cluster.spawn(3).map_err(|e| e.to_string())?;
+    let mut left: Vec<usize> = (0..n).collect();
+    let mut reported = Instant::now();
     loop {
-        if Client::connect(cluster.client_addr(3), Duration::from_secs(1)).is_ok()
-            && reads_back(&cluster, 3, &keys, "a")
-        {
+        let error = if Client::connect(cluster.client_addr(3), Duration::from_secs(1)).is_ok() {
+            read_back(&cluster, 3, &keys, &mut left, "a")
+        } else {
+            Some("not listening yet".into())
+        };
+        if left.is_empty() {
             break;
+        }
+        if reported.elapsed() > Duration::from_secs(10) {
+            println!(
+                "restart: after {:.0} s, {} groups do not serve through node 3 yet ({})",
+                restarted.elapsed().as_secs_f64(),
+                left.len(),
+                error.unwrap_or_default()
+            );
+            reported = Instant::now();
         }
         if restarted.elapsed() > Duration::from_secs(300) {
             return Err("the restarted node did not serve every group within 5 minutes".into());

@@ -59,7 +59,9 @@ pub use ready::Ready;
 pub use snapshot::{MemSnapshotStore, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use storage::{LogState, LogStore, LogWrite, Lsn, SnapshotView, StateMachine};
 pub use tracker::{PeerProgress, ProgressState};
-pub use transport::{Inbound, PeerLiveness, RouteError, Router, Transport, LIVENESS_GROUP};
+pub use transport::{
+    Inbound, PeerLiveness, RouteError, Router, Transport, LIVENESS_GROUP, LIVENESS_HELLO,
+};
 pub use types::{
     Entry, EntryKind, GroupId, HardState, Health, Index, LogDamage, NodeId, RoleKind, SnapshotMeta,
     Term,

@@ -27,7 +27,13 @@ pub const LIVENESS_GROUP: GroupId = u64::MAX;
 #[derive(Debug, Default)]
 pub struct PeerLiveness {
     last: Mutex<HashMap<NodeId, Instant>>,
+    /// Peers whose "hello" ping (their first after starting) arrived, not yet taken.
+    hellos: Mutex<Vec<NodeId>>,
 }
+
+/// The `round` of a liveness ping that says its sender just started (its groups are all
+/// registered and know no leader yet).
+pub const LIVENESS_HELLO: u64 = 1;
 
 impl PeerLiveness {
     /// Records that `peer` was heard from now.
@@ -43,6 +49,16 @@ impl PeerLiveness {
     /// Every peer heard from so far, with when.
     pub fn peers(&self) -> Vec<(NodeId, Instant)> {
         self.last.lock().iter().map(|(&p, &t)| (p, t)).collect()
+    }
+
+    /// Records that `peer` said hello (it just started).
+    pub fn hello(&self, peer: NodeId) {
+        self.hellos.lock().push(peer);
+    }
+
+    /// The peers that said hello since the last call.
+    pub fn take_hellos(&self) -> Vec<NodeId> {
+        std::mem::take(&mut *self.hellos.lock())
     }
 }
 
@@ -218,6 +234,10 @@ impl Router {
     fn target(&self, msg: &Message, count: u64) -> Option<Arc<dyn Inbound>> {
         self.liveness.heard(msg.from);
         if msg.group == LIVENESS_GROUP {
+            if matches!(&msg.body, crate::message::MessageBody::Heartbeat(hb) if hb.round == LIVENESS_HELLO)
+            {
+                self.liveness.hello(msg.from);
+            }
             return None; // A ping: hearing it was all it was for.
         }
         if let Some(target) = self.groups.read().get(&msg.group).cloned() {
@@ -278,5 +298,34 @@ impl Router {
         if let Some(inbound) = self.target(&run[0], run.len() as u64) {
             inbound.deliver_all(run);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Heartbeat, MessageBody};
+
+    fn ping(from: NodeId, round: u64) -> Message {
+        Message {
+            group: LIVENESS_GROUP,
+            from,
+            to: 1,
+            term: 0,
+            body: MessageBody::Heartbeat(Heartbeat { commit: 0, round }),
+        }
+    }
+
+    #[test]
+    fn pings_are_heard_and_a_hello_is_kept_until_taken() {
+        let router = Router::new();
+        let liveness = router.liveness();
+        router.deliver(ping(2, 0));
+        assert!(liveness.last_heard(2).is_some());
+        assert!(liveness.take_hellos().is_empty(), "an ordinary ping says no hello");
+        router.deliver_all(vec![ping(3, LIVENESS_HELLO), ping(2, 0)]);
+        assert_eq!(liveness.take_hellos(), vec![3]);
+        assert!(liveness.take_hellos().is_empty(), "taken once");
+        assert_eq!(router.unknown_group(), 0, "pings are not stale messages");
     }
 }

@@ -228,17 +228,10 @@ impl Server {
             Arc::new(faults::CutTransport { inner: book_transport, cuts: cuts.clone() });
 
         // Many shards share a fixed set of threads; idle ones sleep, and one liveness ping per
-        // pair of nodes stands in for their heartbeats.
+        // pair of nodes stands in for their heartbeats (started below, once every group is).
         let runtime = if shard_count > 1 {
             let runtime = Runtime::new(RuntimeOptions::default())
                 .map_err(|e| ServerError::Node(NodeError::Spawn(e)))?;
-            runtime.watch_peers(
-                args.id,
-                cut_transport.clone(),
-                &router,
-                args.tick * LIVENESS_PING_TICKS,
-                args.tick * LIVENESS_DOWN_TICKS,
-            );
             Some(runtime)
         } else {
             None
@@ -285,6 +278,17 @@ impl Server {
                 )
                 .map_err(|e| ServerError::Node(NodeError::Group(e)))?;
             nodes.push(node);
+        }
+        if let Some(runtime) = &runtime {
+            // Only once every group is registered: the first ping to each peer says hello, and
+            // the peer's sleeping leaders then heartbeat, which every group here must hear.
+            runtime.watch_peers(
+                args.id,
+                cut_transport.clone(),
+                &router,
+                args.tick * LIVENESS_PING_TICKS,
+                args.tick * LIVENESS_DOWN_TICKS,
+            );
         }
         let listener = TcpListener::bind(args.client_addr)
             .map_err(|source| ServerError::ClientBind { addr: args.client_addr, source })?;

@@ -284,6 +284,10 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
         std::thread::sleep(BALANCE_EVERY);
         let Some(server) = server.upgrade() else { return };
         let me = server.args.id;
+        // With shards the members never change (membership changes need one shard), so the
+        // voters are the command line's: no status is read for a group that is where it should
+        // be, which is nearly all of them once balanced.
+        let voters: Vec<NodeId> = server.args.peers.keys().copied().chain([me]).collect();
         let connected: Vec<NodeId> =
             server.transport.metrics().iter().filter(|m| m.connected).map(|m| m.peer).collect();
         let mut moved = 0;
@@ -291,18 +295,16 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
             if moved >= BALANCE_PER_ROUND {
                 break;
             }
-            if !node.is_leader() {
+            let Some(to) = preferred_leader(shard, &voters) else { break };
+            if to == me || !node.is_leader() || !connected.contains(&to) || !server.cuts.passes(to)
+            {
                 continue;
             }
             let Ok(status) = node.status() else { continue };
             let raft = &status.raft;
-            if raft.transfer_target.is_some() {
-                continue;
-            }
-            let Some(to) = preferred_leader(shard, &raft.voters) else { continue };
             let caught_up =
                 raft.progress.iter().any(|p| p.id == to && p.match_index >= raft.commit_index);
-            if to != me && connected.contains(&to) && caught_up && server.cuts.passes(to) {
+            if raft.transfer_target.is_none() && caught_up {
                 tracing::debug!(group = shard + 1, to, "handing the group to its preferred leader");
                 node.transfer_leader_with(to, |_| {});
                 moved += 1;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::message::{Heartbeat, Message, MessageBody};
-use crate::transport::{PeerLiveness, Router, Transport, LIVENESS_GROUP};
+use crate::transport::{PeerLiveness, Router, Transport, LIVENESS_GROUP, LIVENESS_HELLO};
 use crate::types::NodeId;
 
 /// A unit of work on a lane.
@@ -49,7 +49,10 @@ pub(crate) trait Timed: Send + Sync {
     fn on_timer(&self, now: Instant) -> Option<Instant>;
     /// The peer it sleeps under as a follower, if it sleeps as one.
     fn sleeping_under(&self) -> Option<NodeId>;
-    /// The peer it sleeps under is down: count down to an election again.
+    /// Whether it leads a group that sleeps.
+    fn leads_asleep(&self) -> bool;
+    /// The peer it sleeps under is down: count down to an election again (or, for a sleeping
+    /// leader, a peer came back: heartbeat, so it learns who leads).
     fn wake_up(&self);
     /// The sync its persist stage asked the runtime for was tried: run the stage.
     fn persist_synced(&self);
@@ -92,6 +95,8 @@ struct PeerWatch {
     down_after: Duration,
     next_ping: Instant,
     down: HashSet<NodeId>,
+    /// Peers pinged so far: the first ping to each says hello (see [`LIVENESS_HELLO`]).
+    greeted: HashSet<NodeId>,
 }
 
 /// How many threads a [`Runtime`] has, and how often its timer beats.
@@ -264,6 +269,7 @@ impl Runtime {
             down_after,
             next_ping: Instant::now(),
             down: HashSet::new(),
+            greeted: HashSet::new(),
         });
         self.pool.timer_bell.notify_one();
     }
@@ -315,37 +321,54 @@ impl Pool {
         }
         w.next_ping = now + w.every;
         let peers = w.liveness.peers();
-        let pings: Vec<Message> = peers
-            .iter()
-            .filter(|&&(peer, _)| peer != w.local)
-            .map(|&(peer, _)| Message {
+        let local = w.local;
+        let mut pings: Vec<Message> = Vec::with_capacity(peers.len());
+        for &(peer, _) in peers.iter().filter(|&&(peer, _)| peer != local) {
+            let round = if w.greeted.insert(peer) { LIVENESS_HELLO } else { 0 };
+            pings.push(Message {
                 group: LIVENESS_GROUP,
-                from: w.local,
+                from: local,
                 to: peer,
                 term: 0,
-                body: MessageBody::Heartbeat(Heartbeat { commit: 0, round: 0 }),
-            })
-            .collect();
+                body: MessageBody::Heartbeat(Heartbeat { commit: 0, round }),
+            });
+        }
         let mut newly_down = Vec::new();
+        let mut back = Vec::new();
         for (peer, last) in peers {
             if now.saturating_duration_since(last) >= w.down_after {
                 if w.down.insert(peer) {
                     newly_down.push(peer);
                 }
-            } else {
-                w.down.remove(&peer);
+            } else if w.down.remove(&peer) {
+                back.push(peer);
+            }
+        }
+        // A peer that just started (it said hello) is back too, however short its absence.
+        for peer in w.liveness.take_hellos() {
+            if !back.contains(&peer) {
+                back.push(peer);
             }
         }
         let transport = w.transport.clone();
         let next = w.next_ping;
         drop(guard);
         transport.send_all(pings);
-        if !newly_down.is_empty() {
-            tracing::info!(peers = ?newly_down, "peers not heard from: waking the groups sleeping under them");
+        if !newly_down.is_empty() || !back.is_empty() {
+            if !newly_down.is_empty() {
+                tracing::info!(peers = ?newly_down, "peers not heard from: waking the groups sleeping under them");
+            }
+            if !back.is_empty() {
+                // A node that comes back (a restart, say) does not know who leads its groups,
+                // and a sleeping leader sends nothing: every sleeping leader here heartbeats once,
+                // so it learns at once instead of campaigning in every group.
+                tracing::info!(peers = ?back, "peers heard from again: waking the sleeping leaders");
+            }
             let nodes: Vec<Arc<dyn Timed>> =
                 self.timed.lock().iter().filter_map(Weak::upgrade).collect();
             for node in nodes {
-                if node.sleeping_under().is_some_and(|l| newly_down.contains(&l)) {
+                let follows_dead = node.sleeping_under().is_some_and(|l| newly_down.contains(&l));
+                if follows_dead || (!back.is_empty() && node.leads_asleep()) {
                     node.wake_up();
                 }
             }
@@ -588,6 +611,10 @@ where
             }
         }
         Some(retry.map_or(*next, |r| r.min(*next)))
+    }
+
+    fn leads_asleep(&self) -> bool {
+        self.shared.asleep.load(Ordering::SeqCst) && self.shared.is_leader()
     }
 
     fn sleeping_under(&self) -> Option<NodeId> {
