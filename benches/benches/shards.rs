@@ -171,7 +171,7 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     let mut options =
         ClusterOptions { shards: n, log_filter: "warn".into(), ..ClusterOptions::default() };
     if let Some(ms) = std::env::var("RAFTKIT_TICK_MS").ok().and_then(|v| v.parse().ok()) {
-        options.tick = Duration::from_millis(ms);
+        options.tick = Some(Duration::from_millis(ms));
     }
     let started = Instant::now();
     let mut cluster =
@@ -179,7 +179,7 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     let ids = cluster.ids();
     println!(
         "3 kv-server processes, {n} groups each (--shards {n}, --tick-ms {}), raft-wal, loopback",
-        options.tick.as_millis()
+        options.tick.unwrap_or_else(|| raftkit_examples::server::default_tick(n)).as_millis()
     );
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {

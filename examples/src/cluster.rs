@@ -35,8 +35,9 @@ pub struct ClusterOptions {
     pub data_root: Option<PathBuf>,
     /// Snapshot every this many applied entries.
     pub snapshot_entries: u64,
-    /// Raft tick.
-    pub tick: Duration,
+    /// Raft tick (`None`: the server's default for the shard count, see
+    /// [`default_tick`](crate::server::default_tick)).
+    pub tick: Option<Duration>,
     /// How reads are made linearizable.
     pub read_mode: ReadMode,
     /// Accept `RAFTKIT.DEBUG` (fault injection).
@@ -60,7 +61,7 @@ impl Default for ClusterOptions {
             shards: 1,
             data_root: None,
             snapshot_entries: 100_000,
-            tick: Duration::from_millis(10),
+            tick: None,
             read_mode: ReadMode::Index,
             debug_commands: false,
             request_timeout: Duration::from_secs(3),
@@ -127,7 +128,9 @@ impl LocalCluster {
                     wal_segment_mib: options.wal_segment_mib,
                     request_timeout: options.request_timeout,
                     snapshot_entries: options.snapshot_entries,
-                    tick: options.tick,
+                    tick: options
+                        .tick
+                        .unwrap_or_else(|| crate::server::default_tick(options.shards)),
                     read_mode: options.read_mode,
                     debug_commands: options.debug_commands,
                     join: None,

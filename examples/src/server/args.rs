@@ -92,7 +92,9 @@ OPTIONS:
     --request-timeout-ms N  how long a command waits before -TIMEOUT [default: 3000]
     --snapshot-entries N    snapshot every N applied entries, and no sooner than the log
                             since the last snapshot is as large as it [default: 100000]
-    --tick-ms N             Raft tick; heartbeats every 2 ticks, elections after 10-20 [default: 10]
+    --tick-ms N             Raft tick; heartbeats every 2 ticks, elections after 10-20
+                            [default: 10; with --shards above 1000, 10 per 1000 shards,
+                            at most 100]
     --read-mode MODE        index | lease | log [default: index]
                             index: the node that gets a read confirms with the leader that
                             it still leads (one heartbeat round shared by concurrent reads)
@@ -151,7 +153,7 @@ impl ServerArgs {
         let mut log_store = LogStoreKind::Wal;
         let mut request_timeout = Duration::from_millis(3000);
         let mut snapshot_entries = 100_000;
-        let mut tick = Duration::from_millis(10);
+        let mut tick = None;
         let mut read_mode = ReadMode::Index;
         let mut debug_commands = false;
         let mut join = None;
@@ -224,7 +226,7 @@ impl ServerArgs {
                     }
                     shards = n as usize;
                 }
-                "--tick-ms" => tick = Duration::from_millis(number(value()?)?.max(1)),
+                "--tick-ms" => tick = Some(Duration::from_millis(number(value()?)?.max(1))),
                 "--read-mode" => {
                     read_mode = value()?.parse().map_err(|e| format!("--read-mode: {e}"))?
                 }
@@ -253,7 +255,7 @@ impl ServerArgs {
             wal_segment_mib,
             request_timeout,
             snapshot_entries,
-            tick,
+            tick: tick.unwrap_or_else(|| default_tick(shards)),
             read_mode,
             debug_commands,
             join,
@@ -304,6 +306,14 @@ impl ServerArgs {
         }
         a
     }
+}
+
+/// `--tick-ms` when not given: 10 ms, and with more than 1,000 shards 10 ms per 1,000 (at most
+/// 100 ms). An awake group costs the runtime's timer and core threads a visit per tick, so
+/// thousands of groups awake at once (starting, or catching up a restarted node) would otherwise
+/// take more than two cores; elections take 10 to 20 ticks either way.
+pub fn default_tick(shards: usize) -> Duration {
+    Duration::from_millis((10 * shards.div_ceil(1000) as u64).clamp(10, 100))
 }
 
 /// The flag value naming a durability mode.

@@ -34,7 +34,7 @@ mod members;
 mod shards;
 mod storage;
 
-pub use args::{durability_name, ServerArgs, MAX_SHARDS, USAGE};
+pub use args::{default_tick, durability_name, ServerArgs, MAX_SHARDS, USAGE};
 pub use members::{fetch_members, format_address, parse_address, MemberInfo};
 pub use shards::shard_of;
 pub use storage::LogStoreKind;

@@ -427,6 +427,36 @@ mod tests {
     }
 
     #[test]
+    fn the_default_tick_grows_with_thousands_of_shards() {
+        use super::super::default_tick;
+        let ms = |n| default_tick(n).as_millis();
+        assert_eq!(
+            (ms(1), ms(1000), ms(1001), ms(5000), ms(10_000), ms(100_000)),
+            (10, 10, 20, 50, 100, 100)
+        );
+        let args = |extra: &[&str]| {
+            let mut a: Vec<String> = [
+                "--id",
+                "1",
+                "--raft-addr",
+                "127.0.0.1:1",
+                "--client-addr",
+                "127.0.0.1:2",
+                "--data-dir",
+                "/x",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            super::super::ServerArgs::parse(a).unwrap().unwrap()
+        };
+        assert_eq!(args(&["--shards", "10000"]).tick.as_millis(), 100);
+        assert_eq!(args(&["--shards", "10000", "--tick-ms", "7"]).tick.as_millis(), 7);
+        assert_eq!(args(&[]).tick.as_millis(), 10);
+    }
+
+    #[test]
     fn preferred_leaders_take_turns_over_sorted_voters() {
         let voters = [3, 1, 2];
         let picks: Vec<_> = (0..6).map(|s| preferred_leader(s, &voters).unwrap()).collect();
