@@ -20,7 +20,7 @@ use raftkit_benches::procstat::total_cpu_seconds;
 use raftkit_examples::client::Client;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
-use raftkit_examples::server::shard_of;
+use raftkit_examples::server::one_key_per_shard;
 
 /// `(leader, asleep)` of every group, as node `via` sees it.
 fn shard_lines(cluster: &LocalCluster, via: u64) -> Option<Vec<(u64, bool)>> {
@@ -49,57 +49,9 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A key in each group.
-fn key_per_group(n: usize) -> Vec<String> {
-    let mut keys = vec![String::new(); n];
-    let (mut left, mut i) = (n, 0u64);
-    while left > 0 {
-        let key = format!("g{i}");
-        let g = shard_of(key.as_bytes(), n);
-        if keys[g].is_empty() {
-            keys[g] = key;
-            left -= 1;
-        }
-        i += 1;
-    }
-    keys
-}
-
-/// Sends `SET key value` for every key through node `via`, pipelined, until each is
-/// acknowledged.
-fn write_all(cluster: &LocalCluster, via: u64, keys: &[String], value: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut left: Vec<usize> = (0..keys.len()).collect();
-    while !left.is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!("{} writes never acknowledged", left.len()));
-        }
-        let mut client = cluster.client(via, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-        let mut retry = Vec::new();
-        for chunk in left.chunks(500) {
-            for &i in chunk {
-                client
-                    .send(&[b"SET", keys[i].as_bytes(), value.as_bytes()])
-                    .map_err(|e| e.to_string())?;
-            }
-            client.flush().map_err(|e| e.to_string())?;
-            for &i in chunk {
-                match client.read() {
-                    Ok(Reply::Simple(ok)) if ok == "OK" => {}
-                    _ => retry.push(i),
-                }
-            }
-        }
-        left = retry;
-        if !left.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    Ok(())
-}
-
 /// Reads every key of `left` back through node `via` (GETs, 500 pipelined), keeping in `left`
-/// those that did not read `value`; returns the first error reply seen.
+/// those that did not read `{value}{i}` (as `set_all` wrote them); returns the first error reply
+/// seen.
 fn read_back(
     cluster: &LocalCluster,
     via: u64,
@@ -124,7 +76,7 @@ fn read_back(
         }
         for &i in chunk {
             match client.read() {
-                Ok(v) if v.as_text().as_deref() == Some(value) => {}
+                Ok(v) if v.as_text() == Some(format!("{value}{i}")) => {}
                 other => {
                     first_error.get_or_insert(format!("{other:?}"));
                     failed.push(i);
@@ -192,8 +144,8 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("start: every group has a leader after {:.1} s", started.elapsed().as_secs_f64());
-    let keys = key_per_group(n);
-    write_all(&cluster, 1, &keys, "a")?;
+    let keys = one_key_per_shard(n);
+    cluster.set_all(1, &keys, "a", Duration::from_secs(600)).map_err(|e| e.to_string())?;
     println!("start: every group committed a write after {:.1} s", started.elapsed().as_secs_f64());
 
     // Idle: wait for every group to sleep on every node.

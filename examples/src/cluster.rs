@@ -292,6 +292,48 @@ impl LocalCluster {
         }
     }
 
+    /// Writes `{value_prefix}{i}` to `keys[i]` for every key through node `id`, pipelined 500 at
+    /// a time, writing again those not acknowledged until every one is (a SET may be repeated
+    /// safely).
+    pub fn set_all(
+        &self,
+        id: NodeId,
+        keys: &[String],
+        value_prefix: &str,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut left: Vec<usize> = (0..keys.len()).collect();
+        while !left.is_empty() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("{} writes never acknowledged", left.len())));
+            }
+            let Ok(mut client) = self.client(id, Duration::from_secs(30)) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let mut retry = Vec::new();
+            for chunk in left.chunks(500) {
+                for &i in chunk {
+                    let value = format!("{value_prefix}{i}");
+                    client.send(&[b"SET", keys[i].as_bytes(), value.as_bytes()])?;
+                }
+                client.flush()?;
+                for &i in chunk {
+                    match client.read() {
+                        Ok(Reply::Simple(ok)) if ok == "OK" => {}
+                        _ => retry.push(i),
+                    }
+                }
+            }
+            left = retry;
+            if !left.is_empty() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every running node has applied at least `index`.
     pub fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -10,7 +10,7 @@ use raft_core::NodeId;
 use raftkit_examples::client::{info_field, Client};
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
-use raftkit_examples::server::shard_of;
+use raftkit_examples::server::{one_key_per_shard, shard_of};
 
 /// Process tests share two cores: one cluster at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -181,55 +181,6 @@ fn keys_spread_over_shards_and_leaders_rebalance_after_a_restart() {
     }
 }
 
-/// Keys that land in each of `shards` groups, one per group.
-fn key_per_shard(shards: usize) -> Vec<String> {
-    let mut keys = vec![String::new(); shards];
-    let mut left = shards;
-    let mut i = 0u64;
-    while left > 0 {
-        let key = format!("g{i}");
-        let s = shard_of(key.as_bytes(), shards);
-        if keys[s].is_empty() {
-            keys[s] = key;
-            left -= 1;
-        }
-        i += 1;
-    }
-    keys
-}
-
-/// Writes `value_prefix<i>` to every key, pipelined through node `via`, retrying the ones not
-/// acknowledged until all are.
-fn write_all(cluster: &LocalCluster, via: NodeId, keys: &[String], value_prefix: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut left: Vec<usize> = (0..keys.len()).collect();
-    while !left.is_empty() {
-        assert!(Instant::now() < deadline, "{} writes never acknowledged", left.len());
-        let Ok(mut client) = cluster.client(via, Duration::from_secs(10)) else {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        let mut retry = Vec::new();
-        for chunk in left.chunks(200) {
-            for &i in chunk {
-                let value = format!("{value_prefix}{i}");
-                client.send(&[b"SET", keys[i].as_bytes(), value.as_bytes()]).expect("send");
-            }
-            client.flush().expect("flush");
-            for &i in chunk {
-                match client.read() {
-                    Ok(Reply::Simple(ok)) if ok == "OK" => {}
-                    _ => retry.push(i),
-                }
-            }
-        }
-        left = retry;
-        if !left.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
 /// Reads every key through node `via` (one MGET per 200 keys) until each holds
 /// `value_prefix<i>`; returns how long that took.
 fn read_all(cluster: &LocalCluster, via: NodeId, keys: &[String], value_prefix: &str) -> Duration {
@@ -261,14 +212,14 @@ fn a_thousand_groups_survive_a_node_sigkill_and_restart() {
     let _serial = SERIAL.lock();
     const SHARDS: usize = 1000;
     let mut cluster = start(SHARDS);
-    let keys = key_per_shard(SHARDS);
+    let keys = one_key_per_shard(SHARDS);
     let started = Instant::now();
-    write_all(&cluster, 1, &keys, "a");
+    cluster.set_all(1, &keys, "a", Duration::from_secs(120)).expect("a write per group");
     eprintln!("a write acknowledged in each of {SHARDS} groups after {:?}", started.elapsed());
 
     // Node 3 dies; every group goes on with the other two, and takes a second write.
     cluster.kill(3).expect("kill node 3");
-    write_all(&cluster, 2, &keys, "b");
+    cluster.set_all(2, &keys, "b", Duration::from_secs(120)).expect("a second write per group");
     let idle = shard_lines(&cluster, 1).expect("RAFTKIT.SHARDS");
     eprintln!("{} of {SHARDS} groups asleep on node 1", idle.iter().filter(|l| l.asleep).count());
 

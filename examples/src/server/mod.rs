@@ -36,7 +36,7 @@ mod storage;
 
 pub use args::{default_tick, durability_name, ServerArgs, MAX_SHARDS, USAGE};
 pub use members::{fetch_members, format_address, parse_address, MemberInfo};
-pub use shards::shard_of;
+pub use shards::{one_key_per_shard, shard_of};
 pub use storage::LogStoreKind;
 
 use std::collections::HashMap;

@@ -40,6 +40,22 @@ pub fn shard_of(key: &[u8], n: usize) -> usize {
     }
 }
 
+/// A key in each of `n` shards (`keys[s]` lives in shard `s`): `g0`, `g1`... as they fall.
+pub fn one_key_per_shard(n: usize) -> Vec<String> {
+    let mut keys = vec![String::new(); n];
+    let (mut left, mut i) = (n, 0u64);
+    while left > 0 {
+        let key = format!("g{i}");
+        let s = shard_of(key.as_bytes(), n);
+        if keys[s].is_empty() {
+            keys[s] = key;
+            left -= 1;
+        }
+        i += 1;
+    }
+    keys
+}
+
 /// Checks the shard count against the one the data directory was created with, recording it
 /// in a new directory. A directory from before sharding (a log, no record) holds one shard.
 pub(super) fn check_count(dir: &std::path::Path, n: usize) -> Result<(), ServerError> {

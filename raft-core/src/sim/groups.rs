@@ -30,56 +30,14 @@ use super::WorkloadOptions;
 use crate::error::StorageError;
 use crate::mem::MemLogStore;
 use crate::rng::Rng;
-use crate::storage::{LogState, LogStore, LogWrite, Lsn};
-use crate::types::{Entry, GroupId, Index, LogDamage, NodeId, Term};
+use crate::types::{GroupId, NodeId};
 
 /// A node's store, shared by the node's groups (each group's cluster holds a handle).
-struct Shared(Arc<MemLogStore>);
-
-impl LogStore for Shared {
-    fn write(&self, batch: &[LogWrite<'_>]) -> Result<Lsn, StorageError> {
-        self.0.write(batch)
-    }
-    fn sync(&self, lsn: Lsn) -> Result<(), StorageError> {
-        self.0.sync(lsn)
-    }
-    fn durable_lsn(&self) -> Lsn {
-        self.0.durable_lsn()
-    }
-    fn compact(&self, group: GroupId, through: Index, term: Term) -> Result<Lsn, StorageError> {
-        self.0.compact(group, through, term)
-    }
-    fn entries(
-        &self,
-        group: GroupId,
-        lo: Index,
-        hi: Index,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.0.entries(group, lo, hi, max_bytes)
-    }
-    fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
-        self.0.term(group, index)
-    }
-    fn log_state(&self, group: GroupId) -> Result<LogState, StorageError> {
-        self.0.log_state(group)
-    }
-    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
-        self.0.groups()
-    }
-    fn damage(&self, group: GroupId) -> Option<LogDamage> {
-        self.0.damage(group)
-    }
-    fn mark_repaired(&self, group: GroupId) -> Result<Lsn, StorageError> {
-        self.0.mark_repaired(group)
-    }
-}
-
-impl CrashableStore for Shared {
+impl CrashableStore for Arc<MemLogStore> {
     /// Every group's cluster calls this when the node crashes (all at the same moment): the
     /// first loses what is not durable, the others find nothing more to lose.
     fn power_loss(&mut self) -> Result<(), StorageError> {
-        self.0.crash();
+        self.crash();
         Ok(())
     }
 
@@ -136,7 +94,7 @@ pub fn run_groups_seed(
             o.seed = base.seed ^ (g as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let workload = kv_workload(&mut rng);
             let mut cluster = Cluster::with_workload(o, workload, |id| {
-                Box::new(Shared(stores[(id - 1) as usize].clone())) as Box<dyn CrashableStore>
+                Box::new(stores[(id - 1) as usize].clone()) as Box<dyn CrashableStore>
             });
             cluster.start_workload(WorkloadOptions {
                 clients: rng.range(2, 4) as usize,
