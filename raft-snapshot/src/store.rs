@@ -354,14 +354,22 @@ impl FileSnapshotStore {
             *list = kept;
             doomed
         };
+        self.delete_files(&doomed)?;
         for m in &doomed {
+            tracing::debug!(group = m.group, index = m.index, "snapshot removed by retention");
+        }
+        Ok(())
+    }
+
+    /// Deletes the files of `doomed` (gone already is fine), then syncs the directory.
+    fn delete_files(&self, doomed: &[SnapshotMeta]) -> Result<(), SnapshotError> {
+        for m in doomed {
             let path = self.shared.dir.join(format::file_name(m));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(SnapshotError::File { path, source }),
             }
-            tracing::debug!(group = m.group, index = m.index, "snapshot removed by retention");
         }
         if !doomed.is_empty() {
             sync_dir(&self.shared.dir)?;
@@ -441,16 +449,8 @@ impl SnapshotStore for FileSnapshotStore {
     fn remove_group(&self, group: GroupId) -> Result<(), SnapshotError> {
         let doomed = self.shared.index.lock().remove(&group).unwrap_or_default();
         self.shared.scrub.found.lock().remove(&group);
-        for m in &doomed {
-            let path = self.shared.dir.join(format::file_name(m));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(SnapshotError::File { path, source }),
-            }
-        }
+        self.delete_files(&doomed)?;
         if !doomed.is_empty() {
-            sync_dir(&self.shared.dir)?;
             tracing::info!(group, snapshots = doomed.len(), "destroyed group's snapshots removed");
         }
         Ok(())
