@@ -68,6 +68,12 @@ impl Shared {
         budget: u64,
     ) -> (Option<(GroupId, Index)>, Vec<u64>) {
         let st = self.state.read();
+        // Only sealed segments are scrubbed: while none holds a live entry (a young log, or one
+        // whose sealed segments were all retired) there is nothing to walk, however many
+        // groups the log holds.
+        if !st.segments.iter().any(|(&seq, seg)| seq != st.active && seg.live > 0) {
+            return (None, Vec::new());
+        }
         let mut groups: Vec<GroupId> =
             st.groups.keys().copied().filter(|&g| g >= cursor.0).collect();
         groups.sort_unstable();
@@ -84,7 +90,10 @@ impl Shared {
                 let Some(loc) = g.loc(index) else { break };
                 let seq = loc.segment as u64;
                 if seq == st.active {
-                    continue; // Being written: its tail may still be staged.
+                    // Being written: its tail may still be staged. Stepping over it costs a
+                    // little of the round's budget, so a round stays bounded.
+                    spent += Entry::OVERHEAD_BYTES;
+                    continue;
                 }
                 let Some(seg) = st.segments.get(&seq) else { continue };
                 let start = loc.offset as usize;
