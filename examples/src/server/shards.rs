@@ -123,19 +123,26 @@ pub(super) fn check_log_groups(log: &dyn raft_core::LogStore, n: usize) -> Resul
 /// its node together when the batches are submitted (or dropped).
 pub(crate) struct Batches<'a> {
     server: &'a Server,
-    open: HashMap<usize, Batch<'a, KvMachine>>,
+    /// The first shard's batch (with one shard, the only one: no map on that path).
+    first: Option<(usize, Batch<'a, KvMachine>)>,
+    more: HashMap<usize, Batch<'a, KvMachine>>,
 }
 
 impl<'a> Batches<'a> {
     /// No batch yet.
     pub(crate) fn new(server: &'a Server) -> Batches<'a> {
-        Batches { server, open: HashMap::new() }
+        Batches { server, first: None, more: HashMap::new() }
     }
 
     /// Shard `shard`'s batch.
     pub(crate) fn get(&mut self, shard: usize) -> &mut Batch<'a, KvMachine> {
         let server = self.server;
-        self.open.entry(shard).or_insert_with(|| server.shards[shard].batch())
+        match self.first {
+            Some((s, _)) if s != shard => {
+                self.more.entry(shard).or_insert_with(|| server.shards[shard].batch())
+            }
+            _ => &mut self.first.get_or_insert_with(|| (shard, server.shards[shard].batch())).1,
+        }
     }
 
     /// Hands every batch to its node.
@@ -249,7 +256,7 @@ impl Server {
         let mut r = Vec::new();
         resp::array_header(&mut r, self.shards.len());
         for (i, node) in self.shards.iter().enumerate() {
-            let asleep = node.status().map(|s| s.raft.asleep).unwrap_or(false);
+            let asleep = node.is_asleep();
             let line = format!(
                 "group={} leader={} role={} term={} commit={} applied={} asleep={}",
                 i + 1,
@@ -272,7 +279,7 @@ impl Server {
         for node in &self.shards {
             leading += usize::from(node.is_leader());
             leaderless += usize::from(node.leader().is_none());
-            asleep += usize::from(node.status().map(|s| s.raft.asleep).unwrap_or(false));
+            asleep += usize::from(node.is_asleep());
         }
         line("shards", self.shards.len().to_string());
         line("shards_leading", leading.to_string());
@@ -286,11 +293,9 @@ impl Server {
 const BALANCE_EVERY: Duration = Duration::from_millis(500);
 const BALANCE_PER_ROUND: usize = 64;
 
-/// The voter group `shard` prefers as its leader.
-pub(super) fn preferred_leader(shard: usize, voters: &[NodeId]) -> Option<NodeId> {
-    let mut voters = voters.to_vec();
-    voters.sort_unstable();
-    (!voters.is_empty()).then(|| voters[shard % voters.len()])
+/// The voter group `shard` prefers as its leader: its turn of the voters, sorted.
+fn preferred_leader(shard: usize, sorted: &[NodeId]) -> Option<NodeId> {
+    (!sorted.is_empty()).then(|| sorted[shard % sorted.len()])
 }
 
 /// Hands each group this node leads to its preferred voter once that one is connected and
@@ -303,7 +308,8 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
         // With shards the members never change (membership changes need one shard), so the
         // voters are the command line's: no status is read for a group that is where it should
         // be, which is nearly all of them once balanced.
-        let voters: Vec<NodeId> = server.args.peers.keys().copied().chain([me]).collect();
+        let mut voters: Vec<NodeId> = server.args.peers.keys().copied().chain([me]).collect();
+        voters.sort_unstable();
         let connected: Vec<NodeId> =
             server.transport.metrics().iter().filter(|m| m.connected).map(|m| m.peer).collect();
         let mut moved = 0;
@@ -474,7 +480,8 @@ mod tests {
 
     #[test]
     fn preferred_leaders_take_turns_over_sorted_voters() {
-        let voters = [3, 1, 2];
+        let mut voters = [3, 1, 2];
+        voters.sort_unstable();
         let picks: Vec<_> = (0..6).map(|s| preferred_leader(s, &voters).unwrap()).collect();
         assert_eq!(picks, vec![1, 2, 3, 1, 2, 3]);
         assert_eq!(preferred_leader(0, &[]), None);

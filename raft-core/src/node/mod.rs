@@ -713,6 +713,12 @@ where
         self.shared.failure.lock().clone()
     }
 
+    /// Whether the node's group sleeps (hibernation): as of the node's last round, without
+    /// asking the core (cheap enough to ask of thousands of nodes).
+    pub fn is_asleep(&self) -> bool {
+        self.shared.asleep.load(Ordering::SeqCst)
+    }
+
     /// Why the log store refuses writes for now (out of space), while it does (see
     /// [`NodeError::StorageFull`]): the node retries them and recovers by itself once space is
     /// freed.
