@@ -198,9 +198,27 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     cluster.spawn(3).map_err(|e| e.to_string())?;
     let mut left: Vec<usize> = (0..n).collect();
     let mut reported = Instant::now();
+    let mut listening = false;
     loop {
         let error = if Client::connect(cluster.client_addr(3), Duration::from_secs(1)).is_ok() {
-            read_back(&cluster, 3, &keys, &mut left, "a")
+            if !listening {
+                listening = true;
+                println!(
+                    "restart: node 3 listens {:.2} s after it was started",
+                    restarted.elapsed().as_secs_f64()
+                );
+            }
+            let before = left.len();
+            let e = read_back(&cluster, 3, &keys, &mut left, "a");
+            if left.len() != before {
+                println!(
+                    "restart: {:.2} s: {} groups serve, {} left",
+                    restarted.elapsed().as_secs_f64(),
+                    n - left.len(),
+                    left.len()
+                );
+            }
+            e
         } else {
             Some("not listening yet".into())
         };

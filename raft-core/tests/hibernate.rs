@@ -79,3 +79,34 @@ fn a_leader_restarted_while_its_group_slept_is_heard() {
         one(&mut c, b"b", 3, true);
     }
 }
+
+#[test]
+fn a_restarted_leader_wins_its_group_back_with_its_first_campaign() {
+    // Lease reads on: the followers of a sleeping group honour their leader's lease, but not
+    // against the leader itself, which campaigns only once it no longer leads (here: restarted).
+    for seed in 0..16 {
+        let mut raft = Config::default();
+        raft.hibernate_ticks = 5;
+        let mut c = Cluster::new(SimOptions {
+            nodes: 3,
+            seed,
+            raft,
+            read_mode: raft_core::node::ReadMode::Lease,
+            ..SimOptions::default()
+        });
+        let leader = check_one_leader(&mut c);
+        one(&mut c, b"a", 3, false);
+        run(&mut c, 500);
+        assert!(all_asleep(&c), "seed {seed}");
+        let term = check_terms(&c);
+        c.crash(leader);
+        c.restart(leader);
+        // Its first campaign starts within two election timeouts (200 ms) and needs two round
+        // trips; a refused one would leave the group leaderless for another timeout at least.
+        run(&mut c, 210);
+        let r = c.raft(leader).unwrap();
+        assert!(r.is_leader(), "seed {seed}: the restarted node leads again");
+        assert_eq!(r.term(), term + 1, "seed {seed}: in one election");
+        one(&mut c, b"b", 3, false);
+    }
+}

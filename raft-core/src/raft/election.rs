@@ -50,10 +50,14 @@ impl Raft {
                     // requests to replace it, so a node returning from a partition (or a removed
                     // one) cannot disrupt the group.
                     // A candidate the leader handed leadership to (TimeoutNow) is heard at once:
-                    // that leader gave up its lease first.
+                    // that leader gave up its lease first. So is the leader itself: a node
+                    // campaigns in a later term only once it no longer leads ours (it stepped
+                    // down, or restarted), so no lease relies on us any more. A restarted leader
+                    // then wins its groups back at once instead of waiting for every follower's
+                    // timeout.
                     let lease_applies =
                         if req.pre_vote { true } else { self.cfg.check_quorum && !req.transfer };
-                    if lease_applies && self.in_lease() {
+                    if lease_applies && self.in_lease() && self.leader() != Some(msg.from) {
                         tracing::debug!(
                             group = self.group,
                             id = self.id,

@@ -70,7 +70,7 @@ impl Raft {
     /// Whether a message wakes this node: on a leader anything but a heartbeat's answer; on a
     /// follower anything from its leader but `Hibernate`, its vote requests included (it no
     /// longer leads: it stepped down, or restarted, while the group slept; the follower's
-    /// timer then runs, and it grants once an election timeout passed). Another node's
+    /// timer then runs, and it grants at once: no lease relies on it any more). Another node's
     /// campaign does not wake a follower: it reaches the leader too, which wakes everyone if it
     /// is alive.
     pub(super) fn wakes(&self, from: NodeId, body: &MessageBody) -> bool {
