@@ -106,6 +106,11 @@ pub(crate) struct Progress {
     pub(crate) fetching: bool,
     /// The snapshot transfer, in snapshot state.
     pub(crate) snapshot: Option<SnapshotSend>,
+    /// The leader's tick when an append or a heartbeat last went to the follower.
+    pub(crate) contact_tick: u64,
+    /// The round of the last periodic heartbeat sent to the follower (answers to it also drive
+    /// replication).
+    pub(crate) beat_round: u64,
     /// The highest round of heartbeats the follower answered in this term.
     pub(crate) round_ack: u64,
 }
@@ -122,6 +127,8 @@ impl Progress {
             recent_active: false,
             fetching: false,
             snapshot: None,
+            contact_tick: 0,
+            beat_round: 0,
             round_ack: 0,
         }
     }

@@ -302,6 +302,51 @@ fn rpc_counts_are_bounded() {
     }
 }
 
+/// A leader heartbeats only followers it sent nothing to for a heartbeat interval: appends do a
+/// heartbeat's work, so a busy group sends none (many groups on a node would otherwise send as
+/// many heartbeats as appends). A lease needs its rounds, so with lease reads they go on.
+#[test]
+fn a_busy_group_sends_no_heartbeats_unless_a_lease_needs_them() {
+    for lease in [false, true] {
+        for seed in SEEDS {
+            let mut opts = raft_core::sim::SimOptions { nodes: 3, seed, ..Default::default() };
+            if lease {
+                opts.read_mode = raft_core::node::ReadMode::Lease;
+            }
+            let mut c = raft_core::sim::Cluster::new(opts);
+            let leader = check_one_leader(&mut c);
+            let heartbeats =
+                |c: &raft_core::sim::Cluster| c.stats().sent.get("heartbeat").copied().unwrap_or(0);
+            // A proposal every 5 ms for a second.
+            let before = heartbeats(&c);
+            let mut last = 0;
+            for i in 0..200u32 {
+                last = c.propose(leader, i.to_be_bytes().to_vec().into()).expect("leader").index;
+                run(&mut c, 5);
+            }
+            let busy = heartbeats(&c) - before;
+            wait_committed(&mut c, last, 3, 1_000).expect("proposals commit");
+            // Idle: a heartbeat every 20 ms to each of two followers.
+            run(&mut c, 100);
+            let before = heartbeats(&c);
+            run(&mut c, 1_000);
+            let idle = heartbeats(&c) - before;
+            assert!(
+                idle >= 2 * (1_000 / 20 - 1),
+                "seed {seed}: {idle} heartbeats in an idle second"
+            );
+            if lease {
+                assert!(
+                    busy >= 2 * (1_000 / 20 - 1),
+                    "seed {seed}: {busy} heartbeats with a lease"
+                );
+            } else {
+                assert!(busy <= 4, "seed {seed}: {busy} heartbeats in a busy second");
+            }
+        }
+    }
+}
+
 #[test]
 fn persistence_across_restarts() {
     for seed in SEEDS {

@@ -68,8 +68,6 @@ pub(super) struct LeaderReads {
     pub(super) sent: u64,
     /// The highest round a quorum has answered. **Invariant:** `confirmed <= sent`.
     pub(super) confirmed: u64,
-    /// The round of the last periodic heartbeat (answers to it also drive replication).
-    pub(super) periodic: u64,
     /// `(last round sent at that tick, tick)` for rounds not confirmed yet, oldest first.
     sent_at: VecDeque<(u64, u64)>,
     /// Reads waiting for their round, in round order.
@@ -250,9 +248,39 @@ impl Raft {
         }
     }
 
+    /// The leader's regular heartbeat, called every tick. While a lease needs renewing or a
+    /// read waits, a periodic round goes to every follower each `heartbeat_ticks`. Otherwise
+    /// only to the followers nothing was sent to for that long: an append does a heartbeat's
+    /// work (it restarts the follower's election timer and carries the commit index), so a busy
+    /// group sends no heartbeats at all. With many groups on a node they would be as many
+    /// messages as the appends.
+    pub(super) fn heartbeat(&mut self) {
+        let interval = u64::from(self.cfg.heartbeat_ticks);
+        let ticks = self.ticks;
+        let Role::Leader(l) = &mut self.role else { return };
+        l.heartbeat_elapsed += 1;
+        let due = l.heartbeat_elapsed >= self.cfg.heartbeat_ticks;
+        if due {
+            l.heartbeat_elapsed = 0;
+        }
+        if self.cfg.lease_reads || !l.reads.idle() {
+            if due {
+                self.broadcast_round(true);
+            }
+        } else if l.progress.iter().any(|p| ticks.saturating_sub(p.contact_tick) >= interval) {
+            self.send_round(true, Some(interval));
+        }
+    }
+
     /// Sends a round of heartbeats to every follower. A `periodic` round is the leader's
     /// regular heartbeat; others are sent for reads waiting for a round.
     pub(super) fn broadcast_round(&mut self, periodic: bool) {
+        self.send_round(periodic, None);
+    }
+
+    /// Sends a round of heartbeats: to every follower, or (`quiet`) only to those nothing was
+    /// sent to for that many ticks.
+    fn send_round(&mut self, periodic: bool, quiet: Option<u64>) {
         let committed = self.log.committed();
         let ticks = self.ticks;
         // A simple configuration needs answers from a quorum less this node; a joint one asks
@@ -264,9 +292,6 @@ impl Raft {
         reads.sent += 1;
         reads.round_wanted = false;
         let round = reads.sent;
-        if periodic {
-            reads.periodic = round;
-        }
         match reads.sent_at.back_mut() {
             Some((last, tick)) if *tick == ticks => *last = round,
             _ => {
@@ -278,8 +303,12 @@ impl Raft {
         }
         // Cap the commit index at what each follower is known to hold, so a follower never
         // commits an entry it has not matched with this leader.
-        let mut beats: Vec<(NodeId, Index, u64)> =
-            l.progress.iter().map(|p| (p.id, p.match_index.min(committed), p.round_ack)).collect();
+        let mut beats: Vec<(NodeId, Index, u64)> = l
+            .progress
+            .iter()
+            .filter(|p| quiet.is_none_or(|q| ticks.saturating_sub(p.contact_tick) >= q))
+            .map(|p| (p.id, p.match_index.min(committed), p.round_ack))
+            .collect();
         if !periodic && needed != usize::MAX {
             // A round for reads needs a quorum only: it goes to the voters that answered the
             // latest rounds (half the messages in a group of three; learners do not count). If
@@ -288,6 +317,14 @@ impl Raft {
             beats.retain(|&(id, _, _)| self.config.contains(id));
             beats.sort_unstable_by_key(|&(id, _, ack)| (std::cmp::Reverse(ack), id));
             beats.truncate(needed);
+        }
+        for p in &mut l.progress {
+            if beats.iter().any(|b| b.0 == p.id) {
+                p.contact_tick = ticks;
+                if periodic {
+                    p.beat_round = round;
+                }
+            }
         }
         for (to, commit, _) in beats {
             self.send(to, MessageBody::Heartbeat(crate::message::Heartbeat { commit, round }));

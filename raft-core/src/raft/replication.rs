@@ -37,14 +37,11 @@ impl Raft {
         self.tick_transfer();
         self.tick_leader_reads();
         let Role::Leader(leader) = &mut self.role else { return };
-        leader.heartbeat_elapsed += 1;
-        if leader.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
-            leader.heartbeat_elapsed = 0;
-            self.broadcast_round(true);
-            // A TimeoutNow that was lost is sent again while the target is caught up.
-            if matches!(&self.role, Role::Leader(l) if l.transfer.is_some()) {
-                self.maybe_send_timeout_now();
-            }
+        let due = leader.heartbeat_elapsed + 1 >= self.cfg.heartbeat_ticks;
+        self.heartbeat();
+        // A TimeoutNow that was lost is sent again while the target is caught up.
+        if due && matches!(&self.role, Role::Leader(l) if l.transfer.is_some()) {
+            self.maybe_send_timeout_now();
         }
     }
 
@@ -141,10 +138,12 @@ impl Raft {
         bytes: u64,
     ) {
         let commit = self.log.committed();
+        let ticks = self.ticks;
         let Role::Leader(leader) = &mut self.role else { return };
         let p = &mut leader.progress[i];
         let last = prev_index + entries.len() as Index;
         p.sent(last, bytes, !entries.is_empty());
+        p.contact_tick = ticks;
         let to = p.id;
         let req = AppendRequest { prev_index, prev_term, entries, commit };
         self.send(to, MessageBody::Append(req));
@@ -336,8 +335,8 @@ impl Raft {
         let last_index = self.log.last_index();
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(i) = leader.progress.iter().position(|p| p.id == from) else { return };
-        let periodic = resp.round == leader.reads.periodic;
         let p = &mut leader.progress[i];
+        let periodic = resp.round == p.beat_round;
         p.recent_active = true;
         if periodic {
             // Answers to rounds sent for reads do not drive replication: under many reads they
