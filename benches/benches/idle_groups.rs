@@ -138,6 +138,7 @@ fn main() {
         let port: Arc<dyn Transport> = Arc::new(Port { net: net.clone() });
         runtime.watch_peers(
             id,
+            &[1, 2, 3],
             port.clone(),
             &router,
             Duration::from_millis(100),

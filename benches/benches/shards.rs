@@ -209,13 +209,15 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
                 );
             }
             let before = left.len();
+            let pass_from = restarted.elapsed().as_secs_f64();
             let e = read_back(&cluster, 3, &keys, &mut left, "a");
-            if left.len() != before {
+            if left.len() != before || pass_from < 1.5 {
                 println!(
-                    "restart: {:.2} s: {} groups serve, {} left",
+                    "restart: {pass_from:.2}-{:.2} s: {} groups serve, {} left{}",
                     restarted.elapsed().as_secs_f64(),
                     n - left.len(),
-                    left.len()
+                    left.len(),
+                    e.as_deref().map(|e| format!(" (first failure: {e})")).unwrap_or_default()
                 );
             }
             e

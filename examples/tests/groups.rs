@@ -49,13 +49,6 @@ impl Host {
         let transport: Arc<dyn Transport> =
             Arc::new(net.join(id, router.clone()).expect("join the network"));
         let runtime = Runtime::new(RuntimeOptions::default()).expect("runtime");
-        runtime.watch_peers(
-            id,
-            transport.clone(),
-            &router,
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        );
         let mut host = Host {
             id,
             router,
@@ -71,6 +64,15 @@ impl Host {
         for (g, voters) in groups {
             host.start(g, &voters);
         }
+        // Once every group is registered: the hello wakes the peers' sleeping leaders.
+        host.runtime.watch_peers(
+            id,
+            &[1, 2, 3],
+            host.transport.clone(),
+            &host.router,
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        );
         host
     }
 

@@ -24,11 +24,24 @@ pub const LIVENESS_GROUP: GroupId = u64::MAX;
 
 /// When each peer was last heard from, by any message: kept by a [`Router`] for a runtime's
 /// liveness check.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PeerLiveness {
     last: Mutex<HashMap<NodeId, Instant>>,
     /// Peers whose "hello" ping (their first after starting) arrived, not yet taken.
     hellos: Mutex<Vec<NodeId>>,
+    /// Called after a hello arrives (a runtime's liveness check then acts on it at once).
+    on_hello: Mutex<Option<HelloBell>>,
+}
+
+type HelloBell = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for PeerLiveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLiveness")
+            .field("last", &self.last)
+            .field("hellos", &self.hellos)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `round` of a liveness ping that says its sender just started (its groups are all
@@ -51,9 +64,19 @@ impl PeerLiveness {
         self.last.lock().iter().map(|(&p, &t)| (p, t)).collect()
     }
 
-    /// Records that `peer` said hello (it just started).
+    /// Records that `peer` said hello (it just started), and calls the bell set with
+    /// [`on_hello`](Self::on_hello).
     pub fn hello(&self, peer: NodeId) {
         self.hellos.lock().push(peer);
+        let bell = self.on_hello.lock().clone();
+        if let Some(bell) = bell {
+            bell();
+        }
+    }
+
+    /// Has `bell` called after each hello (replacing any earlier one).
+    pub fn on_hello(&self, bell: impl Fn() + Send + Sync + 'static) {
+        *self.on_hello.lock() = Some(Arc::new(bell));
     }
 
     /// The peers that said hello since the last call.

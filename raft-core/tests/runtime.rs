@@ -330,6 +330,7 @@ impl Processes {
             let port: Arc<dyn Transport> = Arc::new(ProcessPort { net: net.clone(), from: id });
             runtime.watch_peers(
                 id,
+                &[1, 2, 3],
                 port.clone(),
                 &router,
                 Duration::from_millis(20),
@@ -427,5 +428,58 @@ fn idle_groups_sleep_and_a_dead_node_wakes_the_groups_it_led() {
     }
     for ((_, _), node) in p.nodes.drain() {
         node.shutdown();
+    }
+}
+
+/// A peer's hello (its runtime just started) wakes this runtime's sleeping leaders at once, not
+/// at the next liveness ping, so a restarted node learns its leaders within a round trip.
+#[test]
+fn a_hello_wakes_sleeping_leaders_between_pings() {
+    struct Nowhere;
+    impl Transport for Nowhere {
+        fn send(&self, _msg: Message) {}
+    }
+    let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
+    let router = Arc::new(raft_core::Router::new());
+    let port: Arc<dyn Transport> = Arc::new(Nowhere);
+    // Pings every 30 s: only the hello itself can wake anything within the test.
+    runtime.watch_peers(
+        1,
+        &[],
+        port.clone(),
+        &router,
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let node = raft_core::node::NodeBuilder::new(1)
+        .group(7)
+        .voters([1])
+        .tick(Duration::from_millis(5))
+        .config(|c| c.hibernate_ticks = 40)
+        .options(|o| o.runtime = Some(runtime.clone()))
+        .shared_log(Arc::new(MemLogStore::new()))
+        .transport(port)
+        .router(router.clone())
+        .start(KvStore::default())
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !(node.is_leader() && node.is_asleep()) {
+        assert!(Instant::now() < deadline, "the idle leader falls asleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let said = Instant::now();
+    router.deliver(Message {
+        group: raft_core::LIVENESS_GROUP,
+        from: 2,
+        to: 1,
+        term: 0,
+        body: raft_core::message::MessageBody::Heartbeat(raft_core::message::Heartbeat {
+            commit: 0,
+            round: raft_core::LIVENESS_HELLO,
+        }),
+    });
+    while node.is_asleep() {
+        assert!(said.elapsed() < Duration::from_secs(1), "the hello woke the sleeping leader");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -75,7 +75,9 @@ pub struct TcpConfig {
     /// First wait before redialling a peer; doubles per failure up to `backoff_max`, with up to
     /// half of it added at random.
     pub backoff_min: Duration,
-    /// Longest wait between dials.
+    /// Longest wait between dials. Short by default (250 ms): only the lower id of a pair
+    /// dials, so a restarted peer with the higher id is reachable only once the other side's
+    /// next dial comes, and a dial to a dead peer is cheap.
     pub backoff_max: Duration,
     /// Longest a dial, or a handshake, may take.
     pub connect_timeout: Duration,
@@ -94,7 +96,7 @@ impl TcpConfig {
             queue_capacity: 8192,
             bulk_queue_capacity: 4,
             backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
         }
     }

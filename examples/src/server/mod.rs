@@ -282,8 +282,10 @@ impl Server {
         if let Some(runtime) = &runtime {
             // Only once every group is registered: the first ping to each peer says hello, and
             // the peer's sleeping leaders then heartbeat, which every group here must hear.
+            let peers: Vec<NodeId> = args.peers.keys().copied().collect();
             runtime.watch_peers(
                 args.id,
+                &peers,
                 cut_transport.clone(),
                 &router,
                 args.tick * LIVENESS_PING_TICKS,

@@ -97,6 +97,8 @@ struct PeerWatch {
     down: HashSet<NodeId>,
     /// Peers pinged so far: the first ping to each says hello (see [`LIVENESS_HELLO`]).
     greeted: HashSet<NodeId>,
+    /// Peers pinged whether heard from or not (the others are pinged once heard from).
+    known: Vec<NodeId>,
 }
 
 /// How many threads a [`Runtime`] has, and how often its timer beats.
@@ -249,18 +251,28 @@ impl Runtime {
 
     /// Turns on the liveness check that lets idle groups sleep safely (see
     /// [`Config::hibernate_ticks`](crate::Config::hibernate_ticks)): every `every`, node
-    /// `local` pings each peer it has heard from, once per pair of nodes whatever the number of
-    /// groups ([`LIVENESS_GROUP`](crate::LIVENESS_GROUP)); a peer not heard from (by any
-    /// message, `router` records them) for `down_after` is taken as down, and every node of
-    /// this runtime sleeping under it as its leader is woken, so its group elects another.
+    /// `local` pings each of `peers` and each other peer it has heard from, once per pair of
+    /// nodes whatever the number of groups ([`LIVENESS_GROUP`](crate::LIVENESS_GROUP)); a peer
+    /// not heard from (by any message, `router` records them) for `down_after` is taken as
+    /// down, and every node of this runtime sleeping under it as its leader is woken, so its
+    /// group elects another. The first ping, sent at once, says hello: the peers' sleeping
+    /// leaders then heartbeat, so call this once every group here is registered.
     pub fn watch_peers(
         &self,
         local: NodeId,
+        peers: &[NodeId],
         transport: Arc<dyn Transport>,
         router: &Router,
         every: Duration,
         down_after: Duration,
     ) {
+        // A hello is acted on at once, not at the next ping.
+        let pool = Arc::downgrade(&self.pool);
+        router.liveness().on_hello(move || {
+            if let Some(p) = pool.upgrade() {
+                p.timer_bell.notify_one();
+            }
+        });
         *self.pool.watch.lock() = Some(PeerWatch {
             local,
             transport,
@@ -270,6 +282,7 @@ impl Runtime {
             next_ping: Instant::now(),
             down: HashSet::new(),
             greeted: HashSet::new(),
+            known: peers.to_vec(),
         });
         self.pool.timer_bell.notify_one();
     }
@@ -317,13 +330,24 @@ impl Pool {
         let mut guard = self.watch.lock();
         let w = guard.as_mut()?;
         if now < w.next_ping {
-            return Some(w.next_ping);
+            // Between pings, only hellos: a restarted peer learns its leaders at once.
+            let back = w.liveness.take_hellos();
+            let next = w.next_ping;
+            drop(guard);
+            if !back.is_empty() {
+                self.wake_sleepers(&[], &back);
+            }
+            return Some(next);
         }
         w.next_ping = now + w.every;
         let peers = w.liveness.peers();
         let local = w.local;
-        let mut pings: Vec<Message> = Vec::with_capacity(peers.len());
-        for &(peer, _) in peers.iter().filter(|&&(peer, _)| peer != local) {
+        let mut to: Vec<NodeId> =
+            peers.iter().map(|&(peer, _)| peer).chain(w.known.iter().copied()).collect();
+        to.sort_unstable();
+        to.dedup();
+        let mut pings: Vec<Message> = Vec::with_capacity(to.len());
+        for peer in to.into_iter().filter(|&peer| peer != local) {
             let round = if w.greeted.insert(peer) { LIVENESS_HELLO } else { 0 };
             pings.push(Message {
                 group: LIVENESS_GROUP,
@@ -354,26 +378,33 @@ impl Pool {
         let next = w.next_ping;
         drop(guard);
         transport.send_all(pings);
-        if !newly_down.is_empty() || !back.is_empty() {
-            if !newly_down.is_empty() {
-                tracing::info!(peers = ?newly_down, "peers not heard from: waking the groups sleeping under them");
-            }
-            if !back.is_empty() {
-                // A node that comes back (a restart, say) does not know who leads its groups,
-                // and a sleeping leader sends nothing: every sleeping leader here heartbeats once,
-                // so it learns at once instead of campaigning in every group.
-                tracing::info!(peers = ?back, "peers heard from again: waking the sleeping leaders");
-            }
-            let nodes: Vec<Arc<dyn Timed>> =
-                self.timed.lock().iter().filter_map(Weak::upgrade).collect();
-            for node in nodes {
-                let follows_dead = node.sleeping_under().is_some_and(|l| newly_down.contains(&l));
-                if follows_dead || (!back.is_empty() && node.leads_asleep()) {
-                    node.wake_up();
-                }
+        self.wake_sleepers(&newly_down, &back);
+        Some(next)
+    }
+
+    /// Wakes the nodes sleeping under a peer found down, and every sleeping leader when a peer
+    /// is back.
+    fn wake_sleepers(&self, newly_down: &[NodeId], back: &[NodeId]) {
+        if newly_down.is_empty() && back.is_empty() {
+            return;
+        }
+        if !newly_down.is_empty() {
+            tracing::info!(peers = ?newly_down, "peers not heard from: waking the groups sleeping under them");
+        }
+        if !back.is_empty() {
+            // A node that comes back (a restart, say) does not know who leads its groups, and a
+            // sleeping leader sends nothing: every sleeping leader here heartbeats once, so it
+            // learns at once instead of campaigning in every group.
+            tracing::info!(peers = ?back, "peers heard from again: waking the sleeping leaders");
+        }
+        let nodes: Vec<Arc<dyn Timed>> =
+            self.timed.lock().iter().filter_map(Weak::upgrade).collect();
+        for node in nodes {
+            let follows_dead = node.sleeping_under().is_some_and(|l| newly_down.contains(&l));
+            if follows_dead || (!back.is_empty() && node.leads_asleep()) {
+                node.wake_up();
             }
         }
-        Some(next)
     }
 }
 

@@ -453,6 +453,12 @@ impl Raft {
         let read_start = Rng::new(config.seed ^ 0x5EAD_F0A2_u64.wrapping_mul(config.id)).next_u64();
         let forwarded = read::ForwardedReads::starting_at(read_start >> 2);
         let repair = repair::Repair::new(state.damage, config.election_ticks);
+        // A node that voted for itself in its term and holds entries of that term most likely
+        // led it before it restarted. Its followers still take it for their leader (they grant
+        // it at once, see `step`), and while its group sleeps nobody else counts down: it
+        // campaigns at its first tick instead of waiting out a whole election timeout.
+        let led_before = term > 0 && vote == Some(config.id) && log.last_term() == term;
+        let election_elapsed = if led_before { randomized_election_ticks - 1 } else { 0 };
         let emitted_hard_state =
             HardState { term: hs.term, vote: hs.vote, commit: log.committed() };
         let raft = Raft {
@@ -468,7 +474,7 @@ impl Raft {
             vote,
             log,
             role: Role::Follower { leader: None },
-            election_elapsed: 0,
+            election_elapsed,
             randomized_election_ticks,
             rng,
             // The first Ready carries the configuration, so a transport learns the members'
