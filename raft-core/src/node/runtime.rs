@@ -174,6 +174,9 @@ pub(crate) struct Pool {
     timer_seq: AtomicU64,
     watch: Mutex<Option<PeerWatch>>,
     timer: Duration,
+    /// Ticks fall on multiples of the tick from here, so nodes with the same tick are due
+    /// together: the timer visits them in one wake and the lanes run them in one batch.
+    epoch: Instant,
     stop: AtomicBool,
     /// Syncs shared by the persist stages of every node (see [`shared_sync`](super::shared_sync)).
     pub(crate) sync: Arc<super::shared_sync::SharedSync>,
@@ -195,6 +198,7 @@ impl Runtime {
             timer_seq: AtomicU64::new(0),
             watch: Mutex::new(None),
             timer: options.timer.max(Duration::from_micros(100)),
+            epoch: Instant::now(),
             stop: AtomicBool::new(false),
             sync: Arc::new(super::shared_sync::SharedSync::default()),
             transfers: super::snapshots::TransferBudget::new(options.snapshot_sends),
@@ -304,6 +308,15 @@ impl Pool {
         let q = &self.lanes[lane as usize];
         q.tasks.lock().push_back(task);
         q.ready.notify_one();
+    }
+
+    /// The first multiple of `tick` (counted from the runtime's start) at or after `at`.
+    pub(crate) fn aligned(&self, at: Instant, tick: Duration) -> Instant {
+        let tick_ns = tick.as_nanos().max(1);
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let ticks = since.div_ceil(tick_ns);
+        let ns = u64::try_from(ticks * tick_ns).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(ns)
     }
 
     /// Counts `timed` among the runtime's nodes and has the timer call it at `at`.
@@ -544,7 +557,9 @@ where
         }
         let timed: Arc<dyn Timed> = self.clone();
         let _ = self.me.set(Arc::downgrade(&timed));
-        pool.register(Arc::downgrade(&timed), Instant::now() + self.tick);
+        let first = pool.aligned(Instant::now() + self.tick, self.tick);
+        *self.next_tick.lock() = first;
+        pool.register(Arc::downgrade(&timed), first);
     }
 
     /// A task's run of a called stage: again while it was called meanwhile.
@@ -625,7 +640,10 @@ where
             *next += self.tick;
             if *next <= now {
                 self.core.push(Input::ClockStalled);
-                *next = now + self.tick;
+                *next = match &self.pool {
+                    Some(pool) => pool.aligned(now + self.tick, self.tick),
+                    None => now + self.tick,
+                };
             }
             self.core.push(Input::Tick);
             self.core.call_worker();
@@ -675,9 +693,33 @@ impl<M: StateMachine> Driver<M> {
         }
         if self.timer_parked.swap(false, Ordering::SeqCst) {
             let (Some(pool), Some(me)) = (&self.pool, self.me.get()) else { return };
-            let at = Instant::now() + self.tick;
+            let at = pool.aligned(Instant::now() + self.tick, self.tick);
             *self.next_tick.lock() = at;
             pool.schedule(me.clone(), at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_fall_on_multiples_of_the_tick_from_the_runtimes_start() {
+        let runtime = Runtime::new(RuntimeOptions::default()).expect("runtime");
+        let pool = &runtime.pool;
+        let tick = Duration::from_millis(10);
+        for offset_us in [0u64, 1, 4_999, 10_000, 10_001, 123_456] {
+            let at = pool.epoch + Duration::from_micros(offset_us);
+            let aligned = pool.aligned(at, tick);
+            let since = aligned.duration_since(pool.epoch);
+            assert!(aligned >= at, "{offset_us}: never earlier than asked");
+            assert!(aligned - at < tick, "{offset_us}: less than a tick later");
+            assert_eq!(since.as_nanos() % tick.as_nanos(), 0, "{offset_us}: on a multiple");
+        }
+        // Two nodes started apart are due at the same instants.
+        let a = pool.aligned(pool.epoch + Duration::from_micros(3_100), tick);
+        let b = pool.aligned(pool.epoch + Duration::from_micros(8_900), tick);
+        assert_eq!(a, b);
     }
 }
