@@ -15,8 +15,10 @@
 //! `raft-engine` when built with `--features compare`), `RAFTKIT_CLUSTER_SHARDS` (default `1`;
 //! e.g. `1,256`: with N shards the keys are hashed over N groups, every node leads about a
 //! third, and each client writes the keys of a few groups to the node leading them, as a
-//! cluster-aware client does; the groups share each node's WAL and its fsyncs). fio's limit on the same disk (one write
-//! plus fdatasync per write, for each value size) is printed first, from the same run.
+//! cluster-aware client does; the groups share each node's WAL and its fsyncs),
+//! `RAFTKIT_CLUSTER_TICK_MS` (the servers' Raft tick; default: theirs for the shard count).
+//! fio's limit on the same disk (one write plus fdatasync per write, for each value size) is
+//! printed first, from the same run.
 
 #![allow(clippy::print_stdout)] // A bench binary that prints its figures.
 
@@ -139,6 +141,10 @@ fn run_cell(
         log_store,
         log_filter: "warn".into(),
         shards,
+        tick: std::env::var("RAFTKIT_CLUSTER_TICK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
         ..ClusterOptions::default()
     };
     let cluster =

@@ -150,7 +150,11 @@ fn run_targets(
             result.measured = now.saturating_duration_since(measure_from);
             return Ok(result);
         }
-        poll.poll(&mut events, Some((end - now).min(Duration::from_millis(50))))?;
+        match poll.poll(&mut events, Some((end - now).min(Duration::from_millis(50)))) {
+            // A signal (a child process of the bench exiting, say) is no failure: wait again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        }
         for event in events.iter() {
             let c = event.token().0;
             let conn = &mut conns[c];
