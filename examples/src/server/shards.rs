@@ -301,9 +301,16 @@ fn preferred_leader(shard: usize, sorted: &[NodeId]) -> Option<NodeId> {
 /// Hands each group this node leads to its preferred voter once that one is connected and
 /// caught up, until the server is gone.
 pub(super) fn balance_leaders(server: Weak<Server>) {
+    let mut trim = TrimWatch::default();
     loop {
         std::thread::sleep(BALANCE_EVERY);
         let Some(server) = server.upgrade() else { return };
+        if trim.due() {
+            let asleep = server.shards.iter().filter(|n| n.is_asleep()).count();
+            if trim.fell_asleep(asleep, server.shards.len()) {
+                release_free_heap();
+            }
+        }
         let me = server.args.id;
         // With shards the members never change (membership changes need one shard), so the
         // voters are the command line's: no status is read for a group that is where it should
@@ -332,6 +339,44 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
                 moved += 1;
             }
         }
+    }
+}
+
+/// How often the balancing thread looks whether many groups fell asleep (in balancing rounds).
+const TRIM_LOOK_ROUNDS: u32 = 4;
+
+/// Watches the number of sleeping groups: when a tenth of them (or more) fell asleep since the
+/// last look, the memory their bursts used is free on the heap, and worth handing back.
+#[derive(Debug, Default)]
+struct TrimWatch {
+    rounds: u32,
+    asleep: usize,
+}
+
+impl TrimWatch {
+    /// Whether this balancing round looks.
+    fn due(&mut self) -> bool {
+        self.rounds += 1;
+        self.rounds.is_multiple_of(TRIM_LOOK_ROUNDS)
+    }
+
+    /// Records `asleep` of `shards` groups sleeping; whether enough fell asleep to trim.
+    fn fell_asleep(&mut self, asleep: usize, shards: usize) -> bool {
+        let before = std::mem::replace(&mut self.asleep, asleep);
+        asleep >= before + (shards / 10).max(1)
+    }
+}
+
+/// Hands the heap's free pages back to the system. Groups that fall asleep give back their
+/// queues and caches, but glibc keeps freed memory in its arenas: with thousands of groups that
+/// is a few KiB each of resident memory nobody uses.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers and has no preconditions; glibc serialises it
+        // with every other allocator call.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(released = released != 0, "groups fell asleep: heap trimmed");
     }
 }
 
@@ -413,6 +458,23 @@ mod tests {
 
     fn int(n: i64) -> Vec<u8> {
         encoded(&Reply::Integer(n))
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_when_a_tenth_of_the_groups_fell_asleep() {
+        let mut w = TrimWatch::default();
+        let looks: Vec<bool> = (0..TRIM_LOOK_ROUNDS * 2).map(|_| w.due()).collect();
+        assert_eq!(
+            looks.iter().filter(|&&l| l).count(),
+            2,
+            "one look per {TRIM_LOOK_ROUNDS} rounds"
+        );
+        assert!(w.fell_asleep(1_000, 10_000), "a tenth fell asleep");
+        assert!(!w.fell_asleep(1_500, 10_000), "half a tenth more is not enough");
+        assert!(!w.fell_asleep(1_000, 10_000), "groups waking is no reason");
+        assert!(w.fell_asleep(9_000, 10_000));
+        assert!(!w.fell_asleep(9_000, 10_000), "nothing new");
+        assert!(TrimWatch::default().fell_asleep(1, 1), "one group of one");
     }
 
     #[test]
