@@ -8,6 +8,8 @@
 //!   one-group node started in the same run, divided by N);
 //! - restart: a node SIGKILLed and started again, the time until every group serves a read
 //!   through it, and until the leaders are balanced again (within one of even);
+//! - failover: that node killed for good once every group sleeps again, the time until every
+//!   group serves a read through another node;
 //! - how many groups each node leads.
 //!
 //! `cargo bench -p raftkit-benches --bench shards`
@@ -262,6 +264,38 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     println!(
         "restart: leaders balanced within one of even {:.1} s after the restart: {last:?} (nodes {ids:?})",
         restarted.elapsed().as_secs_f64()
+    );
+
+    // Failover: once every replica sleeps again, node 3 is killed for good; the groups it led
+    // must find out (the liveness check) and elect another leader.
+    let idle_from = Instant::now();
+    while idle_from.elapsed() < Duration::from_secs(120) {
+        let asleep: usize = ids
+            .iter()
+            .filter_map(|&id| shard_lines(&cluster, id))
+            .map(|l| l.iter().filter(|x| x.1).count())
+            .sum();
+        if asleep == 3 * n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.kill(3).map_err(|e| e.to_string())?;
+    let killed = Instant::now();
+    let mut left: Vec<usize> = (0..n).collect();
+    while !left.is_empty() {
+        read_back(&cluster, 1, &keys, &mut left, "a");
+        if killed.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "{} groups did not serve within 5 minutes of a node's death",
+                left.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "failover: every group serves through node 1 {:.2} s after node 3 (leading a third of the sleeping groups) was killed",
+        killed.elapsed().as_secs_f64()
     );
     Ok(())
 }

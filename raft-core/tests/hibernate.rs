@@ -111,3 +111,29 @@ fn a_restarted_leader_wins_its_group_back_at_its_first_tick() {
         one(&mut c, b"b", 3, false);
     }
 }
+
+#[test]
+fn a_follower_woken_by_the_liveness_check_campaigns_within_one_election_timeout() {
+    // The modelled liveness check wakes the followers an election timeout (100 ms) after their
+    // leader died; they honour no lease then, so one campaigns within the next election
+    // timeout (not two) and wins.
+    for seed in 0..16 {
+        let mut c = sleepy(3, seed);
+        let leader = check_one_leader(&mut c);
+        one(&mut c, b"a", 3, false);
+        run(&mut c, 500);
+        assert!(all_asleep(&c), "seed {seed}");
+        c.crash(leader);
+        let crashed = c.now_us();
+        let next = loop {
+            run(&mut c, 5);
+            if let Some(l) = c.ids().find(|&id| c.raft(id).is_some_and(|r| r.is_leader())) {
+                break l;
+            }
+            assert!(c.now_us() - crashed < 1_000 * MS, "seed {seed}: no leader within a second");
+        };
+        assert_ne!(next, leader, "seed {seed}");
+        let took_ms = (c.now_us() - crashed) / MS;
+        assert!(took_ms <= 230, "seed {seed}: a new leader {took_ms} ms after the crash");
+    }
+}

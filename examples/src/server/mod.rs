@@ -288,8 +288,8 @@ impl Server {
                 &peers,
                 cut_transport.clone(),
                 &router,
-                args.tick * LIVENESS_PING_TICKS,
-                args.tick * LIVENESS_DOWN_TICKS,
+                liveness_ping(args.tick),
+                liveness_ping(args.tick) * LIVENESS_DOWN_PINGS,
             );
         }
         let listener = TcpListener::bind(args.client_addr)
@@ -876,11 +876,17 @@ fn retry_parked(server: std::sync::Weak<Server>, parked: Receiver<Parked>) {
 /// How often [`run`] looks for a failed node.
 const FAILURE_CHECK: Duration = Duration::from_millis(50);
 
-/// With shards, how often (in ticks) each node pings each other one, standing in for the
-/// heartbeats of its sleeping groups, and after how long without a word a peer counts as down
-/// (its sleeping groups then wake and elect another leader).
-const LIVENESS_PING_TICKS: u32 = 10;
-const LIVENESS_DOWN_TICKS: u32 = 100;
+/// With shards, how often each node pings each other one, standing in for the heartbeats of
+/// its sleeping groups: every 10 ticks, and at least every 200 ms (a long tick, with many
+/// shards, must not make a dead node's groups wait longer to find out).
+fn liveness_ping(tick: Duration) -> Duration {
+    (tick * 10).min(Duration::from_millis(200))
+}
+
+/// After how many pings' worth of silence a peer counts as down: its sleeping groups then wake
+/// and elect another leader (a false alarm costs only a heartbeat: the leader answers the
+/// campaign).
+const LIVENESS_DOWN_PINGS: u32 = 10;
 
 /// With shards, the ticks a group with nothing to do waits before it sleeps (a few election
 /// timeouts: a busy group never sleeps, an idle one soon does).

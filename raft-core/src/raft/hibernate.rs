@@ -45,8 +45,17 @@ impl Raft {
     /// Wakes this node: a follower counts down to an election again, a leader heartbeats again
     /// at once. A runtime calls it when it finds the leader's node down; anything else that
     /// needs the group wakes it by itself.
+    ///
+    /// A follower woken so campaigns within one election timeout rather than two: it honours
+    /// no lease (its leader dropped its lease when the group fell asleep, and a leader that
+    /// woke since and counted on this follower would have woken it with a message first), and
+    /// the runtime took a while to find the leader down already.
     pub fn wake(&mut self) {
+        let was_asleep = self.sleep.asleep;
         self.wake_for("woken");
+        if was_asleep && !matches!(self.role, Role::Leader(_)) {
+            self.election_elapsed = self.cfg.election_ticks;
+        }
     }
 
     pub(super) fn wake_for(&mut self, why: &'static str) {
