@@ -289,9 +289,9 @@ impl Server {
 }
 
 /// How often the balancer looks at the leaders, and how many groups a node hands over per
-/// look (a transfer costs an election; a thousand at once would be a storm).
+/// look (a transfer costs an election; thousands at once would be a storm).
 const BALANCE_EVERY: Duration = Duration::from_millis(500);
-const BALANCE_PER_ROUND: usize = 64;
+const BALANCE_PER_ROUND: usize = 256;
 
 /// The voter group `shard` prefers as its leader: its turn of the voters, sorted.
 fn preferred_leader(shard: usize, sorted: &[NodeId]) -> Option<NodeId> {
@@ -346,11 +346,15 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
 const TRIM_LOOK_ROUNDS: u32 = 4;
 
 /// Watches the number of sleeping groups: when a tenth of them (or more) fell asleep since the
-/// last look, the memory their bursts used is free on the heap, and worth handing back.
+/// last trim, or more than then sleep and the count held still since the last look (the wave is
+/// over), the memory their bursts used is free on the heap, and worth handing back.
 #[derive(Debug, Default)]
 struct TrimWatch {
     rounds: u32,
-    asleep: usize,
+    /// Sleeping groups at the last look.
+    looked: usize,
+    /// Sleeping groups at the last trim.
+    trimmed: usize,
 }
 
 impl TrimWatch {
@@ -360,10 +364,17 @@ impl TrimWatch {
         self.rounds.is_multiple_of(TRIM_LOOK_ROUNDS)
     }
 
-    /// Records `asleep` of `shards` groups sleeping; whether enough fell asleep to trim.
+    /// Records `asleep` of `shards` groups sleeping; whether to trim now.
     fn fell_asleep(&mut self, asleep: usize, shards: usize) -> bool {
-        let before = std::mem::replace(&mut self.asleep, asleep);
-        asleep >= before + (shards / 10).max(1)
+        let settled = asleep == std::mem::replace(&mut self.looked, asleep);
+        let trim =
+            asleep >= self.trimmed + (shards / 10).max(1) || (settled && asleep > self.trimmed);
+        if trim {
+            self.trimmed = asleep;
+        } else {
+            self.trimmed = self.trimmed.min(asleep);
+        }
+        trim
     }
 }
 
@@ -470,8 +481,12 @@ mod tests {
             "one look per {TRIM_LOOK_ROUNDS} rounds"
         );
         assert!(w.fell_asleep(1_000, 10_000), "a tenth fell asleep");
-        assert!(!w.fell_asleep(1_500, 10_000), "half a tenth more is not enough");
+        assert!(!w.fell_asleep(1_500, 10_000), "half a tenth more, still falling asleep");
+        assert!(w.fell_asleep(1_500, 10_000), "the wave is over: what it freed goes back");
+        assert!(!w.fell_asleep(1_500, 10_000), "nothing new");
         assert!(!w.fell_asleep(1_000, 10_000), "groups waking is no reason");
+        assert!(!w.fell_asleep(1_400, 10_000), "falling asleep again, not a tenth yet");
+        assert!(w.fell_asleep(2_000, 10_000), "a tenth more than at the last trim");
         assert!(w.fell_asleep(9_000, 10_000));
         assert!(!w.fell_asleep(9_000, 10_000), "nothing new");
         assert!(TrimWatch::default().fell_asleep(1, 1), "one group of one");
