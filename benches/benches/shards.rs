@@ -90,6 +90,14 @@ fn read_back(
     first_error
 }
 
+/// How many replicas sleep, over every node that answers.
+fn replicas_asleep(cluster: &LocalCluster, ids: &[u64]) -> usize {
+    ids.iter()
+        .filter_map(|&id| shard_lines(cluster, id))
+        .map(|l| l.iter().filter(|x| x.1).count())
+        .sum()
+}
+
 fn counts(lines: &[(u64, bool)], ids: &[u64]) -> Vec<usize> {
     ids.iter().map(|&id| lines.iter().filter(|l| l.0 == id).count()).collect()
 }
@@ -153,11 +161,7 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     // Idle: wait for every group to sleep on every node.
     let idle_from = Instant::now();
     loop {
-        let asleep: usize = ids
-            .iter()
-            .filter_map(|&id| shard_lines(&cluster, id))
-            .map(|l| l.iter().filter(|x| x.1).count())
-            .sum();
+        let asleep = replicas_asleep(&cluster, &ids);
         if asleep == 3 * n {
             break;
         }
@@ -270,11 +274,7 @@ fn run(exe: &std::path::Path, n: usize) -> Result<(), String> {
     // must find out (the liveness check) and elect another leader.
     let idle_from = Instant::now();
     while idle_from.elapsed() < Duration::from_secs(120) {
-        let asleep: usize = ids
-            .iter()
-            .filter_map(|&id| shard_lines(&cluster, id))
-            .map(|l| l.iter().filter(|x| x.1).count())
-            .sum();
+        let asleep = replicas_asleep(&cluster, &ids);
         if asleep == 3 * n {
             break;
         }

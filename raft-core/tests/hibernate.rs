@@ -24,6 +24,16 @@ fn messages_sent(c: &Cluster) -> u64 {
     c.stats().sent.values().sum()
 }
 
+/// A group of three that elected a leader, committed one write and fell asleep everywhere:
+/// the cluster, its leader and the write's index.
+fn sleeping_group(mut c: Cluster, seed: u64) -> (Cluster, raft_core::NodeId, raft_core::Index) {
+    let leader = check_one_leader(&mut c);
+    let index = one(&mut c, b"a", 3, false);
+    run(&mut c, 500);
+    assert!(all_asleep(&c), "seed {seed}: the idle group sleeps");
+    (c, leader, index)
+}
+
 #[test]
 fn an_idle_group_sleeps_and_sends_nothing_until_a_proposal_wakes_it() {
     for seed in 0..8 {
@@ -47,11 +57,7 @@ fn an_idle_group_sleeps_and_sends_nothing_until_a_proposal_wakes_it() {
 #[test]
 fn a_sleeping_group_whose_leader_dies_elects_another() {
     for seed in 0..8 {
-        let mut c = sleepy(3, seed);
-        let leader = check_one_leader(&mut c);
-        let before = one(&mut c, b"a", 3, false);
-        run(&mut c, 500);
-        assert!(all_asleep(&c), "seed {seed}");
+        let (mut c, leader, before) = sleeping_group(sleepy(3, seed), seed);
         c.crash(leader);
         // The runtime's liveness check (modelled) wakes the followers, which elect a leader.
         let next = check_one_leader(&mut c);
@@ -66,11 +72,7 @@ fn a_sleeping_group_whose_leader_dies_elects_another() {
 #[test]
 fn a_leader_restarted_while_its_group_slept_is_heard() {
     for seed in 0..8 {
-        let mut c = sleepy(3, seed);
-        let leader = check_one_leader(&mut c);
-        one(&mut c, b"a", 3, false);
-        run(&mut c, 500);
-        assert!(all_asleep(&c), "seed {seed}");
+        let (mut c, leader, _) = sleeping_group(sleepy(3, seed), seed);
         // Down and back within the liveness check's delay: the followers still think it leads;
         // its campaign wakes them.
         c.crash(leader);
@@ -87,17 +89,14 @@ fn a_restarted_leader_wins_its_group_back_at_its_first_tick() {
     for seed in 0..16 {
         let mut raft = Config::default();
         raft.hibernate_ticks = 5;
-        let mut c = Cluster::new(SimOptions {
+        let c = Cluster::new(SimOptions {
             nodes: 3,
             seed,
             raft,
             read_mode: raft_core::node::ReadMode::Lease,
             ..SimOptions::default()
         });
-        let leader = check_one_leader(&mut c);
-        one(&mut c, b"a", 3, false);
-        run(&mut c, 500);
-        assert!(all_asleep(&c), "seed {seed}");
+        let (mut c, leader, _) = sleeping_group(c, seed);
         let term = check_terms(&c);
         c.crash(leader);
         c.restart(leader);
@@ -118,11 +117,7 @@ fn a_follower_woken_by_the_liveness_check_campaigns_within_one_election_timeout(
     // leader died; they honour no lease then, so one campaigns within the next election
     // timeout (not two) and wins.
     for seed in 0..16 {
-        let mut c = sleepy(3, seed);
-        let leader = check_one_leader(&mut c);
-        one(&mut c, b"a", 3, false);
-        run(&mut c, 500);
-        assert!(all_asleep(&c), "seed {seed}");
+        let (mut c, leader, _) = sleeping_group(sleepy(3, seed), seed);
         c.crash(leader);
         let crashed = c.now_us();
         let next = loop {
