@@ -253,11 +253,11 @@ impl Raft {
     /// only to the followers nothing was sent to for that long: an append does a heartbeat's
     /// work (it restarts the follower's election timer and carries the commit index), so a busy
     /// group sends no heartbeats at all. With many groups on a node they would be as many
-    /// messages as the appends.
-    pub(super) fn heartbeat(&mut self) {
+    /// messages as the appends. Returns whether a heartbeat interval ended at this tick.
+    pub(super) fn heartbeat(&mut self) -> bool {
         let interval = u64::from(self.cfg.heartbeat_ticks);
         let ticks = self.ticks;
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else { return false };
         l.heartbeat_elapsed += 1;
         let due = l.heartbeat_elapsed >= self.cfg.heartbeat_ticks;
         if due {
@@ -270,6 +270,7 @@ impl Raft {
         } else if l.progress.iter().any(|p| ticks.saturating_sub(p.contact_tick) >= interval) {
             self.send_round(true, Some(interval));
         }
+        due
     }
 
     /// Sends a round of heartbeats to every follower. A `periodic` round is the leader's

@@ -36,9 +36,7 @@ impl Raft {
         self.tick_snapshot_sends();
         self.tick_transfer();
         self.tick_leader_reads();
-        let Role::Leader(leader) = &mut self.role else { return };
-        let due = leader.heartbeat_elapsed + 1 >= self.cfg.heartbeat_ticks;
-        self.heartbeat();
+        let due = self.heartbeat();
         // A TimeoutNow that was lost is sent again while the target is caught up.
         if due && matches!(&self.role, Role::Leader(l) if l.transfer.is_some()) {
             self.maybe_send_timeout_now();

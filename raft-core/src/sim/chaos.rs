@@ -231,6 +231,16 @@ pub fn drift_ticks_needed(election_ticks: u32, drift_pct: u64) -> u32 {
     (span - lease) as u32
 }
 
+/// Nodes `1..=n` shuffled, and where to cut them in two (each side at least one node; either may
+/// hold the majority).
+pub(super) fn random_split(rng: &mut Rng, n: u64) -> (Vec<NodeId>, usize) {
+    let mut ids: Vec<NodeId> = (1..=n).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    (ids, rng.range(1, n - 1) as usize)
+}
+
 /// The key-value workload a seed picks: a few keys, some share of reads.
 pub fn kv_workload(rng: &mut Rng) -> KvWorkload {
     KvWorkload { keys: rng.range(2, 8) as usize, read_pct: rng.range(20, 60) }
@@ -358,11 +368,7 @@ fn run_seed_inner<W: Workload>(
         match rng.below(100) {
             0..=19 => {
                 // A random split; either side may hold the majority.
-                let mut ids: Vec<NodeId> = (1..=n).collect();
-                for i in (1..ids.len()).rev() {
-                    ids.swap(i, rng.below(i as u64 + 1) as usize);
-                }
-                let cut = rng.range(1, n - 1) as usize;
+                let (ids, cut) = random_split(&mut rng, n);
                 let (a, b) = ids.split_at(cut);
                 cluster.partition(&[a, b]);
             }

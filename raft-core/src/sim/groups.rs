@@ -127,11 +127,7 @@ pub fn run_groups_seed(
         faults += 1;
         match rng.below(100) {
             0..=24 => {
-                let mut ids: Vec<NodeId> = (1..=n).collect();
-                for i in (1..ids.len()).rev() {
-                    ids.swap(i, rng.below(i as u64 + 1) as usize);
-                }
-                let cut = rng.range(1, n - 1) as usize;
+                let (ids, cut) = super::chaos::random_split(&mut rng, n);
                 let (a, b) = ids.split_at(cut);
                 clusters.iter_mut().for_each(|c| c.partition(&[a, b]));
             }
