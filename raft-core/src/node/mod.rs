@@ -86,7 +86,7 @@ mod stage;
 mod threads;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -240,6 +240,12 @@ pub(crate) struct Shared {
     storage_full: Mutex<Option<String>>,
     /// The core sleeps (its group hibernates): a runtime does not tick it.
     asleep: std::sync::atomic::AtomicBool,
+    /// On a runtime: ticks the timer counted that the core has not taken yet (it takes them all
+    /// at the start of its next round).
+    owed_ticks: AtomicU32,
+    /// The core's [`Raft::quiet_ticks`] after its last round: owed ticks up to this many need
+    /// no round of their own.
+    quiet_ticks: AtomicU32,
 }
 
 impl Shared {

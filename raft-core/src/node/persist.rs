@@ -87,7 +87,13 @@ impl<M: StateMachine> Driver<M> {
                 self.persist_round(p, &mut VecDeque::new());
             }
         });
-        if !self.persist.is_idle() {
+        // The round's release may have queued the next writes: written here too (their sync
+        // goes back to the sync thread), not on an I/O thread woken for them.
+        if !self.persist.is_idle()
+            && !self
+                .persist
+                .run(Take::Try { max_rounds: 1 }, &mut |p, jobs| self.persist_round(p, jobs))
+        {
             self.persist.call_worker();
         }
     }
@@ -203,7 +209,11 @@ impl<M: StateMachine> Driver<M> {
             crate::outbox::send_all(&self.transport, messages);
         }
         if self.core.push(Input::Persisted { number: last }) {
-            self.drive();
+            // Not `drive`: this thread holds the persist stage, so the writes the core queues
+            // now are run by its caller (the stage's next round, or `finish_synced`), not
+            // handed to another thread because the stage was busy.
+            self.run_core(Take::Try { max_rounds: super::threads::CORE_ROUNDS_INLINE });
+            self.follow_up_apply();
         }
         Round::Continue
     }

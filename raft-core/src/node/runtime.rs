@@ -638,15 +638,23 @@ where
         let mut next = self.next_tick.lock();
         if now >= *next {
             *next += self.tick;
+            let mut run = false;
             if *next <= now {
                 self.core.push(Input::ClockStalled);
+                run = true;
                 *next = match &self.pool {
                     Some(pool) => pool.aligned(now + self.tick, self.tick),
                     None => now + self.tick,
                 };
             }
-            self.core.push(Input::Tick);
-            self.core.call_worker();
+            // The tick is owed to the core, which takes every owed tick before its next input:
+            // only one that does more than count (`Raft::quiet_ticks`) needs a round now. So
+            // the followers of busy groups are not run once per tick.
+            let owed = self.shared.owed_ticks.fetch_add(1, Ordering::SeqCst) + 1;
+            if run || owed > self.shared.quiet_ticks.load(Ordering::SeqCst) {
+                self.core.push(Input::OwedTicks);
+                self.core.call_worker();
+            }
         }
         if retry.is_none() && self.shared.asleep.load(Ordering::SeqCst) {
             // Parked; then look again, so a round that woke the node meanwhile (and found it not

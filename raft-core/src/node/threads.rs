@@ -33,7 +33,7 @@ use crate::types::{Entry, EntryKind, GroupId, Index, NodeId, SnapshotMeta, Term}
 
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
 /// (so a transport reader or a server's event loop gets back to its own work).
-const CORE_ROUNDS_INLINE: usize = 16;
+pub(super) const CORE_ROUNDS_INLINE: usize = 16;
 /// Rounds of applying an inline runner does before it leaves the rest to the apply thread.
 const APPLY_ROUNDS_INLINE: usize = 16;
 /// A thread that brought other work (a transport reader delivering messages of every group on
@@ -67,6 +67,9 @@ pub(crate) enum Input<M: StateMachine> {
     ChangeMembership { changes: Vec<MembershipChange>, reply: Reply<Membership> },
     /// A tick of the node's clock.
     Tick,
+    /// On a runtime: take the ticks owed (see [`Driver::take_owed_ticks`]); the input itself
+    /// only brings the round.
+    OwedTicks,
     /// Every Ready up to `number` is durable.
     Persisted { number: u64 },
     /// The state machine took (or failed to take) the snapshot the core asked for.
@@ -310,6 +313,11 @@ where
                 self.persist.call_worker();
             }
         }
+        self.follow_up_apply();
+    }
+
+    /// Applies here what is cheap to apply (else the apply thread does it).
+    pub(super) fn follow_up_apply(&self) {
         if !self.apply.is_idle() {
             if self.apply_is_cheap() {
                 let take = Take::Try { max_rounds: APPLY_ROUNDS_INLINE };
@@ -380,6 +388,7 @@ where
             inputs.clear(); // Dropped requests answer Stopped.
             return Round::Continue;
         }
+        self.take_owed_ticks(core);
         let take = inputs.len().min(self.max_inputs);
         for _ in 0..take {
             let Some(input) = inputs.pop_front() else { break };
@@ -419,6 +428,7 @@ where
         }
         let was_asleep = self.shared.asleep.load(Ordering::Relaxed);
         self.shared.publish(&core.raft);
+        self.publish_quiet_ticks(core);
         if core.raft.is_asleep() && !was_asleep {
             // Fell asleep: the queues give back what bursts grew.
             self.core.shrink_when_idle();
@@ -436,6 +446,41 @@ where
             settle_changes(core);
         }
         Round::Continue
+    }
+
+    /// On a runtime, ticks the timer counted while the core said they would only count (see
+    /// [`Raft::quiet_ticks`]): taken in a burst before any input, so the core sees time exactly
+    /// as if each had come on its own.
+    fn take_owed_ticks(&self, core: &mut Core<M>) {
+        let owed = self.shared.owed_ticks.swap(0, Ordering::SeqCst);
+        if owed > 0 {
+            for _ in 0..owed {
+                core.raft.tick();
+            }
+            self.after_ticks(core);
+        }
+    }
+
+    /// After the round: how many ticks the timer may count without running the core. A tick
+    /// the timer counted meanwhile that is not quiet any more gets its round now (the timer
+    /// compared it with the old figure).
+    fn publish_quiet_ticks(&self, core: &mut Core<M>) {
+        let quiet = core.raft.quiet_ticks();
+        self.shared.quiet_ticks.store(quiet, Ordering::SeqCst);
+        if self.shared.owed_ticks.load(Ordering::SeqCst) > quiet && self.core.push(Input::OwedTicks)
+        {
+            self.core.call_worker();
+        }
+    }
+
+    /// After ticks: damage the store's own checks found (scrubbing) is repaired from the peers.
+    fn after_ticks(&self, core: &mut Core<M>) {
+        if let Some(index) = self.log.take_damage_found(self.group) {
+            core.raft.report_damage(index);
+        }
+        if let Some(meta) = self.snapshots.as_ref().and_then(|s| s.take_damage_found(self.group)) {
+            core.raft.report_snapshot_damaged(&meta);
+        }
     }
 
     /// The core stops: no more inputs; the apply stage answers its waiters `Stopped`; the
@@ -513,16 +558,9 @@ where
             }
             Input::Tick => {
                 core.raft.tick();
-                // Damage the store's own checks found (scrubbing): repaired from the peers.
-                if let Some(index) = self.log.take_damage_found(self.group) {
-                    core.raft.report_damage(index);
-                }
-                if let Some(meta) =
-                    self.snapshots.as_ref().and_then(|s| s.take_damage_found(self.group))
-                {
-                    core.raft.report_snapshot_damaged(&meta);
-                }
+                self.after_ticks(core);
             }
+            Input::OwedTicks => {}
             Input::Persisted { number } => core.executor.on_persisted(&mut core.raft, number),
             Input::SnapshotTaken(result) => core.raft.on_snapshot_taken(result),
             Input::SnapshotRead(read, result) => core.raft.on_snapshot_read(read, result),

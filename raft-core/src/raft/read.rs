@@ -128,6 +128,11 @@ impl ForwardedReads {
         self.sent_at.shrink_to_fit();
     }
 
+    /// Whether every request sent was answered (no timeout to count down).
+    pub(super) fn no_requests_out(&self) -> bool {
+        self.sent_at.is_empty()
+    }
+
     /// Whether no forwarded read waits.
     pub(super) fn idle(&self) -> bool {
         self.waiting.is_empty() && !self.wanted
