@@ -142,6 +142,7 @@ fn main() -> ExitCode {
     let disk_full = AtomicU64::new(0);
     let asleep = AtomicU64::new(0);
     let liveness = AtomicU64::new(0);
+    let deferred = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -165,6 +166,7 @@ fn main() -> ExitCode {
                         disk_full.fetch_add(report.disk_full, Ordering::Relaxed);
                         asleep.fetch_add(report.asleep_ticks, Ordering::Relaxed);
                         liveness.fetch_add(report.liveness_wakes, Ordering::Relaxed);
+                        deferred.fetch_add(report.deferred_ticks, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -209,9 +211,11 @@ fn main() -> ExitCode {
         disk_full.load(Ordering::Relaxed)
     );
     println!(
-        "hibernation: {} node ticks asleep, {} sleeping followers woken by the liveness check",
+        "hibernation: {} node ticks asleep, {} sleeping followers woken by the liveness check; \
+         {} quiet ticks held back",
         asleep.load(Ordering::Relaxed),
-        liveness.load(Ordering::Relaxed)
+        liveness.load(Ordering::Relaxed),
+        deferred.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");
@@ -234,6 +238,7 @@ fn sweep_groups(
     let next = AtomicU64::new(range.start);
     let ops = AtomicU64::new(0);
     let asleep = AtomicU64::new(0);
+    let deferred = AtomicU64::new(0);
     let installed = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
@@ -251,6 +256,7 @@ fn sweep_groups(
                     Ok(Ok(report)) => {
                         ops.fetch_add(report.ops_completed, Ordering::Relaxed);
                         asleep.fetch_add(report.asleep_ticks, Ordering::Relaxed);
+                        deferred.fetch_add(report.deferred_ticks, Ordering::Relaxed);
                         installed.fetch_add(report.snapshots_installed, Ordering::Relaxed);
                     }
                     Ok(Err(failure)) => {
@@ -267,11 +273,12 @@ fn sweep_groups(
     });
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     println!(
-        "{} seeds x {groups} groups in {:.1} s ({threads} threads): {} client operations completed, {} ticks asleep, {} snapshots installed, {} failed",
+        "{} seeds x {groups} groups in {:.1} s ({threads} threads): {} client operations completed, {} ticks asleep, {} quiet ticks held back, {} snapshots installed, {} failed",
         range.end.saturating_sub(range.start),
         started.elapsed().as_secs_f64(),
         ops.load(Ordering::Relaxed),
         asleep.load(Ordering::Relaxed),
+        deferred.load(Ordering::Relaxed),
         installed.load(Ordering::Relaxed),
         failures.len()
     );

@@ -11,7 +11,7 @@ use raft_core::rng::Rng;
 use raft_core::sim::bank::{Bank, BankModel, BankOp, BankReply, BankWorkload};
 use raft_core::sim::chaos::{
     bank_workload, changes_membership, damages_storage, fills_disks, run_seed, run_seed_with,
-    ChaosOptions,
+    ChaosOptions, ChaosReport,
 };
 use raft_core::sim::Workload;
 use raft_core::{Entry, MemLogStore, StateMachine};
@@ -262,4 +262,25 @@ fn a_machine_that_makes_money_is_caught_by_its_invariant() {
     for reason in &failures {
         assert!(reason.contains("state machine invariant"), "{reason}");
     }
+}
+
+/// Holding back the ticks a core calls quiet, as a node on a runtime does, changes nothing a run
+/// does: each seed gives the same report either way (faults, elections, every operation),
+/// while thousands of ticks are held back.
+#[test]
+fn holding_back_quiet_ticks_changes_nothing_a_run_does() {
+    let opts = |defer| ChaosOptions {
+        fault_us: 5_000_000,
+        defer_quiet_ticks: Some(defer),
+        ..ChaosOptions::default()
+    };
+    let mut held = 0;
+    for seed in 0..12 {
+        let on = run_seed(seed, &opts(true)).unwrap();
+        let off = run_seed(seed, &opts(false)).unwrap();
+        assert_eq!(off.deferred_ticks, 0, "seed {seed}");
+        held += on.deferred_ticks;
+        assert_eq!(ChaosReport { deferred_ticks: 0, ..on }, off, "seed {seed}");
+    }
+    assert!(held > 10_000, "only {held} ticks held back");
 }

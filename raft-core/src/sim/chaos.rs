@@ -27,6 +27,9 @@ pub struct ChaosOptions {
     /// Break the commit rule on every node (count replicas of entries of any term), to prove
     /// that the simulator catches it. Never set outside that self-test.
     pub break_commit_rule: bool,
+    /// Whether nodes hold back quiet ticks ([`SimOptions::defer_quiet_ticks`]); `None`: the
+    /// seed decides (half of them do).
+    pub defer_quiet_ticks: Option<bool>,
 }
 
 impl Default for ChaosOptions {
@@ -36,6 +39,7 @@ impl Default for ChaosOptions {
             settle_us: 3_000_000,
             checker_budget: 20_000_000,
             break_commit_rule: false,
+            defer_quiet_ticks: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct ChaosReport {
     pub asleep_ticks: u64,
     /// See `asleep_ticks`.
     pub liveness_wakes: u64,
+    /// Ticks nodes held back because their core called them quiet.
+    pub deferred_ticks: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -201,6 +207,8 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         learners,
         read_mode,
         false_wake: 0.0005,
+        // Half the seeds hold quiet ticks back, as the runtime does (their own generator too).
+        defer_quiet_ticks: Rng::new(seed ^ 0x71C0_0DE5).chance(0.5),
     }
 }
 
@@ -301,7 +309,10 @@ fn run_seed_inner<W: Workload>(
     make_store: impl FnMut(NodeId) -> Box<dyn CrashableStore>,
     machine: &mut &'static str,
 ) -> Result<ChaosReport, ChaosFailure> {
-    let sim_opts = options_for_seed(seed);
+    let mut sim_opts = options_for_seed(seed);
+    if let Some(defer) = opts.defer_quiet_ticks {
+        sim_opts.defer_quiet_ticks = defer;
+    }
     let n = sim_opts.nodes as NodeId;
     let mut rng = Rng::new(seed ^ 0xFA17_5EED);
     let clients = WorkloadOptions {
@@ -522,6 +533,7 @@ pub(super) fn settle_and_check<W: Workload>(
         disk_full: stats.disk_full,
         asleep_ticks: stats.asleep_ticks,
         liveness_wakes: stats.liveness_wakes,
+        deferred_ticks: stats.deferred_ticks,
     })
 }
 

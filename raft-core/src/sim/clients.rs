@@ -208,6 +208,7 @@ impl<W: Workload> Cluster<W> {
     /// A read reaches node `node`: the core confirms it (or the node answers that it cannot).
     pub(super) fn start_read(&mut self, node: NodeId, mut read: SimRead<W>) -> Option<NodeId> {
         let n = &mut self.nodes[(node - 1) as usize];
+        n.take_owed_ticks();
         let raft = n.raft.as_mut()?;
         read.on_follower = !raft.is_leader();
         let id = n.next_read;

@@ -201,6 +201,9 @@ pub(super) struct SimNode<W: Workload> {
     /// the model follows what the store reports.
     pub(super) unsynced: VecDeque<ModelWrite>,
     pub(super) tick_us: u64,
+    /// Ticks held back because the core called them quiet (process state; see
+    /// [`SimOptions::defer_quiet_ticks`]): taken before the core's next input.
+    pub(super) owed_ticks: u32,
     pub(super) starts: u64,
     /// The node's disk was wiped: it starts as a node waiting to be added, whatever the
     /// group's first configuration said.
@@ -253,6 +256,25 @@ impl Cluster<KvWorkload> {
     }
 }
 
+impl<W: Workload> SimNode<W> {
+    /// The node's core, ready for an input: the ticks it held back are taken first, so it sees
+    /// time exactly as if each had come on its own.
+    pub(super) fn core(&mut self) -> Option<&mut Raft> {
+        self.take_owed_ticks();
+        self.raft.as_mut()
+    }
+
+    /// Takes the ticks the node held back (see [`SimNode::core`]).
+    pub(super) fn take_owed_ticks(&mut self) {
+        let owed = std::mem::take(&mut self.owed_ticks);
+        if let Some(raft) = self.raft.as_mut() {
+            for _ in 0..owed {
+                raft.tick();
+            }
+        }
+    }
+}
+
 impl<W: Workload> Cluster<W> {
     /// A cluster whose nodes run `workload`'s state machine over the stores `make_store` builds
     /// (one per node id); [`Cluster::start_workload`] starts its clients.
@@ -302,6 +324,7 @@ impl<W: Workload> Cluster<W> {
                 durable,
                 unsynced: VecDeque::new(),
                 tick_us,
+                owed_ticks: 0,
                 starts: 0,
                 wiped: false,
             });
@@ -374,6 +397,7 @@ impl<W: Workload> Cluster<W> {
         raft.set_faults(self.faults);
         node.applied_index = raft.applied_index();
         node.raft = Some(raft);
+        node.owed_ticks = 0;
         node.executor = Executor::new();
         node.writer = LogWriter::new();
         node.machine = machine;
@@ -448,9 +472,19 @@ impl<W: Workload> Cluster<W> {
                 let tick_us = self.nodes[(id - 1) as usize].tick_us;
                 self.schedule(tick_us, Event::Tick(id));
                 self.detect_dead_leader(id);
-                match self.raft_mut(id) {
-                    Some(raft) => {
-                        raft.tick();
+                let defer = self.opts.defer_quiet_ticks;
+                let n = &mut self.nodes[(id - 1) as usize];
+                match n.raft.as_ref() {
+                    // Held back, as on a runtime: no round for a tick that only counts.
+                    Some(raft) if defer && n.owed_ticks < raft.quiet_ticks() => {
+                        n.owed_ticks += 1;
+                        self.stats.deferred_ticks += 1;
+                        Some(id) // Drained as after any tick: it finds no Ready.
+                    }
+                    Some(_) => {
+                        if let Some(raft) = n.core() {
+                            raft.tick();
+                        }
                         Some(id)
                     }
                     None => None,
@@ -498,6 +532,7 @@ impl<W: Workload> Cluster<W> {
             }
             Event::DiskDone { node, epoch, lsn, number, messages } => {
                 let n = &mut self.nodes[(node - 1) as usize];
+                n.take_owed_ticks();
                 match n.raft.as_mut() {
                     Some(raft) if n.epoch == epoch => {
                         tracing::trace!(now = self.now, node, ?lsn, number, "disk done");
@@ -533,6 +568,7 @@ impl<W: Workload> Cluster<W> {
             }
             Event::FetchDone { node, epoch, request } => {
                 let n = &mut self.nodes[(node - 1) as usize];
+                n.take_owed_ticks();
                 if n.epoch != epoch {
                     None
                 } else if let Some(raft) = n.raft.as_mut() {
@@ -546,6 +582,7 @@ impl<W: Workload> Cluster<W> {
             }
             Event::SnapshotReadDone { node, epoch, read } => {
                 let n = &mut self.nodes[(node - 1) as usize];
+                n.take_owed_ticks();
                 if n.epoch != epoch {
                     None
                 } else if let Some(raft) = n.raft.as_mut() {
@@ -558,6 +595,7 @@ impl<W: Workload> Cluster<W> {
             }
             Event::SnapshotChunkDone { node, epoch, chunk } => {
                 let n = &mut self.nodes[(node - 1) as usize];
+                n.take_owed_ticks();
                 if n.epoch != epoch {
                     None
                 } else if let Some(raft) = n.raft.as_mut() {
@@ -629,7 +667,14 @@ impl<W: Workload> Cluster<W> {
         // in order; meanwhile the core knows (as the node driver tells it).
         let mut io = NodeIo { cluster: self, id, idx };
         let released = io.release_held(&raft);
-        raft.set_storage_stalled(!self.nodes[idx].held.is_empty());
+        let stalled = !self.nodes[idx].held.is_empty();
+        // As in a runtime's round: the ticks held back go in before any input or Ready.
+        if raft.storage_stalled() != stalled || raft.has_ready() {
+            for _ in 0..std::mem::take(&mut self.nodes[idx].owed_ticks) {
+                raft.tick();
+            }
+        }
+        raft.set_storage_stalled(stalled);
         let result = released.and_then(|()| {
             executor.run(&mut raft, &mut NodeIo { cluster: self, id, idx }).map(|_| ())
         });
@@ -689,7 +734,7 @@ impl<W: Workload> Cluster<W> {
         if suspect {
             self.stats.liveness_wakes += 1;
             node.leader_unreachable_ticks = 0;
-            if let Some(raft) = node.raft.as_mut() {
+            if let Some(raft) = node.core() {
                 raft.wake();
             }
         }
@@ -730,8 +775,9 @@ impl<W: Workload> Cluster<W> {
         self.nodes.get((id - 1) as usize).and_then(|n| n.raft.as_ref())
     }
 
+    /// Node `id`'s core, ready for an input (the ticks it holds back taken first).
     pub(super) fn raft_mut(&mut self, id: NodeId) -> Option<&mut Raft> {
-        self.nodes.get_mut((id - 1) as usize).and_then(|n| n.raft.as_mut())
+        self.nodes.get_mut((id - 1) as usize).and_then(SimNode::core)
     }
 
     /// Node ids.

@@ -66,6 +66,8 @@ pub struct GroupsReport {
     pub asleep_ticks: u64,
     /// Sleeping followers woken by the liveness check.
     pub liveness_wakes: u64,
+    /// Ticks nodes held back because their core called them quiet.
+    pub deferred_ticks: u64,
     /// Snapshots installed from a leader, over all groups.
     pub snapshots_installed: u64,
 }
@@ -173,6 +175,7 @@ pub fn run_groups_seed(
         report.crashes += r.crashes;
         report.asleep_ticks += r.asleep_ticks;
         report.liveness_wakes += r.liveness_wakes;
+        report.deferred_ticks += r.deferred_ticks;
         report.snapshots_installed += r.snapshots_installed;
     }
     Ok(report)

@@ -117,6 +117,10 @@ pub struct SimOptions {
     /// Chance per tick that the modelled liveness check wakes a sleeping follower whose leader
     /// is fine (a false suspicion; see [`Config::hibernate_ticks`](crate::Config::hibernate_ticks)).
     pub false_wake: f64,
+    /// Nodes hold back the ticks their core calls quiet ([`Raft::quiet_ticks`](crate::Raft::quiet_ticks))
+    /// and take them before their next input, as a node on a
+    /// [`Runtime`](crate::node::Runtime) does.
+    pub defer_quiet_ticks: bool,
 }
 
 impl Default for SimOptions {
@@ -135,6 +139,7 @@ impl Default for SimOptions {
             initial_members: 0,
             read_mode: ReadMode::Index,
             false_wake: 0.0,
+            defer_quiet_ticks: false,
         }
     }
 }
@@ -173,6 +178,9 @@ pub struct SimStats {
     pub disk_full: u64,
     /// Ticks a node slept through (hibernation).
     pub asleep_ticks: u64,
+    /// Ticks held back because the core called them quiet
+    /// ([`SimOptions::defer_quiet_ticks`]).
+    pub deferred_ticks: u64,
     /// Sleeping followers woken by the modelled liveness check.
     pub liveness_wakes: u64,
     /// Disk writes.
