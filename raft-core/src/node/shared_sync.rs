@@ -91,10 +91,13 @@ impl SharedSync {
                 // them too instead of each paying for its own.
                 if waiting.len() < last_batch {
                     let until = Instant::now() + last_sync.min(GATHER_MAX);
+                    // The request that makes the batch as large as the last one wakes it.
+                    shared.want.store(last_batch, Ordering::Release);
                     while waiting.len() < last_batch
                         && !shared.bell.wait_until(&mut waiting, until).timed_out()
                     {
                     }
+                    shared.want.store(usize::MAX, Ordering::Release);
                 }
                 std::mem::swap(&mut *waiting, &mut batch);
             }
