@@ -254,8 +254,8 @@ impl Router {
 }
 
 impl Router {
+    /// The node of `msg`'s group (the caller recorded that its sender was heard from).
     fn target(&self, msg: &Message, count: u64) -> Option<Arc<dyn Inbound>> {
-        self.liveness.heard(msg.from);
         if msg.group == LIVENESS_GROUP {
             if matches!(&msg.body, crate::message::MessageBody::Heartbeat(hb) if hb.round == LIVENESS_HELLO)
             {
@@ -286,6 +286,7 @@ impl Router {
 
 impl Inbound for Router {
     fn deliver(&self, msg: Message) {
+        self.liveness.heard(msg.from);
         if let Some(inbound) = self.target(&msg, 1) {
             inbound.deliver(msg);
         }
@@ -300,6 +301,14 @@ impl Inbound for Router {
 
 impl Router {
     fn deliver_runs(&self, msgs: Vec<Message>) {
+        // Each sender is heard once per burst (a clock read and a lock), not once per group.
+        let mut last_from = None;
+        for msg in &msgs {
+            if last_from != Some(msg.from) {
+                self.liveness.heard(msg.from);
+                last_from = Some(msg.from);
+            }
+        }
         let mut run: Vec<Message> = Vec::new();
         let mut run_group = None;
         for msg in msgs {

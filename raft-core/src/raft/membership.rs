@@ -346,6 +346,12 @@ impl Raft {
         last_new: Index,
         appended: &[(Index, Membership)],
     ) {
+        // The common case: no configuration appended and none after `prev_index` to truncate
+        // (an append of commands), so nothing below can change.
+        if appended.is_empty() && self.configs.entries.last().is_none_or(|(i, _)| *i <= prev_index)
+        {
+            return;
+        }
         let before = (self.configs.current_index(), self.configs.current().clone());
         let tail: Vec<(Index, Membership)> = self
             .configs
