@@ -8,6 +8,7 @@
 mod election;
 mod hibernate;
 mod membership;
+mod quiet;
 mod read;
 mod repair;
 mod replication;
@@ -503,53 +504,11 @@ impl Raft {
 
     /// Advances logical time by one tick: drives election timeouts, heartbeats and check-quorum.
     pub fn tick(&mut self) {
-        // A tick that `quiet_ticks` called quiet must only count: checked in debug builds and
-        // under the simulator, which ticks every node this way thousands of times per seed.
         #[cfg(any(debug_assertions, feature = "sim"))]
-        let quiet = self.quiet_ticks();
-        #[cfg(any(debug_assertions, feature = "sim"))]
-        let before = (quiet > 0).then(|| self.quiet_view());
+        let before = self.quiet_probe();
         self.tick_once();
         #[cfg(any(debug_assertions, feature = "sim"))]
-        if let Some(before) = before {
-            assert_eq!(self.quiet_view(), before, "a tick called quiet changed the node");
-            assert_eq!(self.quiet_ticks(), quiet - 1, "quiet ticks count down one per tick");
-        }
-    }
-
-    /// How many of the next ticks would only count (no message, no change of role or term,
-    /// nothing new for a Ready): a runtime hosting many groups may hold that many back and hand
-    /// them over in a burst before the group's next input, or with the first tick that is not
-    /// quiet; the node then does exactly what it would have done with each on time. So a busy
-    /// group's followers, whose election timers every append restarts, are not run once per
-    /// tick only to count. Counted for a follower whose only clock is its election timer (no
-    /// forwarded read, apply read or repair in flight, no snapshot retry pending); 0 in every
-    /// other case.
-    pub fn quiet_ticks(&self) -> u32 {
-        let follower = matches!(self.role, Role::Follower { .. });
-        if !follower
-            || self.sleep.asleep
-            || !matches!(self.apply_fetch, ApplyFetch::Idle)
-            || matches!(self.snapshot_taking, SnapshotTaking::Failed { .. })
-            || self.repair.damage.is_some()
-            || !self.forwarded.no_requests_out()
-        {
-            return 0;
-        }
-        // Ticks before the election timer fires.
-        self.randomized_election_ticks.saturating_sub(self.election_elapsed + 1)
-    }
-
-    /// What a quiet tick must leave as it was.
-    #[cfg(any(debug_assertions, feature = "sim"))]
-    fn quiet_view(&self) -> impl PartialEq + std::fmt::Debug {
-        let o = &self.out;
-        (
-            (self.role(), self.leader(), self.term, self.vote, self.log.committed()),
-            (o.messages.len(), o.persisted_messages.len(), o.fetches.len(), o.reads.len()),
-            (o.snapshot_reads.len(), o.snapshot_chunks.len(), o.compact, o.membership_changed),
-            (self.randomized_election_ticks, self.sleep.asleep, self.has_ready()),
-        )
+        self.check_quiet_tick(before);
     }
 
     /// One tick (see [`Raft::tick`]).

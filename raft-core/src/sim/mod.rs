@@ -43,6 +43,7 @@ pub mod kv;
 pub mod linearizability;
 mod node_io;
 mod options;
+mod views;
 pub mod workload;
 
 pub use clients::WorkloadOptions;
