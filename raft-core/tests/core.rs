@@ -601,3 +601,50 @@ fn a_restart_replays_the_log_in_large_reads_and_small_apply_batches() {
     assert_eq!(applied, entries);
     assert!(readies >= 40, "{readies} batches for 100 entries of 44 bytes each");
 }
+
+/// A leader that sent appends within a heartbeat interval calls the ticks before it owes a
+/// follower a heartbeat quiet; ticking through them sends nothing, and the first tick past them
+/// heartbeats. A read waiting for a round makes no tick quiet.
+#[test]
+fn a_busy_leader_counts_quiet_ticks_until_a_heartbeat_is_owed() {
+    let mut r = leader_of_three();
+    r.propose(Bytes::from_static(b"x")).expect("leader");
+    let rd = r.ready();
+    assert_eq!(rd.messages.len(), 2, "an append to each follower");
+    r.on_persisted(rd.number);
+    // Appends just went to both followers: with heartbeats every 2 ticks, the next tick only
+    // counts, the one after owes both a heartbeat.
+    assert_eq!(r.quiet_ticks(), 1);
+    r.tick();
+    assert!(!r.has_ready(), "a quiet tick sends nothing");
+    assert_eq!(r.quiet_ticks(), 0);
+    r.tick();
+    let beats = r.ready().messages;
+    assert_eq!(beats.len(), 2, "the tick after the quiet one heartbeats both followers");
+    assert!(beats.iter().all(|m| matches!(m.body, MessageBody::Heartbeat(_))));
+    // A read waits for a round: its expiry is counted in ticks, none is quiet.
+    r.read_index(7).expect("leader");
+    assert_eq!(r.quiet_ticks(), 0);
+}
+
+/// With lease reads the lease is counted in ticks and read between rounds: no tick of a leader
+/// is quiet. Without, the same single-node leader counts ticks until check-quorum.
+#[test]
+fn a_leader_with_a_lease_has_no_quiet_ticks() {
+    for lease_reads in [false, true] {
+        let mut c = config(1);
+        c.lease_reads = lease_reads;
+        let mut l = Raft::new(c, InitialState::new_group(vec![1])).expect("valid");
+        for _ in 0..30 {
+            l.tick();
+            let rd = l.ready();
+            l.on_persisted(rd.number);
+        }
+        assert!(l.is_leader());
+        if lease_reads {
+            assert_eq!(l.quiet_ticks(), 0);
+        } else {
+            assert!(l.quiet_ticks() > 0, "only check-quorum is due");
+        }
+    }
+}

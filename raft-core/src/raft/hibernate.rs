@@ -131,6 +131,15 @@ impl Raft {
         }
     }
 
+    /// A leader whose group is idle: the ticks before the one that puts it to sleep (`None`
+    /// while the group is busy or never sleeps: no tick puts it to sleep).
+    pub(super) fn ticks_before_hibernating(&self) -> Option<u32> {
+        if self.cfg.hibernate_ticks == 0 || self.sleep.asleep || !self.group_idle() {
+            return None;
+        }
+        Some(self.cfg.hibernate_ticks.saturating_sub(self.sleep.idle_ticks + 1))
+    }
+
     /// Whether the whole group is idle, as its leader sees it.
     fn group_idle(&self) -> bool {
         let Role::Leader(l) = &self.role else { return false };

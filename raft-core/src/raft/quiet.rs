@@ -1,8 +1,8 @@
 //! Quiet ticks: ticks that would only count. A runtime hosting many groups holds them back and
-//! hands them over before the node's next input, so a busy group's followers are not run once
-//! per tick (see [`Raft::quiet_ticks`]).
+//! hands them over before the node's next input, so a busy group's leader and followers are
+//! not run once per tick (see [`Raft::quiet_ticks`]).
 
-use super::{ApplyFetch, Raft, Role, SnapshotTaking};
+use super::{ApplyFetch, LeaderState, Raft, Role, SnapshotTaking};
 #[cfg(any(debug_assertions, feature = "sim"))]
 use crate::types::{Index, NodeId, RoleKind, Term};
 
@@ -24,23 +24,56 @@ impl Raft {
     /// nothing new for a Ready): a runtime hosting many groups may hold that many back and hand
     /// them over in a burst before the group's next input, or with the first tick that is not
     /// quiet; the node then does exactly what it would have done with each on time. So a busy
-    /// group's followers, whose election timers every append restarts, are not run once per
-    /// tick only to count. Counted for a follower whose only clock is its election timer (no
-    /// forwarded read, apply read or repair in flight, no snapshot retry pending); 0 in every
-    /// other case.
+    /// group is not run once per tick only to count: its followers' election timers are
+    /// restarted by every append, and its leader heartbeats no follower it sent something to
+    /// within a heartbeat interval.
+    ///
+    /// Counted for a follower whose only clock is its election timer (no forwarded read, apply
+    /// read or repair in flight, no snapshot retry pending), and for a leader whose only clocks
+    /// are check-quorum, the heartbeats it owes quiet followers and the countdown to
+    /// hibernation (no lease, no read waiting, no transfer or snapshot send in progress, a
+    /// store that takes writes); 0 in every other case.
     pub fn quiet_ticks(&self) -> u32 {
-        let follower = matches!(self.role, Role::Follower { .. });
-        if !follower
-            || self.sleep.asleep
+        if self.sleep.asleep
             || !matches!(self.apply_fetch, ApplyFetch::Idle)
             || matches!(self.snapshot_taking, SnapshotTaking::Failed { .. })
             || self.repair.damage.is_some()
-            || !self.forwarded.no_requests_out()
         {
             return 0;
         }
-        // Ticks before the election timer fires.
-        self.randomized_election_ticks.saturating_sub(self.election_elapsed + 1)
+        match &self.role {
+            Role::Follower { .. } if self.forwarded.no_requests_out() => {
+                // Ticks before the election timer fires.
+                self.randomized_election_ticks.saturating_sub(self.election_elapsed + 1)
+            }
+            Role::Leader(l) => self.leader_quiet_ticks(l),
+            _ => 0,
+        }
+    }
+
+    /// A leader's quiet ticks (see [`Raft::quiet_ticks`]): the fewest left before check-quorum
+    /// runs, before a follower is owed a heartbeat, or before the group falls asleep.
+    fn leader_quiet_ticks(&self, l: &LeaderState) -> u32 {
+        if self.cfg.lease_reads
+            || self.storage_stalled()
+            || l.transfer.is_some()
+            || !l.reads.idle()
+            || l.progress.iter().any(|p| p.snapshot.is_some())
+        {
+            return 0;
+        }
+        // `tick_leader` checks the quorum when the count reaches `election_ticks`.
+        let mut quiet = self.cfg.election_ticks.saturating_sub(self.election_elapsed + 1);
+        // `heartbeat` sends to a follower once `ticks - contact_tick` reaches the interval.
+        let interval = u64::from(self.cfg.heartbeat_ticks);
+        for p in &l.progress {
+            let left = (p.contact_tick + interval).saturating_sub(self.ticks + 1);
+            quiet = quiet.min(u32::try_from(left).unwrap_or(u32::MAX));
+        }
+        if let Some(left) = self.ticks_before_hibernating() {
+            quiet = quiet.min(left);
+        }
+        quiet
     }
 
     /// What a quiet tick must leave as it was.
