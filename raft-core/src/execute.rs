@@ -489,6 +489,21 @@ impl LogWriter {
         Ok(last)
     }
 
+    /// A write with no entries, compaction or repair, handed while every earlier write is
+    /// durable: whether it needs the store at all. It does not if it has no hard state, or one
+    /// that only moves the commit index, which is then held back as [`LogWriter::write`] would
+    /// hold it (and written with the next write that must be durable, or by
+    /// [`LogWriter::flush`]). So a runtime can acknowledge it at once, without a round of its
+    /// write path.
+    pub fn hold_back(&mut self, hard_state: Option<HardState>) -> bool {
+        let Some(hs) = hard_state else { return true };
+        let commit_only = self.written.is_some_and(|w| w.term == hs.term && w.vote == hs.vote);
+        if commit_only {
+            self.deferred = Some(hs);
+        }
+        commit_only
+    }
+
     /// Writes and syncs the hard state held back, if any (at shutdown).
     pub fn flush<L: LogStore + ?Sized>(
         &mut self,
@@ -536,5 +551,26 @@ mod tests {
         let hs = store.log_state(1).expect("state").hard_state;
         assert_eq!((hs.term, hs.vote), (2, Some(3)), "the vote is durable, not deferred");
         assert_eq!(writer.deferred(), None);
+    }
+
+    #[test]
+    fn only_a_commit_index_is_held_back_without_the_store() {
+        let store = MemLogStore::new();
+        let mut writer = LogWriter::new();
+        let hs = |term, vote, commit| HardState { term, vote: Some(vote), commit };
+        assert!(writer.hold_back(None), "nothing to write");
+        assert!(!writer.hold_back(Some(hs(1, 1, 0))), "the first hard state is written");
+        writer.write(&store, &mut [vote_write(1, 1, 1, 0)]).expect("vote");
+        assert!(!writer.hold_back(Some(hs(2, 1, 0))), "a new term is written");
+        assert!(!writer.hold_back(Some(hs(1, 2, 0))), "a new vote is written");
+        assert_eq!(writer.deferred(), None);
+        assert!(writer.hold_back(Some(hs(1, 1, 5))), "a commit index is held back");
+        assert_eq!(writer.deferred(), Some(hs(1, 1, 5)));
+        writer.flush(&store, 1).expect("flush");
+        assert_eq!(
+            store.log_state(1).expect("state").hard_state.commit,
+            5,
+            "and written at the end"
+        );
     }
 }

@@ -246,6 +246,12 @@ pub(crate) struct Shared {
     /// The core's [`Raft::quiet_ticks`] after its last round: owed ticks up to this many need
     /// no round of their own.
     quiet_ticks: AtomicU32,
+    /// The last Ready the persist stage made durable. The core takes it at the start of every
+    /// round, after the owed ticks.
+    durable_ready: AtomicU64,
+    /// The core's [`Raft::persist_acks_matter`] after its last round: while false, a durable
+    /// write needs no round of its own.
+    acks_matter: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

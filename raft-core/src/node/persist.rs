@@ -111,6 +111,32 @@ impl<M: StateMachine> Driver<M> {
         }
     }
 
+    /// A write the store need not see (no entries, compaction or repair; no hard state, or one
+    /// that only moves the commit index), handed while the stage holds no earlier write: held
+    /// back by the stage's writer here, on the core's thread, and acknowledged in the same
+    /// round. So a leader's commit, or a follower's, costs no persist round and no core round
+    /// for its `Persisted`. False when it must go through the stage.
+    ///
+    /// The write's messages, sent at once when it returns true, promise only what earlier
+    /// writes made durable: the stage has none queued, none written and waiting for a sync,
+    /// and none being run (its state is held), so every earlier write is durable and its
+    /// messages were sent.
+    pub(super) fn persist_at_once(&self, write: &PersistWrite) -> bool {
+        if !write.entries.is_empty() || write.compact.is_some() || write.repaired {
+            return false;
+        }
+        let held = self.persist.try_with_state(|p| {
+            let quiet = !p.failed
+                && p.awaiting.is_none()
+                && p.round.is_empty()
+                && p.full_backoff.is_none()
+                && self.persist.is_idle()
+                && !self.persist.is_closed();
+            quiet && p.writer.hold_back(write.hard_state)
+        });
+        held == Some(true)
+    }
+
     /// Writes the queued jobs as one ordered batch (see [`LogWriter`]), syncs once, then
     /// releases the jobs' messages, reports them durable and runs the core (here, if it is free).
     pub(super) fn persist_round(
@@ -208,7 +234,13 @@ impl<M: StateMachine> Driver<M> {
         if !messages.is_empty() {
             crate::outbox::send_all(&self.transport, messages);
         }
-        if self.core.push(Input::Persisted { number: last }) {
+        // Recorded for the core's next round; a round of its own only when the core said
+        // something waits for it (see `publish_held_back`, which closes the race with a round
+        // ending meanwhile).
+        self.shared.durable_ready.fetch_max(last, Ordering::SeqCst);
+        if self.shared.acks_matter.load(Ordering::SeqCst)
+            && self.core.push(Input::Persisted { number: last })
+        {
             // Not `drive`: this thread holds the persist stage, so the writes the core queues
             // now are run by its caller (the stage's next round, or `finish_synced`), not
             // handed to another thread because the stage was busy.

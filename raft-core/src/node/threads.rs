@@ -389,6 +389,8 @@ where
             return Round::Continue;
         }
         self.take_owed_ticks(core);
+        let durable = self.shared.durable_ready.load(Ordering::SeqCst);
+        core.executor.on_persisted(&mut core.raft, durable);
         let take = inputs.len().min(self.max_inputs);
         for _ in 0..take {
             let Some(input) = inputs.pop_front() else { break };
@@ -428,7 +430,7 @@ where
         }
         let was_asleep = self.shared.asleep.load(Ordering::Relaxed);
         self.shared.publish(&core.raft);
-        self.publish_quiet_ticks(core);
+        self.publish_held_back(core);
         if core.raft.is_asleep() && !was_asleep {
             // Fell asleep: the queues give back what bursts grew.
             self.core.shrink_when_idle();
@@ -464,10 +466,23 @@ where
     /// After the round: how many ticks the timer may count without running the core. A tick
     /// the timer counted meanwhile that is not quiet any more gets its round now (the timer
     /// compared it with the old figure).
-    fn publish_quiet_ticks(&self, core: &mut Core<M>) {
+    ///
+    /// Likewise for writes made durable: whether the next one needs a round of its own
+    /// ([`Raft::persist_acks_matter`]). A write made durable during the round, whose persist
+    /// stage read the old answer, gets its round now if the new answer wants one.
+    fn publish_held_back(&self, core: &mut Core<M>) {
         let quiet = core.raft.quiet_ticks();
         self.shared.quiet_ticks.store(quiet, Ordering::SeqCst);
         if self.shared.owed_ticks.load(Ordering::SeqCst) > quiet && self.core.push(Input::OwedTicks)
+        {
+            self.core.call_worker();
+        }
+        let matter = core.raft.persist_acks_matter();
+        self.shared.acks_matter.store(matter, Ordering::SeqCst);
+        let durable = self.shared.durable_ready.load(Ordering::SeqCst);
+        if matter
+            && durable > core.executor.durable()
+            && self.core.push(Input::Persisted { number: durable })
         {
             self.core.call_worker();
         }
@@ -925,6 +940,9 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
         _raft: &Raft,
         write: PersistWrite,
     ) -> Result<Option<Vec<Message>>, Stopped> {
+        if self.driver.persist_at_once(&write) {
+            return Ok(Some(write.messages));
+        }
         later(self.driver.persist.push(write))
     }
 

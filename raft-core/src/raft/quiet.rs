@@ -1,6 +1,8 @@
-//! Quiet ticks: ticks that would only count. A runtime hosting many groups holds them back and
-//! hands them over before the node's next input, so a busy group's leader and followers are
-//! not run once per tick (see [`Raft::quiet_ticks`]).
+//! What a runtime may hold back from the core without changing what it does: ticks that would
+//! only count ([`Raft::quiet_ticks`]) and acknowledgements of writes that would only be
+//! recorded ([`Raft::persist_acks_matter`]). A runtime hosting many groups hands them over
+//! before the node's next input, so a busy group is not run once per tick, nor once more per
+//! write only to learn that its disk did its job.
 
 use super::{ApplyFetch, LeaderState, Raft, Role, SnapshotTaking};
 #[cfg(any(debug_assertions, feature = "sim"))]
@@ -48,6 +50,31 @@ impl Raft {
             }
             Role::Leader(l) => self.leader_quiet_ticks(l),
             _ => 0,
+        }
+    }
+
+    /// Whether acknowledging writes ([`Raft::on_persisted`]) would do more now than record them:
+    /// entries this node knows committed wait for its own log to be durable to be applied, or
+    /// (on a leader) followers hold entries past the commit index that this node's own log may
+    /// be all that is missing to commit. When false, a runtime may hold the acknowledgements
+    /// back and hand them over before the core's next input (after the ticks it owes, like
+    /// them): nothing waits on them, since the messages that promise durability are released
+    /// by whoever made the write durable, not by the core. A held-back acknowledgement is a
+    /// disk that answered later, which the core must already take in its stride.
+    pub fn persist_acks_matter(&self) -> bool {
+        let (committed, persisted) = (self.log.committed(), self.log.persisted());
+        if committed > persisted {
+            return true; // Applying waits for this node's log.
+        }
+        match &self.role {
+            // Only this node's own log can move the commit index when no follower holds an
+            // entry past it (a group of one, or every follower behind).
+            Role::Leader(l) => {
+                persisted < self.log.last_index()
+                    && (l.progress.is_empty()
+                        || l.progress.iter().any(|p| p.match_index > committed))
+            }
+            _ => false,
         }
     }
 
