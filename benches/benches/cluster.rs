@@ -16,7 +16,11 @@
 //! e.g. `1,256`: with N shards the keys are hashed over N groups, every node leads about a
 //! third, and each client writes the keys of a few groups to the node leading them, as a
 //! cluster-aware client does; the groups share each node's WAL and its fsyncs),
-//! `RAFTKIT_CLUSTER_TICK_MS` (the servers' Raft tick; default: theirs for the shard count).
+//! `RAFTKIT_CLUSTER_TICK_MS` (the servers' Raft tick; default: theirs for the shard count),
+//! `RAFTKIT_CLUSTER_REPEAT` (default 1: run the whole grid that many times, each repeat every
+//! cell once; with several shard counts the bench ends with each cell's writes/s against the
+//! same cell with the first shard count, the ratio within each repeat and their median: cells
+//! compared within a repeat ran close together, and this machine's noise comes and goes).
 //! fio's limit on the same disk (one write plus fdatasync per write, for each value size) is
 //! printed first, from the same run.
 
@@ -211,6 +215,11 @@ fn main() {
         }
     }
     let default_stores = if cfg!(feature = "compare") { "wal,raft-engine" } else { "wal" };
+    let repeat: usize = std::env::var("RAFTKIT_CLUSTER_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum (unless `never`); {secs} s per cell");
     println!(
         "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
@@ -224,6 +233,7 @@ fn main() {
         "p99 ms",
         "CPU us/write"
     );
+    let mut specs: Vec<Spec> = Vec::new();
     for shards in env_list("RAFTKIT_CLUSTER_SHARDS", "1") {
         let Ok(shards) = shards.parse::<usize>() else {
             eprintln!("bad shard count {shards}");
@@ -239,26 +249,106 @@ fn main() {
                             eprintln!("bad cell {store} {mode} {value} {clients}");
                             continue;
                         };
-                        match run_cell(&exe, shards, &store, &mode, clients, value, secs) {
-                            Ok(c) => println!(
-                                "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
-                                c.shards,
-                                c.store,
-                                c.mode,
-                                c.clients,
-                                c.value,
-                                c.writes as f64 / c.secs,
-                                c.p50_us as f64 / 1e3,
-                                c.p99_us as f64 / 1e3,
-                                c.cpu_us_per_write
-                            ),
-                            Err(e) => {
-                                println!("{shards:>6} {store:<12} {mode:<7} {clients:>7} {value:>6} failed: {e}")
-                            }
-                        }
+                        specs.push(Spec {
+                            shards,
+                            store: store.clone(),
+                            mode: mode.clone(),
+                            clients,
+                            value,
+                        });
                     }
                 }
             }
         }
+    }
+    // Every repeat runs every cell once, in order, so cells compared within a repeat ran close
+    // together in time (the machine's noise comes and goes).
+    let mut results: Vec<Vec<Option<f64>>> = vec![Vec::new(); specs.len()];
+    for _ in 0..repeat {
+        for (i, spec) in specs.iter().enumerate() {
+            let cell = run_cell(
+                &exe,
+                spec.shards,
+                &spec.store,
+                &spec.mode,
+                spec.clients,
+                spec.value,
+                secs,
+            );
+            match &cell {
+                Ok(c) => println!(
+                    "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
+                    c.shards,
+                    c.store,
+                    c.mode,
+                    c.clients,
+                    c.value,
+                    c.writes as f64 / c.secs,
+                    c.p50_us as f64 / 1e3,
+                    c.p99_us as f64 / 1e3,
+                    c.cpu_us_per_write
+                ),
+                Err(e) => println!(
+                    "{:>6} {:<12} {:<7} {:>7} {:>6} failed: {e}",
+                    spec.shards, spec.store, spec.mode, spec.clients, spec.value
+                ),
+            }
+            results[i].push(cell.ok().map(|c| c.writes as f64 / c.secs));
+        }
+    }
+    print_ratios(&specs, &results);
+}
+
+/// One cell of the grid.
+#[derive(Clone, Debug, PartialEq)]
+struct Spec {
+    shards: usize,
+    store: String,
+    mode: String,
+    clients: usize,
+    value: usize,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// With more than one shard count: each cell's writes/s against the same cell with the first
+/// shard count, as ratios within each repeat (cells that ran close together), and their median.
+fn print_ratios(specs: &[Spec], results: &[Vec<Option<f64>>]) {
+    let Some(first) = specs.first().map(|s| s.shards) else { return };
+    let mut printed_header = false;
+    for (i, spec) in specs.iter().enumerate() {
+        if spec.shards == first {
+            continue;
+        }
+        let base = specs.iter().position(|b| {
+            b.shards == first
+                && (&b.store, &b.mode, b.clients, b.value)
+                    == (&spec.store, &spec.mode, spec.clients, spec.value)
+        });
+        let Some(base) = base else { continue };
+        let ratios: Vec<f64> = results[i]
+            .iter()
+            .zip(&results[base])
+            .filter_map(|(&many, &one)| Some(many? / one?))
+            .collect();
+        let Some(mid) = median(ratios.clone()) else { continue };
+        if !printed_header {
+            println!("ratios to {first} shard(s), within each repeat (median first):");
+            printed_header = true;
+        }
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:>6} {:<12} {:<7} {:>7} {:>6} {:>6.2}x  ({})",
+            spec.shards,
+            spec.store,
+            spec.mode,
+            spec.clients,
+            spec.value,
+            mid,
+            each.join(" ")
+        );
     }
 }
