@@ -648,3 +648,33 @@ fn a_leader_with_a_lease_has_no_quiet_ticks() {
         }
     }
 }
+
+/// A leader's own acknowledgement matters only once it is what the commit waits for; a
+/// follower's once entries it knows committed wait for it to be applied.
+#[test]
+fn acknowledgements_matter_only_when_a_commit_or_an_apply_waits_for_them() {
+    let mut r = leader_of_three();
+    r.propose(Bytes::from_static(b"x")).expect("leader");
+    let rd = r.ready();
+    assert!(!r.persist_acks_matter(), "no follower holds entry 2: the commit waits for them");
+    let ack = AppendResponse::Success { match_index: 2 };
+    r.step(msg(2, 1, 1, MessageBody::AppendResponse(ack))).expect("ack");
+    assert_eq!(r.commit_index(), 1, "the leader's own log is not durable yet");
+    assert!(r.persist_acks_matter(), "now the commit waits only for the leader's own log");
+    r.on_persisted(rd.number);
+    assert_eq!(r.commit_index(), 2);
+    assert!(!r.persist_acks_matter());
+
+    // A follower that learns entries committed before its log is durable.
+    let mut f = node(2, &[1, 2, 3]);
+    let entries = vec![Entry::normal(1, 1, "a".into()), Entry::normal(1, 2, "b".into())];
+    let append = AppendRequest { prev_index: 0, prev_term: 0, entries, commit: 0 };
+    f.step(msg(1, 2, 1, MessageBody::Append(append))).expect("append");
+    let rd = f.ready();
+    assert!(!f.persist_acks_matter(), "nothing committed waits");
+    let beat = Heartbeat { commit: 2, round: 1 };
+    f.step(msg(1, 2, 1, MessageBody::Heartbeat(beat))).expect("heartbeat");
+    assert!(f.persist_acks_matter(), "committed entries wait for the follower's own log");
+    f.on_persisted(rd.number);
+    assert!(!f.persist_acks_matter());
+}

@@ -389,8 +389,7 @@ where
             return Round::Continue;
         }
         self.take_owed_ticks(core);
-        let durable = self.shared.durable_ready.load(Ordering::SeqCst);
-        core.executor.on_persisted(&mut core.raft, durable);
+        self.take_durable(core);
         let take = inputs.len().min(self.max_inputs);
         for _ in 0..take {
             let Some(input) = inputs.pop_front() else { break };
@@ -461,6 +460,26 @@ where
             }
             self.after_ticks(core);
         }
+    }
+
+    /// Takes the writes the persist stage made durable since the last round (see
+    /// [`Raft::persist_acks_matter`]). Debug builds check that one held back was indeed waited
+    /// for by nothing: since the round that said so, only owed ticks reached the core, and
+    /// taking it moves no commit index.
+    fn take_durable(&self, core: &mut Core<M>) {
+        let durable = self.shared.durable_ready.load(Ordering::SeqCst);
+        if durable <= core.executor.durable() {
+            return;
+        }
+        let held_back = !self.shared.acks_matter.load(Ordering::SeqCst);
+        let commit = core.raft.commit_index();
+        core.executor.on_persisted(&mut core.raft, durable);
+        debug_assert!(
+            !held_back || core.raft.commit_index() == commit,
+            "group {}: an acknowledgement held back moved the commit index {commit} -> {}",
+            self.group,
+            core.raft.commit_index()
+        );
     }
 
     /// After the round: how many ticks the timer may count without running the core. A tick

@@ -55,8 +55,9 @@ impl Raft {
 
     /// Whether acknowledging writes ([`Raft::on_persisted`]) would do more now than record them:
     /// entries this node knows committed wait for its own log to be durable to be applied, or
-    /// (on a leader) followers hold entries past the commit index that this node's own log may
-    /// be all that is missing to commit. When false, a runtime may hold the acknowledgements
+    /// (on a leader) with its own log durable to its end a majority of the voters would hold an
+    /// entry past the commit index (a group of one always; in a group of three, once a follower
+    /// has acknowledged what the leader has not made durable yet). When false, a runtime may hold the acknowledgements
     /// back and hand them over before the core's next input (after the ticks it owes, like
     /// them): nothing waits on them, since the messages that promise durability are released
     /// by whoever made the write durable, not by the core. A held-back acknowledgement is a
@@ -66,16 +67,25 @@ impl Raft {
         if committed > persisted {
             return true; // Applying waits for this node's log.
         }
-        match &self.role {
-            // Only this node's own log can move the commit index when no follower holds an
-            // entry past it (a group of one, or every follower behind).
-            Role::Leader(l) => {
-                persisted < self.log.last_index()
-                    && (l.progress.is_empty()
-                        || l.progress.iter().any(|p| p.match_index > committed))
-            }
-            _ => false,
+        let Role::Leader(l) = &self.role else { return false };
+        if persisted >= self.log.last_index() {
+            return false; // Nothing of its own log waits to be acknowledged.
         }
+        if self.config.is_joint() {
+            return true; // Two majorities to count: do not try to be clever.
+        }
+        // Would the commit index move with this node's log durable to its end? Only if, with
+        // it, a majority of the voters holds an entry past the commit index.
+        let voters = &self.config.incoming;
+        if !voters.contains(self.id) {
+            return false; // Its own log does not count (it is leaving the group).
+        }
+        let past = l
+            .progress
+            .iter()
+            .filter(|p| voters.contains(p.id) && p.match_index > committed)
+            .count();
+        past + 1 >= voters.quorum()
     }
 
     /// A leader's quiet ticks (see [`Raft::quiet_ticks`]): the fewest left before check-quorum
