@@ -143,6 +143,7 @@ fn main() -> ExitCode {
     let asleep = AtomicU64::new(0);
     let liveness = AtomicU64::new(0);
     let deferred = AtomicU64::new(0);
+    let deferred_acks = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -167,6 +168,7 @@ fn main() -> ExitCode {
                         asleep.fetch_add(report.asleep_ticks, Ordering::Relaxed);
                         liveness.fetch_add(report.liveness_wakes, Ordering::Relaxed);
                         deferred.fetch_add(report.deferred_ticks, Ordering::Relaxed);
+                        deferred_acks.fetch_add(report.deferred_acks, Ordering::Relaxed);
                     }
                     Err(failure) => {
                         eprintln!("\n{failure}");
@@ -212,10 +214,11 @@ fn main() -> ExitCode {
     );
     println!(
         "hibernation: {} node ticks asleep, {} sleeping followers woken by the liveness check; \
-         {} quiet ticks held back",
+         {} quiet ticks and {} acknowledgements nothing waited for held back",
         asleep.load(Ordering::Relaxed),
         liveness.load(Ordering::Relaxed),
-        deferred.load(Ordering::Relaxed)
+        deferred.load(Ordering::Relaxed),
+        deferred_acks.load(Ordering::Relaxed)
     );
     for f in &failures {
         println!("  {f}");

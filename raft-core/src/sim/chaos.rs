@@ -30,6 +30,9 @@ pub struct ChaosOptions {
     /// Whether nodes hold back quiet ticks ([`SimOptions::defer_quiet_ticks`]); `None`: the
     /// seed decides (half of them do).
     pub defer_quiet_ticks: Option<bool>,
+    /// Whether nodes hold back acknowledgements nothing waits for
+    /// ([`SimOptions::defer_persist_acks`]); `None`: the seed decides (half of them do).
+    pub defer_persist_acks: Option<bool>,
 }
 
 impl Default for ChaosOptions {
@@ -40,6 +43,7 @@ impl Default for ChaosOptions {
             checker_budget: 20_000_000,
             break_commit_rule: false,
             defer_quiet_ticks: None,
+            defer_persist_acks: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct ChaosReport {
     pub liveness_wakes: u64,
     /// Ticks nodes held back because their core called them quiet.
     pub deferred_ticks: u64,
+    /// Acknowledgements of durable writes nodes held back because nothing waited for them.
+    pub deferred_acks: u64,
 }
 
 /// A failing run: the seed, what broke, and how to replay it.
@@ -209,6 +215,8 @@ pub fn options_for_seed(seed: u64) -> SimOptions {
         false_wake: 0.0005,
         // Half the seeds hold quiet ticks back, as the runtime does (their own generator too).
         defer_quiet_ticks: Rng::new(seed ^ 0x71C0_0DE5).chance(0.5),
+        // Half hold acknowledgements back, as the node driver does (their own generator).
+        defer_persist_acks: Rng::new(seed ^ 0xACC5_0DE5).chance(0.5),
     }
 }
 
@@ -312,6 +320,9 @@ fn run_seed_inner<W: Workload>(
     let mut sim_opts = options_for_seed(seed);
     if let Some(defer) = opts.defer_quiet_ticks {
         sim_opts.defer_quiet_ticks = defer;
+    }
+    if let Some(defer) = opts.defer_persist_acks {
+        sim_opts.defer_persist_acks = defer;
     }
     let n = sim_opts.nodes as NodeId;
     let mut rng = Rng::new(seed ^ 0xFA17_5EED);
@@ -534,6 +545,7 @@ pub(super) fn settle_and_check<W: Workload>(
         asleep_ticks: stats.asleep_ticks,
         liveness_wakes: stats.liveness_wakes,
         deferred_ticks: stats.deferred_ticks,
+        deferred_acks: stats.deferred_acks,
     })
 }
 

@@ -204,6 +204,9 @@ pub(super) struct SimNode<W: Workload> {
     /// Ticks held back because the core called them quiet (process state; see
     /// [`SimOptions::defer_quiet_ticks`]): taken before the core's next input.
     pub(super) owed_ticks: u32,
+    /// The last Ready whose write was durable while the core said nothing waited for it
+    /// ([`SimOptions::defer_persist_acks`]); 0: none held back.
+    pub(super) owed_ack: u64,
     pub(super) starts: u64,
     /// The node's disk was wiped: it starts as a node waiting to be added, whatever the
     /// group's first configuration said.
@@ -261,6 +264,9 @@ impl<W: Workload> SimNode<W> {
     /// time exactly as if each had come on its own.
     pub(super) fn core(&mut self) -> Option<&mut Raft> {
         self.take_owed_ticks();
+        if let Some(raft) = self.raft.as_mut() {
+            take_owed_ack(raft, &mut self.executor, &mut self.owed_ack);
+        }
         self.raft.as_mut()
     }
 
@@ -276,6 +282,23 @@ impl<W: Workload> SimNode<W> {
 fn tick_owed(raft: &mut Raft, owed: &mut u32) {
     for _ in 0..std::mem::take(owed) {
         raft.tick();
+    }
+}
+
+/// Hands `raft` the acknowledgement it held back, if any (after its owed ticks). Nothing
+/// waited for it when it was held back, and since then only ticks reached the core: taking it
+/// must not move the commit index.
+fn take_owed_ack(raft: &mut Raft, executor: &mut Executor, owed: &mut u64) {
+    let number = std::mem::take(owed);
+    if number > 0 {
+        let commit = raft.commit_index();
+        executor.on_persisted(raft, number);
+        assert_eq!(
+            raft.commit_index(),
+            commit,
+            "node {}: an acknowledgement held back moved the commit index",
+            raft.id()
+        );
     }
 }
 
@@ -329,6 +352,7 @@ impl<W: Workload> Cluster<W> {
                 unsynced: VecDeque::new(),
                 tick_us,
                 owed_ticks: 0,
+                owed_ack: 0,
                 starts: 0,
                 wiped: false,
             });
@@ -402,6 +426,7 @@ impl<W: Workload> Cluster<W> {
         node.applied_index = raft.applied_index();
         node.raft = Some(raft);
         node.owed_ticks = 0;
+        node.owed_ack = 0;
         node.executor = Executor::new();
         node.writer = LogWriter::new();
         node.machine = machine;
@@ -481,7 +506,10 @@ impl<W: Workload> Cluster<W> {
                         Some(id) // Drained as after any tick: it finds no Ready.
                     }
                     Some(_) => {
-                        if let Some(raft) = n.core() {
+                        // A tick goes in before an acknowledgement held back (a runtime's
+                        // round takes its owed ticks first), so not `core`.
+                        n.take_owed_ticks();
+                        if let Some(raft) = n.raft.as_mut() {
                             raft.tick();
                         }
                         Some(id)
@@ -530,6 +558,7 @@ impl<W: Workload> Cluster<W> {
                 }
             }
             Event::DiskDone { node, epoch, lsn, number, messages } => {
+                let defer = self.opts.defer_persist_acks;
                 let n = &mut self.nodes[(node - 1) as usize];
                 n.take_owed_ticks();
                 match n.raft.as_mut() {
@@ -555,7 +584,15 @@ impl<W: Workload> Cluster<W> {
                                 }
                             }
                         }
-                        n.executor.on_persisted(raft, number);
+                        if defer && !raft.persist_acks_matter() {
+                            // Held back, as the node driver does: taken after the node's owed
+                            // ticks, before its next input or Ready.
+                            n.owed_ack = n.owed_ack.max(number);
+                            self.stats.deferred_acks += 1;
+                        } else {
+                            n.owed_ack = 0; // This one covers it.
+                            n.executor.on_persisted(raft, number);
+                        }
                         for ack in messages {
                             self.check_acknowledgement(&ack)?;
                             self.send(ack.msg);
@@ -670,6 +707,7 @@ impl<W: Workload> Cluster<W> {
         // As in a runtime's round: the ticks held back go in before any input or Ready.
         if raft.storage_stalled() != stalled || raft.has_ready() {
             tick_owed(&mut raft, &mut self.nodes[idx].owed_ticks);
+            take_owed_ack(&mut raft, &mut executor, &mut self.nodes[idx].owed_ack);
         }
         raft.set_storage_stalled(stalled);
         let result = released.and_then(|()| {

@@ -121,6 +121,11 @@ pub struct SimOptions {
     /// and take them before their next input, as a node on a
     /// [`Runtime`](crate::node::Runtime) does.
     pub defer_quiet_ticks: bool,
+    /// Nodes hold back the acknowledgement of a write made durable while their core says
+    /// nothing waits for it ([`Raft::persist_acks_matter`](crate::Raft::persist_acks_matter))
+    /// and take it after their owed ticks, before their next input or Ready, as the node
+    /// driver does. Taking one must not move the commit index (checked).
+    pub defer_persist_acks: bool,
 }
 
 impl Default for SimOptions {
@@ -140,6 +145,7 @@ impl Default for SimOptions {
             read_mode: ReadMode::Index,
             false_wake: 0.0,
             defer_quiet_ticks: false,
+            defer_persist_acks: false,
         }
     }
 }
@@ -181,6 +187,9 @@ pub struct SimStats {
     /// Ticks held back because the core called them quiet
     /// ([`SimOptions::defer_quiet_ticks`]).
     pub deferred_ticks: u64,
+    /// Acknowledgements of durable writes held back because nothing waited for them
+    /// ([`SimOptions::defer_persist_acks`]).
+    pub deferred_acks: u64,
     /// Sleeping followers woken by the modelled liveness check.
     pub liveness_wakes: u64,
     /// Disk writes.
