@@ -105,3 +105,46 @@ fn scrubbing_off_reads_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(wal.stats().scrubbed_bytes, 0);
 }
+
+/// A round crosses many groups and holds the state lock for a slice at a time: damage in a
+/// late group, past many slices of the round, is found all the same.
+#[test]
+fn damage_in_a_late_group_is_found_across_the_slices_of_a_round() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each group's entries span more than a slice's 64 KiB, and the target comes after the
+    // first slice that ends in its group.
+    let (groups, per_group, target) = (4u64, 150u64, (2u64, 140u64));
+    let (segment, offset) = {
+        let (wal, _) = Wal::open(dir.path(), config(0)).unwrap();
+        let mut at = (0, 0);
+        for g in 1..=groups {
+            for i in 1..=per_group {
+                let p = wal.durable_position();
+                if (g, i) == target {
+                    at = (p.segment, p.offset + 32 + 24 + 16);
+                }
+                let w = LogWrite { group: g, hard_state: None, entries: &[entry(i)] };
+                let lsn = wal.write(&[w]).unwrap();
+                wal.sync(lsn).unwrap();
+            }
+        }
+        assert!(at.0 < wal.durable_position().segment, "the target is in a sealed segment");
+        wal.close().unwrap();
+        at
+    };
+    flip(dir.path(), segment, offset);
+    let (wal, _) = Wal::open(dir.path(), config(64 << 20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        if let Some(index) = wal.take_damage_found(target.0) {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "scrubbing found nothing: {:?}", wal.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(found, target.1);
+    assert_eq!(wal.stats().scrub_damaged, 1, "nothing else is damaged");
+    for g in (1..=groups).filter(|&g| g != target.0) {
+        assert_eq!(wal.take_damage_found(g), None);
+    }
+}

@@ -13,6 +13,10 @@ use super::*;
 
 /// How often the scrubber wakes; each round checks a tenth of the rate.
 const ROUND: Duration = Duration::from_millis(100);
+/// The most a scrub round checks under one hold of the state lock, in bytes.
+const SLICE_BYTES: u64 = 64 << 10;
+/// The longest a scrub round holds the state lock at a time (checked every 32 entries).
+const SLICE_TIME: Duration = Duration::from_micros(50);
 
 /// Where the scrub pass stands, and what it found.
 #[derive(Default)]
@@ -62,30 +66,69 @@ impl Shared {
 
     /// Checks up to `budget` bytes of entries from `cursor` on. Returns where to go on (`None`
     /// at the end of a pass) and the segments in which damage was found.
+    ///
+    /// The state lock is held for a slice at a time ([`SLICE_BYTES`], [`SLICE_TIME`]), not the
+    /// whole round: every append waits for it, and with many groups' entries interleaved in
+    /// the sealed segments a whole round held it for about a millisecond (up to ten under
+    /// load), ten times a second.
     fn scrub_round(
         &self,
         cursor: (GroupId, Index),
         budget: u64,
     ) -> (Option<(GroupId, Index)>, Vec<u64>) {
-        let st = self.state.read();
-        // Only sealed segments are scrubbed: while none holds a live entry (a young log, or one
-        // whose sealed segments were all retired) there is nothing to walk, however many
-        // groups the log holds.
-        if !st.segments.iter().any(|(&seq, seg)| seq != st.active && seg.live > 0) {
-            return (None, Vec::new());
-        }
-        let mut groups: Vec<GroupId> =
-            st.groups.keys().copied().filter(|&g| g >= cursor.0).collect();
-        groups.sort_unstable();
-        let mut spent = 0u64;
+        let groups = {
+            let st = self.state.read();
+            // Only sealed segments are scrubbed: while none holds a live entry (a young log, or
+            // one whose sealed segments were all retired) there is nothing to walk, however
+            // many groups the log holds.
+            if !st.segments.iter().any(|(&seq, seg)| seq != st.active && seg.live > 0) {
+                return (None, Vec::new());
+            }
+            let mut groups: Vec<GroupId> =
+                st.groups.keys().copied().filter(|&g| g >= cursor.0).collect();
+            groups.sort_unstable();
+            groups
+        };
         let mut damaged_segments = Vec::new();
-        for group in groups {
+        let (mut cursor, mut left) = (cursor, budget);
+        let mut from_group = 0;
+        loop {
+            let slice = left.min(SLICE_BYTES);
+            let (next, spent) =
+                self.scrub_slice(&groups[from_group..], cursor, slice, &mut damaged_segments);
+            left = left.saturating_sub(spent);
+            let Some(next) = next else { return (None, damaged_segments) };
+            if left == 0 {
+                return (Some(next), damaged_segments);
+            }
+            from_group += groups[from_group..].iter().take_while(|&&g| g < next.0).count();
+            cursor = next;
+        }
+    }
+
+    /// One slice of a scrub round, under the state lock: checks up to `budget` bytes of the
+    /// entries of `groups` (in order) from `cursor` on. Returns where to go on (`None` at the
+    /// end of the list) and the bytes it counted.
+    fn scrub_slice(
+        &self,
+        groups: &[GroupId],
+        cursor: (GroupId, Index),
+        budget: u64,
+        damaged_segments: &mut Vec<u64>,
+    ) -> (Option<(GroupId, Index)>, u64) {
+        let st = self.state.read();
+        let started = Instant::now();
+        let mut spent = 0u64;
+        for &group in groups {
+            // A group destroyed since the round began is skipped; one created is checked in
+            // the next pass.
             let Some(g) = st.groups.get(&group) else { continue };
             let from =
                 if group == cursor.0 { cursor.1.max(g.first_index()) } else { g.first_index() };
             for index in from..=g.last_index() {
-                if spent >= budget {
-                    return (Some((group, index)), damaged_segments);
+                let out_of_time = spent > 0 && index % 32 == 0 && started.elapsed() >= SLICE_TIME;
+                if spent >= budget || out_of_time {
+                    return (Some((group, index)), spent);
                 }
                 let Some(loc) = g.loc(index) else { break };
                 let seq = loc.segment as u64;
@@ -120,6 +163,6 @@ impl Shared {
                 }
             }
         }
-        (None, damaged_segments)
+        (None, spent)
     }
 }
