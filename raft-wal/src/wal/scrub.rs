@@ -133,10 +133,9 @@ impl Shared {
                 let Some(loc) = g.loc(index) else { break };
                 let seq = loc.segment as u64;
                 if seq == st.active {
-                    // Being written: its tail may still be staged. Stepping over it costs a
-                    // little of the round's budget, so a round stays bounded.
-                    spent += Entry::OVERHEAD_BYTES;
-                    continue;
+                    // Being written (its tail may still be staged), and so is the rest of the
+                    // group's log: a group's entries never go back to an older segment.
+                    break;
                 }
                 let Some(seg) = st.segments.get(&seq) else { continue };
                 let start = loc.offset as usize;
