@@ -4,8 +4,10 @@
 //! event-loop thread (as `redis-benchmark` drives a server). Every write is fsynced on a quorum
 //! before it is acknowledged (durability `always` or `group`).
 //!
-//! Prints, per cell, throughput, p50/p99 latency and the CPU time the three node processes
-//! spent per write (user + system, from /proc), measured in one run.
+//! Prints, per cell, throughput, p50/p99 latency, the CPU time the three node processes spent
+//! per write (user + system) and their threads' context switches per write (voluntary and not:
+//! how often a write's path put a thread to sleep and woke it, or preempted one), both from
+//! /proc, measured in one run.
 //!
 //! `cargo bench -p raftkit-benches --bench cluster`; environment:
 //! `RAFTKIT_CLUSTER_SECS` (measured seconds per cell, default 5), `RAFTKIT_CLUSTER_CLIENTS`
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use raft_wal::Durability;
 use raftkit_benches::load;
-use raftkit_benches::procstat::total_cpu_seconds;
+use raftkit_benches::procstat::{total_context_switches, total_cpu_seconds};
 use raftkit_benches::wal_matrix::fio_limit;
 use raftkit_examples::cluster::{ClusterOptions, LocalCluster};
 use raftkit_examples::resp::Reply;
@@ -55,6 +57,7 @@ struct Cell {
     p50_us: u64,
     p99_us: u64,
     cpu_us_per_write: f64,
+    switches_per_write: f64,
 }
 
 /// Each group's leader, as node `via` sees it (`RAFTKIT.SHARDS`); `None` until every group has
@@ -170,8 +173,10 @@ fn run_cell(
     let load = std::thread::spawn(move || load::run_sets(&targets, value, warmup, measure));
     std::thread::sleep(warmup);
     let cpu_before = total_cpu_seconds(&pids);
+    let switches_before = total_context_switches(&pids);
     let result = load.join().map_err(|_| "load generator panicked")?;
     let cpu_after = total_cpu_seconds(&pids);
+    let switches_after = total_context_switches(&pids);
     let result = result.map_err(|e| format!("load: {e}"))?;
     let elapsed = result.measured.as_secs_f64();
     let mut lat = result.latencies_us;
@@ -193,6 +198,8 @@ fn run_cell(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         cpu_us_per_write: (cpu_after - cpu_before) * 1e6 / writes.max(1) as f64,
+        switches_per_write: switches_after.saturating_sub(switches_before) as f64
+            / writes.max(1) as f64,
     })
 }
 
@@ -222,7 +229,7 @@ fn main() {
         .max(1);
     println!("3-node cluster on loopback, SET on the leader, every write fsynced on a quorum (unless `never`); {secs} s per cell");
     println!(
-        "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13}",
+        "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10} {:>9} {:>9} {:>13} {:>15}",
         "shards",
         "store",
         "mode",
@@ -231,7 +238,8 @@ fn main() {
         "writes/s",
         "p50 ms",
         "p99 ms",
-        "CPU us/write"
+        "CPU us/write",
+        "switches/write"
     );
     let mut specs: Vec<Spec> = Vec::new();
     for shards in env_list("RAFTKIT_CLUSTER_SHARDS", "1") {
@@ -277,7 +285,7 @@ fn main() {
             );
             match &cell {
                 Ok(c) => println!(
-                    "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1}",
+                    "{:>6} {:<12} {:<7} {:>7} {:>6} {:>10.0} {:>9.3} {:>9.3} {:>13.1} {:>15.2}",
                     c.shards,
                     c.store,
                     c.mode,
@@ -286,7 +294,8 @@ fn main() {
                     c.writes as f64 / c.secs,
                     c.p50_us as f64 / 1e3,
                     c.p99_us as f64 / 1e3,
-                    c.cpu_us_per_write
+                    c.cpu_us_per_write,
+                    c.switches_per_write
                 ),
                 Err(e) => println!(
                     "{:>6} {:<12} {:<7} {:>7} {:>6} failed: {e}",

@@ -1,4 +1,5 @@
-//! CPU time of processes, from `/proc`, for benchmarks that report what a figure cost.
+//! CPU time and context switches of processes, from `/proc`, for benchmarks that report what a
+//! figure cost.
 
 /// User + system CPU seconds process `pid` has used so far (0 if it cannot be read).
 pub fn cpu_seconds(pid: u32) -> f64 {
@@ -28,4 +29,27 @@ fn clock_ticks() -> f64 {
 /// CPU seconds `pids` used together so far.
 pub fn total_cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
+/// Context switches (voluntary and not) every thread of process `pid` has made so far (0 if
+/// they cannot be read): how often its threads slept and were woken, or were preempted.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Context switches the threads of `pids` made together so far. Threads that ended are not
+/// counted, so take it over a span in which the processes start and stop no threads.
+pub fn total_context_switches(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| context_switches(p)).sum()
 }
