@@ -1,9 +1,11 @@
 //! What the runtime costs per write, apart from the network, the server and the disk: three
 //! nodes, each its own `Runtime`, `Router` and raft-wal log (group commit, as a sharded server
-//! runs it, in `/dev/shm` where there is one, so a sync is cheap), in one process, messages handed over by raft-core's
-//! `MemNetwork` (a delivery thread per node, as a transport's reader). One thread keeps
+//! runs it, in `/dev/shm` where there is one, so a sync is cheap), in one process, messages
+//! handed over by raft-core's `MemNetwork` (a delivery thread per node, as a transport's
+//! reader). One thread keeps
 //! `in_flight` proposals outstanding over N groups (each on its group's leader, the next one
-//! proposed as an answer comes back, as a server's event loop does), for one, then many groups.
+//! proposed as an answer comes back, those of one group in one `Batch`, submitted on the
+//! thread, as a server's event loop does), for one, then many groups.
 //!
 //! Printed per group count: writes/s, the CPU time of the whole process per write, and its
 //! threads' context switches per write (from /proc), in one run; then each figure against the
@@ -143,22 +145,34 @@ fn load(
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<u64, NodeError>)>();
     let mut turn = vec![0u64; in_flight];
     let group_of = |c: usize, turn: u64| (c as u64 + turn * in_flight as u64) % groups;
-    let propose = |c: usize, g: GroupId| {
-        let leader = leader_of(g).unwrap_or(1);
-        let tx = done_tx.clone();
-        nodes[&(leader, g)].propose_with(Bytes::from_static(&[b'x'; 64]), move |r| {
-            let _ = tx.send((c, r));
-        });
+    // As a server's event loop hands requests over: every answer that came in is followed by
+    // its client's next write, those of one group in one batch, whose submission runs the
+    // node's round on this thread if no other thread is running it.
+    let propose_all = |clients: &[usize], turn: &[u64]| {
+        let mut by_group: HashMap<GroupId, Vec<usize>> = HashMap::new();
+        for &c in clients {
+            by_group.entry(group_of(c, turn[c])).or_default().push(c);
+        }
+        for (g, cs) in by_group {
+            let leader = leader_of(g).unwrap_or(1);
+            let mut batch = nodes[&(leader, g)].batch();
+            for c in cs {
+                let tx = done_tx.clone();
+                batch.propose_with(Bytes::from_static(&[b'x'; 64]), move |r| {
+                    let _ = tx.send((c, r));
+                });
+            }
+            batch.submit();
+        }
     };
-    for c in 0..in_flight {
-        propose(c, group_of(c, 0));
-    }
+    propose_all(&(0..in_flight).collect::<Vec<_>>(), &turn);
     let started = Instant::now();
     let measure_from = started + Duration::from_secs(1);
     let end = measure_from + Duration::from_secs_f64(secs);
     let mut measuring = false;
     let (mut writes, mut failed) = (0u64, 0u64);
     let (mut cpu0, mut switches0, mut t0) = (0.0, 0, Instant::now());
+    let mut answered = Vec::with_capacity(in_flight);
     loop {
         let now = Instant::now();
         if !measuring && now >= measure_from {
@@ -168,17 +182,21 @@ fn load(
         if now >= end {
             break;
         }
-        let Ok((c, result)) = done_rx.recv_timeout(Duration::from_secs(5)) else {
+        let Ok(first) = done_rx.recv_timeout(Duration::from_secs(5)) else {
             return Err("no answer for five seconds".into());
         };
-        match result {
-            Ok(_) => {
-                turn[c] += 1;
-                writes += u64::from(measuring);
+        answered.clear();
+        for (c, result) in std::iter::once(first).chain(done_rx.try_iter()) {
+            match result {
+                Ok(_) => {
+                    turn[c] += 1;
+                    writes += u64::from(measuring);
+                }
+                Err(_) => failed += 1, // Leadership moved: asked again of whoever leads now.
             }
-            Err(_) => failed += 1, // Leadership moved: asked again of whoever leads now.
+            answered.push(c);
         }
-        propose(c, group_of(c, turn[c]));
+        propose_all(&answered, &turn);
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
