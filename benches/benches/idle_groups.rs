@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use raft_core::node::{Node, NodeBuilder, Runtime, RuntimeOptions};
-use raft_core::{
-    Entry, GroupId, Inbound, MemLogStore, Message, NodeId, Router, StateMachine, Transport,
-};
+use raft_core::{GroupId, Inbound, MemLogStore, Message, NodeId, Router, Transport};
+use raftkit_benches::count::Count;
 use raftkit_benches::procstat::cpu_seconds;
 
 /// The system allocator, keeping count of the bytes live on the heap.
@@ -68,27 +67,6 @@ unsafe impl std::alloc::GlobalAlloc for LiveAlloc {
 
 #[global_allocator]
 static ALLOC: LiveAlloc = LiveAlloc;
-
-/// Counts what it applies.
-#[derive(Default)]
-struct Count(u64);
-
-impl StateMachine for Count {
-    type Output = u64;
-    fn apply(&mut self, _entry: &Entry) -> u64 {
-        self.0 += 1;
-        self.0
-    }
-    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
-    }
-    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.0 = u64::from_le_bytes(b);
-        Ok(())
-    }
-}
 
 #[derive(Default)]
 struct Net {

@@ -27,30 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::node::{Node, NodeBuilder, NodeError, Runtime, RuntimeOptions};
-use raft_core::{Entry, GroupId, MemNetwork, NodeId, Router, StateMachine, Transport};
+use raft_core::{GroupId, MemNetwork, NodeId, Router, Transport};
 use raft_wal::{Durability, Wal, WalConfig};
+use raftkit_benches::count::Count;
 use raftkit_benches::procstat::{context_switches, cpu_seconds};
-
-/// Counts what it applies.
-#[derive(Default)]
-struct Count(u64);
-
-impl StateMachine for Count {
-    type Output = u64;
-    fn apply(&mut self, _entry: &Entry) -> u64 {
-        self.0 += 1;
-        self.0
-    }
-    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
-    }
-    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.0 = u64::from_le_bytes(b);
-        Ok(())
-    }
-}
 
 /// What one group count measured.
 #[derive(Clone, Copy)]

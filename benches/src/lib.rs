@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod core_cluster;
+pub mod count;
 pub mod load;
 pub mod procstat;
 pub mod wal_matrix;
