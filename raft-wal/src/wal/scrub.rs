@@ -69,8 +69,8 @@ impl Shared {
     ///
     /// The state lock is held for a slice at a time ([`SLICE_BYTES`], [`SLICE_TIME`]), not the
     /// whole round: every append waits for it, and with many groups' entries interleaved in
-    /// the sealed segments a whole round held it for about a millisecond (up to ten under
-    /// load), ten times a second.
+    /// the sealed segments a whole round held it 0.7 ms at the median and 3.3 ms at the 90th
+    /// percentile (256 busy groups), ten times a second.
     fn scrub_round(
         &self,
         cursor: (GroupId, Index),
