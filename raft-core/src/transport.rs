@@ -154,9 +154,13 @@ impl<T: Inbound + ?Sized> Inbound for Arc<T> {
 /// ([`RouteError`]): the group is not on this node (not started yet, or never here), or it was
 /// destroyed here. A destroyed group's id is never registered again, so a late message of its
 /// old incarnation can never reach a new group of the same id.
-#[derive(Default)]
 pub struct Router {
     groups: RwLock<HashMap<GroupId, Arc<dyn Inbound>>>,
+    /// This router among every router of the process (the key of the threads' route caches).
+    id: u64,
+    /// Bumped after every change to `groups`: a thread's cached routes are good while it
+    /// matches (see [`Router::with_target`]).
+    generation: AtomicU64,
     /// Groups destroyed on this node: their ids are not reused.
     destroyed: RwLock<std::collections::HashSet<GroupId>>,
     unknown: AtomicU64,
@@ -187,10 +191,70 @@ impl std::fmt::Debug for Router {
     }
 }
 
+impl Default for Router {
+    fn default() -> Router {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Router {
+            groups: RwLock::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
+            destroyed: RwLock::default(),
+            unknown: AtomicU64::new(0),
+            to_destroyed: AtomicU64::new(0),
+            liveness: Arc::default(),
+        }
+    }
+}
+
+/// A thread's copy of the routes of the router it delivers for (a transport's reader serves
+/// one), so finding a message's node takes no lock and touches no count shared with the
+/// other threads: with many groups a burst holds a run per group, and the shared lock's and
+/// the node's reference counts' cache lines went back and forth between the readers once per
+/// run.
+struct RouteCache {
+    router: u64,
+    generation: u64,
+    routes: HashMap<GroupId, Arc<dyn Inbound>>,
+}
+
+/// What routing reads of a message.
+#[derive(Clone, Copy)]
+struct Address {
+    group: GroupId,
+    from: NodeId,
+    /// A liveness ping that says its sender just started.
+    hello: bool,
+}
+
+impl Address {
+    fn of(msg: &Message) -> Address {
+        let hello = msg.group == LIVENESS_GROUP
+            && matches!(&msg.body, crate::message::MessageBody::Heartbeat(hb) if hb.round == LIVENESS_HELLO);
+        Address { group: msg.group, from: msg.from, hello }
+    }
+}
+
+/// Most routes a thread keeps (then it starts again: a process with more groups than this
+/// delivering to all of them at once pays the shared lock on some lookups).
+const ROUTE_CACHE_MAX: usize = 1 << 16;
+
+thread_local! {
+    static ROUTES: std::cell::RefCell<RouteCache> = std::cell::RefCell::new(RouteCache {
+        router: 0,
+        generation: 0,
+        routes: HashMap::new(),
+    });
+}
+
 impl Router {
     /// A router with no groups.
     pub fn new() -> Router {
         Router::default()
+    }
+
+    /// A change to the routes: the threads' caches start again at their next lookup.
+    fn routes_changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Routes `group`'s messages to `inbound`, replacing any earlier registration.
@@ -202,6 +266,7 @@ impl Router {
             return Err(RouteError::Destroyed(group));
         }
         self.groups.write().insert(group, inbound);
+        self.routes_changed();
         Ok(())
     }
 
@@ -209,6 +274,7 @@ impl Router {
     /// again).
     pub fn unregister(&self, group: GroupId) {
         self.groups.write().remove(&group);
+        self.routes_changed();
     }
 
     /// Stops routing `group`'s messages for good: the group was destroyed on this node, and its
@@ -216,6 +282,7 @@ impl Router {
     pub fn destroy(&self, group: GroupId) {
         self.destroyed.write().insert(group);
         self.groups.write().remove(&group);
+        self.routes_changed();
     }
 
     /// Whether messages for `group` would be delivered, and if not, why.
@@ -254,15 +321,51 @@ impl Router {
 }
 
 impl Router {
-    /// The node of `msg`'s group (the caller recorded that its sender was heard from).
-    fn target(&self, msg: &Message, count: u64) -> Option<Arc<dyn Inbound>> {
+    /// Calls `deliver` with the node of `msg`'s group, found in this thread's cache of the
+    /// routes (filled from the shared table on a miss, emptied when the routes changed); a
+    /// message with no node is counted instead (the caller recorded that its sender was heard
+    /// from). `count` is how many messages `msg` stands for.
+    fn with_target(&self, msg: Address, count: u64, deliver: impl FnOnce(&dyn Inbound)) {
         if msg.group == LIVENESS_GROUP {
-            if matches!(&msg.body, crate::message::MessageBody::Heartbeat(hb) if hb.round == LIVENESS_HELLO)
-            {
+            if msg.hello {
                 self.liveness.hello(msg.from);
             }
-            return None; // A ping: hearing it was all it was for.
+            return; // A ping: hearing it was all it was for.
         }
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut deliver = Some(deliver);
+        let _ = ROUTES.try_with(|cell| {
+            // Held for the whole delivery, so the route is not cloned; a delivery that comes
+            // back to a router on this thread (none of ours does) takes the shared table.
+            let Ok(mut cache) = cell.try_borrow_mut() else { return };
+            if cache.router != self.id
+                || cache.generation != generation
+                || cache.routes.len() >= ROUTE_CACHE_MAX
+            {
+                cache.routes.clear();
+                cache.router = self.id;
+                cache.generation = generation;
+            }
+            let target = match cache.routes.entry(msg.group) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let Some(target) = self.groups.read().get(&msg.group).cloned() else { return };
+                    e.insert(target)
+                }
+            };
+            if let Some(deliver) = deliver.take() {
+                deliver(target.as_ref());
+            }
+        });
+        if let Some(deliver) = deliver {
+            if let Some(target) = self.target(msg, count) {
+                deliver(target.as_ref());
+            }
+        }
+    }
+
+    /// The node of `msg`'s group, from the shared table; a message with no node is counted.
+    fn target(&self, msg: Address, count: u64) -> Option<Arc<dyn Inbound>> {
         if let Some(target) = self.groups.read().get(&msg.group).cloned() {
             return Some(target);
         }
@@ -287,9 +390,13 @@ impl Router {
 impl Inbound for Router {
     fn deliver(&self, msg: Message) {
         self.liveness.heard(msg.from);
-        if let Some(inbound) = self.target(&msg, 1) {
-            inbound.deliver(msg);
-        }
+        let address = Address::of(&msg);
+        let mut msg = Some(msg);
+        self.with_target(address, 1, |inbound| {
+            if let Some(msg) = msg.take() {
+                inbound.deliver(msg);
+            }
+        });
     }
 
     /// Hands each run of consecutive messages of one group to that group's node together; what
@@ -327,9 +434,13 @@ impl Router {
 impl Router {
     /// Delivers messages of one group.
     fn deliver_run(&self, run: Vec<Message>) {
-        if let Some(inbound) = self.target(&run[0], run.len() as u64) {
-            inbound.deliver_all(run);
-        }
+        let (address, count) = (Address::of(&run[0]), run.len() as u64);
+        let mut run = Some(run);
+        self.with_target(address, count, |inbound| {
+            if let Some(run) = run.take() {
+                inbound.deliver_all(run);
+            }
+        });
     }
 }
 
@@ -359,5 +470,55 @@ mod tests {
         assert_eq!(liveness.take_hellos(), vec![3]);
         assert!(liveness.take_hellos().is_empty(), "taken once");
         assert_eq!(router.unknown_group(), 0, "pings are not stale messages");
+    }
+
+    /// Counts what reaches it.
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl Inbound for Count {
+        fn deliver(&self, _: Message) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn beat(group: GroupId) -> Message {
+        Message {
+            group,
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::Heartbeat(Heartbeat { commit: 0, round: 0 }),
+        }
+    }
+
+    /// The thread's cached routes follow every change: a group unregistered or destroyed gets
+    /// nothing more, even right after a delivery cached its route, and a new registration is
+    /// used at once.
+    #[test]
+    fn cached_routes_follow_every_change() {
+        let (router, other) = (Router::new(), Router::new());
+        let (first, second, elsewhere) =
+            (Arc::new(Count::default()), Arc::new(Count::default()), Arc::new(Count::default()));
+        router.register(7, first.clone()).expect("register");
+        other.register(7, elsewhere.clone()).expect("register on another router");
+        router.deliver_all(vec![beat(7), beat(7)]);
+        other.deliver(beat(7));
+        router.deliver(beat(7));
+        assert_eq!(first.0.load(Ordering::Relaxed), 3, "each router its own routes");
+        assert_eq!(elsewhere.0.load(Ordering::Relaxed), 1);
+        router.register(7, second.clone()).expect("register again");
+        router.deliver(beat(7));
+        assert_eq!(second.0.load(Ordering::Relaxed), 1, "the new registration at once");
+        router.unregister(7);
+        router.deliver_all(vec![beat(7)]);
+        assert_eq!(router.unknown_group(), 1);
+        router.register(7, second.clone()).expect("register again");
+        router.deliver(beat(7));
+        router.destroy(7);
+        router.deliver(beat(7));
+        assert_eq!(second.0.load(Ordering::Relaxed), 2, "nothing after the destroy");
+        assert_eq!(first.0.load(Ordering::Relaxed), 3, "nothing after it was replaced");
+        assert_eq!(router.to_destroyed_group(), 1);
     }
 }
