@@ -8,8 +8,7 @@
 //! hands leadership away. Any other failure stops the node for good.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::shared_sync::SyncWait;
@@ -37,8 +36,8 @@ pub(crate) struct Persister {
     /// The store refused the round for lack of space: the pause before the next try.
     full_backoff: Option<Duration>,
     /// On a runtime: the round is written and waits for the runtime's shared sync to reach
-    /// this position (the flag is set once the sync was tried).
-    awaiting: Option<(Lsn, Arc<AtomicBool>)>,
+    /// this position (tried once [`Driver::sync_tried`] reaches it).
+    awaiting: Option<Lsn>,
 }
 
 impl Persister {
@@ -78,9 +77,15 @@ impl<M: StateMachine> Driver<M> {
         self.persist.run(Take::Wait, &mut |p, jobs| self.persist_round(p, jobs));
     }
 
-    /// On a runtime, once the shared sync was tried for the round waiting on it: finishes that
-    /// round (its jobs left the queue, so no queued job would run it), then runs what queued
-    /// meanwhile.
+    /// On a runtime, once the shared sync was tried up to `lsn` (for the round waiting on it):
+    /// finishes that round (its jobs left the queue, so no queued job would run it), then runs
+    /// what queued meanwhile.
+    pub(super) fn synced(&self, lsn: Lsn) {
+        self.sync_tried.fetch_max(lsn.0, Ordering::AcqRel);
+        self.finish_synced();
+    }
+
+    /// Finishes the round waiting for a sync if it may go on, then runs what queued meanwhile.
     pub(super) fn finish_synced(&self) {
         self.persist.with_state(|p| {
             if p.awaiting.is_some() {
@@ -157,9 +162,10 @@ impl<M: StateMachine> Driver<M> {
         let written = match p.awaiting.take() {
             // The round was written and the shared sync asked for: once it was tried, the
             // round is durable, or this stage syncs itself (and meets the sync's error).
-            Some((lsn, tried)) => {
-                if !tried.load(Ordering::Acquire) && !closing && log.durable_lsn() < lsn {
-                    p.awaiting = Some((lsn, tried));
+            Some(lsn) => {
+                let tried = self.sync_tried.load(Ordering::Acquire) >= lsn.0;
+                if !tried && !closing && log.durable_lsn() < lsn {
+                    p.awaiting = Some(lsn);
                     return Round::Stall; // Called back by the sync thread.
                 }
                 // Cheap once durable; otherwise it syncs, or meets the error.
@@ -172,19 +178,10 @@ impl<M: StateMachine> Driver<M> {
                     Ok(Some(lsn)) if log.durable_lsn() < lsn => {
                         if let (Some(pool), false) = (&self.pool, closing) {
                             // Let the I/O thread go; the sync thread calls the stage back.
-                            let tried = Arc::new(AtomicBool::new(false));
-                            let me = self.me.get().cloned();
-                            pool.sync.request(SyncWait {
-                                log: self.log.clone(),
-                                lsn,
-                                tried: tried.clone(),
-                                wake: Box::new(move || {
-                                    if let Some(node) = me.and_then(|w| w.upgrade()) {
-                                        node.persist_synced();
-                                    }
-                                }),
-                            });
-                            p.awaiting = Some((lsn, tried));
+                            if let Some(me) = self.me.get() {
+                                pool.sync.request(SyncWait { node: me.clone(), lsn });
+                            }
+                            p.awaiting = Some(lsn);
                             return Round::Stall;
                         }
                         log.sync(lsn)

@@ -54,8 +54,10 @@ pub(crate) trait Timed: Send + Sync {
     /// The peer it sleeps under is down: count down to an election again (or, for a sleeping
     /// leader, a peer came back: heartbeat, so it learns who leads).
     fn wake_up(&self);
-    /// The sync its persist stage asked the runtime for was tried: run the stage.
-    fn persist_synced(&self);
+    /// The sync its persist stage asked the runtime for was tried up to `lsn`: run the stage.
+    fn persist_synced(&self, lsn: crate::storage::Lsn);
+    /// The log store its persist stage writes to (the sync thread syncs it).
+    fn log_store(&self) -> &Arc<dyn crate::storage::LogStore>;
 }
 
 /// A timer entry: `node` is due at `at` (the heap's order is the earliest first).
@@ -687,8 +689,12 @@ where
         self.core.call_worker();
     }
 
-    fn persist_synced(&self) {
-        self.finish_synced();
+    fn persist_synced(&self, lsn: crate::storage::Lsn) {
+        self.synced(lsn);
+    }
+
+    fn log_store(&self) -> &Arc<dyn crate::storage::LogStore> {
+        &self.log
     }
 }
 

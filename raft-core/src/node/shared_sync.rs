@@ -15,18 +15,17 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::runtime::Timed;
 use crate::storage::{LogStore, Lsn};
 
-/// A persist stage waiting for its round to be durable.
+/// A persist stage waiting for its round to be durable. Nothing is allocated for it: the node
+/// names its store, and is told how far a sync was tried when it is called back
+/// ([`Timed::persist_synced`]).
 pub(crate) struct SyncWait {
-    /// The store written to.
-    pub(crate) log: Arc<dyn LogStore>,
-    /// The round's position.
+    /// The node whose persist stage waits.
+    pub(crate) node: Weak<dyn Timed>,
+    /// The round's position in the node's store.
     pub(crate) lsn: Lsn,
-    /// Set once a sync covering `lsn` was tried (whatever came of it).
-    pub(crate) tried: Arc<AtomicBool>,
-    /// Calls the stage back.
-    pub(crate) wake: Box<dyn FnOnce() + Send>,
 }
 
 /// The requests for the sync thread.
@@ -113,13 +112,17 @@ impl SharedSync {
 /// The longest a sync waits to gather more rounds.
 const GATHER_MAX: Duration = Duration::from_micros(1000);
 
-/// Syncs each store of `batch` once, to the highest position asked of it, then wakes them all.
+/// Syncs each store of `batch` once, to the highest position asked of it, then calls every
+/// node back (a node dropped meanwhile has nothing to call).
 fn sync_all(batch: &mut Vec<SyncWait>) {
-    let mut stores: Vec<(Arc<dyn LogStore>, Lsn)> = Vec::new();
-    for w in batch.iter() {
-        match stores.iter_mut().find(|(log, _)| same_store(log, &w.log)) {
-            Some((_, lsn)) => *lsn = (*lsn).max(w.lsn),
-            None => stores.push((w.log.clone(), w.lsn)),
+    let nodes: Vec<(Arc<dyn Timed>, Lsn)> =
+        batch.drain(..).filter_map(|w| Some((w.node.upgrade()?, w.lsn))).collect();
+    let mut stores: Vec<(&Arc<dyn LogStore>, Lsn)> = Vec::new();
+    for (node, lsn) in &nodes {
+        let log = node.log_store();
+        match stores.iter_mut().find(|(l, _)| same_store(l, log)) {
+            Some((_, at)) => *at = (*at).max(*lsn),
+            None => stores.push((log, *lsn)),
         }
     }
     for (log, lsn) in stores {
@@ -133,9 +136,8 @@ fn sync_all(batch: &mut Vec<SyncWait>) {
     }
     // What the stages release leaves together, a write per peer for the whole batch.
     crate::outbox::gathered(|| {
-        for w in batch.drain(..) {
-            w.tried.store(true, Ordering::Release);
-            (w.wake)();
+        for (node, lsn) in &nodes {
+            node.persist_synced(*lsn);
         }
     });
 }
@@ -193,6 +195,33 @@ mod tests {
         }
     }
 
+    /// A node that only counts being called back, and how far the sync was tried.
+    struct Waiting {
+        log: Arc<dyn LogStore>,
+        woken: Arc<AtomicUsize>,
+        tried: std::sync::atomic::AtomicU64,
+    }
+
+    impl Timed for Waiting {
+        fn on_timer(&self, _: Instant) -> Option<Instant> {
+            None
+        }
+        fn sleeping_under(&self) -> Option<crate::NodeId> {
+            None
+        }
+        fn leads_asleep(&self) -> bool {
+            false
+        }
+        fn wake_up(&self) {}
+        fn persist_synced(&self, lsn: Lsn) {
+            self.tried.fetch_max(lsn.0, Ordering::Relaxed);
+            self.woken.fetch_add(1, Ordering::Relaxed);
+        }
+        fn log_store(&self) -> &Arc<dyn LogStore> {
+            &self.log
+        }
+    }
+
     #[test]
     fn requests_waiting_together_share_one_sync_per_store() {
         let a: Arc<Counting> =
@@ -201,28 +230,37 @@ mod tests {
             Arc::new(Counting { inner: MemLogStore::new(), syncs: AtomicUsize::new(0) });
         let woken = Arc::new(AtomicUsize::new(0));
         let mut batch = Vec::new();
+        let mut nodes = Vec::new();
         for group in 0..100u64 {
             let store: Arc<Counting> = if group % 10 == 0 { b.clone() } else { a.clone() };
             let hs = HardState { term: 1, vote: None, commit: 0 };
             let lsn = store
                 .write(&[LogWrite { group, hard_state: Some(hs), entries: &[] }])
                 .expect("write");
-            let woken = woken.clone();
-            batch.push(SyncWait {
+            let node: Arc<Waiting> = Arc::new(Waiting {
                 log: store,
-                lsn,
-                tried: Arc::new(AtomicBool::new(false)),
-                wake: Box::new(move || {
-                    woken.fetch_add(1, Ordering::Relaxed);
-                }),
+                woken: woken.clone(),
+                tried: std::sync::atomic::AtomicU64::new(0),
             });
+            let weak: Arc<dyn Timed> = node.clone();
+            batch.push(SyncWait { node: Arc::downgrade(&weak), lsn });
+            nodes.push((node, lsn));
         }
-        let tried: Vec<_> = batch.iter().map(|w| w.tried.clone()).collect();
+        // A node dropped before the sync is not called back, and costs nothing.
+        let gone: Arc<dyn Timed> = Arc::new(Waiting {
+            log: a.clone(),
+            woken: woken.clone(),
+            tried: std::sync::atomic::AtomicU64::new(0),
+        });
+        batch.push(SyncWait { node: Arc::downgrade(&gone), lsn: Lsn(u64::MAX) });
+        drop(gone);
         sync_all(&mut batch);
         assert_eq!(a.syncs.load(Ordering::Relaxed), 1, "90 requests, one sync");
         assert_eq!(b.syncs.load(Ordering::Relaxed), 1, "10 requests, one sync");
         assert_eq!(woken.load(Ordering::Relaxed), 100);
-        assert!(tried.iter().all(|t| t.load(Ordering::Acquire)));
+        for (node, lsn) in &nodes {
+            assert_eq!(node.tried.load(Ordering::Relaxed), lsn.0, "told how far it was tried");
+        }
         assert!(batch.is_empty());
     }
 }

@@ -166,6 +166,9 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(super) next_tick: parking_lot::Mutex<Instant>,
     /// On a runtime: the timer left this node alone while it slept.
     pub(super) timer_parked: std::sync::atomic::AtomicBool,
+    /// On a runtime: the highest log position the shared sync was tried to for this node's
+    /// persist stage.
+    pub(super) sync_tried: AtomicU64,
     /// On a runtime: this driver, for the timer.
     pub(super) me: std::sync::OnceLock<std::sync::Weak<dyn super::runtime::Timed>>,
     restore_chunk_bytes: usize,
@@ -240,6 +243,7 @@ where
         pool: options.runtime.as_ref().map(|r| r.pool().clone()),
         next_tick: parking_lot::Mutex::new(Instant::now() + options.tick),
         timer_parked: std::sync::atomic::AtomicBool::new(false),
+        sync_tried: AtomicU64::new(0),
         me: std::sync::OnceLock::new(),
         restore_chunk_bytes: options.restore_chunk_bytes.max(1),
         read_mode: options.read_mode,
