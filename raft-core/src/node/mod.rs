@@ -255,18 +255,31 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Publishes the core's view after a round. Only what changed is stored: a store takes the
+    /// line from every other core that reads these (callers asking who leads, the timer), and
+    /// most rounds change nothing here but the commit index.
     fn publish(&self, raft: &Raft) {
-        self.leader.store(raft.leader().unwrap_or(0), Ordering::Relaxed);
-        self.term.store(raft.term(), Ordering::Relaxed);
+        fn set(cell: &AtomicU64, value: u64) {
+            if cell.load(Ordering::Relaxed) != value {
+                cell.store(value, Ordering::Relaxed);
+            }
+        }
+        set(&self.leader, raft.leader().unwrap_or(0));
+        set(&self.term, raft.term());
         let role = match raft.role() {
             RoleKind::Follower => 0,
             RoleKind::PreCandidate => 1,
             RoleKind::Candidate => 2,
             RoleKind::Leader => 3,
         };
-        self.role.store(role, Ordering::Relaxed);
-        self.commit.store(raft.commit_index(), Ordering::Relaxed);
-        self.asleep.store(raft.is_asleep(), Ordering::SeqCst);
+        if self.role.load(Ordering::Relaxed) != role {
+            self.role.store(role, Ordering::Relaxed);
+        }
+        set(&self.commit, raft.commit_index());
+        let asleep = raft.is_asleep();
+        if self.asleep.load(Ordering::SeqCst) != asleep {
+            self.asleep.store(asleep, Ordering::SeqCst);
+        }
     }
 
     fn is_leader(&self) -> bool {
