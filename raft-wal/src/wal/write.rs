@@ -32,9 +32,24 @@ pub(super) struct Staged {
     written: Vec<(Index, Term)>,
 }
 
+/// Batches up to this long are checked for a group written twice by comparing every pair.
+const DISTINCT_CHECK_MAX: usize = 8;
+
 /// Checks a batch against the index before anything is written (a group written twice in one
 /// batch is checked against its state after the earlier part).
 pub(super) fn validate_batch(st: &State, batch: &[LogWrite<'_>]) -> Result<(), WalError> {
+    let distinct = |(i, w): (usize, &LogWrite<'_>)| batch[..i].iter().all(|o| o.group != w.group);
+    if batch.len() <= DISTINCT_CHECK_MAX && batch.iter().enumerate().all(distinct) {
+        // Each group once (a runtime's round, one group's Readies gathered into one write):
+        // every write is checked against the index alone, with nothing to allocate.
+        for w in batch.iter().filter(|w| !w.entries.is_empty()) {
+            let g = st.groups.get(&w.group);
+            let term = |i: Index| g.and_then(|g| g.term(i)).or_else(|| (i == 0).then_some(0));
+            let (base, last) = g.map_or((0, 0), |g| (g.base_index, g.last_index()));
+            validate_append(w.group, w.entries, base, last, term)?;
+        }
+        return Ok(());
+    }
     let mut staged: HashMap<GroupId, Staged> = HashMap::new();
     for w in batch {
         let Some(first) = w.entries.first() else { continue };
