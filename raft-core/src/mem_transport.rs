@@ -185,4 +185,100 @@ impl Transport for MemTransport {
         drop(queue);
         mailbox.ready.notify_one();
     }
+
+    /// Each run of messages to one node (a runtime sorts what it sends by peer) is queued under
+    /// one lock with one wake-up of the node's delivery thread.
+    fn send_all(&self, msgs: Vec<Message>) {
+        let mut msgs = msgs.into_iter().peekable();
+        while let Some(first) = msgs.next() {
+            let to = first.to;
+            let cut = self.net.cut.read().contains(&(self.id, to));
+            let mailbox = if cut { None } else { self.net.mailboxes.read().get(&to).cloned() };
+            let why = if cut { "link cut" } else { "no such node" };
+            let Some(mailbox) = mailbox else {
+                self.drop_one(&first, why);
+                while let Some(msg) = msgs.next_if(|m| m.to == to) {
+                    self.drop_one(&msg, why);
+                }
+                continue;
+            };
+            let mut queue = mailbox.queue.lock();
+            for msg in
+                std::iter::once(first).chain(std::iter::from_fn(|| msgs.next_if(|m| m.to == to)))
+            {
+                if queue.len() >= self.net.queue_max {
+                    self.drop_one(&msg, "queue full");
+                } else {
+                    queue.push_back(msg);
+                }
+            }
+            drop(queue);
+            mailbox.ready.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Heartbeat, MessageBody};
+    use parking_lot::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// Records what reaches a node, in order.
+    #[derive(Default)]
+    struct Seen {
+        msgs: Mutex<Vec<(NodeId, u64)>>,
+        bell: Condvar,
+    }
+
+    impl Inbound for Seen {
+        fn deliver(&self, msg: Message) {
+            let MessageBody::Heartbeat(hb) = msg.body else { return };
+            self.msgs.lock().push((msg.from, hb.round));
+            self.bell.notify_all();
+        }
+    }
+
+    impl Seen {
+        fn wait_for(&self, n: usize) -> Vec<(NodeId, u64)> {
+            let mut msgs = self.msgs.lock();
+            while msgs.len() < n {
+                if self.bell.wait_for(&mut msgs, Duration::from_secs(5)).timed_out() {
+                    break;
+                }
+            }
+            msgs.clone()
+        }
+    }
+
+    fn beat(to: NodeId, round: u64) -> Message {
+        Message {
+            group: 1,
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::Heartbeat(Heartbeat { commit: 0, round }),
+        }
+    }
+
+    #[test]
+    fn send_all_keeps_each_nodes_order_and_counts_what_it_drops() {
+        let net = MemNetwork::new(4);
+        let (two, three) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+        let one = net.join(1, Arc::new(Seen::default())).expect("join 1");
+        let _two = net.join(2, two.clone()).expect("join 2");
+        let _three = net.join(3, three.clone()).expect("join 3");
+        // Runs to each node, interleaved, and one to a node that is not there.
+        one.send_all(vec![beat(2, 1), beat(2, 2), beat(3, 1), beat(9, 1), beat(2, 3), beat(3, 2)]);
+        assert_eq!(two.wait_for(3), vec![(1, 1), (1, 2), (1, 3)]);
+        assert_eq!(three.wait_for(2), vec![(1, 1), (1, 2)]);
+        assert_eq!(one.dropped(), 1, "the message to node 9");
+        // A cut link drops its whole run, and only that run.
+        net.cut(1, 3);
+        one.send_all(vec![beat(3, 3), beat(3, 4), beat(2, 4)]);
+        assert_eq!(two.wait_for(4).last(), Some(&(1, 4)));
+        assert_eq!(one.dropped(), 3);
+        assert_eq!(three.wait_for(2).len(), 2, "nothing crossed the cut");
+    }
 }
