@@ -131,6 +131,10 @@ impl LocalCluster {
                     tick: options
                         .tick
                         .unwrap_or_else(|| crate::server::default_tick(options.shards)),
+                    heartbeat_ticks: crate::server::default_heartbeat_ticks(
+                        options.shards,
+                        options.read_mode,
+                    ),
                     read_mode: options.read_mode,
                     debug_commands: options.debug_commands,
                     join: None,

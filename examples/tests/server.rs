@@ -41,6 +41,7 @@ fn start_sharded(shards: usize) -> (SocketAddr, tempfile::TempDir) {
         request_timeout: Duration::from_secs(3),
         snapshot_entries: 0,
         tick: Duration::from_millis(5),
+        heartbeat_ticks: raftkit_examples::server::default_heartbeat_ticks(shards, ReadMode::Index),
         read_mode: ReadMode::Index,
         debug_commands: false,
         join: None,

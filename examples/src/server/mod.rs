@@ -34,7 +34,9 @@ mod members;
 mod shards;
 mod storage;
 
-pub use args::{default_tick, durability_name, ServerArgs, MAX_SHARDS, USAGE};
+pub use args::{
+    default_heartbeat_ticks, default_tick, durability_name, ServerArgs, MAX_SHARDS, USAGE,
+};
 pub use members::{fetch_members, format_address, parse_address, MemberInfo};
 pub use shards::{one_key_per_shard, shard_of};
 pub use storage::LogStoreKind;
@@ -254,6 +256,7 @@ impl Server {
             let mut options = NodeOptions::new(args.id, group, voters.clone());
             options.addresses = address_list.clone();
             options.tick = args.tick;
+            options.raft.heartbeat_ticks = args.heartbeat_ticks;
             options.read_mode = args.read_mode;
             options.raft.snapshot_entries = args.snapshot_entries;
             // A large map is snapshotted less often than a small one: writing snapshots then

@@ -526,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_tick_grows_with_thousands_of_shards() {
+    fn the_default_tick_and_heartbeat_follow_the_shard_count() {
         use super::super::default_tick;
         let ms = |n| default_tick(n).as_millis();
         assert_eq!(
@@ -553,6 +553,19 @@ mod tests {
         assert_eq!(args(&["--shards", "10000"]).tick.as_millis(), 100);
         assert_eq!(args(&["--shards", "10000", "--tick-ms", "7"]).tick.as_millis(), 7);
         assert_eq!(args(&[]).tick.as_millis(), 10);
+        // Heartbeats: every 2 ticks for one group or lease reads, 5 with shards, or as asked.
+        assert_eq!(args(&[]).heartbeat_ticks, 2);
+        assert_eq!(args(&["--shards", "256"]).heartbeat_ticks, 5);
+        assert_eq!(args(&["--shards", "256", "--heartbeat-ticks", "3"]).heartbeat_ticks, 3);
+        assert_eq!(args(&["--shards", "256", "--read-mode", "lease"]).heartbeat_ticks, 2);
+        let parsed = args(&["--heartbeat-ticks", "9"]);
+        assert_eq!(super::super::ServerArgs::parse(parsed.to_args()).unwrap().unwrap(), parsed);
+        for bad in ["0", "10"] {
+            let mut a: Vec<String> = args(&[]).to_args();
+            a.extend(["--heartbeat-ticks".to_string(), bad.to_string()]);
+            let err = super::super::ServerArgs::parse(a).unwrap_err();
+            assert!(err.contains("--heartbeat-ticks must be 1 to 9"), "{err}");
+        }
     }
 
     #[test]
