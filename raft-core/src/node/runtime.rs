@@ -705,7 +705,11 @@ impl<M: StateMachine> Driver<M> {
         if self.shared.asleep.load(Ordering::SeqCst) {
             return;
         }
-        if self.timer_parked.swap(false, Ordering::SeqCst) {
+        // Looked at first: the timer parks a node only while it sleeps, and a swap every round
+        // would take the flag's line from the timer.
+        if self.timer_parked.load(Ordering::SeqCst)
+            && self.timer_parked.swap(false, Ordering::SeqCst)
+        {
             let (Some(pool), Some(me)) = (&self.pool, self.me.get()) else { return };
             let at = pool.aligned(Instant::now() + self.tick, self.tick);
             *self.next_tick.lock() = at;

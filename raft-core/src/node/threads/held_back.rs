@@ -15,7 +15,12 @@ impl<M: StateMachine> Driver<M> {
     /// [`Raft::quiet_ticks`]): taken in a burst before any input, so the core sees time exactly
     /// as if each had come on its own.
     pub(super) fn take_owed_ticks(&self, core: &mut Core<M>) {
-        let owed = self.shared.owed_ticks.swap(0, Ordering::SeqCst);
+        // Looked at before it is taken: most rounds owe none, and a swap would take the line
+        // from the timer, which counts here, every round.
+        let owed = match self.shared.owed_ticks.load(Ordering::SeqCst) {
+            0 => 0,
+            _ => self.shared.owed_ticks.swap(0, Ordering::SeqCst),
+        };
         if owed > 0 {
             for _ in 0..owed {
                 core.raft.tick();
@@ -52,14 +57,21 @@ impl<M: StateMachine> Driver<M> {
     /// ([`Raft::persist_acks_matter`]). A write made durable during the round, whose persist
     /// stage read the old answer, gets its round now if the new answer wants one.
     pub(super) fn publish_held_back(&self, core: &mut Core<M>) {
+        // Stored only when changed (as the core's published view): the timer reads these, and a
+        // store takes their line from it. An unchanged value was stored by an earlier round,
+        // which happened before this one, so the timer sees it either way.
         let quiet = core.raft.quiet_ticks();
-        self.shared.quiet_ticks.store(quiet, Ordering::SeqCst);
+        if self.shared.quiet_ticks.load(Ordering::SeqCst) != quiet {
+            self.shared.quiet_ticks.store(quiet, Ordering::SeqCst);
+        }
         if self.shared.owed_ticks.load(Ordering::SeqCst) > quiet && self.core.push(Input::OwedTicks)
         {
             self.core.call_worker();
         }
         let matter = core.raft.persist_acks_matter();
-        self.shared.acks_matter.store(matter, Ordering::SeqCst);
+        if self.shared.acks_matter.load(Ordering::SeqCst) != matter {
+            self.shared.acks_matter.store(matter, Ordering::SeqCst);
+        }
         let durable = self.shared.durable_ready.load(Ordering::SeqCst);
         if matter
             && durable > core.executor.durable()
