@@ -98,8 +98,9 @@ pub(crate) enum ApplyJob<M: StateMachine> {
     Local(Box<dyn FnOnce(&M) + Send>),
     /// The core stopped: answer every waiting request with `Stopped` and take no more work.
     Stop,
-    /// Answer each waiter when its entry `(index, term)` is applied. The proposals of one
-    /// round of the core come together, before the Readies that may apply them.
+    /// Answer each waiter when its entry `(index, term)` is applied. The proposals made since
+    /// the last work that applies entries come together, just before the next such work (the
+    /// first that may apply them).
     Register(Vec<(Index, Term, Waiter<M>)>),
     /// One Ready's state machine duties (snapshot metadata boxed: rare, and large next to the
     /// other jobs).
@@ -117,7 +118,9 @@ pub(crate) struct Core<M: StateMachine> {
     raft: Raft,
     /// Carries out the core's Readies, and knows which are durable.
     executor: Executor,
-    /// Proposals of this round, for the apply stage (queued before this round's Readies).
+    /// Proposals waiting to be handed to the apply stage: just before the next work that
+    /// applies entries (which is the first that can apply theirs), not in a job of their own,
+    /// so a proposal costs the apply stage no round before its entry commits.
     registered: Vec<(Index, Term, Waiter<M>)>,
     /// Messages of this round's Readies, sent together at its end (a transport can write the
     /// messages for one peer at once).
@@ -416,15 +419,8 @@ where
                 Err(err) => fail_reads(queries, err),
             }
         }
-        if !core.registered.is_empty() {
-            let job = ApplyJob::Register(std::mem::take(&mut core.registered));
-            if !self.apply.push(job) {
-                self.stop(core);
-                return Round::Continue;
-            }
-        }
-        let Core { raft, executor, outbox, reads, .. } = core;
-        let mut io = CoreIo { driver: self, outbox, reads };
+        let Core { raft, executor, outbox, reads, registered, .. } = core;
+        let mut io = CoreIo { driver: self, outbox, reads, registered };
         let carried = executor.run(raft, &mut io);
         if !core.outbox.is_empty() {
             crate::outbox::send_all(&self.transport, std::mem::take(&mut core.outbox));
@@ -459,6 +455,9 @@ where
     /// persist stage finishes (and syncs) what it was handed; the snapshot thread ends.
     fn stop(&self, core: &mut Core<M>) {
         core.stopped = true;
+        for (_, _, waiter) in core.registered.drain(..) {
+            waiter.fail(NodeError::Stopped);
+        }
         core.reads.clear(); // Their replies answer Stopped.
         core.round_reads.clear();
         core.transfers.clear();
@@ -862,6 +861,8 @@ struct CoreIo<'a, M: StateMachine> {
     driver: &'a Driver<M>,
     outbox: &'a mut Vec<Message>,
     reads: &'a mut HashMap<ReadId, Vec<ReadFn<M>>>,
+    /// Proposals not yet handed to the apply stage (see [`Core::registered`]).
+    registered: &'a mut Vec<(Index, Term, Waiter<M>)>,
 }
 
 impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
@@ -912,7 +913,12 @@ impl<M: StateMachine> ReadyHandler for CoreIo<'_, M> {
             entries: work.entries,
             snapshot: work.snapshot.map(Box::new),
         };
-        later(self.driver.apply.push(job))
+        if self.registered.is_empty() {
+            return later(self.driver.apply.push(job));
+        }
+        // The waiters first: this work may apply their entries.
+        let register = ApplyJob::Register(std::mem::take(self.registered));
+        later(self.driver.apply.push_all([register, job]))
     }
 
     fn fetch(
