@@ -284,3 +284,38 @@ fn a_failed_fsync_stops_the_server_and_a_restart_brings_it_back() {
     assert_eq!(info(&cluster, victim, "failure"), "");
     check_all(&cluster, &outcomes);
 }
+
+/// With shards (many groups on one runtime), a failed fsync stops the server too: the runtime
+/// counts the node that failed, which is how the server learns of it without asking each of its
+/// groups every time.
+#[test]
+fn a_failed_fsync_stops_a_sharded_server() {
+    let root = tempfile::tempdir().expect("root");
+    let options = ClusterOptions {
+        nodes: 1,
+        shards: 4,
+        wal_segment_mib: 1,
+        data_root: Some(root.path().to_path_buf()),
+        debug_commands: true,
+        request_timeout: Duration::from_secs(2),
+        log_filter: "info,raft_core=info".into(),
+        ..ClusterOptions::default()
+    };
+    let mut cluster =
+        LocalCluster::start(env!("CARGO_BIN_EXE_kv-server"), Vec::new(), &options).expect("start");
+    let (id, _) = cluster.wait_for_leader(WAIT).expect("a leader");
+    let mut client = cluster.client(id, WAIT).expect("connect");
+    assert_eq!(set(&mut client, "before", b"v"), Outcome::Acked);
+    let armed = client.call(&[b"RAFTKIT.DEBUG", b"FAILSYNC"]).expect("FAILSYNC");
+    assert_eq!(armed, Reply::Simple("OK".into()));
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    while !cluster.exited(id) {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        // Writes to every shard until one meets the failed fsync; none is acknowledged.
+        assert_ne!(set(&mut client, &format!("after{i}"), b"v"), Outcome::Acked);
+        i += 1;
+    }
+    let log = std::fs::read_to_string(cluster.log_path(id)).expect("the node's log");
+    assert!(log.contains("fsync failed"), "the log says why the node stopped");
+}

@@ -448,6 +448,43 @@ fn a_failed_sync_stops_the_node_without_acknowledging() {
     node.shutdown();
 }
 
+/// On a runtime, a node's failure is counted by the runtime (so a process hosting thousands of
+/// nodes learns of it without asking each); the other nodes go on.
+#[test]
+fn a_runtime_counts_its_failed_nodes() {
+    struct Nowhere;
+    impl Transport for Nowhere {
+        fn send(&self, _msg: Message) {}
+    }
+    let runtime = raft_core::node::Runtime::new(Default::default()).expect("runtime");
+    let start = |group: GroupId, store: Arc<FailingStore>| {
+        let mut options = NodeOptions::new(1, group, vec![1]);
+        options.tick = Duration::from_millis(2);
+        options.runtime = Some(runtime.clone());
+        let node = Node::start(options, store, None, Arc::new(Nowhere), KvStore::default())
+            .expect("start");
+        while !node.is_leader() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        node
+    };
+    let (failing, healthy) = (Arc::new(FailingStore::default()), Arc::new(FailingStore::default()));
+    let (bad, good) = (start(1, failing.clone()), start(2, healthy));
+    let put = |i: u64| KvOp::Put { key: "k".into(), value: format!("{i}") };
+    assert!(bad.propose(put(1).encode(), TIMEOUT).is_ok());
+    assert_eq!(runtime.failed_nodes(), 0);
+    failing.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(bad.propose(put(2).encode(), TIMEOUT).is_err());
+    assert!(bad.failure().is_some());
+    assert_eq!(runtime.failed_nodes(), 1, "counted once");
+    assert!(bad.propose(put(3).encode(), TIMEOUT).is_err());
+    assert_eq!(runtime.failed_nodes(), 1, "a failed node is counted once");
+    assert!(good.propose(put(4).encode(), TIMEOUT).is_ok(), "the other node goes on");
+    assert!(good.failure().is_none());
+    bad.shutdown();
+    good.shutdown();
+}
+
 /// A counter whose snapshot view waits for a gate before it writes: the node must go on
 /// applying (and answering) while the view's snapshot is being written.
 struct GatedCounter {

@@ -236,6 +236,10 @@ pub(crate) struct Shared {
     applied: AtomicU64,
     rejected: AtomicU64,
     failure: Mutex<Option<String>>,
+    /// On a runtime: its count of failed nodes, bumped by this node's first failure (so an
+    /// application hosting thousands of nodes need not ask each, see
+    /// [`Runtime::failed_nodes`]).
+    runtime_failures: Option<Arc<AtomicU64>>,
     /// Why the log store refuses writes for now, while it does.
     storage_full: Mutex<Option<String>>,
     /// The core sleeps (its group hibernates): a runtime does not tick it.
@@ -291,6 +295,9 @@ impl Shared {
         let mut failure = self.failure.lock();
         if failure.is_none() {
             *failure = Some(what);
+            if let Some(count) = &self.runtime_failures {
+                count.fetch_add(1, Ordering::Release);
+            }
         }
     }
 }
@@ -452,7 +459,8 @@ where
         let initial = load_initial_state(log.as_ref(), group, bootstrap, latest, 0)?;
         let raft = Raft::new(config, initial)?;
         let id = raft.id();
-        let shared = Arc::new(Shared::default());
+        let runtime_failures = options.runtime.as_ref().map(|r| r.pool().failed.clone());
+        let shared = Arc::new(Shared { runtime_failures, ..Shared::default() });
         shared.applied.store(applied, Ordering::Relaxed);
         shared.publish(&raft);
         let parts = Parts { shared: shared.clone(), log, snapshots, transport };

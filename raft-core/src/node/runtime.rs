@@ -184,6 +184,8 @@ pub(crate) struct Pool {
     pub(crate) sync: Arc<super::shared_sync::SharedSync>,
     /// The snapshot transfers sent at once.
     pub(crate) transfers: super::snapshots::TransferBudget,
+    /// Nodes on the runtime that failed (see [`Runtime::failed_nodes`]).
+    pub(crate) failed: Arc<AtomicU64>,
     /// The threads (never joined, see `Drop`), kept for their names in a debugger.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -204,6 +206,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             sync: Arc::new(super::shared_sync::SharedSync::default()),
             transfers: super::snapshots::TransferBudget::new(options.snapshot_sends),
+            failed: Arc::new(AtomicU64::new(0)),
             threads: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
@@ -248,6 +251,14 @@ impl Runtime {
     /// Nodes the timer is waiting to call (sleeping ones are not among them).
     pub fn ticking(&self) -> usize {
         self.pool.timers.lock().iter().filter(|d| d.node.strong_count() > 0).count()
+    }
+
+    /// How many nodes started on this runtime have failed (a log store's error, say; see
+    /// [`Node::failure`](super::Node::failure)) since it started: one atomic read, so an
+    /// application hosting thousands of groups looks here often and asks its nodes which only
+    /// when this moved, instead of locking every node's state each time.
+    pub fn failed_nodes(&self) -> u64 {
+        self.pool.failed.load(Ordering::Acquire)
     }
 
     /// Nodes started on this runtime and not yet dropped.
