@@ -31,6 +31,7 @@ use crate::storage::{serve_fetch, LogStore, StateMachine};
 use crate::transport::Transport;
 use crate::types::{Entry, EntryKind, GroupId, Index, NodeId, SnapshotMeta, Term};
 
+mod apply_cost;
 mod held_back;
 
 /// Rounds of the core an inline runner does before it leaves the rest to the raft loop thread
@@ -38,19 +39,8 @@ mod held_back;
 pub(super) const CORE_ROUNDS_INLINE: usize = 16;
 /// Rounds of applying an inline runner does before it leaves the rest to the apply thread.
 const APPLY_ROUNDS_INLINE: usize = 16;
-/// A thread that brought other work (a transport reader delivering messages of every group on
-/// its connection, a server's event loop) applies entries inline only while they are known to
-/// cost at most this much each; a slower state machine is applied by its own apply thread, so
-/// it never holds up the messages of other groups.
-const INLINE_APPLY_ENTRY_NS_MAX: u64 = 50_000;
 /// Most time an inline runner spends applying before it leaves the rest to the apply thread.
 const INLINE_APPLY_BUDGET: Duration = Duration::from_millis(1);
-/// The apply cost estimate before anything was measured: unknown, so nothing is applied inline
-/// until the apply thread has timed some entries.
-const APPLY_COST_UNKNOWN: u64 = u64::MAX;
-/// Client entries a machine must have been timed on before it may be applied inline (a leader's
-/// no-ops and read barriers, which the machine does not really work on, do not count).
-const INLINE_APPLY_TRUST_ENTRIES: u64 = 32;
 
 /// What the core reacts to.
 pub(crate) enum Input<M: StateMachine> {
@@ -178,11 +168,8 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(crate) read_mode: ReadMode,
     pub(super) tick: Duration,
     max_inputs: usize,
-    /// Estimated nanoseconds to apply one client entry ([`Driver::note_apply_cost`]): jumps to
-    /// any slower sample at once, comes down slowly.
-    apply_cost_ns: AtomicU64,
-    /// Client entries timed so far (saturating at [`INLINE_APPLY_TRUST_ENTRIES`]).
-    apply_timed: AtomicU64,
+    /// What applying one client entry costs, to decide whether to apply inline.
+    apply_cost: apply_cost::ApplyCost,
 }
 
 /// What [`spawn`] needs besides the core and the state machine.
@@ -252,8 +239,7 @@ where
         read_mode: options.read_mode,
         tick: options.tick.max(Duration::from_micros(100)),
         max_inputs: options.max_inputs_per_round.max(1),
-        apply_cost_ns: AtomicU64::new(APPLY_COST_UNKNOWN),
-        apply_timed: AtomicU64::new(0),
+        apply_cost: apply_cost::ApplyCost::default(),
     });
     if driver.pool.is_some() {
         driver.run_on_pool();
@@ -337,32 +323,15 @@ where
         }
     }
 
-    /// Whether applying is known to be cheap enough to run on a thread that brought other work:
-    /// timed on enough client entries, and each costs little.
+    /// Whether applying is known to be cheap enough to run on a thread that brought other work
+    /// (see the `apply_cost` module).
     fn apply_is_cheap(&self) -> bool {
-        self.apply_timed.load(Ordering::Relaxed) >= INLINE_APPLY_TRUST_ENTRIES
-            && self.apply_cost_ns.load(Ordering::Relaxed) <= INLINE_APPLY_ENTRY_NS_MAX
+        self.apply_cost.cheap()
     }
 
-    /// Folds the time one apply call took for `entries` client entries into the estimate: a slower
-    /// sample replaces it at once (one slow entry is enough to stop applying inline), a faster
-    /// one moves it an eighth of the way (a machine must be fast for a while to be trusted).
+    /// Folds the time one apply call took for `entries` client entries into the estimate.
     fn note_apply_cost(&self, elapsed: Duration, entries: usize) {
-        if entries == 0 {
-            return;
-        }
-        let sample = u64::try_from(elapsed.as_nanos() / entries as u128).unwrap_or(u64::MAX - 1);
-        let old = self.apply_cost_ns.load(Ordering::Relaxed);
-        let new = if old == APPLY_COST_UNKNOWN || sample >= old {
-            sample
-        } else {
-            old - (old - sample) / 8
-        };
-        self.apply_cost_ns.store(new, Ordering::Relaxed);
-        let timed = self.apply_timed.load(Ordering::Relaxed);
-        if timed < INLINE_APPLY_TRUST_ENTRIES {
-            self.apply_timed.store(timed + entries as u64, Ordering::Relaxed);
-        }
+        self.apply_cost.note(elapsed, entries);
     }
 
     /// The raft loop thread: ticks the core on time, and runs it when called.
