@@ -168,22 +168,33 @@ impl MemTransport {
     }
 }
 
-impl Transport for MemTransport {
-    fn send(&self, msg: Message) {
-        if self.net.cut.read().contains(&(self.id, msg.to)) {
-            return self.drop_one(&msg, "link cut");
-        }
-        let Some(mailbox) = self.net.mailboxes.read().get(&msg.to).cloned() else {
-            return self.drop_one(&msg, "no such node");
+impl MemTransport {
+    /// Queues `run`, messages all to node `to`, under one lock with one wake-up of its
+    /// delivery thread; what cannot be queued is dropped and counted.
+    fn queue_run(&self, to: NodeId, run: impl Iterator<Item = Message>) {
+        let cut = self.net.cut.read().contains(&(self.id, to));
+        let mailbox = if cut { None } else { self.net.mailboxes.read().get(&to).cloned() };
+        let Some(mailbox) = mailbox else {
+            let why = if cut { "link cut" } else { "no such node" };
+            run.for_each(|msg| self.drop_one(&msg, why));
+            return;
         };
         let mut queue = mailbox.queue.lock();
-        if queue.len() >= self.net.queue_max {
-            drop(queue);
-            return self.drop_one(&msg, "queue full");
+        for msg in run {
+            if queue.len() >= self.net.queue_max {
+                self.drop_one(&msg, "queue full");
+            } else {
+                queue.push_back(msg);
+            }
         }
-        queue.push_back(msg);
         drop(queue);
         mailbox.ready.notify_one();
+    }
+}
+
+impl Transport for MemTransport {
+    fn send(&self, msg: Message) {
+        self.queue_run(msg.to, std::iter::once(msg));
     }
 
     /// Each run of messages to one node (a runtime sorts what it sends by peer) is queued under
@@ -192,28 +203,8 @@ impl Transport for MemTransport {
         let mut msgs = msgs.into_iter().peekable();
         while let Some(first) = msgs.next() {
             let to = first.to;
-            let cut = self.net.cut.read().contains(&(self.id, to));
-            let mailbox = if cut { None } else { self.net.mailboxes.read().get(&to).cloned() };
-            let why = if cut { "link cut" } else { "no such node" };
-            let Some(mailbox) = mailbox else {
-                self.drop_one(&first, why);
-                while let Some(msg) = msgs.next_if(|m| m.to == to) {
-                    self.drop_one(&msg, why);
-                }
-                continue;
-            };
-            let mut queue = mailbox.queue.lock();
-            for msg in
-                std::iter::once(first).chain(std::iter::from_fn(|| msgs.next_if(|m| m.to == to)))
-            {
-                if queue.len() >= self.net.queue_max {
-                    self.drop_one(&msg, "queue full");
-                } else {
-                    queue.push_back(msg);
-                }
-            }
-            drop(queue);
-            mailbox.ready.notify_one();
+            let rest = std::iter::from_fn(|| msgs.next_if(|m| m.to == to));
+            self.queue_run(to, std::iter::once(first).chain(rest));
         }
     }
 }

@@ -314,24 +314,13 @@ where
     /// Applies here what is cheap to apply (else the apply thread does it).
     pub(super) fn follow_up_apply(&self) {
         if !self.apply.is_idle() {
-            if self.apply_is_cheap() {
+            if self.apply_cost.cheap() {
                 let take = Take::Try { max_rounds: APPLY_ROUNDS_INLINE };
                 self.apply.run(take, &mut |a, jobs| self.apply_round(a, jobs, true));
             } else {
                 self.apply.call_worker();
             }
         }
-    }
-
-    /// Whether applying is known to be cheap enough to run on a thread that brought other work
-    /// (see the `apply_cost` module).
-    fn apply_is_cheap(&self) -> bool {
-        self.apply_cost.cheap()
-    }
-
-    /// Folds the time one apply call took for `entries` client entries into the estimate.
-    fn note_apply_cost(&self, elapsed: Duration, entries: usize) {
-        self.apply_cost.note(elapsed, entries);
     }
 
     /// The raft loop thread: ticks the core on time, and runs it when called.
@@ -678,11 +667,11 @@ where
             busy += query(Ok(&a.machine));
             count += 1;
         }
-        self.note_apply_cost(busy, count);
+        self.apply_cost.note(busy, count);
     }
 
     /// Applies entries and answers their waiters. Only the machine's own work is timed for
-    /// [`Driver::note_apply_cost`]: answering a client may write to its socket, which says
+    /// the apply-cost estimate: answering a client may write to its socket, which says
     /// nothing about the machine.
     fn apply_entries(&self, a: &mut Applier<M>, entries: Vec<Entry>) {
         let mut busy = Duration::ZERO;
@@ -718,7 +707,7 @@ where
             }
         }
         self.shared.applied.store(a.applied, Ordering::Relaxed);
-        self.note_apply_cost(busy, timed);
+        self.apply_cost.note(busy, timed);
     }
 
     /// The snapshot thread: reads and writes snapshot chunks, in order.
