@@ -57,13 +57,39 @@ impl Persister {
     }
 }
 
+/// When the persist stage retries writes a full store refused: read after every round of the
+/// core and of the stage, and set only while the store is full, so the reads look at a flag
+/// first instead of taking a lock.
+#[derive(Default)]
+pub(crate) struct RetryAt {
+    at: parking_lot::Mutex<Option<Instant>>,
+    set: std::sync::atomic::AtomicBool,
+}
+
+impl RetryAt {
+    /// When the next retry is due, if the stage is stalled.
+    pub(crate) fn get(&self) -> Option<Instant> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.at.lock()
+    }
+
+    /// Sets (or clears) the retry.
+    pub(crate) fn set(&self, at: Option<Instant>) {
+        let mut slot = self.at.lock();
+        *slot = at;
+        self.set.store(at.is_some(), Ordering::Release);
+    }
+}
+
 impl<M: StateMachine> Driver<M> {
     /// The persist thread: runs the writes handed to it, retries them on its clock while the
     /// store is full; at shutdown, once every queued write is done, writes the commit index it
     /// held back.
     pub(super) fn persist_worker(&self) {
         loop {
-            let retry = *self.persist_retry.lock();
+            let retry = self.persist_retry.get();
             if self.persist.wait_called(retry) == Called::Closed {
                 break;
             }
@@ -154,7 +180,7 @@ impl<M: StateMachine> Driver<M> {
             return Round::Continue;
         }
         let closing = self.persist.is_closed();
-        let retry = *self.persist_retry.lock();
+        let retry = self.persist_retry.get();
         if retry.is_some_and(|at| Instant::now() < at) && !closing {
             return Round::Stall; // Not time to try again yet.
         }
@@ -217,7 +243,7 @@ impl<M: StateMachine> Driver<M> {
             }
         }
         if p.full_backoff.take().is_some() {
-            *self.persist_retry.lock() = None;
+            self.persist_retry.set(None);
             *self.shared.storage_full.lock() = None;
             tracing::info!(group = self.group, "log store takes writes again");
             self.core.push(Input::StorageStalled(false));
@@ -261,6 +287,6 @@ impl<M: StateMachine> Driver<M> {
             Some(d) => (d * 2).min(FULL_RETRY_MAX),
         };
         p.full_backoff = Some(pause);
-        *self.persist_retry.lock() = Some(Instant::now() + pause);
+        self.persist_retry.set(Some(Instant::now() + pause));
     }
 }

@@ -644,7 +644,7 @@ where
         if self.stopped() {
             return None;
         }
-        let retry = *self.persist_retry.lock();
+        let retry = self.persist_retry.get();
         if retry.is_some_and(|at| now >= at) {
             self.persist.call_worker();
         }

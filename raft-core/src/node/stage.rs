@@ -13,9 +13,9 @@
 //! later look at it, and the runner's release of the stage happens before that look.)
 
 use std::collections::VecDeque;
-use std::time::Instant;
-
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -62,6 +62,13 @@ pub(crate) enum Called {
 /// A queue of jobs and the state only the current runner may touch.
 pub(crate) struct Stage<S, J> {
     queue: Mutex<Queue<J>>,
+    /// How many jobs are queued, and whether the stage is closed: written under the queue's
+    /// lock, read without it by the looks that only steer ([`Stage::is_idle`],
+    /// [`Stage::is_closed`], a runner's look for more work between rounds). Every round takes
+    /// the queue's lock many times over, on a line the threads that bring work hold; these
+    /// looks need not. The look that keeps the invariant above is still made under the lock.
+    queued: AtomicUsize,
+    closed: AtomicBool,
     signal: Condvar,
     /// On a [`Runtime`](super::Runtime): queues a task that runs the stage, instead of waking a
     /// thread of its own. Called on every call of an uncalled stage, and when it closes.
@@ -87,6 +94,8 @@ impl<S, J> Stage<S, J> {
     pub(crate) fn new(state: S) -> Stage<S, J> {
         Stage {
             queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false, closed: false }),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             signal: Condvar::new(),
             waker: OnceLock::new(),
             shrink: std::sync::atomic::AtomicBool::new(false),
@@ -102,6 +111,7 @@ impl<S, J> Stage<S, J> {
             return false;
         }
         q.jobs.push_back(job);
+        self.queued.store(q.jobs.len(), Ordering::Release);
         true
     }
 
@@ -112,12 +122,14 @@ impl<S, J> Stage<S, J> {
             return false;
         }
         q.jobs.extend(jobs);
+        self.queued.store(q.jobs.len(), Ordering::Release);
         true
     }
 
-    /// Whether nothing is queued.
+    /// Whether nothing is queued (as last seen: a job queued by another thread meanwhile is
+    /// run by that thread or the current runner, see the invariant).
     pub(crate) fn is_idle(&self) -> bool {
-        self.queue.lock().jobs.is_empty()
+        self.queued.load(Ordering::Acquire) == 0
     }
 
     /// Asks the worker (a thread, or a task on a runtime) to run the stage.
@@ -139,6 +151,7 @@ impl<S, J> Stage<S, J> {
     /// what is queued and return.
     pub(crate) fn close(&self) {
         self.queue.lock().closed = true;
+        self.closed.store(true, Ordering::Release);
         self.signal.notify_all();
         if self.waker.get().is_some() {
             self.call_worker();
@@ -173,7 +186,7 @@ impl<S, J> Stage<S, J> {
 
     /// Whether the stage is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.queue.lock().closed
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The worker's wait: until it is called, `deadline` passes, or the stage is closed with
@@ -248,6 +261,11 @@ impl<S, J> Stage<S, J> {
     ) -> Option<bool> {
         let (state, jobs) = &mut *guard;
         loop {
+            // Nothing queued as far as this thread can see: the look after the release (under
+            // the lock) catches a job queued meanwhile.
+            if self.queued.load(Ordering::Acquire) == 0 {
+                break;
+            }
             {
                 let mut q = self.queue.lock();
                 if q.jobs.is_empty() {
@@ -260,6 +278,7 @@ impl<S, J> Stage<S, J> {
                 }
                 debug_assert!(jobs.is_empty(), "the spare deque is empty between rounds");
                 std::mem::swap(&mut q.jobs, jobs);
+                self.queued.store(0, Ordering::Release);
             }
             *rounds += 1;
             let next = round(state, jobs);
@@ -268,6 +287,7 @@ impl<S, J> Stage<S, J> {
                 let mut q = self.queue.lock();
                 jobs.append(&mut q.jobs);
                 std::mem::swap(&mut q.jobs, jobs);
+                self.queued.store(q.jobs.len(), Ordering::Release);
             }
             match next {
                 Round::HandOff => return Some(true),
@@ -333,6 +353,29 @@ mod tests {
         }));
         assert!(stage.is_idle());
         assert_eq!(stage.with_state(|s| s.clone()), vec![1, 2, 3]);
+    }
+
+    /// The count the looks without the lock read follows every change of the queue.
+    #[test]
+    fn the_lock_free_looks_follow_pushes_rounds_and_jobs_left_for_later() {
+        let stage: Stage<Vec<u32>, u32> = Stage::new(Vec::new());
+        assert!(stage.is_idle());
+        stage.push_all([1, 2, 3]);
+        assert!(!stage.is_idle());
+        stage.run(Take::Try { max_rounds: 1 }, &mut |seen, jobs| {
+            seen.push(jobs.pop_front().expect("a job"));
+            Round::HandOff
+        });
+        assert!(!stage.is_idle(), "jobs left for later are counted");
+        stage.run(Take::Wait, &mut |seen, jobs| {
+            seen.extend(jobs.drain(..));
+            Round::Continue
+        });
+        assert!(stage.is_idle());
+        assert_eq!(stage.with_state(|s| s.clone()), vec![1, 2, 3]);
+        assert!(!stage.is_closed());
+        stage.close();
+        assert!(stage.is_closed());
     }
 
     #[test]

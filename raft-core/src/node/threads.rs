@@ -152,7 +152,7 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) transport: Arc<dyn Transport>,
     /// When the persist worker retries writes the store refused for lack of space.
-    pub(super) persist_retry: parking_lot::Mutex<Option<Instant>>,
+    pub(super) persist_retry: super::persist::RetryAt,
     /// The runtime whose threads run the stages (none: threads of the node's own).
     pub(super) pool: Option<Arc<super::runtime::Pool>>,
     /// On a runtime: when the next tick is due.
@@ -229,7 +229,7 @@ where
         log: parts.log,
         snapshots: parts.snapshots,
         transport: parts.transport,
-        persist_retry: parking_lot::Mutex::new(None),
+        persist_retry: super::persist::RetryAt::default(),
         pool: options.runtime.as_ref().map(|r| r.pool().clone()),
         next_tick: parking_lot::Mutex::new(Instant::now() + options.tick),
         timer_parked: std::sync::atomic::AtomicBool::new(false),
@@ -296,7 +296,7 @@ where
     /// delay them. So only a machine whose entries are known to be cheap is applied inline,
     /// for at most [`INLINE_APPLY_BUDGET`] per call.
     pub(super) fn follow_up(&self) {
-        if !self.persist.is_idle() && self.persist_retry.lock().is_none() {
+        if !self.persist.is_idle() && self.persist_retry.get().is_none() {
             // (A stalled persist stage retries on its own clock.) On a runtime a round's write
             // is quick and its sync goes to the shared sync thread, so it runs here: no hand-off
             // to an I/O thread per round.
