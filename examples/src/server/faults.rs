@@ -16,22 +16,35 @@ use raft_core::{
 
 /// The nodes this node's Raft messages are cut off from.
 #[derive(Debug, Default)]
-pub(crate) struct Cuts(RwLock<HashSet<NodeId>>);
+pub(crate) struct Cuts {
+    ids: RwLock<HashSet<NodeId>>,
+    /// Whether any link is cut: every Raft message in and out looks here, and only a cut link
+    /// costs them the lock (with many groups, a message's look at the set was 1% of the CPU).
+    any: AtomicBool,
+}
 
 impl Cuts {
     /// Cuts the links to and from `ids`.
     pub(crate) fn cut(&self, ids: impl IntoIterator<Item = NodeId>) {
-        self.0.write().extend(ids);
+        let mut cut = self.ids.write();
+        cut.extend(ids);
+        self.any.store(!cut.is_empty(), Ordering::Release);
     }
 
     /// Restores every link.
     pub(crate) fn heal(&self) {
-        self.0.write().clear();
+        let mut cut = self.ids.write();
+        cut.clear();
+        self.any.store(false, Ordering::Release);
+    }
+
+    /// Whether any link is cut.
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     pub(crate) fn passes(&self, peer: NodeId) -> bool {
-        let cut = self.0.read();
-        cut.is_empty() || !cut.contains(&peer)
+        !self.any() || !self.ids.read().contains(&peer)
     }
 }
 
@@ -49,7 +62,9 @@ impl Transport for CutTransport {
     }
 
     fn send_all(&self, mut msgs: Vec<Message>) {
-        msgs.retain(|m| self.cuts.passes(m.to));
+        if self.cuts.any() {
+            msgs.retain(|m| self.cuts.passes(m.to));
+        }
         if !msgs.is_empty() {
             self.inner.send_all(msgs);
         }
@@ -74,7 +89,9 @@ impl Inbound for CutInbound {
     }
 
     fn deliver_all(&self, mut msgs: Vec<Message>) {
-        msgs.retain(|m| self.cuts.passes(m.from));
+        if self.cuts.any() {
+            msgs.retain(|m| self.cuts.passes(m.from));
+        }
         if !msgs.is_empty() {
             self.inner.deliver_all(msgs);
         }
