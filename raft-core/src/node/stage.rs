@@ -75,7 +75,7 @@ pub(crate) struct Stage<S, J> {
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Give the deques' memory back at the end of the current run (see
     /// [`Stage::shrink_when_idle`]).
-    shrink: std::sync::atomic::AtomicBool,
+    shrink: AtomicBool,
     /// The runner's state, and a spare deque the runner swaps with the queue's (so taking the
     /// queued jobs neither allocates nor copies).
     state: Mutex<(S, VecDeque<J>)>,
@@ -98,7 +98,7 @@ impl<S, J> Stage<S, J> {
             closed: AtomicBool::new(false),
             signal: Condvar::new(),
             waker: OnceLock::new(),
-            shrink: std::sync::atomic::AtomicBool::new(false),
+            shrink: AtomicBool::new(false),
             state: Mutex::new((state, VecDeque::new())),
         }
     }
@@ -162,7 +162,7 @@ impl<S, J> Stage<S, J> {
     /// thousands of groups, deques a burst grew would add up): now if no runner holds the
     /// stage, else at the end of the runner's run.
     pub(crate) fn shrink_when_idle(&self) {
-        self.shrink.store(true, std::sync::atomic::Ordering::Release);
+        self.shrink.store(true, Ordering::Release);
         if let Some(mut state) = self.state.try_lock() {
             state.1.shrink_to_fit();
             drop(state);
@@ -298,7 +298,7 @@ impl<S, J> Stage<S, J> {
         // A burst (an election storm, a catch-up) can leave a deque thousands of jobs large; a
         // node that fell asleep gives that memory back (thousands of idle groups would keep
         // it all). Only then: shrinking after every run would reallocate under steady load.
-        let shrink = self.shrink.swap(false, std::sync::atomic::Ordering::AcqRel);
+        let shrink = self.shrink.swap(false, Ordering::AcqRel);
         if shrink {
             jobs.shrink_to_fit();
         }
