@@ -62,8 +62,9 @@ pub(crate) enum Called {
 /// A queue of jobs and the state only the current runner may touch.
 pub(crate) struct Stage<S, J> {
     queue: Mutex<Queue<J>>,
-    /// How many jobs are queued, and whether the stage is closed: written under the queue's
-    /// lock, read without it by the looks that only steer ([`Stage::is_idle`],
+    /// How many jobs are queued, and whether the stage is closed (it takes no more jobs):
+    /// written under the queue's lock, so exact for a look under it, and read without it by the
+    /// looks that only steer ([`Stage::is_idle`],
     /// [`Stage::is_closed`], a runner's look for more work between rounds). Every round takes
     /// the queue's lock many times over, on a line the threads that bring work hold; these
     /// looks need not. The look that keeps the invariant above is still made under the lock.
@@ -85,15 +86,13 @@ struct Queue<J> {
     jobs: VecDeque<J>,
     /// Someone asked the worker to run the stage.
     called: bool,
-    /// No more jobs are taken.
-    closed: bool,
 }
 
 impl<S, J> Stage<S, J> {
     /// A stage with an empty queue.
     pub(crate) fn new(state: S) -> Stage<S, J> {
         Stage {
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false, closed: false }),
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), called: false }),
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             signal: Condvar::new(),
@@ -107,7 +106,7 @@ impl<S, J> Stage<S, J> {
     /// [`NodeError::Stopped`](super::NodeError::Stopped) when dropped) and says so.
     pub(crate) fn push(&self, job: J) -> bool {
         let mut q = self.queue.lock();
-        if q.closed {
+        if self.closed.load(Ordering::Acquire) {
             return false;
         }
         q.jobs.push_back(job);
@@ -118,7 +117,7 @@ impl<S, J> Stage<S, J> {
     /// Queues several jobs, in order (or drops them all, if the stage is closed).
     pub(crate) fn push_all(&self, jobs: impl IntoIterator<Item = J>) -> bool {
         let mut q = self.queue.lock();
-        if q.closed {
+        if self.closed.load(Ordering::Acquire) {
             return false;
         }
         q.jobs.extend(jobs);
@@ -150,8 +149,10 @@ impl<S, J> Stage<S, J> {
     /// Takes no more jobs (later pushes drop theirs) and wakes the worker so it can finish
     /// what is queued and return.
     pub(crate) fn close(&self) {
-        self.queue.lock().closed = true;
+        // Set under the queue's lock: a look made under it (a push, the worker's wait) is exact.
+        let q = self.queue.lock();
         self.closed.store(true, Ordering::Release);
+        drop(q);
         self.signal.notify_all();
         if self.waker.get().is_some() {
             self.call_worker();
@@ -198,10 +199,11 @@ impl<S, J> Stage<S, J> {
                 q.called = false;
                 return Called::Yes;
             }
-            if q.closed && q.jobs.is_empty() {
+            let closed = self.closed.load(Ordering::Acquire);
+            if closed && q.jobs.is_empty() {
                 return Called::Closed;
             }
-            if q.closed {
+            if closed {
                 return Called::Yes; // Finish what is queued.
             }
             match deadline {
