@@ -48,6 +48,29 @@ impl Cuts {
     }
 }
 
+/// What the nodes send through: `inner` itself unless fault injection is `on`, so a server
+/// without `--enable-debug-commands` pays nothing per message for it.
+pub(crate) fn transport(
+    inner: Arc<dyn Transport>,
+    cuts: &Arc<Cuts>,
+    on: bool,
+) -> Arc<dyn Transport> {
+    if on {
+        Arc::new(CutTransport { inner, cuts: cuts.clone() })
+    } else {
+        inner
+    }
+}
+
+/// Where a node's messages are delivered: `inner` itself unless fault injection is `on`.
+pub(crate) fn inbound(inner: Arc<dyn Inbound>, cuts: &Arc<Cuts>, on: bool) -> Arc<dyn Inbound> {
+    if on {
+        Arc::new(CutInbound { inner, cuts: cuts.clone() })
+    } else {
+        inner
+    }
+}
+
 /// A transport that drops messages to cut nodes.
 pub(crate) struct CutTransport {
     pub(crate) inner: Arc<dyn Transport>,

@@ -226,8 +226,7 @@ impl Server {
             book: book.clone(),
         });
         let cuts = Arc::new(faults::Cuts::default());
-        let cut_transport =
-            Arc::new(faults::CutTransport { inner: book_transport, cuts: cuts.clone() });
+        let cut_transport = faults::transport(book_transport, &cuts, args.debug_commands);
 
         // Many shards share a fixed set of threads; idle ones sleep, and one liveness ping per
         // pair of nodes stands in for their heartbeats (started below, once every group is).
@@ -275,10 +274,7 @@ impl Server {
                 machine,
             )?;
             router
-                .register(
-                    group,
-                    Arc::new(faults::CutInbound { inner: node.inbound(), cuts: cuts.clone() }),
-                )
+                .register(group, faults::inbound(node.inbound(), &cuts, args.debug_commands))
                 .map_err(|e| ServerError::Node(NodeError::Group(e)))?;
             nodes.push(node);
         }
