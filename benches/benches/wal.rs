@@ -11,12 +11,13 @@
 //! - group commit with 16 appenders against `Always` with one (1 KiB), in alternating runs;
 //! - a multi-group run: 16 appenders over 1,000 groups;
 //! - recovery of a 1 GiB WAL (warm page cache) and the index's bytes per entry;
-//! - read throughput of sealed segments.
+//! - read throughput of sealed segments;
+//! - background scrubbing: the scrubber's CPU per MiB, one group against 256 interleaved.
 //!
 //! `cargo bench -p raftkit-benches --bench wal` (about 10 minutes).
 //! `RAFTKIT_BENCH_DIR` picks the disk (default: the system temp dir), `RAFTKIT_BENCH_SECS` the
 //! seconds per run (default 1), `RAFTKIT_BENCH_PARTS` a comma-separated subset of
-//! `fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read`,
+//! `fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read,scrub`,
 //! `RAFTKIT_BENCH_FILTER` matrix (and interleaved) cells
 //! as `backend-or-mode/entry/batch/appenders` patterns (`*` for any), comma-separated; backends
 //! are `plain`, `raft-engine`, `raft-engine-nosync`, modes `always`, `group`, `interval-2ms`,
@@ -48,7 +49,7 @@ fn bench_dir() -> PathBuf {
 fn parts() -> Vec<String> {
     std::env::var("RAFTKIT_BENCH_PARTS")
         .unwrap_or_else(|_| {
-            "fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read".into()
+            "fio,matrix,interleaved,pair,plain,raft-engine,multigroup,recovery,read,scrub".into()
         })
         .split(',')
         .map(str::to_owned)
@@ -406,6 +407,83 @@ fn main() {
     if has("recovery") || has("read") {
         recovery_and_reads(&dir, has("recovery"), has("read"));
     }
+    if has("scrub") {
+        scrub(&dir);
+    }
+}
+
+/// Background scrubbing of sealed segments: the scrubber thread's CPU per MiB checked, with one
+/// group's log and with the same entries from 256 groups interleaved record by record (as many
+/// groups writing one entry at a time leave them). The rate is set beyond what the thread can
+/// do, so every round runs to the end of a pass.
+fn scrub(dir: &Path) {
+    println!("## scrubbing: scrubber CPU per MiB of 64 B entries checked (three 8 MiB segments)\n");
+    println!("| groups | passes | MiB checked | scrubber CPU ms | CPU ms per MiB | ns per entry |");
+    println!("|---|---|---|---|---|---|");
+    for groups in [1u64, 256] {
+        let d = tempfile::tempdir_in(dir).expect("dir");
+        let config = WalConfig {
+            durability: Durability::Never,
+            segment_size_bytes: 8 << 20,
+            prepared_segments: 1,
+            scrub_bytes_per_sec: 0,
+            ..WalConfig::default()
+        };
+        let payload = Bytes::from(vec![5u8; 64]);
+        // About three segments of one-entry records (136 bytes each with their framing).
+        let per_group = 3 * (8 << 20) / 136 / groups;
+        {
+            let (wal, _) = Wal::open(d.path(), config.clone()).expect("open");
+            for i in 1..=per_group {
+                for group in 1..=groups {
+                    let e = [Entry::normal(1, i, payload.clone())];
+                    wal.write(&[LogWrite { group, hard_state: None, entries: &e }]).expect("write");
+                }
+            }
+            wal.close().expect("close");
+        }
+        let scrubbing = WalConfig { scrub_bytes_per_sec: 1 << 40, ..config };
+        let (wal, _) = Wal::open(d.path(), scrubbing).expect("reopen");
+        let wait_passes = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while wal.stats().scrub_passes < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // The first pass reads the pages in; measure the next ones.
+        wait_passes(1);
+        let (passes0, bytes0, cpu0) =
+            (wal.stats().scrub_passes, wal.stats().scrubbed_bytes, scrubber_cpu_ns());
+        std::thread::sleep(Duration::from_secs(2));
+        let (passes1, bytes1, cpu1) =
+            (wal.stats().scrub_passes, wal.stats().scrubbed_bytes, scrubber_cpu_ns());
+        let mib = (bytes1 - bytes0) as f64 / (1 << 20) as f64;
+        let cpu_ms = (cpu1 - cpu0) as f64 / 1e6;
+        let entries = (bytes1 - bytes0) as f64 / 64.0;
+        println!(
+            "| {groups} | {} | {mib:.1} | {cpu_ms:.1} | {:.2} | {:.0} |",
+            passes1 - passes0,
+            cpu_ms / mib.max(1e-9),
+            (cpu1 - cpu0) as f64 / entries.max(1.0)
+        );
+        wal.close().expect("close");
+    }
+    println!();
+}
+
+/// CPU time of this process's `raft-wal-scrub` threads so far, in nanoseconds
+/// (`/proc/self/task/*/schedstat`); 0 where there is no `/proc`.
+fn scrubber_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "raft-wal-scrub")
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The matrix on another backend, with each cell's ratio to fio.
