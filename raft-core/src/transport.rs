@@ -402,7 +402,9 @@ impl Inbound for Router {
     /// Hands each run of consecutive messages of one group to that group's node together; what
     /// the nodes answer meanwhile (on this thread) leaves together at the end, a write per peer.
     fn deliver_all(&self, msgs: Vec<Message>) {
-        crate::outbox::gathered(|| self.deliver_runs(msgs));
+        // What the groups send leaves together at the end of the burst, and the tasks they
+        // queue on a runtime's lanes wake them once.
+        crate::node::deferring_wakes(None, || crate::outbox::gathered(|| self.deliver_runs(msgs)));
     }
 }
 

@@ -108,6 +108,7 @@ pub use builder::NodeBuilder;
 pub use error::NodeError;
 pub use reply::Pending;
 use reply::{reply_pair, Reply};
+pub(crate) use runtime::deferring_wakes;
 pub use runtime::{Runtime, RuntimeOptions};
 pub use snapshots::SnapshotSendStats;
 use threads::{ApplyJob, Driver, Input, Parts};

@@ -316,11 +316,26 @@ impl Drop for Pool {
 }
 
 impl Pool {
-    /// Queues `task` on `lane`.
-    pub(crate) fn spawn(&self, lane: Lane, task: Task) {
+    /// Queues `task` on `lane` and wakes one of its threads, or, inside [`deferring_wakes`],
+    /// notes the task for the wake-up at the end of the batch.
+    pub(crate) fn spawn(self: &Arc<Self>, lane: Lane, task: Task) {
         let q = &self.lanes[lane as usize];
         q.tasks.lock().push_back(task);
-        q.ready.notify_one();
+        let deferred = DEFERRED.with_borrow_mut(|deferred| {
+            let Some(batch) = deferred else { return false };
+            match batch.queued.iter_mut().find(|(pool, _)| Arc::ptr_eq(pool, self)) {
+                Some((_, counts)) => counts[lane as usize] += 1,
+                None => {
+                    let mut counts = [0; 3];
+                    counts[lane as usize] = 1;
+                    batch.queued.push((Arc::clone(self), counts));
+                }
+            }
+            true
+        });
+        if !deferred {
+            q.ready.notify_one();
+        }
     }
 
     /// The first multiple of `tick` (counted from the runtime's start) at or after `at`.
@@ -434,6 +449,68 @@ impl Pool {
     }
 }
 
+/// Tasks a thread queued during its batch, by pool and lane, whose threads are not woken yet.
+struct Deferred {
+    /// The lane whose thread this is, if it is one: it takes its own lane's next tasks itself.
+    own: Option<Lane>,
+    queued: Vec<(Arc<Pool>, [usize; 3])>,
+}
+
+thread_local! {
+    /// `Some` while this thread works through a batch ([`deferring_wakes`]).
+    static DEFERRED: std::cell::RefCell<Option<Deferred>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, holding back the wake-ups of the lanes' threads for the tasks it queues until it
+/// returns: a thread working through a batch (a lane's tasks, the shared sync's callbacks, a
+/// transport reader's burst, the timer's due nodes) then wakes a lane's thread once for every
+/// [`TASKS_PER_BATCH`] tasks it queued there, instead of once a task (which woke a thread that
+/// ran one task and slept again while the batch went on queuing). `own`: the lane this thread
+/// works for, whose tasks it takes itself after the batch (a thread is woken only for those
+/// beyond its next batch). Inside another such batch it just runs `f` (the outer one wakes).
+///
+/// A task waits at most until the batch ends (bounded: a lane's batch is at most
+/// [`TASKS_PER_BATCH`] tasks, a burst is what one read returned); nothing inside a batch waits
+/// for a task it queued (only a stage's worker ever waits for a stage, and it waits for the
+/// runner, not for a task).
+pub(crate) fn deferring_wakes<R>(own: Option<Lane>, f: impl FnOnce() -> R) -> R {
+    let outer = DEFERRED.with_borrow_mut(|deferred| {
+        let outer = deferred.is_some();
+        if !outer {
+            *deferred = Some(Deferred { own, queued: Vec::new() });
+        }
+        outer
+    });
+    if outer {
+        return f();
+    }
+    // Woken even if `f` panics, so no task waits for a thread's 100 ms look.
+    struct Wake;
+    impl Drop for Wake {
+        fn drop(&mut self) {
+            let Some(batch) = DEFERRED.with_borrow_mut(Option::take) else { return };
+            for (pool, counts) in batch.queued {
+                for (i, &queued) in counts.iter().enumerate() {
+                    let own = batch.own.is_some_and(|l| l as usize == i);
+                    for _ in 0..wakes_for(queued, own) {
+                        pool.lanes[i].ready.notify_one();
+                    }
+                }
+            }
+        }
+    }
+    let _wake = Wake;
+    f()
+}
+
+/// How many of a lane's threads a batch wakes for the `queued` tasks it put there: one for
+/// every [`TASKS_PER_BATCH`], but none for the first batch's worth on the batch's `own` lane,
+/// which its thread takes next.
+fn wakes_for(queued: usize, own: bool) -> usize {
+    let taken_here = if own { TASKS_PER_BATCH } else { 0 };
+    queued.saturating_sub(taken_here).div_ceil(TASKS_PER_BATCH)
+}
+
 /// A lane's thread: runs tasks until the pool is gone.
 fn work(pool: Weak<Pool>, lane: Lane) {
     loop {
@@ -458,18 +535,21 @@ fn work(pool: Weak<Pool>, lane: Lane) {
         drop(p);
         if let Some(task) = task {
             // The tasks queued behind it run in the same batch (up to a bound, so no message
-            // waits long), and what their nodes send leaves together at the end.
-            crate::outbox::gathered(|| {
-                task();
-                for _ in 1..TASKS_PER_BATCH {
-                    let Some(p) = pool.upgrade() else { return };
-                    let next = p.lanes[lane as usize].tasks.lock().pop_front();
-                    drop(p);
-                    match next {
-                        Some(task) => task(),
-                        None => return,
+            // waits long), and what their nodes send leaves together at the end, as do the
+            // wake-ups for the tasks they queue.
+            deferring_wakes(Some(lane), || {
+                crate::outbox::gathered(|| {
+                    task();
+                    for _ in 1..TASKS_PER_BATCH {
+                        let Some(p) = pool.upgrade() else { return };
+                        let next = p.lanes[lane as usize].tasks.lock().pop_front();
+                        drop(p);
+                        match next {
+                            Some(task) => task(),
+                            None => return,
+                        }
                     }
-                }
+                })
             });
         }
     }
@@ -494,12 +574,15 @@ fn beat(pool: Weak<Pool>) {
                 due.extend(timers.pop());
             }
         }
-        for d in due {
-            let Some(node) = d.node.upgrade() else { continue };
-            if let Some(at) = node.on_timer(now) {
-                p.schedule(d.node, at);
+        // The due nodes' tick rounds go to the core lane as one batch, with one wake-up.
+        deferring_wakes(None, || {
+            for d in due {
+                let Some(node) = d.node.upgrade() else { continue };
+                if let Some(at) = node.on_timer(now) {
+                    p.schedule(d.node, at);
+                }
             }
-        }
+        });
         let watch_next = p.watch_peers(now);
         // Sleep until the next node is due (at most a resolution step late), the next ping, or
         // a new earlier entry; never longer than 100 ms (a dropped pool is noticed then).
@@ -732,6 +815,67 @@ impl<M: StateMachine> Driver<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_wakes_a_thread_per_batch_of_tasks_it_queued() {
+        assert_eq!(wakes_for(0, false), 0);
+        assert_eq!(wakes_for(1, false), 1);
+        assert_eq!(wakes_for(TASKS_PER_BATCH, false), 1);
+        assert_eq!(wakes_for(TASKS_PER_BATCH + 1, false), 2);
+        // A lane's own thread takes its next batch itself.
+        assert_eq!(wakes_for(1, true), 0);
+        assert_eq!(wakes_for(TASKS_PER_BATCH, true), 0);
+        assert_eq!(wakes_for(TASKS_PER_BATCH + 1, true), 1);
+    }
+
+    /// No task queued inside a batch is lost: all run once it ends, on every lane and however
+    /// many (a nested batch leaves the waking to the outer one), and so do those of a batch
+    /// that panicked.
+    #[test]
+    fn tasks_queued_in_a_batch_run_once_it_ends() {
+        let runtime = Runtime::new(RuntimeOptions::default()).expect("runtime");
+        let pool = runtime.pool.clone();
+        let ran = Arc::new(AtomicU64::new(0));
+        let queue = |n: usize| {
+            for i in 0..n {
+                let ran = ran.clone();
+                let lane = [Lane::Core, Lane::Apply, Lane::Io][i % 3];
+                pool.spawn(
+                    lane,
+                    Box::new(move || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    }),
+                );
+            }
+        };
+        let wait_for = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ran.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {n} tasks ran",
+                    ran.load(Ordering::SeqCst)
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        deferring_wakes(None, || {
+            queue(10);
+            deferring_wakes(Some(Lane::Core), || queue(200));
+        });
+        wait_for(210);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            deferring_wakes(None, || {
+                queue(5);
+                panic!("a batch that fails");
+            })
+        }));
+        assert!(panicked.is_err());
+        wait_for(215);
+        // Outside a batch a task wakes its lane at once.
+        queue(1);
+        wait_for(216);
+    }
 
     #[test]
     fn ticks_fall_on_multiples_of_the_tick_from_the_runtimes_start() {

@@ -134,11 +134,14 @@ fn sync_all(batch: &mut Vec<SyncWait>) {
             }
         }
     }
-    // What the stages release leaves together, a write per peer for the whole batch.
-    crate::outbox::gathered(|| {
-        for (node, lsn) in &nodes {
-            node.persist_synced(*lsn);
-        }
+    // What the stages release leaves together, a write per peer for the whole batch, and the
+    // tasks they queue wake the lanes once.
+    super::runtime::deferring_wakes(None, || {
+        crate::outbox::gathered(|| {
+            for (node, lsn) in &nodes {
+                node.persist_synced(*lsn);
+            }
+        })
     });
 }
 
