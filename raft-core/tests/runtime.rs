@@ -414,20 +414,38 @@ fn idle_groups_sleep_and_a_dead_node_wakes_the_groups_it_led() {
         assert!(Instant::now() < deadline, "{} sleeping nodes still ticked", ticking());
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Each runtime counts its sleeping nodes and its nodes' leader changes, one number each.
+    for runtime in &p.runtimes {
+        assert_eq!(runtime.asleep_nodes(), 100, "every node here sleeps");
+    }
+    let changes: Vec<u64> = p.runtimes.iter().map(Runtime::leader_changes).collect();
+    assert!(changes.iter().all(|&c| c >= 100), "every group elected a leader: {changes:?}");
     let before = p.net.raft_messages.load(std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     let after = p.net.raft_messages.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after, before, "no Raft message while every group sleeps");
+    let still: Vec<u64> = p.runtimes.iter().map(Runtime::leader_changes).collect();
+    assert_eq!(still, changes, "no leader changes while every group sleeps");
     // A write wakes its group (and only it).
     p.put(5, &all, "b");
+    let asleep: u64 = p.runtimes.iter().map(Runtime::asleep_nodes).sum();
+    assert!((297..300).contains(&asleep), "the written group woke: {asleep} asleep");
     // Node 1 is cut off: the groups it led elect leaders among 2 and 3 and take writes.
     let led_by_1: Vec<GroupId> = (0..100).filter(|&g| p.leader(g, &all) == 1).collect();
     p.net.cut.write().insert(1);
     for &group in &led_by_1 {
         p.put(group, &[2, 3], "c");
     }
+    let moved: Vec<u64> = p.runtimes.iter().map(Runtime::leader_changes).collect();
+    assert!(moved[1] > changes[1] && moved[2] > changes[2], "new leaders: {moved:?}");
     for ((_, _), node) in p.nodes.drain() {
         node.shutdown();
+    }
+    // A node dropped asleep no longer counts.
+    let deadline = Instant::now() + TIMEOUT;
+    while p.runtimes.iter().any(|r| r.asleep_nodes() > 0) {
+        assert!(Instant::now() < deadline, "dropped nodes still counted asleep");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -300,13 +300,23 @@ fn preferred_leader(shard: usize, sorted: &[NodeId]) -> Option<NodeId> {
 
 /// Hands each group this node leads to its preferred voter once that one is connected and
 /// caught up, until the server is gone.
+///
+/// A look at every group touches each one's state, which with ten thousand groups was most of
+/// an idle server's CPU: the thread looks again only when a group here changed its leader or
+/// role (the runtime counts them, [`Runtime::leader_changes`](raft_core::node::Runtime::leader_changes)),
+/// the connected peers changed, or the last look found a group to hand over.
 pub(super) fn balance_leaders(server: Weak<Server>) {
     let mut trim = TrimWatch::default();
+    // The leader changes and connected peers the last look saw, if it found nothing to do.
+    let mut settled: Option<(u64, Vec<NodeId>)> = None;
     loop {
         std::thread::sleep(BALANCE_EVERY);
         let Some(server) = server.upgrade() else { return };
         if trim.due() {
-            let asleep = server.shards.iter().filter(|n| n.is_asleep()).count();
+            let asleep = match server.runtime() {
+                Some(runtime) => runtime.asleep_nodes() as usize,
+                None => server.shards.iter().filter(|n| n.is_asleep()).count(),
+            };
             if trim.fell_asleep(asleep, server.shards.len()) {
                 release_free_heap();
             }
@@ -319,14 +329,24 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
         voters.sort_unstable();
         let connected: Vec<NodeId> =
             server.transport.metrics().iter().filter(|m| m.connected).map(|m| m.peer).collect();
+        // Read before the look, so a change during it brings another.
+        let now = server.runtime().map(|r| (r.leader_changes(), connected.clone()));
+        if now.is_some() && now == settled {
+            continue;
+        }
+        let mut pending = false;
         let mut moved = 0;
         for (shard, node) in server.shards.iter().enumerate() {
             if moved >= BALANCE_PER_ROUND {
                 break;
             }
             let Some(to) = preferred_leader(shard, &voters) else { break };
-            if to == me || !node.is_leader() || !connected.contains(&to) || !server.cuts.passes(to)
-            {
+            if to == me || !node.is_leader() {
+                continue;
+            }
+            // Led here, preferring another voter: looked at again until it has moved.
+            pending = true;
+            if !connected.contains(&to) || !server.cuts.passes(to) {
                 continue;
             }
             let Ok(status) = node.status() else { continue };
@@ -339,6 +359,7 @@ pub(super) fn balance_leaders(server: Weak<Server>) {
                 moved += 1;
             }
         }
+        settled = if pending { None } else { now };
     }
 }
 

@@ -237,10 +237,10 @@ pub(crate) struct Shared {
     applied: AtomicU64,
     rejected: AtomicU64,
     failure: Mutex<Option<String>>,
-    /// On a runtime: its count of failed nodes, bumped by this node's first failure (so an
-    /// application hosting thousands of nodes need not ask each, see
-    /// [`Runtime::failed_nodes`]).
-    runtime_failures: Option<Arc<AtomicU64>>,
+    /// On a runtime: its counts of failed nodes, leader changes and sleeping nodes, which this
+    /// node keeps up (so an application hosting thousands of nodes need not ask each, see
+    /// [`Runtime::failed_nodes`], [`Runtime::leader_changes`], [`Runtime::asleep_nodes`]).
+    runtime_counts: Option<Arc<runtime::NodeCounts>>,
     /// Why the log store refuses writes for now, while it does.
     storage_full: Mutex<Option<String>>,
     /// The core sleeps (its group hibernates): a runtime does not tick it.
@@ -269,22 +269,46 @@ impl Shared {
                 cell.store(value, Ordering::Relaxed);
             }
         }
-        set(&self.leader, raft.leader().unwrap_or(0));
-        set(&self.term, raft.term());
+        let leader = raft.leader().unwrap_or(0);
         let role = match raft.role() {
             RoleKind::Follower => 0,
             RoleKind::PreCandidate => 1,
             RoleKind::Candidate => 2,
             RoleKind::Leader => 3,
         };
+        let mut changed = false;
+        if self.leader.load(Ordering::Relaxed) != leader {
+            self.leader.store(leader, Ordering::Relaxed);
+            changed = true;
+        }
         if self.role.load(Ordering::Relaxed) != role {
             self.role.store(role, Ordering::Relaxed);
+            changed = true;
         }
+        set(&self.term, raft.term());
         set(&self.commit, raft.commit_index());
         let asleep = raft.is_asleep();
-        if self.asleep.load(Ordering::SeqCst) != asleep {
+        let fell = self.asleep.load(Ordering::SeqCst) != asleep;
+        if fell {
             self.asleep.store(asleep, Ordering::SeqCst);
         }
+        if let Some(counts) = &self.runtime_counts {
+            if changed {
+                counts.leader_changes.fetch_add(1, Ordering::Release);
+            }
+            if fell && asleep {
+                counts.asleep.fetch_add(1, Ordering::Release);
+            } else if fell {
+                counts.asleep.fetch_sub(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// A node's shared state, keeping up `counts` if it runs on a runtime.
+    fn on(counts: Option<Arc<runtime::NodeCounts>>) -> Shared {
+        let mut shared = Shared::default();
+        shared.runtime_counts = counts;
+        shared
     }
 
     fn is_leader(&self) -> bool {
@@ -296,8 +320,19 @@ impl Shared {
         let mut failure = self.failure.lock();
         if failure.is_none() {
             *failure = Some(what);
-            if let Some(count) = &self.runtime_failures {
-                count.fetch_add(1, Ordering::Release);
+            if let Some(counts) = &self.runtime_counts {
+                counts.failed.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A node gone asleep no longer sleeps on its runtime.
+        if let Some(counts) = &self.runtime_counts {
+            if *self.asleep.get_mut() {
+                counts.asleep.fetch_sub(1, Ordering::Release);
             }
         }
     }
@@ -460,8 +495,8 @@ where
         let initial = load_initial_state(log.as_ref(), group, bootstrap, latest, 0)?;
         let raft = Raft::new(config, initial)?;
         let id = raft.id();
-        let runtime_failures = options.runtime.as_ref().map(|r| r.pool().failed.clone());
-        let shared = Arc::new(Shared { runtime_failures, ..Shared::default() });
+        let runtime_counts = options.runtime.as_ref().map(|r| r.pool().counts.clone());
+        let shared = Arc::new(Shared::on(runtime_counts));
         shared.applied.store(applied, Ordering::Relaxed);
         shared.publish(&raft);
         let parts = Parts { shared: shared.clone(), log, snapshots, transport };

@@ -184,8 +184,8 @@ pub(crate) struct Pool {
     pub(crate) sync: Arc<super::shared_sync::SharedSync>,
     /// The snapshot transfers sent at once.
     pub(crate) transfers: super::snapshots::TransferBudget,
-    /// Nodes on the runtime that failed (see [`Runtime::failed_nodes`]).
-    pub(crate) failed: Arc<AtomicU64>,
+    /// What the runtime's nodes count for it (see [`Runtime::failed_nodes`]).
+    pub(crate) counts: Arc<NodeCounts>,
     /// The threads (never joined, see `Drop`), kept for their names in a debugger.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -206,7 +206,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             sync: Arc::new(super::shared_sync::SharedSync::default()),
             transfers: super::snapshots::TransferBudget::new(options.snapshot_sends),
-            failed: Arc::new(AtomicU64::new(0)),
+            counts: Arc::new(NodeCounts::default()),
             threads: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
@@ -258,7 +258,20 @@ impl Runtime {
     /// application hosting thousands of groups looks here often and asks its nodes which only
     /// when this moved, instead of locking every node's state each time.
     pub fn failed_nodes(&self) -> u64 {
-        self.pool.failed.load(Ordering::Acquire)
+        self.pool.counts.failed.load(Ordering::Acquire)
+    }
+
+    /// How many times a node on this runtime saw its group's leader or its own role change
+    /// since the runtime started: one atomic read, so an application that balances leaders
+    /// over thousands of groups looks at them again only when this moved.
+    pub fn leader_changes(&self) -> u64 {
+        self.pool.counts.leader_changes.load(Ordering::Acquire)
+    }
+
+    /// How many nodes on this runtime sleep now (their groups hibernate, see
+    /// [`Node::is_asleep`](super::Node::is_asleep)): one atomic read instead of a look at each.
+    pub fn asleep_nodes(&self) -> u64 {
+        self.pool.counts.asleep.load(Ordering::Acquire)
     }
 
     /// Nodes started on this runtime and not yet dropped.
@@ -447,6 +460,19 @@ impl Pool {
             }
         }
     }
+}
+
+/// What a runtime's nodes count for it, each in one atomic, so an application hosting
+/// thousands of nodes reads one number instead of looking at every node.
+#[derive(Debug, Default)]
+pub(crate) struct NodeCounts {
+    /// Nodes that failed (a node counts its first failure).
+    pub(crate) failed: AtomicU64,
+    /// Changes of a node's leader or role.
+    pub(crate) leader_changes: AtomicU64,
+    /// Nodes asleep now (a node counts itself when it falls asleep, and uncounts itself when it
+    /// wakes or is dropped asleep).
+    pub(crate) asleep: AtomicU64,
 }
 
 /// Tasks a thread queued during its batch, by pool and lane, whose threads are not woken yet.
