@@ -48,10 +48,16 @@ fn flip(dir: &Path, segment: u64, offset: u64) {
     std::fs::write(&path, &bytes).unwrap();
 }
 
+/// The first damaged index scrubbing finds in group 1.
 fn wait_found(wal: &Wal) -> u64 {
+    wait_found_in(wal, 1)
+}
+
+/// The first damaged index scrubbing finds in `group`.
+fn wait_found_in(wal: &Wal, group: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(index) = wal.take_damage_found(1) {
+        if let Some(index) = wal.take_damage_found(group) {
             return index;
         }
         assert!(Instant::now() < deadline, "scrubbing found nothing: {:?}", wal.stats());
@@ -134,15 +140,7 @@ fn damage_in_a_late_group_is_found_across_the_slices_of_a_round() {
     };
     flip(dir.path(), segment, offset);
     let (wal, _) = Wal::open(dir.path(), config(64 << 20)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let found = loop {
-        if let Some(index) = wal.take_damage_found(target.0) {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "scrubbing found nothing: {:?}", wal.stats());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(found, target.1);
+    assert_eq!(wait_found_in(&wal, target.0), target.1);
     assert_eq!(wal.stats().scrub_damaged, 1, "nothing else is damaged");
     for g in (1..=groups).filter(|&g| g != target.0) {
         assert_eq!(wal.take_damage_found(g), None);
@@ -173,17 +171,6 @@ fn fill_interleaved(
 /// Where the payload of the one-entry record starting at `record` is.
 fn payload(record: (u64, u64)) -> (u64, u64) {
     (record.0, record.1 + 32 + 24 + 16)
-}
-
-fn wait_found_in(wal: &Wal, group: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(index) = wal.take_damage_found(group) {
-            return index;
-        }
-        assert!(Instant::now() < deadline, "scrubbing found nothing: {:?}", wal.stats());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// With many groups' records interleaved in the segments (as groups writing one entry at a time
