@@ -132,3 +132,24 @@ fn a_follower_woken_by_the_liveness_check_campaigns_within_one_election_timeout(
         assert!(took_ms <= 230, "seed {seed}: a new leader {took_ms} ms after the crash");
     }
 }
+
+#[test]
+fn followers_woken_by_the_liveness_check_take_turns_and_elect_in_one_term() {
+    // Both followers of a sleeping group are woken at about the same moment when its leader
+    // dies. Drawing their timeouts at random, the two sometimes campaigned in the same tick and
+    // split the vote (seed 59 did); taking turns (the voters but the leader, sorted and rotated
+    // by the group's id), the first in turn wins the first election.
+    for seed in 0..64 {
+        let (mut c, leader, _) = sleeping_group(sleepy(3, seed), seed);
+        let term = check_terms(&c);
+        c.crash(leader);
+        let next = check_one_leader(&mut c);
+        let r = c.raft(next).unwrap();
+        assert_eq!(r.term(), term + 1, "seed {seed}: one election");
+        let mut turns: Vec<raft_core::NodeId> = c.ids().filter(|&id| id != leader).collect();
+        turns.sort_unstable();
+        let start = (r.group() % turns.len() as u64) as usize;
+        turns.rotate_left(start);
+        assert_eq!(next, turns[0], "seed {seed}: the first in turn leads");
+    }
+}

@@ -50,12 +50,45 @@ impl Raft {
     /// no lease (its leader dropped its lease when the group fell asleep, and a leader that
     /// woke since and counted on this follower would have woken it with a message first), and
     /// the runtime took a while to find the leader down already.
+    ///
+    /// The followers woken so take turns instead of drawing their timeouts at random: every
+    /// node of a group that slept under a dead leader is woken at about the same moment, and two
+    /// that campaigned in the same tick split the vote and waited a whole timeout again (with
+    /// thousands of sleeping groups, a few such rounds in a row kept the last of them leaderless
+    /// for seconds). The voters other than the leader, sorted and rotated by the group's id,
+    /// campaign in that order: the first at its next tick, each other one an election timeout
+    /// later than the one before, so the second campaigns only if the first could not win.
+    /// Timers only: safety does not depend on them.
     pub fn wake(&mut self) {
         let was_asleep = self.sleep.asleep;
+        let slept_under = self.leader();
         self.wake_for("woken");
         if was_asleep && !matches!(self.role, Role::Leader(_)) {
             self.election_elapsed = self.cfg.election_ticks;
+            // The first waits a quarter of a timeout, for the others to be woken too (each
+            // node's liveness check finds the leader down on its own, a ping apart): a node
+            // still asleep refuses a campaign as if it had just heard from its leader.
+            let first = (self.cfg.election_ticks / 4).max(1);
+            let turn = self.wake_turn(slept_under);
+            self.randomized_election_ticks =
+                self.cfg.election_ticks + first + turn * self.cfg.election_ticks;
         }
+    }
+
+    /// This node's turn to campaign among the voters other than `leader`, sorted and rotated by
+    /// the group's id (so the groups of a dead leader go to its peers in turn); past the last
+    /// turn if it is not a voter.
+    fn wake_turn(&self, leader: Option<NodeId>) -> u32 {
+        let mut voters: Vec<NodeId> =
+            self.voters().iter().copied().filter(|&v| Some(v) != leader).collect();
+        voters.sort_unstable();
+        if voters.is_empty() {
+            return 0;
+        }
+        let start = (self.group % voters.len() as u64) as usize;
+        voters.rotate_left(start);
+        let turn = voters.iter().position(|&v| v == self.id).unwrap_or(voters.len());
+        u32::try_from(turn).unwrap_or(u32::MAX / 4).min(8)
     }
 
     pub(super) fn wake_for(&mut self, why: &'static str) {

@@ -313,7 +313,8 @@ pub struct Raft {
     /// Ticks since the last reset of the election timer (or, on a leader, of the check-quorum
     /// round).
     election_elapsed: u32,
-    /// The current randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
+    /// The current randomized election timeout, in `[election_ticks, 2 * election_ticks)`; after
+    /// [`Raft::wake`], the woken follower's turn (see there).
     randomized_election_ticks: u32,
     rng: Rng,
     out: Outbox,
