@@ -56,9 +56,9 @@ impl Raft {
     /// that campaigned in the same tick split the vote and waited a whole timeout again (with
     /// thousands of sleeping groups, a few such rounds in a row kept the last of them leaderless
     /// for seconds). The voters other than the leader, sorted and rotated by the group's id,
-    /// campaign in that order: the first at its next tick, each other one an election timeout
-    /// later than the one before, so the second campaigns only if the first could not win.
-    /// Timers only: safety does not depend on them.
+    /// campaign in that order: the first a quarter of an election timeout after its wake-up,
+    /// each other one an election timeout later than the one before, so the second campaigns
+    /// only if the first could not win. Timers only: safety does not depend on them.
     pub fn wake(&mut self) {
         let was_asleep = self.sleep.asleep;
         let slept_under = self.leader();
